@@ -1,0 +1,9 @@
+//! linkmesh: one agent per host, coordinated through etcd, that programs a
+//! VXLAN overlay mesh and floating IPs into the kernel over netlink, and
+//! watches ARP and peer health with eBPF.
+//!
+//! Module map (one concern each): `addr` (link-layer types), `watch` (the
+//! eBPF programs: load, attach, events).
+
+pub mod addr;
+pub mod watch;

@@ -1,0 +1,83 @@
+//! The `linkmesh` command.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use linkmesh::watch::ArpWatcher;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "linkmesh",
+    version,
+    about = "etcd-coordinated VXLAN mesh and floating IPs"
+)]
+struct Cli {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach the ARP watcher (eBPF, TC ingress) to interfaces and print every
+    /// ARP packet they receive.
+    WatchArp {
+        /// Interface to watch; repeatable.
+        #[arg(short, long = "interface", required = true)]
+        interfaces: Vec<String>,
+        /// Stop after this many packets.
+        #[arg(short = 'n', long)]
+        count: Option<u64>,
+    },
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter =
+        EnvFilter::try_from_env("LINKMESH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    match cli.command {
+        Command::WatchArp { interfaces, count } => watch_arp(&interfaces, count).await,
+    }
+}
+
+async fn watch_arp(interfaces: &[String], count: Option<u64>) -> anyhow::Result<()> {
+    let mut watcher = ArpWatcher::new().context("starting the ARP watcher")?;
+    for interface in interfaces {
+        watcher
+            .attach(interface)
+            .with_context(|| format!("watching ARP on {interface}"))?;
+        tracing::info!(interface = %interface, "ARP watcher attached");
+    }
+    let mut seen = 0u64;
+    loop {
+        tokio::select! {
+            packet = watcher.next() => {
+                println!("{}", packet.context("reading ARP events")?);
+                seen += 1;
+                if count.is_some_and(|n| seen >= n) {
+                    break;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    let dropped = watcher.dropped().context("reading the drop counter")?;
+    tracing::info!(packets = seen, dropped, "ARP watcher stopped");
+    Ok(())
+}

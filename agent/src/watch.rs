@@ -1,0 +1,367 @@
+//! The eBPF watcher: loads the embedded object, attaches its TC programs to
+//! named interfaces and streams their events through tokio.
+//!
+//! Today it carries the ARP classifier; the conflict and peer-health watcher
+//! grows here (one map or event kind per concern, one attach path).
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::{ProgramError, SchedClassifier, TcAttachType, tc};
+use aya::util::KernelVersion;
+use aya::{Ebpf, EbpfError};
+use linkmesh_common::{
+    ARP_EVENT_SIZE, ARP_EVENTS_MAP, ARP_OP_REPLY, ARP_OP_REQUEST, ARP_PROGRAM, ArpEvent,
+    DROP_RING_FULL, DROPS_MAP,
+};
+use tokio::io::unix::AsyncFd;
+
+use crate::addr::MacAddr;
+
+/// The eBPF object built by `cargo xtask build-ebpf` (target/bpf/linkmesh.bpf.o).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LINKMESH_BPF_OBJECT"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] EbpfError),
+    #[error("the eBPF object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("{action} eBPF program {program}: {source}")]
+    Program {
+        action: &'static str,
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching {program} to interface {interface}: {source}")]
+    Attach {
+        program: &'static str,
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("adding the clsact qdisc to interface {interface}: {source}")]
+    Qdisc {
+        interface: String,
+        #[source]
+        source: tc::TcError,
+    },
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    #[error("opening map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("waiting for ring buffer {map}: {source}")]
+    Poll {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ring buffer {map} returned a {len}-byte record, expected {expected}")]
+    ShortRecord {
+        map: &'static str,
+        len: usize,
+        expected: usize,
+    },
+}
+
+/// Loads the embedded object into the kernel (maps created, programs not yet).
+pub fn load() -> Result<Ebpf, WatchError> {
+    Ebpf::load(OBJECT).map_err(WatchError::Load)
+}
+
+/// Loads the ARP classifier into the kernel without attaching it (for
+/// `BPF_PROG_TEST_RUN` and for attaching).
+pub fn load_arp_classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, WatchError> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(ARP_PROGRAM)
+        .ok_or(WatchError::MissingProgram(ARP_PROGRAM))?
+        .try_into()
+        .map_err(|source| WatchError::Program {
+            action: "typing",
+            program: ARP_PROGRAM,
+            source,
+        })?;
+    if program.fd().is_err() {
+        program.load().map_err(|source| WatchError::Program {
+            action: "loading",
+            program: ARP_PROGRAM,
+            source,
+        })?;
+    }
+    Ok(program)
+}
+
+/// ARP operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArpOp {
+    Request,
+    Reply,
+    Other(u16),
+}
+
+impl From<u16> for ArpOp {
+    fn from(op: u16) -> Self {
+        match op {
+            ARP_OP_REQUEST => Self::Request,
+            ARP_OP_REPLY => Self::Reply,
+            other => Self::Other(other),
+        }
+    }
+}
+
+/// One ARP packet seen by the classifier, in agent types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpPacket {
+    /// Monotonic time since boot (`bpf_ktime_get_ns`).
+    pub seen_at: Duration,
+    pub ifindex: u32,
+    pub operation: ArpOp,
+    /// 802.1Q VLAN id, when the frame was tagged.
+    pub vlan: Option<u16>,
+    pub sender_mac: MacAddr,
+    pub sender_ip: Ipv4Addr,
+    pub target_mac: MacAddr,
+    pub target_ip: Ipv4Addr,
+}
+
+impl ArpPacket {
+    /// A gratuitous ARP announces the sender's own address.
+    #[must_use]
+    pub fn is_gratuitous(&self) -> bool {
+        self.sender_ip == self.target_ip
+    }
+}
+
+impl From<ArpEvent> for ArpPacket {
+    fn from(e: ArpEvent) -> Self {
+        Self {
+            seen_at: Duration::from_nanos(e.timestamp_ns),
+            ifindex: e.ifindex,
+            operation: ArpOp::from(e.operation),
+            vlan: (e.vlan_id != 0).then_some(e.vlan_id),
+            sender_mac: MacAddr(e.sender_mac),
+            sender_ip: Ipv4Addr::from(e.sender_ip),
+            target_mac: MacAddr(e.target_mac),
+            target_ip: Ipv4Addr::from(e.target_ip),
+        }
+    }
+}
+
+impl fmt::Display for ArpPacket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.operation {
+            ArpOp::Request => write!(
+                f,
+                "who-has {} tell {} ({})",
+                self.target_ip, self.sender_ip, self.sender_mac
+            )?,
+            ArpOp::Reply => write!(
+                f,
+                "reply {} is-at {} (to {} {})",
+                self.sender_ip, self.sender_mac, self.target_ip, self.target_mac
+            )?,
+            ArpOp::Other(op) => write!(
+                f,
+                "op {op} {} ({}) -> {} ({})",
+                self.sender_ip, self.sender_mac, self.target_ip, self.target_mac
+            )?,
+        }
+        write!(f, " ifindex {}", self.ifindex)?;
+        if let Some(vlan) = self.vlan {
+            write!(f, " vlan {vlan}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The ARP watcher: one loaded object, attached to any number of interfaces,
+/// and one event stream.
+pub struct ArpWatcher {
+    ebpf: Ebpf,
+    events: AsyncFd<RingBuf<MapData>>,
+    drops: PerCpuArray<MapData, u64>,
+}
+
+impl ArpWatcher {
+    /// Loads the object and the classifier. Must run inside a tokio runtime.
+    pub fn new() -> Result<Self, WatchError> {
+        let mut ebpf = load()?;
+        load_arp_classifier(&mut ebpf)?;
+        let events = ebpf
+            .take_map(ARP_EVENTS_MAP)
+            .ok_or(WatchError::MissingMap(ARP_EVENTS_MAP))?;
+        let events = RingBuf::try_from(events).map_err(|source| WatchError::Map {
+            map: ARP_EVENTS_MAP,
+            source,
+        })?;
+        // SAFETY: the RingBuf owns its map fd: it stays open and the same for
+        // as long as the AsyncFd (which owns the RingBuf) lives.
+        let events = unsafe { AsyncFd::register(events) }.map_err(|e| WatchError::Poll {
+            map: ARP_EVENTS_MAP,
+            source: e.into(),
+        })?;
+        let drops = ebpf
+            .take_map(DROPS_MAP)
+            .ok_or(WatchError::MissingMap(DROPS_MAP))?;
+        let drops = PerCpuArray::try_from(drops).map_err(|source| WatchError::Map {
+            map: DROPS_MAP,
+            source,
+        })?;
+        Ok(Self {
+            ebpf,
+            events,
+            drops,
+        })
+    }
+
+    /// Attaches the classifier to `interface`'s ingress (a TCX link on
+    /// kernels >= 6.6, a clsact filter before). The attachment lives as long
+    /// as the watcher.
+    pub fn attach(&mut self, interface: &str) -> Result<(), WatchError> {
+        if interface_index(interface).is_none() {
+            return Err(WatchError::NoInterface(interface.to_owned()));
+        }
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        if !tcx {
+            // Legacy TC needs the clsact qdisc; "exists" is fine.
+            if let Err(source) = tc::qdisc_add_clsact(interface) {
+                let exists = matches!(&source, tc::TcError::AlreadyAttached)
+                    || source.to_string().contains("exists");
+                if !exists {
+                    return Err(WatchError::Qdisc {
+                        interface: interface.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        let program = load_arp_classifier(&mut self.ebpf)?;
+        program
+            .attach(interface, TcAttachType::Ingress)
+            .map_err(|source| WatchError::Attach {
+                program: ARP_PROGRAM,
+                interface: interface.to_owned(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Waits for the next ARP packet.
+    pub async fn next(&mut self) -> Result<ArpPacket, WatchError> {
+        loop {
+            let mut guard =
+                self.events
+                    .readable_mut()
+                    .await
+                    .map_err(|source| WatchError::Poll {
+                        map: ARP_EVENTS_MAP,
+                        source,
+                    })?;
+            let record = guard
+                .get_inner_mut()
+                .next()
+                .map(|item| (item.len(), ArpEvent::from_bytes(&item)));
+            match record {
+                Some((_, Some(event))) => return Ok(event.into()),
+                Some((len, None)) => {
+                    return Err(WatchError::ShortRecord {
+                        map: ARP_EVENTS_MAP,
+                        len,
+                        expected: ARP_EVENT_SIZE,
+                    });
+                }
+                None => guard.clear_ready(),
+            }
+        }
+    }
+
+    /// Events the program could not deliver because the ring was full,
+    /// summed over CPUs.
+    pub fn dropped(&self) -> Result<u64, WatchError> {
+        let values = self
+            .drops
+            .get(&DROP_RING_FULL, 0)
+            .map_err(|source| WatchError::Map {
+                map: DROPS_MAP,
+                source,
+            })?;
+        Ok(values.iter().sum())
+    }
+}
+
+/// The index of a network interface in the current namespace.
+#[must_use]
+pub fn interface_index(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `name` is a valid NUL-terminated string for the call's duration.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(op: u16) -> ArpEvent {
+        ArpEvent {
+            timestamp_ns: 1_500_000_000,
+            ifindex: 7,
+            operation: op,
+            vlan_id: 0,
+            sender_mac: [2, 0, 0, 0, 0, 1],
+            target_mac: [0; 6],
+            sender_ip: [198, 18, 0, 1],
+            target_ip: [198, 18, 0, 2],
+            _pad: [0; 4],
+        }
+    }
+
+    #[test]
+    fn converts_request() {
+        let p = ArpPacket::from(event(1));
+        assert_eq!(p.operation, ArpOp::Request);
+        assert_eq!(p.sender_ip, Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(p.target_ip, Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(p.sender_mac.to_string(), "02:00:00:00:00:01");
+        assert_eq!(p.vlan, None);
+        assert_eq!(p.seen_at, Duration::from_millis(1500));
+        assert!(!p.is_gratuitous());
+        assert_eq!(
+            p.to_string(),
+            "who-has 198.18.0.2 tell 198.18.0.1 (02:00:00:00:00:01) ifindex 7"
+        );
+    }
+
+    #[test]
+    fn converts_tagged_reply_and_unknown_op() {
+        let mut e = event(2);
+        e.vlan_id = 42;
+        let p = ArpPacket::from(e);
+        assert_eq!(p.operation, ArpOp::Reply);
+        assert_eq!(p.vlan, Some(42));
+        assert!(p.to_string().ends_with("vlan 42"));
+        assert_eq!(ArpPacket::from(event(9)).operation, ArpOp::Other(9));
+    }
+
+    #[test]
+    fn short_record_is_rejected() {
+        let bytes = [0u8; ARP_EVENT_SIZE - 1];
+        assert!(ArpEvent::from_bytes(&bytes).is_none());
+        assert!(ArpEvent::from_bytes(&[0u8; ARP_EVENT_SIZE]).is_some());
+    }
+
+    #[test]
+    fn missing_interface_has_no_index() {
+        assert_eq!(interface_index("lm-no-such-if0"), None);
+        assert_eq!(interface_index("bad\0name"), None);
+    }
+}

@@ -1,0 +1,71 @@
+//! Layouts that cross the kernel/user boundary.
+//!
+//! Every type here is `#[repr(C)]`, has no implicit padding and is defined
+//! exactly once: the eBPF programs write it, the agent reads it.
+#![no_std]
+
+/// Name of the ring buffer that carries [`ArpEvent`]s.
+pub const ARP_EVENTS_MAP: &str = "ARP_EVENTS";
+/// Name of the per-CPU array whose slot [`DROP_RING_FULL`] counts events lost
+/// because the ring buffer was full.
+pub const DROPS_MAP: &str = "DROPS";
+/// Name of the TC classifier that watches ARP.
+pub const ARP_PROGRAM: &str = "arp_watch";
+
+/// Slot of [`DROPS_MAP`]: events dropped because the ring buffer was full.
+pub const DROP_RING_FULL: u32 = 0;
+/// Number of slots in [`DROPS_MAP`].
+pub const DROP_SLOTS: u32 = 1;
+
+/// ARP operation codes (RFC 826).
+pub const ARP_OP_REQUEST: u16 = 1;
+pub const ARP_OP_REPLY: u16 = 2;
+
+/// One ARP packet seen on an interface.
+///
+/// Addresses are kept in network byte order exactly as they were on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpEvent {
+    /// `bpf_ktime_get_ns()` when the packet was seen (monotonic, boot-based).
+    pub timestamp_ns: u64,
+    /// Interface the packet arrived on.
+    pub ifindex: u32,
+    /// ARP operation (host byte order): 1 request, 2 reply, others as seen.
+    pub operation: u16,
+    /// 802.1Q VLAN id (12 bits) or 0 when the frame was untagged.
+    pub vlan_id: u16,
+    pub sender_mac: [u8; 6],
+    pub target_mac: [u8; 6],
+    pub sender_ip: [u8; 4],
+    pub target_ip: [u8; 4],
+    /// Explicit padding to a multiple of 8 bytes, always zero.
+    pub _pad: [u8; 4],
+}
+
+/// The size the eBPF side reserves in the ring buffer per event.
+pub const ARP_EVENT_SIZE: usize = core::mem::size_of::<ArpEvent>();
+
+// The layout is part of the kernel/user contract: fail the build if it moves.
+const _: () = assert!(ARP_EVENT_SIZE == 40);
+
+#[cfg(feature = "user")]
+// SAFETY: ArpEvent is repr(C), Copy, built from integers and byte arrays, and
+// has no implicit padding (checked by the size assertion above), so every bit
+// pattern is a valid value.
+unsafe impl aya::Pod for ArpEvent {}
+
+impl ArpEvent {
+    /// Reads an event from the bytes of a ring-buffer record.
+    ///
+    /// Returns `None` when the record is shorter than an event.
+    #[must_use]
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < ARP_EVENT_SIZE {
+            return None;
+        }
+        // SAFETY: length checked above; read_unaligned makes no alignment
+        // assumption and every bit pattern is a valid ArpEvent.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<ArpEvent>()) })
+    }
+}

@@ -1,0 +1,128 @@
+//! linkmesh TC programs.
+//!
+//! `arp_watch` (TC ingress) parses Ethernet + ARP, untagged or 802.1Q/802.1ad
+//! tagged, and emits one [`ArpEvent`] per ARP packet into a ring buffer. It
+//! never changes the packet and always returns `TC_ACT_PIPE`, so the next
+//! program (or the stack) sees the frame unchanged.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::TC_ACT_PIPE,
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use linkmesh_common::{ArpEvent, DROP_RING_FULL, DROP_SLOTS};
+
+/// 256 KiB: about 6,500 events before user space must read.
+#[map(name = "ARP_EVENTS")]
+static ARP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[map(name = "DROPS")]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS, 0);
+
+const ETH_TYPE_OFFSET: usize = 12;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// In-band tags we look through (802.1ad outer + 802.1Q inner). The kernel
+/// moves the outermost tag into skb metadata before TC ingress, so on a live
+/// interface at most one tag is still in the data.
+const MAX_VLAN_TAGS: usize = 2;
+const VLAN_VID_MASK: u16 = 0x0fff;
+
+/// ARP for IPv4 over Ethernet (RFC 826), as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ArpIpv4 {
+    htype: [u8; 2],
+    ptype: [u8; 2],
+    hlen: u8,
+    plen: u8,
+    oper: [u8; 2],
+    sha: [u8; 6],
+    spa: [u8; 4],
+    tha: [u8; 6],
+    tpa: [u8; 4],
+}
+
+#[classifier]
+pub fn arp_watch(ctx: TcContext) -> i32 {
+    // Whatever happened (short frame, not ARP, ring full), the packet goes on.
+    let _ = try_arp_watch(&ctx);
+    TC_ACT_PIPE
+}
+
+#[inline(always)]
+fn be16(bytes: [u8; 2]) -> u16 {
+    u16::from_be_bytes(bytes)
+}
+
+#[inline(always)]
+fn try_arp_watch(ctx: &TcContext) -> Result<(), i64> {
+    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+    let skb = unsafe { &*ctx.skb.skb };
+    let mut vlan_id = if skb.vlan_present != 0 {
+        (skb.vlan_tci as u16) & VLAN_VID_MASK
+    } else {
+        0
+    };
+
+    let mut offset = ETH_TYPE_OFFSET;
+    let mut proto = be16(ctx.load::<[u8; 2]>(offset)?);
+    for _ in 0..MAX_VLAN_TAGS {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            break;
+        }
+        if vlan_id == 0 {
+            vlan_id = be16(ctx.load::<[u8; 2]>(offset + 2)?) & VLAN_VID_MASK;
+        }
+        offset += 4;
+        proto = be16(ctx.load::<[u8; 2]>(offset)?);
+    }
+    if proto != ETH_P_ARP {
+        return Ok(());
+    }
+
+    let arp: ArpIpv4 = ctx.load(offset + 2)?;
+    if be16(arp.htype) != 1 || be16(arp.ptype) != 0x0800 || arp.hlen != 6 || arp.plen != 4 {
+        return Ok(());
+    }
+
+    match ARP_EVENTS.reserve::<ArpEvent>(0) {
+        Some(mut entry) => {
+            entry.write(ArpEvent {
+                // SAFETY: helper without preconditions.
+                timestamp_ns: unsafe { bpf_ktime_get_ns() },
+                ifindex: skb.ifindex,
+                operation: be16(arp.oper),
+                vlan_id,
+                sender_mac: arp.sha,
+                target_mac: arp.tha,
+                sender_ip: arp.spa,
+                target_ip: arp.tpa,
+                _pad: [0; 4],
+            });
+            entry.submit(0);
+        }
+        None => {
+            if let Some(slot) = DROPS.get_ptr_mut(DROP_RING_FULL) {
+                // SAFETY: per-CPU slot, only this CPU writes it while we run.
+                unsafe { *slot += 1 };
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,234 @@
+//! Kernel state of a namespace, read back over rtnetlink: links, addresses,
+//! bridge FDB entries and neighbours. Tests assert on these, not on the
+//! agent's own idea of what it programmed.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::Handle;
+
+use crate::netns;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// `IFLA_INFO_KIND` (`veth`, `bridge`, `vxlan`, ...).
+    pub kind: Option<String>,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+    /// Index of the bridge (or other controller) it is enslaved to.
+    pub master: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address {
+    pub ifindex: u32,
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+/// A bridge/VXLAN forwarding entry (`AF_BRIDGE` neighbour).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    /// `NDA_DST`: the remote VTEP for VXLAN entries.
+    pub dst: Option<IpAddr>,
+    pub permanent: bool,
+    /// `NTF_SELF`: the device's own table (VXLAN), not the bridge's.
+    pub own: bool,
+}
+
+/// An IPv4/IPv6 neighbour (ARP/NDP) entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    pub ifindex: u32,
+    pub ip: IpAddr,
+    pub mac: Option<[u8; 6]>,
+    pub state: NeighbourState,
+}
+
+fn mac6(bytes: &[u8]) -> Option<[u8; 6]> {
+    bytes.try_into().ok()
+}
+
+async fn connect() -> Handle {
+    let (connection, handle, _) = rtnetlink::new_connection().expect("opening rtnetlink");
+    tokio::spawn(connection);
+    handle
+}
+
+/// Links of namespace `ns`.
+#[must_use]
+pub fn links(ns: &str) -> Vec<Link> {
+    netns::block_on_in(ns, || async {
+        let handle = connect().await;
+        let msgs: Vec<_> = handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .expect("dumping links");
+        msgs.into_iter()
+            .map(|m| {
+                let mut link = Link {
+                    index: m.header.index,
+                    name: String::new(),
+                    kind: None,
+                    mac: None,
+                    mtu: None,
+                    up: m.header.flags.contains(LinkFlags::Up),
+                    master: None,
+                };
+                for attr in m.attributes {
+                    match attr {
+                        LinkAttribute::IfName(n) => link.name = n,
+                        LinkAttribute::Address(a) => link.mac = mac6(&a),
+                        LinkAttribute::Mtu(mtu) => link.mtu = Some(mtu),
+                        LinkAttribute::Controller(i) => link.master = Some(i),
+                        LinkAttribute::LinkInfo(infos) => {
+                            for info in infos {
+                                if let LinkInfo::Kind(kind) = info {
+                                    link.kind = Some(kind.to_string());
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                link
+            })
+            .collect()
+    })
+}
+
+/// The link named `name` in namespace `ns`, if any.
+#[must_use]
+pub fn link(ns: &str, name: &str) -> Option<Link> {
+    links(ns).into_iter().find(|l| l.name == name)
+}
+
+/// IPv4 and IPv6 addresses of namespace `ns`.
+#[must_use]
+pub fn addresses(ns: &str) -> Vec<Address> {
+    netns::block_on_in(ns, || async {
+        let handle = connect().await;
+        let msgs: Vec<_> = handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .expect("dumping addresses");
+        msgs.into_iter()
+            .filter_map(|m| {
+                let addr = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })?;
+                Some(Address {
+                    ifindex: m.header.index,
+                    addr,
+                    prefix_len: m.header.prefix_len,
+                })
+            })
+            .collect()
+    })
+}
+
+fn neighbour_ip(addr: &NeighbourAddress) -> Option<IpAddr> {
+    match addr {
+        NeighbourAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        NeighbourAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        // AF_BRIDGE dumps do not know NDA_DST's family: decide by length.
+        NeighbourAddress::Other(bytes) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(bytes.as_slice())
+                .ok()
+                .map(|b| IpAddr::V4(Ipv4Addr::from(b))),
+            16 => <[u8; 16]>::try_from(bytes.as_slice())
+                .ok()
+                .map(|b| IpAddr::V6(Ipv6Addr::from(b))),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+async fn dump_neighbours(family: AddressFamily) -> Vec<NeighbourMessage> {
+    let handle = connect().await;
+    handle
+        .neighbours()
+        .get()
+        .set_address_family(family)
+        .execute()
+        .try_collect()
+        .await
+        .expect("dumping neighbours")
+}
+
+/// Bridge and VXLAN forwarding entries of namespace `ns`.
+#[must_use]
+pub fn fdb(ns: &str) -> Vec<FdbEntry> {
+    netns::block_on_in(ns, || async {
+        dump_neighbours(AddressFamily::Bridge)
+            .await
+            .into_iter()
+            .filter_map(|m| {
+                let mut mac = None;
+                let mut dst = None;
+                for attr in &m.attributes {
+                    match attr {
+                        NeighbourAttribute::LinkLayerAddress(a) => mac = mac6(a),
+                        NeighbourAttribute::Destination(d) => dst = neighbour_ip(d),
+                        _ => {}
+                    }
+                }
+                Some(FdbEntry {
+                    ifindex: m.header.ifindex,
+                    mac: mac?,
+                    dst,
+                    permanent: m.header.state == NeighbourState::Permanent,
+                    own: m.header.flags.contains(NeighbourFlags::Own),
+                })
+            })
+            .collect()
+    })
+}
+
+/// IPv4 and IPv6 neighbour entries of namespace `ns`.
+#[must_use]
+pub fn neighbours(ns: &str) -> Vec<Neighbour> {
+    netns::block_on_in(ns, || async {
+        let mut all = dump_neighbours(AddressFamily::Inet).await;
+        all.extend(dump_neighbours(AddressFamily::Inet6).await);
+        all.into_iter()
+            .filter_map(|m| {
+                let mut ip = None;
+                let mut mac = None;
+                for attr in &m.attributes {
+                    match attr {
+                        NeighbourAttribute::LinkLayerAddress(a) => mac = mac6(a),
+                        NeighbourAttribute::Destination(d) => ip = neighbour_ip(d),
+                        _ => {}
+                    }
+                }
+                Some(Neighbour {
+                    ifindex: m.header.ifindex,
+                    ip: ip?,
+                    mac,
+                    state: m.header.state,
+                })
+            })
+            .collect()
+    })
+}

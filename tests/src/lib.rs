@@ -1,0 +1,37 @@
+//! The linkmesh test lab: hosts in network namespaces on an underlay bridge,
+//! a real etcd (single node or a 3-member cluster), processes run inside the
+//! namespaces, and kernel state read back over netlink.
+//!
+//! Everything it creates is owned by a guard that removes it on drop, also
+//! when the test panics. Names carry a slot number held with `flock`, so
+//! tests in parallel (threads or processes) never collide, and a slot left
+//! by a killed test process is swept by the next user of that slot.
+
+pub mod etcd;
+pub mod kernel;
+pub mod lab;
+pub mod netns;
+pub mod process;
+
+/// Prefix of every namespace, link and etcd member the lab creates.
+/// `cargo xtask test` looks for leftovers with it.
+pub const PREFIX: &str = "lmt";
+
+/// Whether the process may create namespaces and load BPF programs.
+#[must_use]
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Returns early from a test that needs root (namespaces, BPF) when run
+/// without it, saying so once.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            eprintln!("skipped: needs root (network namespaces, CAP_NET_ADMIN, CAP_BPF)");
+            return;
+        }
+    };
+}

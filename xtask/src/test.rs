@@ -1,0 +1,124 @@
+//! `cargo xtask test`: the one command that runs everything.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::step::{self, Step, cargo, is_root};
+use crate::{deps, ebpf};
+
+/// Prefix of every namespace, link and etcd member name the test lab makes.
+const LAB_PREFIX: &str = "lmt";
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Skip `cargo fmt --check` and clippy.
+    #[arg(long)]
+    no_lint: bool,
+    /// Passed to the integration test binary (a name filter, `--nocapture`, ...).
+    #[arg(last = true)]
+    test_args: Vec<String>,
+}
+
+pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
+    let root = is_root();
+    if !root {
+        eprintln!(
+            "==> not running as root: the network-namespace integration tests need \
+             CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF; running only what needs no root"
+        );
+    }
+    deps::ensure_packages(root)?;
+    deps::ensure_rust_components()?;
+    ebpf::build(root_dir)?;
+
+    if !args.no_lint {
+        let step = Step::start("cargo fmt --check");
+        step::run(
+            cargo()
+                .current_dir(root_dir)
+                .args(["fmt", "--all", "--check"]),
+        )?;
+        step.done();
+        let step = Step::start("cargo clippy --workspace --all-targets -D warnings");
+        step::run(cargo().current_dir(root_dir).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        step.done();
+    }
+
+    let step = Step::start("unit tests (no root needed)");
+    step::run(cargo().current_dir(root_dir).args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "linkmesh-tests",
+    ]))?;
+    step.done();
+
+    if root {
+        let step = Step::start("integration tests (network namespaces, real etcd, real packets)");
+        let result = step::run(
+            cargo()
+                .current_dir(root_dir)
+                .args(["test", "--package", "linkmesh-tests", "--"])
+                .args(&args.test_args),
+        );
+        // Check for leftovers even when a test failed: a failing test must
+        // clean up too.
+        let leftovers = leftovers();
+        result?;
+        if !leftovers.is_empty() {
+            bail!("the suite left things behind: {}", leftovers.join(", "));
+        }
+        step.done();
+        eprintln!("==> nothing left behind: no {LAB_PREFIX}-* namespace, no lab etcd running");
+    } else {
+        eprintln!("==> skipped: integration tests (they need root)");
+    }
+    Ok(())
+}
+
+/// Lab namespaces and lab etcd processes still present.
+fn leftovers() -> Vec<String> {
+    let mut found = Vec::new();
+    if let Ok(entries) = fs::read_dir("/run/netns") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{LAB_PREFIX}-")) {
+                found.push(format!("namespace {name}"));
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<_> = cmdline
+                .split(|b| *b == 0)
+                .map(String::from_utf8_lossy)
+                .collect();
+            let is_etcd = args.first().is_some_and(|a| {
+                Path::new(a.as_ref())
+                    .file_name()
+                    .is_some_and(|f| f == "etcd")
+            });
+            if is_etcd
+                && args
+                    .iter()
+                    .any(|a| a.contains(&format!("--name={LAB_PREFIX}-")))
+            {
+                found.push(format!("etcd pid {}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
