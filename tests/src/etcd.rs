@@ -59,8 +59,7 @@ impl MemberSpec {
 fn free_port(ip: IpAddr) -> u16 {
     TcpListener::bind(SocketAddr::new(ip, 0))
         .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("finding a free port on {ip}: {e}"))
+        .map_or_else(|e| panic!("finding a free port on {ip}: {e}"), |a| a.port())
 }
 
 /// Whether `GET /health` on the member answers `"health":"true"`.
@@ -86,7 +85,7 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A running etcd member, SIGKILLed and its data removed on drop.
+/// A running etcd member, killed (SIGKILL) and its data removed on drop.
 pub struct Etcd {
     spec: MemberSpec,
     process: Option<Process>,
@@ -352,10 +351,10 @@ impl EtcdCluster {
                 else {
                     continue;
                 };
-                if let Ok(s) = c.status().await {
-                    if s.header().is_some_and(|h| h.member_id() == leader_id) {
-                        return Some(i);
-                    }
+                if let Ok(s) = c.status().await
+                    && s.header().is_some_and(|h| h.member_id() == leader_id)
+                {
+                    return Some(i);
                 }
             }
         }

@@ -23,7 +23,7 @@ pub struct Link {
     pub kind: Option<String>,
     pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
-    /// Administratively up (IFF_UP).
+    /// Administratively up (`IFF_UP`).
     pub up: bool,
     /// Index of the bridge (or other controller) it is enslaved to.
     pub master: Option<u32>,
@@ -61,7 +61,8 @@ fn mac6(bytes: &[u8]) -> Option<[u8; 6]> {
     bytes.try_into().ok()
 }
 
-async fn connect() -> Handle {
+/// Must be called inside a tokio runtime (it spawns the connection task).
+fn connect() -> Handle {
     let (connection, handle, _) = rtnetlink::new_connection().expect("opening rtnetlink");
     tokio::spawn(connection);
     handle
@@ -71,7 +72,7 @@ async fn connect() -> Handle {
 #[must_use]
 pub fn links(ns: &str) -> Vec<Link> {
     netns::block_on_in(ns, || async {
-        let handle = connect().await;
+        let handle = connect();
         let msgs: Vec<_> = handle
             .link()
             .get()
@@ -122,7 +123,7 @@ pub fn link(ns: &str, name: &str) -> Option<Link> {
 #[must_use]
 pub fn addresses(ns: &str) -> Vec<Address> {
     netns::block_on_in(ns, || async {
-        let handle = connect().await;
+        let handle = connect();
         let msgs: Vec<_> = handle
             .address()
             .get()
@@ -165,7 +166,7 @@ fn neighbour_ip(addr: &NeighbourAddress) -> Option<IpAddr> {
 }
 
 async fn dump_neighbours(family: AddressFamily) -> Vec<NeighbourMessage> {
-    let handle = connect().await;
+    let handle = connect();
     handle
         .neighbours()
         .get()
