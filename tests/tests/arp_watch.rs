@@ -259,7 +259,10 @@ fn classifier_passes_malformed_and_foreign_frames_without_events() {
     cases.push(("ARP for a non-IPv4 protocol".into(), wrong_protocol));
     let mut wrong_hardware = whole.clone();
     wrong_hardware[14..16].copy_from_slice(&6u16.to_be_bytes());
-    cases.push(("ARP for a non-Ethernet hardware type".into(), wrong_hardware));
+    cases.push((
+        "ARP for a non-Ethernet hardware type".into(),
+        wrong_hardware,
+    ));
     let deep = arp_frame(1, &[(0x8100, 1), (0x8100, 2), (0x8100, 3)]);
     cases.push((
         "three VLAN tags (more than the program looks through)".into(),

@@ -139,9 +139,9 @@ fn ensure_bpf_linker(root: &Path, nightly: &Nightly) -> anyhow::Result<PathBuf> 
     }
 
     let feature = format!("llvm-{}", nightly.llvm_major);
+    eprintln!("    against {}", libllvm.display());
     let step = Step::start(format!(
-        "building bpf-linker {BPF_LINKER_VERSION} (feature {feature}) against {} (about a minute on 2 cores)",
-        libllvm.display()
+        "building bpf-linker {BPF_LINKER_VERSION} (feature {feature}; about a minute on 2 cores)"
     ));
     run(cargo()
         .args([

@@ -35,11 +35,16 @@ pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
     ebpf::build(root_dir)?;
 
     if !args.no_lint {
-        let step = Step::start("cargo fmt --check");
+        let step = Step::start("cargo fmt --check (workspace and eBPF crate)");
         step::run(
             cargo()
                 .current_dir(root_dir)
                 .args(["fmt", "--all", "--check"]),
+        )?;
+        step::run(
+            cargo()
+                .current_dir(root_dir.join("ebpf/linkmesh-ebpf"))
+                .args(["fmt", "--check"]),
         )?;
         step.done();
         let step = Step::start("cargo clippy --workspace --all-targets -D warnings");
