@@ -6,4 +6,7 @@
 //! eBPF programs: load, attach, events).
 
 pub mod addr;
+pub mod kernel;
+pub mod mesh;
+pub mod registry;
 pub mod watch;

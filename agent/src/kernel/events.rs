@@ -1,0 +1,77 @@
+//! Kernel change notifications (links and neighbours), so the agent notices
+//! a device or an FDB entry removed by hand and restores it.
+
+use futures::StreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::SocketAddr;
+use rtnetlink::MulticastGroup;
+
+use super::KernelError;
+
+/// A change that may concern the agent's own objects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelEvent {
+    /// A link appeared or changed.
+    LinkChanged { index: u32, name: Option<String> },
+    /// A link was deleted.
+    LinkRemoved { index: u32, name: Option<String> },
+    /// A bridge/VXLAN forwarding entry of `ifindex` was deleted.
+    FdbRemoved { ifindex: u32 },
+}
+
+/// A subscription to link and neighbour notifications.
+pub struct KernelEvents {
+    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+}
+
+impl KernelEvents {
+    /// Subscribes in the current namespace. Must run inside a tokio runtime.
+    pub fn subscribe() -> Result<Self, KernelError> {
+        let (connection, _handle, messages) =
+            rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Neigh])
+                .map_err(KernelError::Connect)?;
+        tokio::spawn(connection);
+        Ok(Self { messages })
+    }
+
+    /// The next relevant event; `None` when the subscription ended.
+    pub async fn next(&mut self) -> Option<KernelEvent> {
+        while let Some((message, _)) = self.messages.next().await {
+            if let NetlinkPayload::InnerMessage(m) = message.payload
+                && let Some(event) = classify(m)
+            {
+                return Some(event);
+            }
+        }
+        None
+    }
+}
+
+fn link_name(attrs: &[LinkAttribute]) -> Option<String> {
+    attrs.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+fn classify(m: RouteNetlinkMessage) -> Option<KernelEvent> {
+    match m {
+        RouteNetlinkMessage::NewLink(l) => Some(KernelEvent::LinkChanged {
+            index: l.header.index,
+            name: link_name(&l.attributes),
+        }),
+        RouteNetlinkMessage::DelLink(l) => Some(KernelEvent::LinkRemoved {
+            index: l.header.index,
+            name: link_name(&l.attributes),
+        }),
+        RouteNetlinkMessage::DelNeighbour(n) if n.header.family == AddressFamily::Bridge => {
+            Some(KernelEvent::FdbRemoved {
+                ifindex: n.header.ifindex,
+            })
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,129 @@
+//! VXLAN head-end replication: one all-zero-MAC FDB entry per peer
+//! (`NTF_SELF`, permanent, `NDA_DST` = the peer's underlay address).
+//!
+//! Entries are added with `NLM_F_APPEND`, the flag that lets one zero MAC
+//! carry many destinations (rtnetlink's builder cannot send it), and only
+//! entries of exactly that shape are ever listed or removed: learned and
+//! foreign entries are not ours.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use super::{KernelError, Netlink};
+
+fn dst_attr(dst: IpAddr) -> NeighbourAttribute {
+    NeighbourAttribute::Destination(match dst {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    })
+}
+
+fn peer_message(ifindex: u32, dst: IpAddr) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Bridge;
+    msg.header.ifindex = ifindex;
+    msg.header.state = NeighbourState::Permanent;
+    msg.header.flags = NeighbourFlags::Own;
+    msg.attributes = vec![
+        NeighbourAttribute::LinkLayerAddress(vec![0; 6]),
+        dst_attr(dst),
+    ];
+    msg
+}
+
+/// `NDA_DST` of an `AF_BRIDGE` entry (parsed as raw bytes by the crate).
+fn dst_of(addr: &NeighbourAddress) -> Option<IpAddr> {
+    match addr {
+        NeighbourAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        NeighbourAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice())
+                .ok()
+                .map(|o| IpAddr::V4(Ipv4Addr::from(o))),
+            16 => <[u8; 16]>::try_from(b.as_slice())
+                .ok()
+                .map(|o| IpAddr::V6(Ipv6Addr::from(o))),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Whether a dumped entry is one of ours: zero MAC, `NTF_SELF`, permanent.
+fn owned_peer(m: &NeighbourMessage) -> Option<IpAddr> {
+    if m.header.state != NeighbourState::Permanent || !m.header.flags.contains(NeighbourFlags::Own)
+    {
+        return None;
+    }
+    let mut zero_mac = false;
+    let mut dst = None;
+    for attr in &m.attributes {
+        match attr {
+            NeighbourAttribute::LinkLayerAddress(mac) => zero_mac = mac.iter().all(|b| *b == 0),
+            NeighbourAttribute::Destination(d) => dst = dst_of(d),
+            _ => {}
+        }
+    }
+    if zero_mac { dst } else { None }
+}
+
+impl Netlink {
+    /// The peers of VXLAN device `ifindex`: destinations of its zero-MAC,
+    /// `NTF_SELF`, permanent entries.
+    pub async fn vxlan_peers(&self, ifindex: u32) -> Result<BTreeSet<IpAddr>, KernelError> {
+        let mut req = NeighbourMessage::default();
+        req.header.family = AddressFamily::Bridge;
+        req.header.ifindex = ifindex;
+        let replies = self
+            .dump(RouteNetlinkMessage::GetNeighbour(req), &|| {
+                format!("dumping the FDB of ifindex {ifindex}")
+            })
+            .await?;
+        Ok(replies
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == ifindex => {
+                    owned_peer(n)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Adds peer `dst` to VXLAN device `ifindex` (`device` is for messages).
+    /// Idempotent: appending an existing destination succeeds.
+    pub async fn append_peer(
+        &self,
+        ifindex: u32,
+        device: &str,
+        dst: IpAddr,
+    ) -> Result<(), KernelError> {
+        self.write(
+            RouteNetlinkMessage::NewNeighbour(peer_message(ifindex, dst)),
+            NLM_F_CREATE | NLM_F_APPEND,
+            &|| format!("adding FDB entry for peer {dst} on {device}"),
+        )
+        .await
+    }
+
+    /// Removes peer `dst` (and only it) from VXLAN device `ifindex`.
+    pub async fn remove_peer(
+        &self,
+        ifindex: u32,
+        device: &str,
+        dst: IpAddr,
+    ) -> Result<(), KernelError> {
+        self.write(
+            RouteNetlinkMessage::DelNeighbour(peer_message(ifindex, dst)),
+            0,
+            &|| format!("removing FDB entry for peer {dst} on {device}"),
+        )
+        .await
+    }
+}

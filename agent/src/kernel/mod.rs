@@ -1,0 +1,163 @@
+//! The one place the agent touches the kernel's network configuration:
+//! rtnetlink requests built from `netlink-packet-route` types and sent
+//! through an `rtnetlink` connection. One file per kernel object we own
+//! (`link`, `fdb`, `address`), plus change notifications (`events`).
+//!
+//! Every request that changes state is counted, so "a restart with nothing
+//! changed makes zero netlink writes" can be checked from outside.
+
+pub mod address;
+pub mod events;
+pub mod fdb;
+pub mod link;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::{Stream, StreamExt};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::RouteNetlinkMessage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("opening a netlink socket: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("{what}: {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: the netlink connection is closed")]
+    Closed { what: String },
+    #[error("{what}: unexpected netlink reply")]
+    Unexpected { what: String },
+}
+
+impl KernelError {
+    /// The errno of a kernel refusal, if that is what this is.
+    #[must_use]
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Request { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// Counters of requests that change kernel state.
+#[derive(Debug, Default)]
+pub struct WriteCounters {
+    pub writes: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// An rtnetlink connection (in the namespace it was opened in).
+#[derive(Clone)]
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+    counters: Arc<WriteCounters>,
+}
+
+impl Netlink {
+    /// Opens a connection with strict checking (the kernel rejects dump
+    /// filters it does not understand instead of ignoring them). Must run
+    /// inside a tokio runtime.
+    pub fn connect() -> Result<Self, KernelError> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection_with_strict_check().map_err(KernelError::Connect)?;
+        tokio::spawn(connection);
+        Ok(Self {
+            handle,
+            counters: Arc::new(WriteCounters::default()),
+        })
+    }
+
+    /// State-changing requests sent so far (successful or not).
+    #[must_use]
+    pub fn writes(&self) -> u64 {
+        self.counters.writes.load(Ordering::Relaxed)
+    }
+
+    /// State-changing requests the kernel refused.
+    #[must_use]
+    pub fn write_errors(&self) -> u64 {
+        self.counters.errors.load(Ordering::Relaxed)
+    }
+
+    fn send(
+        &self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        what: &dyn Fn() -> String,
+    ) -> Result<impl Stream<Item = NetlinkMessage<RouteNetlinkMessage>> + use<>, KernelError> {
+        let mut request = NetlinkMessage::from(message);
+        request.header.flags = flags;
+        let mut handle = self.handle.clone();
+        handle
+            .request(request)
+            .map_err(|_| KernelError::Closed { what: what() })
+    }
+
+    /// Sends a state-changing request and waits for the kernel's ACK.
+    async fn write(
+        &self,
+        message: RouteNetlinkMessage,
+        extra_flags: u16,
+        what: &dyn Fn() -> String,
+    ) -> Result<(), KernelError> {
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        let result = self.write_inner(message, extra_flags, what).await;
+        if result.is_err() {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn write_inner(
+        &self,
+        message: RouteNetlinkMessage,
+        extra_flags: u16,
+        what: &dyn Fn() -> String,
+    ) -> Result<(), KernelError> {
+        let mut replies = self.send(message, NLM_F_REQUEST | NLM_F_ACK | extra_flags, what)?;
+        while let Some(reply) = replies.next().await {
+            if let NetlinkPayload::Error(e) = reply.payload
+                && e.code.is_some()
+            {
+                return Err(KernelError::Request {
+                    what: what(),
+                    source: e.to_io(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a dump request and collects the inner messages.
+    async fn dump(
+        &self,
+        message: RouteNetlinkMessage,
+        what: &dyn Fn() -> String,
+    ) -> Result<Vec<RouteNetlinkMessage>, KernelError> {
+        let mut replies = self.send(message, NLM_F_REQUEST | NLM_F_DUMP, what)?;
+        let mut out = Vec::new();
+        while let Some(reply) = replies.next().await {
+            match reply.payload {
+                NetlinkPayload::InnerMessage(m) => out.push(m),
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(KernelError::Request {
+                        what: what(),
+                        source: e.to_io(),
+                    });
+                }
+                NetlinkPayload::Done(_) | NetlinkPayload::Error(_) | NetlinkPayload::Noop => {}
+                NetlinkPayload::Overrun(_) => {
+                    return Err(KernelError::Unexpected { what: what() });
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,334 @@
+//! The verified registry, kept from etcd snapshots and watch events.
+//!
+//! A rejected value never replaces a verified one: forging or garbling a key
+//! cannot take a host or a segment away; only a delete (or the lease
+//! expiring) does. Each rejection is logged once per key and revision and
+//! counted by reason.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::host::HostRecord;
+use super::keys::Keys;
+use super::record::{Expect, Rejection, open};
+use super::secret::Secrets;
+use super::segment::{SegmentSpec, validate_segment_name};
+use crate::mesh::RegistryView;
+
+/// One value as read from etcd.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry<'a> {
+    pub key: &'a str,
+    pub value: &'a [u8],
+    pub lease: i64,
+    pub mod_revision: i64,
+}
+
+/// Rejections, counted by reason, logged once per key and revision.
+#[derive(Debug, Default)]
+pub struct RejectionLog {
+    logged: HashMap<String, i64>,
+    counts: BTreeMap<&'static str, u64>,
+}
+
+impl RejectionLog {
+    /// Records a rejection; returns whether it was new (and so logged).
+    pub fn record(&mut self, key: &str, mod_revision: i64, rejection: &Rejection) -> bool {
+        if self.logged.get(key) == Some(&mod_revision) {
+            return false;
+        }
+        // Bound the memory a flood of junk keys can take: forget the
+        // per-key log (not the counts) past a limit.
+        if self.logged.len() >= 100_000 {
+            self.logged.clear();
+        }
+        self.logged.insert(key.to_owned(), mod_revision);
+        *self.counts.entry(rejection.reason()).or_default() += 1;
+        warn!(key, revision = mod_revision, reason = rejection.reason(), error = %rejection, "registry record rejected");
+        true
+    }
+
+    /// Rejections so far, by reason.
+    #[must_use]
+    pub fn counts(&self) -> &BTreeMap<&'static str, u64> {
+        &self.counts
+    }
+
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct HostEntry {
+    record: HostRecord,
+    issued_at: u64,
+}
+
+/// The verified hosts and segments under one prefix.
+#[derive(Debug)]
+pub struct RegistryCache {
+    keys: Keys,
+    secrets: Secrets,
+    max_age: Duration,
+    hosts: BTreeMap<String, HostEntry>,
+    segments: BTreeMap<String, SegmentSpec>,
+    pub rejections: RejectionLog,
+}
+
+impl RegistryCache {
+    #[must_use]
+    pub fn new(keys: Keys, secrets: Secrets, max_age: Duration) -> Self {
+        Self {
+            keys,
+            secrets,
+            max_age,
+            hosts: BTreeMap::new(),
+            segments: BTreeMap::new(),
+            rejections: RejectionLog::default(),
+        }
+    }
+
+    /// Replaces the secrets (rotation without restart).
+    pub fn set_secrets(&mut self, secrets: Secrets) {
+        self.secrets = secrets;
+    }
+
+    /// Applies a put; `now` is Unix seconds. Returns whether the view changed.
+    pub fn put(&mut self, entry: Entry<'_>, now: u64) -> bool {
+        if let Some(host) = self.keys.host_of(entry.key) {
+            let expect = Expect {
+                key: entry.key,
+                lease: entry.lease,
+                now,
+                max_age: Some(self.max_age),
+            };
+            let result = open::<HostRecord>(&self.secrets, entry.value, expect).and_then(|v| {
+                v.body.validate(host).map_err(Rejection::Invalid)?;
+                Ok(v)
+            });
+            return match result {
+                Ok(v) => {
+                    let changed = self.hosts.get(host).is_none_or(|h| h.record != v.body);
+                    self.hosts.insert(
+                        host.to_owned(),
+                        HostEntry {
+                            record: v.body,
+                            issued_at: v.issued_at,
+                        },
+                    );
+                    changed
+                }
+                Err(r) => {
+                    self.rejections.record(entry.key, entry.mod_revision, &r);
+                    false
+                }
+            };
+        }
+        if let Some(name) = self.keys.segment_of(entry.key) {
+            let expect = Expect {
+                key: entry.key,
+                lease: entry.lease,
+                now,
+                max_age: None,
+            };
+            let result = open::<SegmentSpec>(&self.secrets, entry.value, expect).and_then(|v| {
+                validate_segment_name(name).map_err(Rejection::Invalid)?;
+                v.body.validate().map_err(Rejection::Invalid)?;
+                Ok(v)
+            });
+            return match result {
+                Ok(v) => self.segments.insert(name.to_owned(), v.body.clone()) != Some(v.body),
+                Err(r) => {
+                    self.rejections.record(entry.key, entry.mod_revision, &r);
+                    false
+                }
+            };
+        }
+        let under_us = entry.key.starts_with(&self.keys.hosts())
+            || entry.key.starts_with(&self.keys.segments());
+        if under_us {
+            let r = Rejection::Malformed("key is not <dir>/<name>".into());
+            self.rejections.record(entry.key, entry.mod_revision, &r);
+        }
+        false
+    }
+
+    /// Applies a delete. Returns whether the view changed.
+    pub fn delete(&mut self, key: &str) -> bool {
+        if let Some(host) = self.keys.host_of(key) {
+            return self.hosts.remove(host).is_some();
+        }
+        if let Some(name) = self.keys.segment_of(key) {
+            return self.segments.remove(name).is_some();
+        }
+        false
+    }
+
+    /// Replaces the contents with a snapshot: every key absent from it is
+    /// deleted; rejected values keep the last verified ones.
+    pub fn snapshot<'a>(&mut self, entries: impl IntoIterator<Item = Entry<'a>>, now: u64) {
+        let mut present = std::collections::BTreeSet::new();
+        for entry in entries {
+            present.insert(entry.key.to_owned());
+            self.put(entry, now);
+        }
+        let hosts = self.keys.clone();
+        self.hosts.retain(|h, _| present.contains(&hosts.host(h)));
+        self.segments
+            .retain(|s, _| present.contains(&hosts.segment(s)));
+    }
+
+    /// The view the mesh uses: hosts whose records are within the maximum
+    /// age at `now`.
+    #[must_use]
+    pub fn view(&self, now: u64) -> RegistryView {
+        RegistryView {
+            hosts: self
+                .hosts
+                .iter()
+                .filter(|(_, h)| now.saturating_sub(h.issued_at) <= self.max_age.as_secs())
+                .map(|(k, h)| (k.clone(), h.record.clone()))
+                .collect(),
+            segments: self.segments.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::MacAddr;
+    use crate::registry::record::seal;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn secrets() -> Secrets {
+        Secrets::from_text("cache-test-secret-123").expect("valid")
+    }
+
+    fn cache() -> RegistryCache {
+        RegistryCache::new(Keys::new("/lm"), secrets(), Duration::from_secs(3600))
+    }
+
+    fn host(name: &str) -> HostRecord {
+        HostRecord {
+            hostname: name.into(),
+            address: "198.18.0.2".parse().expect("ip"),
+            segments: [("blue".to_owned(), MacAddr([2, 0, 0, 0, 0, 2]))].into(),
+            agent_version: "t".into(),
+        }
+    }
+
+    fn put(c: &mut RegistryCache, key: &str, value: &[u8], lease: i64, rev: i64) -> bool {
+        c.put(
+            Entry {
+                key,
+                value,
+                lease,
+                mod_revision: rev,
+            },
+            NOW,
+        )
+    }
+
+    #[test]
+    fn verified_records_enter_rejected_ones_do_not_replace_them() {
+        let mut c = cache();
+        let good = seal(&secrets(), "/lm/hosts/h2", 5, NOW, &host("h2")).expect("seal");
+        assert!(put(&mut c, "/lm/hosts/h2", &good, 5, 1));
+        assert!(
+            !put(&mut c, "/lm/hosts/h2", &good, 5, 2),
+            "same record: no change"
+        );
+        assert!(!put(&mut c, "/lm/hosts/h2", b"garbage", 0, 3));
+        assert_eq!(
+            c.view(NOW).hosts.len(),
+            1,
+            "garbage does not remove the host"
+        );
+        assert!(
+            !put(&mut c, "/lm/hosts/h3", &good, 5, 4),
+            "copied under another key"
+        );
+        assert!(
+            !put(&mut c, "/lm/hosts/h2", &good, 6, 5),
+            "replayed under another lease"
+        );
+        let wrong = Secrets::from_text("some-other-secret-456").expect("valid");
+        let forged = seal(&wrong, "/lm/hosts/h4", 7, NOW, &host("h4")).expect("seal");
+        assert!(!put(&mut c, "/lm/hosts/h4", &forged, 7, 6));
+        let counts = c.rejections.counts();
+        assert_eq!(counts.get("malformed"), Some(&1));
+        assert_eq!(counts.get("replayed"), Some(&2));
+        assert_eq!(counts.get("bad_signature"), Some(&1));
+        assert!(c.delete("/lm/hosts/h2"));
+        assert!(c.view(NOW).hosts.is_empty());
+    }
+
+    #[test]
+    fn rejections_are_logged_once_per_revision() {
+        let mut log = RejectionLog::default();
+        assert!(log.record("k", 1, &Rejection::BadSignature));
+        assert!(!log.record("k", 1, &Rejection::BadSignature));
+        assert!(log.record("k", 2, &Rejection::BadSignature));
+        assert_eq!(log.total(), 2);
+    }
+
+    #[test]
+    fn snapshot_removes_absent_keys_and_views_drop_old_records() {
+        let mut c = cache();
+        let h2 = seal(&secrets(), "/lm/hosts/h2", 5, NOW - 3000, &host("h2")).expect("seal");
+        let seg = seal(
+            &secrets(),
+            "/lm/segments/blue",
+            0,
+            NOW,
+            &SegmentSpec::new(100),
+        )
+        .expect("seal");
+        put(&mut c, "/lm/hosts/h2", &h2, 5, 1);
+        put(&mut c, "/lm/segments/blue", &seg, 0, 2);
+        assert_eq!(c.view(NOW).segments.len(), 1);
+        assert_eq!(
+            c.view(NOW + 1000).hosts.len(),
+            0,
+            "older than the maximum age"
+        );
+        c.snapshot(
+            [Entry {
+                key: "/lm/hosts/h2",
+                value: &h2,
+                lease: 5,
+                mod_revision: 1,
+            }],
+            NOW,
+        );
+        assert!(
+            c.view(NOW).segments.is_empty(),
+            "blue is gone from the snapshot"
+        );
+        assert_eq!(c.view(NOW).hosts.len(), 1);
+    }
+
+    #[test]
+    fn invalid_segment_definitions_are_rejected() {
+        let mut c = cache();
+        let bad = seal(
+            &secrets(),
+            "/lm/segments/blue",
+            0,
+            NOW,
+            &SegmentSpec::new(0),
+        )
+        .expect("seal");
+        assert!(!put(&mut c, "/lm/segments/blue", &bad, 0, 1));
+        let long = "/lm/segments/a-very-long-segment-name";
+        let v = seal(&secrets(), long, 0, NOW, &SegmentSpec::new(5)).expect("seal");
+        assert!(!put(&mut c, long, &v, 0, 2));
+        assert_eq!(c.rejections.counts().get("invalid"), Some(&2));
+    }
+}

@@ -1,0 +1,119 @@
+//! Host registrations: `<prefix>/hosts/<HOSTNAME>`, on the host's lease.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::record::Record;
+use super::segment::validate_segment_name;
+use crate::addr::MacAddr;
+
+/// What a host publishes about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub hostname: String,
+    /// Underlay (VTEP) address.
+    pub address: IpAddr,
+    /// Joined segments, with this host's device MAC in each.
+    pub segments: BTreeMap<String, MacAddr>,
+    pub agent_version: String,
+}
+
+impl Record for HostRecord {
+    const KIND: &'static str = "host";
+}
+
+impl HostRecord {
+    /// Checks a record read from key `<prefix>/hosts/<key_host>`.
+    pub fn validate(&self, key_host: &str) -> Result<(), String> {
+        validate_hostname(&self.hostname)?;
+        if self.hostname != key_host {
+            return Err(format!(
+                "record names host {:?} but is stored under host {key_host:?}",
+                self.hostname
+            ));
+        }
+        if self.address.is_unspecified() || self.address.is_multicast() {
+            return Err(format!(
+                "underlay address {} is not a unicast address",
+                self.address
+            ));
+        }
+        for name in self.segments.keys() {
+            validate_segment_name(name)?;
+        }
+        Ok(())
+    }
+}
+
+/// A host name: 1..=253 bytes of letters, digits, `-`, `_` and `.`.
+pub fn validate_hostname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!("host name {name:?} must be 1 to 253 bytes"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!("host name {name:?} contains {c:?}"));
+    }
+    Ok(())
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> HostRecord {
+        HostRecord {
+            hostname: "h1".into(),
+            address: "198.18.0.1".parse().expect("ip"),
+            segments: BTreeMap::from([("blue".into(), MacAddr([2, 0, 0, 0, 0, 1]))]),
+            agent_version: "0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn json_shape() {
+        let json = serde_json::to_string(&record()).expect("encode");
+        assert_eq!(
+            json,
+            r#"{"hostname":"h1","address":"198.18.0.1","segments":{"blue":"02:00:00:00:00:01"},"agent_version":"0.1.0"}"#
+        );
+        let back: HostRecord = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, record());
+    }
+
+    #[test]
+    fn validation() {
+        assert!(record().validate("h1").is_ok());
+        assert!(
+            record().validate("h2").is_err(),
+            "stored under another host"
+        );
+        let mut r = record();
+        r.address = "0.0.0.0".parse().expect("ip");
+        assert!(r.validate("h1").is_err());
+        let mut r = record();
+        r.segments.insert("a/b".into(), MacAddr::ZERO);
+        assert!(r.validate("h1").is_err());
+        for bad in ["", "a b", "x/y", &"a".repeat(254)] {
+            assert!(validate_hostname(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_hostname("node-1.rack_2").is_ok());
+    }
+}

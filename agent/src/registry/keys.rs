@@ -1,0 +1,89 @@
+//! The etcd key layout under the prefix (default `/linkmesh`):
+//!
+//! - `<prefix>/hosts/<HOSTNAME>`: a host's registration, on its lease;
+//! - `<prefix>/segments/<NAME>`: a segment definition.
+
+/// Key builder for one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// `prefix` is normalised to start with one `/` and end without one.
+    #[must_use]
+    pub fn new(prefix: &str) -> Self {
+        let trimmed = prefix.trim_matches('/');
+        let prefix = if trimmed.is_empty() {
+            String::new()
+        } else {
+            format!("/{trimmed}")
+        };
+        Self { prefix }
+    }
+
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    #[must_use]
+    pub fn hosts(&self) -> String {
+        format!("{}/hosts/", self.prefix)
+    }
+
+    #[must_use]
+    pub fn host(&self, hostname: &str) -> String {
+        format!("{}{hostname}", self.hosts())
+    }
+
+    #[must_use]
+    pub fn segments(&self) -> String {
+        format!("{}/segments/", self.prefix)
+    }
+
+    #[must_use]
+    pub fn segment(&self, name: &str) -> String {
+        format!("{}{name}", self.segments())
+    }
+
+    /// The host name of a key under [`Keys::hosts`], if it is one.
+    #[must_use]
+    pub fn host_of<'a>(&self, key: &'a str) -> Option<&'a str> {
+        leaf(key, &self.hosts())
+    }
+
+    /// The segment name of a key under [`Keys::segments`], if it is one.
+    #[must_use]
+    pub fn segment_of<'a>(&self, key: &'a str) -> Option<&'a str> {
+        leaf(key, &self.segments())
+    }
+}
+
+fn leaf<'a>(key: &'a str, dir: &str) -> Option<&'a str> {
+    key.strip_prefix(dir)
+        .filter(|rest| !rest.is_empty() && !rest.contains('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_is_normalised() {
+        for p in ["/linkmesh", "linkmesh", "/linkmesh/", "linkmesh//"] {
+            assert_eq!(Keys::new(p).host("h1"), "/linkmesh/hosts/h1", "{p}");
+        }
+        assert_eq!(Keys::new("/").segment("blue"), "/segments/blue");
+    }
+
+    #[test]
+    fn leaves_are_parsed() {
+        let k = Keys::new("/lm");
+        assert_eq!(k.host_of("/lm/hosts/h1"), Some("h1"));
+        assert_eq!(k.host_of("/lm/hosts/"), None);
+        assert_eq!(k.host_of("/lm/hosts/a/b"), None);
+        assert_eq!(k.host_of("/lm/segments/blue"), None);
+        assert_eq!(k.segment_of("/lm/segments/blue"), Some("blue"));
+    }
+}

@@ -1,0 +1,197 @@
+//! Segment definitions: `<prefix>/segments/<NAME>`, a name mapped to a VXLAN
+//! VNI and its settings. The kernel device for segment NAME is named NAME.
+
+use serde::{Deserialize, Serialize};
+
+use super::record::Record;
+
+/// The IANA VXLAN port.
+pub const DEFAULT_PORT: u16 = 4789;
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// The kernel's interface name limit (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentSpec {
+    pub vni: u32,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default = "default_learning")]
+    pub learning: bool,
+    /// Device MTU; default underlay MTU - 50 (IPv4) or - 70 (IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// A named network namespace (`/run/netns/NAME`) to move the device into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+}
+
+fn default_port() -> u16 {
+    DEFAULT_PORT
+}
+
+fn default_learning() -> bool {
+    true
+}
+
+impl Record for SegmentSpec {
+    const KIND: &'static str = "segment";
+}
+
+impl SegmentSpec {
+    #[must_use]
+    pub fn new(vni: u32) -> Self {
+        Self {
+            vni,
+            port: DEFAULT_PORT,
+            learning: true,
+            mtu: None,
+            netns: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=MAX_VNI).contains(&self.vni) {
+            return Err(format!("vni {} is outside 1..={MAX_VNI}", self.vni));
+        }
+        if self.port == 0 {
+            return Err("port 0 is not a UDP port".into());
+        }
+        if let Some(mtu) = self.mtu
+            && !(68..=65535).contains(&mtu)
+        {
+            return Err(format!("mtu {mtu} is outside 68..=65535"));
+        }
+        if let Some(ns) = &self.netns {
+            validate_netns_name(ns)?;
+        }
+        Ok(())
+    }
+}
+
+/// A segment name is also its device's name: 1..=15 bytes, no `/`, `:`,
+/// whitespace or control characters, not `.` or `..`.
+pub fn validate_segment_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_IFNAME_LEN {
+        return Err(format!(
+            "segment name {name:?} must be 1 to {MAX_IFNAME_LEN} bytes (it names the device)"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!(
+            "segment name {name:?} is not a valid interface name"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("segment name {name:?} contains {c:?}"));
+    }
+    Ok(())
+}
+
+/// A named network namespace: a file name under `/run/netns`.
+pub fn validate_netns_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 255
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains('\0')
+    {
+        return Err(format!("netns {name:?} is not a valid namespace name"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_in() {
+        let s: SegmentSpec = serde_json::from_str(r#"{"vni":100}"#).expect("decode");
+        assert_eq!(s, SegmentSpec::new(100));
+        assert_eq!(s.port, 4789);
+        assert!(s.learning);
+        assert_eq!(
+            serde_json::to_string(&s).expect("encode"),
+            r#"{"vni":100,"port":4789,"learning":true}"#
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_rejected() {
+        assert!(serde_json::from_str::<SegmentSpec>(r#"{"vni":1,"colour":"blue"}"#).is_err());
+        assert!(serde_json::from_str::<SegmentSpec>(r#"{"vni":-1}"#).is_err());
+        assert!(
+            serde_json::from_str::<SegmentSpec>(r#"{"port":1}"#).is_err(),
+            "vni is required"
+        );
+        for (spec, why) in [
+            (SegmentSpec::new(0), "vni 0"),
+            (SegmentSpec::new(MAX_VNI + 1), "vni too large"),
+            (
+                SegmentSpec {
+                    port: 0,
+                    ..SegmentSpec::new(1)
+                },
+                "port 0",
+            ),
+            (
+                SegmentSpec {
+                    mtu: Some(67),
+                    ..SegmentSpec::new(1)
+                },
+                "mtu too small",
+            ),
+            (
+                SegmentSpec {
+                    netns: Some("a/b".into()),
+                    ..SegmentSpec::new(1)
+                },
+                "netns path",
+            ),
+            (
+                SegmentSpec {
+                    netns: Some("..".into()),
+                    ..SegmentSpec::new(1)
+                },
+                "netns ..",
+            ),
+        ] {
+            assert!(spec.validate().is_err(), "{why} accepted");
+        }
+        assert!(SegmentSpec::new(MAX_VNI).validate().is_ok());
+        assert!(
+            SegmentSpec {
+                mtu: Some(1450),
+                netns: Some("web-1".into()),
+                ..SegmentSpec::new(7)
+            }
+            .validate()
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn segment_names_are_interface_names() {
+        for good in ["blue", "vx-red_1", "a", "fifteen-chars15"] {
+            assert!(validate_segment_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "sixteen-chars-16",
+            "a/b",
+            "a:b",
+            "a b",
+            ".",
+            "..",
+            "tab\t",
+        ] {
+            assert!(validate_segment_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
