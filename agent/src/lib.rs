@@ -6,7 +6,11 @@
 //! eBPF programs: load, attach, events).
 
 pub mod addr;
+pub mod agent;
+pub mod cli;
+pub mod config;
 pub mod kernel;
 pub mod mesh;
 pub mod registry;
+pub mod store;
 pub mod watch;

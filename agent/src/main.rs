@@ -2,6 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use linkmesh::cli::SegmentCommand;
+use linkmesh::config::{AgentArgs, EtcdArgs};
 use linkmesh::watch::ArpWatcher;
 use tracing_subscriber::EnvFilter;
 
@@ -15,12 +17,24 @@ struct Cli {
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Debug logging (same as -v).
+    #[arg(short = 'D', long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent: register this host, keep the mesh programmed.
+    Agent(Box<AgentArgs>),
+    /// Define, list and remove segments (writes to etcd directly).
+    Segment {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        #[command(subcommand)]
+        command: SegmentCommand,
+    },
     /// Attach the ARP watcher (eBPF, TC ingress) to interfaces and print every
     /// ARP packet they receive.
     WatchArp {
@@ -50,8 +64,14 @@ fn init_tracing(verbose: u8) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    init_tracing(if cli.debug {
+        cli.verbose.max(1)
+    } else {
+        cli.verbose
+    });
     match cli.command {
+        Command::Agent(args) => linkmesh::agent::run(*args).await,
+        Command::Segment { etcd, command } => linkmesh::cli::segment(&etcd, command).await,
         Command::WatchArp { interfaces, count } => watch_arp(&interfaces, count).await,
     }
 }

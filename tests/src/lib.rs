@@ -7,6 +7,7 @@
 //! tests in parallel (threads or processes) never collide, and a slot left
 //! by a killed test process is swept by the next user of that slot.
 
+pub mod agent;
 pub mod etcd;
 pub mod kernel;
 pub mod lab;

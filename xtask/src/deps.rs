@@ -11,6 +11,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("etcd-server", "the real etcd the integration tests start"),
     ("protobuf-compiler", "protoc, for etcd-client's build"),
     ("iproute2", "`ip netns` for the test lab's namespaces"),
+    ("iputils-ping", "ping, the tests' probe across the overlay"),
 ];
 
 fn installed(package: &str) -> bool {

@@ -69,6 +69,14 @@ pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
     step.done();
 
     if root {
+        // The integration tests run the agent binary.
+        step::run(cargo().current_dir(root_dir).args([
+            "build",
+            "--package",
+            "linkmesh",
+            "--bin",
+            "linkmesh",
+        ]))?;
         let step = Step::start("integration tests (network namespaces, real etcd, real packets)");
         let result = step::run(
             cargo()

@@ -1,0 +1,253 @@
+//! `linkmesh agent`: register, sync the registry, reconcile the mesh.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Mutex, watch};
+use tracing::{info, warn};
+
+use crate::config::AgentArgs;
+use crate::kernel::Netlink;
+use crate::kernel::events::{KernelEvent, KernelEvents};
+use crate::mesh::desired::device_mac;
+use crate::mesh::{LocalConfig, Reconciler, RegistryView, Underlay, desired};
+use crate::registry::HostRecord;
+use crate::registry::cache::RegistryCache;
+use crate::store::{self, Registration, StoreStats};
+
+/// Kernel events are gathered this long before one reconcile pass.
+const EVENT_DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Finds the underlay: `--address`, else `--device`'s first global IPv4,
+/// else the default route's device's. Says where it came from.
+async fn resolve_underlay(
+    nl: &Netlink,
+    address: Option<IpAddr>,
+    device: Option<&str>,
+) -> anyhow::Result<Underlay> {
+    let links = nl.links().await.context("listing links")?;
+    let addrs = nl.addresses().await.context("listing addresses")?;
+    let (address, ifindex, source) = if let Some(address) = address {
+        let a = addrs
+            .iter()
+            .find(|a| a.addr == address)
+            .with_context(|| format!("--address {address} is not configured on any interface"))?;
+        (address, a.ifindex, "--address")
+    } else {
+        let (ifindex, source) = if let Some(dev) = device {
+            let link = links
+                .iter()
+                .find(|l| l.name == dev)
+                .with_context(|| format!("--device {dev}: no such interface"))?;
+            (link.index, "--device")
+        } else {
+            let index = nl
+                .default_route_ifindex()
+                .await
+                .context("reading the default route")?
+                .context("no --address or --device given and there is no default route")?;
+            (index, "the default route's device")
+        };
+        let a = addrs
+            .iter()
+            .find(|a| a.ifindex == ifindex && a.global && a.addr.is_ipv4())
+            .with_context(|| {
+                format!("interface {ifindex} ({source}) has no global IPv4 address")
+            })?;
+        (a.addr, ifindex, source)
+    };
+    let link = links
+        .iter()
+        .find(|l| l.index == ifindex)
+        .with_context(|| format!("interface {ifindex} disappeared"))?;
+    let underlay = Underlay {
+        address,
+        ifindex,
+        ifname: link.name.clone(),
+        mtu: link.mtu.unwrap_or(1500),
+    };
+    info!(address = %underlay.address, device = %underlay.ifname, mtu = underlay.mtu, source, "underlay");
+    Ok(underlay)
+}
+
+fn system_hostname() -> anyhow::Result<String> {
+    let name =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the host name")?;
+    Ok(name.trim().to_owned())
+}
+
+/// Whether a kernel event may concern the mesh's devices.
+fn relevant(event: &KernelEvent, segments: &BTreeSet<String>) -> bool {
+    match event {
+        KernelEvent::LinkRemoved { .. } | KernelEvent::FdbRemoved { .. } => true,
+        KernelEvent::LinkChanged { name, .. } => {
+            name.as_ref().is_some_and(|n| segments.contains(n))
+        }
+    }
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let secrets = args.etcd.secrets()?;
+    let keys = args.etcd.keys();
+    let hostname = match &args.hostname {
+        Some(h) => h.clone(),
+        None => system_hostname()?,
+    };
+    crate::registry::host::validate_hostname(&hostname).map_err(anyhow::Error::msg)?;
+    let nl = Netlink::connect()?;
+    let underlay = resolve_underlay(&nl, args.address, args.device.as_deref()).await?;
+    let segments: BTreeSet<String> = args.segments.iter().cloned().collect();
+    let local = LocalConfig {
+        hostname: hostname.clone(),
+        underlay: underlay.clone(),
+        segments: segments.clone(),
+        bridge: args.bridge.clone(),
+    };
+    let record = HostRecord {
+        hostname: hostname.clone(),
+        address: underlay.address,
+        segments: segments
+            .iter()
+            .map(|s| (s.clone(), device_mac(&hostname, s)))
+            .collect(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let max_age = Duration::from_secs(args.max_record_age);
+
+    let client = store::connect(&args.etcd.etcd_servers).await?;
+    let stats = Arc::new(StoreStats::default());
+    let cache = Arc::new(Mutex::new(RegistryCache::new(
+        keys.clone(),
+        secrets.clone(),
+        max_age,
+    )));
+    let (tx, mut rx) = watch::channel(RegistryView::default());
+    let resync = Duration::from_secs(args.resync_interval);
+    let sync = tokio::spawn(store::sync_registry(
+        client.clone(),
+        keys.clone(),
+        cache.clone(),
+        tx,
+        resync,
+        stats.clone(),
+    ));
+    let lease = Arc::new(AtomicI64::new(0));
+    let registration = tokio::spawn(
+        Registration {
+            client: client.clone(),
+            keys: keys.clone(),
+            secrets,
+            record,
+            ttl: args.ttl(),
+            max_age,
+            lease: lease.clone(),
+            stats: stats.clone(),
+        }
+        .run(),
+    );
+
+    let reconciler = Reconciler::new(nl.clone(), local.clone());
+    let mut events = KernelEvents::subscribe()?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    // Reconcile only against a registry that was actually read: an empty
+    // view before the first snapshot would remove every peer.
+    info!(host = %hostname, segments = ?segments, "waiting for the first registry snapshot");
+    let synced = loop {
+        if stats.snapshots.load(Ordering::Relaxed) > 0 {
+            break true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = sigterm.recv() => break false,
+            _ = sigint.recv() => break false,
+        }
+    };
+
+    let mut last_problems: Vec<String> = Vec::new();
+    let mut passes = 0u64;
+    let mut resync_tick = tokio::time::interval(resync);
+    resync_tick.tick().await;
+    while synced {
+        let view = rx.borrow_and_update().clone();
+        let want = desired(&local, &view);
+        match reconciler.reconcile(&want).await {
+            Ok(report) => {
+                passes += 1;
+                if report.applied > 0 || !report.errors.is_empty() || passes == 1 {
+                    info!(
+                        applied = report.applied,
+                        failed = report.errors.len(),
+                        netlink_writes = nl.writes(),
+                        segments = want.segments.len(),
+                        peers = want.segments.values().map(|s| s.peers.len()).sum::<usize>(),
+                        "mesh reconciled"
+                    );
+                }
+                if report.problems != last_problems {
+                    for p in &report.problems {
+                        warn!(problem = %p, "mesh configuration problem");
+                    }
+                    last_problems = report.problems;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "reading kernel state failed; retrying at the next change or resync")
+            }
+        }
+        let stop = loop {
+            tokio::select! {
+                r = rx.changed() => {
+                    if r.is_err() {
+                        bail!("the registry sync task stopped");
+                    }
+                    break false;
+                }
+                Some(event) = events.next() => {
+                    let mut any = relevant(&event, &segments);
+                    let deadline = tokio::time::Instant::now() + EVENT_DEBOUNCE;
+                    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, events.next()).await {
+                        any |= relevant(&e, &segments);
+                    }
+                    if any {
+                        break false;
+                    }
+                }
+                _ = resync_tick.tick() => break false,
+                _ = sigterm.recv() => break true,
+                _ = sigint.recv() => break true,
+            }
+        };
+        if stop {
+            break;
+        }
+    }
+
+    info!("stopping");
+    registration.abort();
+    sync.abort();
+    let lease_id = lease.load(Ordering::Relaxed);
+    if lease_id != 0 {
+        match store::revoke(&client, lease_id).await {
+            Ok(()) => info!(lease = format!("{lease_id:x}"), "lease revoked"),
+            Err(e) => {
+                warn!(error = %e, "revoking the lease failed; peers drop this host when it expires")
+            }
+        }
+    }
+    if args.cleanup_on_exit {
+        let removed = reconciler
+            .cleanup()
+            .await
+            .context("removing segment devices")?;
+        info!(removed, "segment devices removed");
+    }
+    Ok(())
+}

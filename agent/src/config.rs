@@ -1,0 +1,141 @@
+//! Command-line and environment options. Every agent option also has a
+//! `LINKMESH_*` environment variable; bare names like `HOSTNAME` are never
+//! read (every shell sets them).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::registry::secret::SecretError;
+use crate::registry::{Keys, Secrets};
+
+/// Where etcd is and how records are signed (agent and admin commands).
+#[derive(Args, Clone, Debug)]
+pub struct EtcdArgs {
+    /// etcd endpoint; repeatable or comma-separated.
+    #[arg(
+        long = "etcd-server",
+        global = true,
+        env = "LINKMESH_ETCD_SERVER",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd_servers: Vec<String>,
+    /// Key prefix of everything linkmesh stores.
+    #[arg(
+        long,
+        global = true,
+        env = "LINKMESH_PREFIX",
+        default_value = "/linkmesh"
+    )]
+    pub prefix: String,
+    /// File with the shared secret (one per line: the first signs, all verify).
+    #[arg(
+        long,
+        global = true,
+        env = "LINKMESH_SECRET_FILE",
+        conflicts_with = "secret"
+    )]
+    pub secret_file: Option<PathBuf>,
+    /// The shared secret itself (prefer --secret-file: arguments are visible in ps).
+    #[arg(long, global = true, env = "LINKMESH_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("a secret is required: give --secret-file, --secret or LINKMESH_SECRET")]
+    NoSecret,
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("--ttl {0} is below the minimum of 2 seconds (etcd clamps shorter leases)")]
+    TtlTooShort(u64),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl EtcdArgs {
+    pub fn secrets(&self) -> Result<Secrets, ConfigError> {
+        match (&self.secret_file, &self.secret) {
+            (Some(path), _) => Ok(Secrets::load(path)?),
+            (None, Some(text)) => Ok(Secrets::from_text(text)?),
+            (None, None) => Err(ConfigError::NoSecret),
+        }
+    }
+
+    #[must_use]
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.prefix)
+    }
+}
+
+/// `linkmesh agent` options.
+#[derive(Args, Clone, Debug)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// This host's name in the registry (default: the system host name).
+    #[arg(long, env = "LINKMESH_HOSTNAME")]
+    pub hostname: Option<String>,
+    /// Underlay address (default: the first global IPv4 address of --device,
+    /// or of the default route's device).
+    #[arg(long, env = "LINKMESH_ADDRESS", conflicts_with = "device")]
+    pub address: Option<IpAddr>,
+    /// Underlay device.
+    #[arg(long, env = "LINKMESH_DEVICE")]
+    pub device: Option<String>,
+    /// Registration lease TTL in seconds (minimum 2).
+    #[arg(long, env = "LINKMESH_TTL", default_value_t = 10)]
+    pub ttl: u64,
+    /// Segment to join; repeatable or comma-separated.
+    #[arg(long = "segment", env = "LINKMESH_SEGMENT", value_delimiter = ',')]
+    pub segments: Vec<String>,
+    /// Enslave every segment device to this Linux bridge (created if missing).
+    #[arg(long, env = "LINKMESH_BRIDGE")]
+    pub bridge: Option<String>,
+    /// Full resync with etcd and the kernel every this many seconds.
+    #[arg(long, env = "LINKMESH_RESYNC_INTERVAL", default_value_t = 30)]
+    pub resync_interval: u64,
+    /// Host records older than this many seconds are not used (replay bound).
+    #[arg(long, env = "LINKMESH_MAX_RECORD_AGE", default_value_t = 3600)]
+    pub max_record_age: u64,
+    /// Remove the segment devices this agent owns when it exits.
+    #[arg(long, env = "LINKMESH_CLEANUP_ON_EXIT")]
+    pub cleanup_on_exit: bool,
+}
+
+impl AgentArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ttl < 2 {
+            return Err(ConfigError::TtlTooShort(self.ttl));
+        }
+        if self.resync_interval == 0 {
+            return Err(ConfigError::Invalid(
+                "--resync-interval must be at least 1".into(),
+            ));
+        }
+        if self.max_record_age < 60 {
+            return Err(ConfigError::Invalid(
+                "--max-record-age must be at least 60 seconds".into(),
+            ));
+        }
+        for s in &self.segments {
+            crate::registry::segment::validate_segment_name(s).map_err(ConfigError::Invalid)?;
+        }
+        if let Some(b) = &self.bridge {
+            crate::registry::segment::validate_segment_name(b)
+                .map_err(|e| ConfigError::Invalid(format!("--bridge: {e}")))?;
+        }
+        if let Some(h) = &self.hostname {
+            crate::registry::host::validate_hostname(h).map_err(ConfigError::Invalid)?;
+        }
+        Ok(())
+    }
+
+    #[must_use]
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl)
+    }
+}

@@ -1,0 +1,508 @@
+//! etcd: the connection, the registry sync (snapshot + watch, re-created on
+//! any failure), this host's registration (lease + keepalive + re-signing),
+//! and the admin operations on segments.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use tokio::sync::{Mutex, watch};
+use tracing::{debug, info, warn};
+
+use crate::mesh::RegistryView;
+use crate::registry::cache::{Entry, RegistryCache};
+use crate::registry::{HostRecord, Keys, Secrets, SegmentSpec, seal};
+
+/// One etcd request may take this long before it counts as failed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("connecting to etcd at {endpoints}: {source}")]
+    Connect {
+        endpoints: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("{what}: {source}")]
+    Etcd {
+        what: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("{what}: no answer from etcd within {REQUEST_TIMEOUT:?}")]
+    Timeout { what: String },
+    #[error("{0}")]
+    Seal(#[from] crate::registry::record::SealError),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Unix seconds now (record issue times are wall-clock by nature: they
+/// are compared across hosts).
+#[must_use]
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn timed<T>(
+    what: impl Fn() -> String,
+    f: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(StoreError::Etcd {
+            what: what(),
+            source,
+        }),
+        Err(_) => Err(StoreError::Timeout { what: what() }),
+    }
+}
+
+/// Connects to every endpoint (requests are balanced and fail over between
+/// them). Does not wait for etcd to be up.
+pub async fn connect(endpoints: &[String]) -> Result<Client, StoreError> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true);
+    Client::connect(endpoints, Some(options))
+        .await
+        .map_err(|source| StoreError::Connect {
+            endpoints: endpoints.join(","),
+            source,
+        })
+}
+
+/// Shared counters of the etcd side.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub snapshots: AtomicU64,
+    pub watch_restarts: AtomicU64,
+    pub revision: AtomicI64,
+    pub registrations: AtomicU64,
+}
+
+/// Keeps `cache` in sync with etcd and publishes the view on `tx`: a
+/// snapshot at revision R, then a watch from R+1; on compaction, a broken
+/// stream, or every `resync`, a fresh snapshot. Runs until cancelled.
+pub async fn sync_registry(
+    client: Client,
+    keys: Keys,
+    cache: Arc<Mutex<RegistryCache>>,
+    tx: watch::Sender<RegistryView>,
+    resync: Duration,
+    stats: Arc<StoreStats>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut failures = 0u64;
+    loop {
+        match sync_once(&client, &keys, &cache, &tx, resync, &stats).await {
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                // One line per failure streak step, not per retry storm.
+                if failures.is_power_of_two() {
+                    warn!(error = %e, failures, "registry sync failed; retrying");
+                }
+                stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn publish(cache: &Mutex<RegistryCache>, tx: &watch::Sender<RegistryView>) {
+    let view = cache.lock().await.view(unix_now());
+    tx.send_if_modified(|current| {
+        if *current == view {
+            false
+        } else {
+            *current = view;
+            true
+        }
+    });
+}
+
+async fn sync_once(
+    client: &Client,
+    keys: &Keys,
+    cache: &Mutex<RegistryCache>,
+    tx: &watch::Sender<RegistryView>,
+    resync: Duration,
+    stats: &StoreStats,
+) -> Result<(), StoreError> {
+    let mut kv = client.kv_client();
+    let prefix = format!("{}/", keys.prefix());
+    let snapshot = timed(
+        || format!("reading the registry under {prefix}"),
+        kv.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
+    let revision = snapshot
+        .header()
+        .map_or(0, etcd_client::ResponseHeader::revision);
+    stats.snapshots.fetch_add(1, Ordering::Relaxed);
+    stats.revision.store(revision, Ordering::Relaxed);
+    {
+        let mut c = cache.lock().await;
+        let entries = snapshot.kvs().iter().filter_map(|kv| {
+            Some(Entry {
+                key: kv.key_str().ok()?,
+                value: kv.value(),
+                lease: kv.lease(),
+                mod_revision: kv.mod_revision(),
+            })
+        });
+        c.snapshot(entries, unix_now());
+    }
+    publish(cache, tx).await;
+    debug!(revision, keys = snapshot.kvs().len(), "registry snapshot");
+
+    let mut watch_client = client.watch_client();
+    let mut stream = timed(
+        || format!("watching {prefix}"),
+        watch_client.watch(
+            prefix.clone(),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1)
+                    .with_progress_notify(),
+            ),
+        ),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + resync;
+    loop {
+        let message = tokio::select! {
+            m = stream.message() => m,
+            () = tokio::time::sleep_until(deadline) => return Ok(()),
+        };
+        let response = match message {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Err(StoreError::Invalid("the watch stream ended".into()));
+            }
+            Err(source) => {
+                return Err(StoreError::Etcd {
+                    what: "reading the registry watch".into(),
+                    source,
+                });
+            }
+        };
+        if response.canceled() || response.compact_revision() > 0 {
+            return Err(StoreError::Invalid(format!(
+                "the registry watch was cancelled (compacted at {}): re-reading",
+                response.compact_revision()
+            )));
+        }
+        if let Some(h) = response.header() {
+            stats.revision.store(h.revision(), Ordering::Relaxed);
+        }
+        if response.events().is_empty() {
+            continue;
+        }
+        let mut changed = false;
+        {
+            let mut c = cache.lock().await;
+            let now = unix_now();
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let Ok(key) = kv.key_str() else { continue };
+                changed |= match event.event_type() {
+                    EventType::Put => c.put(
+                        Entry {
+                            key,
+                            value: kv.value(),
+                            lease: kv.lease(),
+                            mod_revision: kv.mod_revision(),
+                        },
+                        now,
+                    ),
+                    EventType::Delete => c.delete(key),
+                };
+            }
+        }
+        if changed {
+            publish(cache, tx).await;
+        }
+    }
+}
+
+/// This host's registration: a lease, the signed host record on it, kept
+/// alive and re-signed before half the maximum record age.
+pub struct Registration {
+    pub client: Client,
+    pub keys: Keys,
+    pub secrets: Secrets,
+    pub record: HostRecord,
+    pub ttl: Duration,
+    pub max_age: Duration,
+    /// The current lease id (0 while there is none), for revocation on exit.
+    pub lease: Arc<AtomicI64>,
+    pub stats: Arc<StoreStats>,
+}
+
+impl Registration {
+    async fn register(&self, lease: i64) -> Result<(), StoreError> {
+        let key = self.keys.host(&self.record.hostname);
+        let value = seal(&self.secrets, &key, lease, unix_now(), &self.record)?;
+        let mut kv = self.client.kv_client();
+        timed(
+            || format!("registering {key}"),
+            kv.put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        )
+        .await?;
+        self.stats.registrations.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Runs until cancelled: grant, register, keep alive; on a lost lease
+    /// or a broken stream, start over.
+    pub async fn run(self) {
+        let mut failures = 0u64;
+        loop {
+            match self.session().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    if failures.is_power_of_two() {
+                        warn!(error = %e, failures, "registration failed; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    async fn session(&self) -> Result<(), StoreError> {
+        let ttl_secs = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
+        let mut lease_client = self.client.lease_client();
+        let mut lease = self.lease.load(Ordering::Relaxed);
+        // Reuse a lease that is still alive (after a broken stream).
+        if lease != 0 {
+            let alive = timed(
+                || "checking the lease".into(),
+                lease_client.time_to_live(lease, None),
+            )
+            .await
+            .is_ok_and(|r| r.ttl() > 0);
+            if !alive {
+                lease = 0;
+            }
+        }
+        if lease == 0 {
+            let granted = timed(
+                || format!("granting a {ttl_secs} s lease"),
+                lease_client.grant(ttl_secs, None),
+            )
+            .await?;
+            lease = granted.id();
+            self.lease.store(lease, Ordering::Relaxed);
+            info!(
+                lease = format!("{lease:x}"),
+                ttl = ttl_secs,
+                "lease granted"
+            );
+        }
+        self.register(lease).await?;
+        info!(host = %self.record.hostname, address = %self.record.address, "registered");
+
+        let (mut keeper, mut responses) = timed(
+            || "opening the lease keepalive stream".into(),
+            lease_client.keep_alive(lease),
+        )
+        .await?;
+        let mut keepalive = tokio::time::interval(self.ttl / 3);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Re-sign well before half the maximum age.
+        let mut resign = tokio::time::interval(self.max_age / 4);
+        resign.tick().await;
+        loop {
+            tokio::select! {
+                _ = keepalive.tick() => {
+                    timed(|| "sending a lease keepalive".into(), keeper.keep_alive()).await?;
+                    let response = timed(|| "reading a lease keepalive".into(), responses.message()).await?;
+                    match response {
+                        Some(r) if r.ttl() > 0 => {}
+                        _ => {
+                            warn!(lease = format!("{lease:x}"), "lease expired; registering again");
+                            self.lease.store(0, Ordering::Relaxed);
+                            return Ok(());
+                        }
+                    }
+                }
+                _ = resign.tick() => self.register(lease).await?,
+            }
+        }
+    }
+}
+
+/// Revokes `lease` (on exit), so peers drop this host at once.
+pub async fn revoke(client: &Client, lease: i64) -> Result<(), StoreError> {
+    let mut lease_client = client.lease_client();
+    timed(
+        || format!("revoking lease {lease:x}"),
+        lease_client.revoke(lease),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Segment administration (the `linkmesh segment` commands).
+pub struct Segments {
+    pub client: Client,
+    pub keys: Keys,
+    pub secrets: Secrets,
+}
+
+impl Segments {
+    fn vni_key(&self, spec: &SegmentSpec) -> String {
+        format!("{}/vnis/{}-{}", self.keys.prefix(), spec.vni, spec.port)
+    }
+
+    /// Adds a segment. Fails if the name exists, or if another segment uses
+    /// the VNI (on the same port): both are checked in one transaction on an
+    /// index key per VNI, so two admins cannot race.
+    pub async fn add(&self, name: &str, spec: &SegmentSpec) -> Result<(), StoreError> {
+        crate::registry::segment::validate_segment_name(name).map_err(StoreError::Invalid)?;
+        spec.validate().map_err(StoreError::Invalid)?;
+        let key = self.keys.segment(name);
+        let vni_key = self.vni_key(spec);
+        let value = seal(&self.secrets, &key, 0, unix_now(), spec)?;
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                Compare::create_revision(vni_key.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(key.clone(), value, None),
+                TxnOp::put(vni_key.clone(), name, None),
+            ])
+            .or_else([
+                TxnOp::get(key.clone(), None),
+                TxnOp::get(vni_key.clone(), None),
+            ]);
+        let mut kv = self.client.kv_client();
+        let response = timed(|| format!("adding segment {name}"), kv.txn(txn)).await?;
+        if response.succeeded() {
+            return Ok(());
+        }
+        let mut existing_name = false;
+        let mut vni_owner = None;
+        for op in response.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(g) = op {
+                for kv in g.kvs() {
+                    if kv.key() == key.as_bytes() {
+                        existing_name = true;
+                    } else {
+                        vni_owner = Some(String::from_utf8_lossy(kv.value()).into_owned());
+                    }
+                }
+            }
+        }
+        if existing_name {
+            return Err(StoreError::Conflict(format!(
+                "segment {name} already exists (remove it first)"
+            )));
+        }
+        Err(StoreError::Conflict(format!(
+            "vni {} (port {}) is already used by segment {}",
+            spec.vni,
+            spec.port,
+            vni_owner.unwrap_or_else(|| "?".into())
+        )))
+    }
+
+    /// Removes a segment and its VNI index entry.
+    pub async fn remove(&self, name: &str) -> Result<bool, StoreError> {
+        let key = self.keys.segment(name);
+        let mut kv = self.client.kv_client();
+        let current = timed(
+            || format!("reading segment {name}"),
+            kv.get(key.clone(), None),
+        )
+        .await?;
+        let Some(existing) = current.kvs().first() else {
+            return Ok(false);
+        };
+        let mut ops = vec![TxnOp::delete(key.clone(), None)];
+        // The index key is found from the stored definition (unverified
+        // content is fine here: it only names which index entry to drop).
+        if let Some(spec) = stored_spec(existing.value()) {
+            ops.push(TxnOp::delete(self.vni_key(&spec), None));
+        }
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                existing.mod_revision(),
+            )])
+            .and_then(ops);
+        let response = timed(|| format!("removing segment {name}"), kv.txn(txn)).await?;
+        if !response.succeeded() {
+            return Err(StoreError::Conflict(format!(
+                "segment {name} changed while being removed; try again"
+            )));
+        }
+        Ok(true)
+    }
+
+    /// Every segment, verified: `(name, spec)` or `(key, rejection)`.
+    pub async fn list(&self) -> Result<Vec<(String, Result<SegmentSpec, String>)>, StoreError> {
+        let mut kv = self.client.kv_client();
+        let dir = self.keys.segments();
+        let response = timed(
+            || format!("listing {dir}"),
+            kv.get(dir.clone(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let now = unix_now();
+        Ok(response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let name = self.keys.segment_of(&key).unwrap_or(&key).to_owned();
+                let expect = crate::registry::Expect {
+                    key: &key,
+                    lease: kv.lease(),
+                    now,
+                    max_age: None,
+                };
+                let spec = crate::registry::open::<SegmentSpec>(&self.secrets, kv.value(), expect)
+                    .map(|v| v.body)
+                    .map_err(|r| r.to_string());
+                (name, spec)
+            })
+            .collect())
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct StoredEnvelope {
+    body: SegmentSpec,
+}
+
+fn stored_spec(value: &[u8]) -> Option<SegmentSpec> {
+    serde_json::from_slice::<StoredEnvelope>(value)
+        .ok()
+        .map(|e| e.body)
+}

@@ -1,0 +1,163 @@
+//! Running `linkmesh` in the lab: agents inside host namespaces, admin
+//! commands from the root namespace, and waiting for kernel state.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::kernel;
+use crate::lab::Lab;
+use crate::process::Process;
+
+/// The agent binary (`cargo xtask test` builds it first; `LINKMESH_BIN`
+/// overrides the path).
+#[must_use]
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("LINKMESH_BIN") {
+        return PathBuf::from(p);
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/linkmesh");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p linkmesh` (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
+/// Writes a secret file into the lab's directory.
+#[must_use]
+pub fn secret_file(lab: &Lab, name: &str, lines: &[&str]) -> PathBuf {
+    let path = lab.dir().join(name);
+    std::fs::write(&path, lines.join("\n")).expect("writing a secret file");
+    path
+}
+
+/// Runs an admin command (`linkmesh segment ...`) from the root namespace;
+/// returns stdout, panicking with stderr on failure.
+pub fn admin(etcd: &str, secret: &Path, args: &[&str]) -> String {
+    let out = Command::new(binary())
+        .args(args)
+        .args([
+            "--etcd-server",
+            etcd,
+            "--prefix",
+            "/linkmesh",
+            "--secret-file",
+        ])
+        .arg(secret)
+        .output()
+        .expect("running linkmesh");
+    assert!(
+        out.status.success(),
+        "linkmesh {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts an agent in host `index` of `lab`.
+pub fn start(
+    lab: &Lab,
+    index: u8,
+    etcd: &str,
+    secret: &Path,
+    segments: &[&str],
+    extra: &[&str],
+) -> Process {
+    let host = lab.host(index);
+    let mut cmd = Command::new(binary());
+    cmd.args([
+        "agent",
+        "--etcd-server",
+        etcd,
+        "--hostname",
+        &host.name,
+        "--device",
+        &host.ifname,
+    ])
+    .arg("--secret-file")
+    .arg(secret)
+    .args(["--segment", &segments.join(",")])
+    .args(extra)
+    .env("LINKMESH_LOG", "info,linkmesh=debug")
+    .env("NO_COLOR", "1");
+    lab.spawn(index, "agent", cmd)
+}
+
+/// Polls `f` every 20 ms until it is true or `timeout` passes; returns the
+/// time it took, or `None`.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Peers (zero-MAC, `NTF_SELF`, permanent FDB destinations) of device
+/// `device` in namespace `ns`; `None` when the device does not exist.
+#[must_use]
+pub fn peers(ns: &str, device: &str) -> Option<Vec<std::net::IpAddr>> {
+    let link = kernel::link(ns, device)?;
+    let mut out: Vec<_> = kernel::fdb(ns)
+        .into_iter()
+        .filter(|e| e.ifindex == link.index && e.mac == [0; 6] && e.own && e.permanent)
+        .filter_map(|e| e.dst)
+        .collect();
+    out.sort();
+    Some(out)
+}
+
+/// Adds `addr/prefix` to `device` in `ns` (test plumbing).
+pub fn add_address(ns: &str, device: &str, cidr: &str) {
+    let out = Command::new("ip")
+        .args(["-n", ns, "addr", "add", cidr, "dev", device])
+        .output()
+        .expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip addr add {cidr} dev {device} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Pings `target` from namespace `ns`: `count` probes `interval` apart;
+/// returns (transmitted, received).
+#[must_use]
+pub fn ping(ns: &str, target: &str, count: u32, interval: &str) -> (u32, u32) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            interval,
+            "-W",
+            "1",
+            target,
+        ])
+        .output()
+        .expect("running ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("ping printed no summary: {text}"));
+    let mut numbers = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
+    let tx = numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let rx = numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    (tx, rx)
+}
