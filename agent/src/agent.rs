@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
 
@@ -171,13 +171,68 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     };
 
+    if synced {
+        mesh_loop(
+            &reconciler,
+            &mut rx,
+            &mut events,
+            resync,
+            &mut sigterm,
+            &mut sigint,
+        )
+        .await?;
+    }
+
+    info!("stopping");
+    registration.abort();
+    sync.abort();
+    shutdown(&client, &lease, args.cleanup_on_exit.then_some(&reconciler)).await
+}
+
+/// Revokes the lease (peers drop this host at once) and, with
+/// `--cleanup-on-exit`, removes the devices this agent owns.
+async fn shutdown(
+    client: &etcd_client::Client,
+    lease: &AtomicI64,
+    cleanup: Option<&Reconciler>,
+) -> anyhow::Result<()> {
+    let lease_id = lease.load(Ordering::Relaxed);
+    if lease_id != 0 {
+        match store::revoke(client, lease_id).await {
+            Ok(()) => info!(lease = format!("{lease_id:x}"), "lease revoked"),
+            Err(e) => {
+                warn!(error = %e, "revoking the lease failed; peers drop this host when it expires");
+            }
+        }
+    }
+    if let Some(reconciler) = cleanup {
+        let removed = reconciler
+            .cleanup()
+            .await
+            .context("removing segment devices")?;
+        info!(removed, "segment devices removed");
+    }
+    Ok(())
+}
+
+/// Reconciles on every registry change, relevant kernel event and resync
+/// tick, until SIGTERM or SIGINT.
+async fn mesh_loop(
+    reconciler: &Reconciler,
+    rx: &mut watch::Receiver<RegistryView>,
+    events: &mut KernelEvents,
+    resync: Duration,
+    sigterm: &mut Signal,
+    sigint: &mut Signal,
+) -> anyhow::Result<()> {
+    let segments = &reconciler.local().segments;
     let mut last_problems: Vec<String> = Vec::new();
     let mut passes = 0u64;
     let mut resync_tick = tokio::time::interval(resync);
     resync_tick.tick().await;
-    while synced {
+    loop {
         let view = rx.borrow_and_update().clone();
-        let want = desired(&local, &view);
+        let want = desired(reconciler.local(), &view);
         match reconciler.reconcile(&want).await {
             Ok(report) => {
                 passes += 1;
@@ -185,7 +240,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                     info!(
                         applied = report.applied,
                         failed = report.errors.len(),
-                        netlink_writes = nl.writes(),
+                        netlink_writes = reconciler.netlink().writes(),
                         segments = want.segments.len(),
                         peers = want.segments.values().map(|s| s.peers.len()).sum::<usize>(),
                         "mesh reconciled"
@@ -199,7 +254,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 }
             }
             Err(e) => {
-                warn!(error = %e, "reading kernel state failed; retrying at the next change or resync")
+                warn!(error = %e, "reading kernel state failed; retrying at the next change or resync");
             }
         }
         let stop = loop {
@@ -211,10 +266,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                     break false;
                 }
                 Some(event) = events.next() => {
-                    let mut any = relevant(&event, &segments);
+                    let mut any = relevant(&event, segments);
                     let deadline = tokio::time::Instant::now() + EVENT_DEBOUNCE;
                     while let Ok(Some(e)) = tokio::time::timeout_at(deadline, events.next()).await {
-                        any |= relevant(&e, &segments);
+                        any |= relevant(&e, segments);
                     }
                     if any {
                         break false;
@@ -226,28 +281,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             }
         };
         if stop {
-            break;
+            return Ok(());
         }
     }
-
-    info!("stopping");
-    registration.abort();
-    sync.abort();
-    let lease_id = lease.load(Ordering::Relaxed);
-    if lease_id != 0 {
-        match store::revoke(&client, lease_id).await {
-            Ok(()) => info!(lease = format!("{lease_id:x}"), "lease revoked"),
-            Err(e) => {
-                warn!(error = %e, "revoking the lease failed; peers drop this host when it expires")
-            }
-        }
-    }
-    if args.cleanup_on_exit {
-        let removed = reconciler
-            .cleanup()
-            .await
-            .context("removing segment devices")?;
-        info!(removed, "segment devices removed");
-    }
-    Ok(())
 }

@@ -257,11 +257,12 @@ pub struct Registration {
 }
 
 impl Registration {
-    async fn register(&self, lease: i64) -> Result<(), StoreError> {
+    /// Puts the signed record on `lease`; returns the put's revision.
+    async fn register(&self, lease: i64) -> Result<i64, StoreError> {
         let key = self.keys.host(&self.record.hostname);
         let value = seal(&self.secrets, &key, lease, unix_now(), &self.record)?;
         let mut kv = self.client.kv_client();
-        timed(
+        let response = timed(
             || format!("registering {key}"),
             kv.put(
                 key.clone(),
@@ -271,7 +272,9 @@ impl Registration {
         )
         .await?;
         self.stats.registrations.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(response
+            .header()
+            .map_or(0, etcd_client::ResponseHeader::revision))
     }
 
     /// Runs until cancelled: grant, register, keep alive; on a lost lease
@@ -322,8 +325,21 @@ impl Registration {
                 "lease granted"
             );
         }
-        self.register(lease).await?;
+        let mut written = self.register(lease).await?;
         info!(host = %self.record.hostname, address = %self.record.address, "registered");
+
+        // Anyone else writing or deleting our key (a replay, a mistake) is
+        // undone at once; peers keep the last verified record meanwhile.
+        let key = self.keys.host(&self.record.hostname);
+        let mut watch_client = self.client.watch_client();
+        let mut own = timed(
+            || format!("watching {key}"),
+            watch_client.watch(
+                key.clone(),
+                Some(WatchOptions::new().with_start_revision(written + 1)),
+            ),
+        )
+        .await?;
 
         let (mut keeper, mut responses) = timed(
             || "opening the lease keepalive stream".into(),
@@ -349,7 +365,23 @@ impl Registration {
                         }
                     }
                 }
-                _ = resign.tick() => self.register(lease).await?,
+                _ = resign.tick() => written = self.register(lease).await?,
+                message = own.message() => {
+                    let response = message
+                        .map_err(|source| StoreError::Etcd { what: format!("watching {key}"), source })?
+                        .ok_or_else(|| StoreError::Invalid(format!("the watch on {key} ended")))?;
+                    if response.canceled() {
+                        return Err(StoreError::Invalid(format!("the watch on {key} was cancelled")));
+                    }
+                    let foreign = response.events().iter().any(|e| {
+                        e.event_type() == EventType::Delete
+                            || e.kv().is_some_and(|kv| kv.mod_revision() > written)
+                    });
+                    if foreign {
+                        warn!(key = %key, "our registration was changed by someone else; writing it again");
+                        written = self.register(lease).await?;
+                    }
+                }
             }
         }
     }

@@ -35,6 +35,7 @@ pub fn secret_file(lab: &Lab, name: &str, lines: &[&str]) -> PathBuf {
 
 /// Runs an admin command (`linkmesh segment ...`) from the root namespace;
 /// returns stdout, panicking with stderr on failure.
+#[must_use]
 pub fn admin(etcd: &str, secret: &Path, args: &[&str]) -> String {
     let out = Command::new(binary())
         .args(args)
@@ -65,6 +66,19 @@ pub fn start(
     segments: &[&str],
     extra: &[&str],
 ) -> Process {
+    start_labeled(lab, index, "agent", etcd, secret, segments, extra)
+}
+
+/// Like [`start`], logging to `<host>-<label>.log`.
+pub fn start_labeled(
+    lab: &Lab,
+    index: u8,
+    label: &str,
+    etcd: &str,
+    secret: &Path,
+    segments: &[&str],
+    extra: &[&str],
+) -> Process {
     let host = lab.host(index);
     let mut cmd = Command::new(binary());
     cmd.args([
@@ -82,7 +96,7 @@ pub fn start(
     .args(extra)
     .env("LINKMESH_LOG", "info,linkmesh=debug")
     .env("NO_COLOR", "1");
-    lab.spawn(index, "agent", cmd)
+    lab.spawn(index, label, cmd)
 }
 
 /// Polls `f` every 20 ms until it is true or `timeout` passes; returns the

@@ -191,3 +191,310 @@ fn dead_and_stopped_hosts_leave_every_peer() {
         "devices stay after exit"
     );
 }
+
+/// Starts 3 agents on segment blue and waits for the full mesh.
+fn full_mesh(m: &Mesh, extra: &[&str]) -> Vec<linkmesh_tests::process::Process> {
+    m.admin(&["segment", "add", "blue", "--vni", "100"]);
+    let agents = (1..=3).map(|h| m.agent(h, &["blue"], extra)).collect();
+    for h in 1..=3u8 {
+        let others: Vec<_> = (1..=3u8)
+            .filter(|o| *o != h)
+            .map(|o| ip(m.lab.host(o)))
+            .collect();
+        assert!(
+            m.wait_peers(h, "blue", &others, Duration::from_secs(10))
+                .is_some(),
+            "h{h} has the full mesh: {:?}",
+            peers(&m.lab.host(h).netns, "blue")
+        );
+    }
+    agents
+}
+
+#[test]
+fn restart_loses_no_ping_and_writes_nothing() {
+    require_root!();
+    let m = Mesh::new(3);
+    let agents = full_mesh(&m, &[]);
+    for h in 1..=2 {
+        add_address(
+            &m.lab.host(h).netns,
+            "blue",
+            &format!("{}/25", m.overlay(h, 0)),
+        );
+    }
+    // 400 probes 10 ms apart (4 s) from h1 to h2 while h2's agent restarts.
+    let ns = m.lab.host(1).netns.clone();
+    let target = m.overlay(2, 0);
+    let pinger = std::thread::spawn(move || ping(&ns, &target, 400, "0.01"));
+    std::thread::sleep(Duration::from_millis(500));
+    agents[1].kill();
+    let restarted = agent::start_labeled(
+        &m.lab,
+        2,
+        "agent-restarted",
+        &m.etcd.endpoint(),
+        &m.secret,
+        &["blue"],
+        &[],
+    );
+    let reconciled = wait_until(Duration::from_secs(10), || {
+        restarted.log().contains("mesh reconciled")
+    });
+    let (tx, rx) = pinger.join().expect("the pinger thread");
+    let log = restarted.log();
+    assert!(
+        reconciled.is_some(),
+        "the restarted agent reconciled:\n{log}"
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("mesh reconciled"))
+        .expect("a reconcile line");
+    assert!(
+        line.contains("netlink_writes=0"),
+        "restart made netlink writes: {line}"
+    );
+    assert!(line.contains("applied=0"), "{line}");
+    assert_eq!((tx, rx), (400, 400), "no ping lost across the restart");
+}
+
+#[test]
+fn forged_copied_replayed_and_garbage_records_are_ignored() {
+    require_root!();
+    let m = Mesh::new(3);
+    let _agents = full_mesh(&m, &[]);
+    let (h1, h2, h3) = (m.lab.host(1), m.lab.host(2), m.lab.host(3));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let endpoint = m.etcd.endpoint();
+    let slot = m.lab.slot();
+    rt.block_on(async move {
+        use linkmesh::addr::MacAddr;
+        use linkmesh::registry::{HostRecord, Secrets, seal};
+        let mut c = etcd_client::Client::connect([endpoint], None)
+            .await
+            .expect("etcd");
+        let evil = HostRecord {
+            hostname: "evil".into(),
+            address: format!("198.18.{slot}.200").parse().expect("ip"),
+            segments: [("blue".to_owned(), MacAddr([2, 0, 0, 0, 0, 0xee]))].into(),
+            agent_version: "x".into(),
+        };
+        let wrong = Secrets::from_text("not-the-lab-secret-at-all").expect("secret");
+        let now = linkmesh::store::unix_now();
+        // 1. Signed with the wrong secret.
+        let forged = seal(&wrong, "/linkmesh/hosts/evil", 0, now, &evil).expect("seal");
+        c.put("/linkmesh/hosts/evil", forged, None)
+            .await
+            .expect("put");
+        // 2. A valid record copied under another key.
+        let h1_value = c.get("/linkmesh/hosts/h1", None).await.expect("get").kvs()[0]
+            .value()
+            .to_vec();
+        c.put("/linkmesh/hosts/h9", h1_value.clone(), None)
+            .await
+            .expect("put");
+        // 3. The same record replayed under a new lease, over the original.
+        let lease = c.lease_grant(5, None).await.expect("lease").id();
+        c.put(
+            "/linkmesh/hosts/h1",
+            h1_value,
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .expect("put");
+        // 4. Garbage, and a key with a path below a host.
+        c.put("/linkmesh/hosts/junk", vec![0xff, 0x00, 0x13], None)
+            .await
+            .expect("put");
+        c.put("/linkmesh/hosts/a/b", "{}", None).await.expect("put");
+        c.put("/linkmesh/segments/blue2", "not json", None)
+            .await
+            .expect("put");
+        // The attacker's lease goes away: h1's key must still be h1's.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.lease_revoke(lease).await.expect("revoke");
+    });
+    // Give the agents time to see all of it.
+    std::thread::sleep(Duration::from_secs(2));
+    for (h, others) in [
+        (1u8, [ip(h2), ip(h3)]),
+        (2, [ip(h1), ip(h3)]),
+        (3, [ip(h1), ip(h2)]),
+    ] {
+        let mut want = others.to_vec();
+        want.sort();
+        assert_eq!(
+            peers(&m.lab.host(h).netns, "blue"),
+            Some(want),
+            "h{h} peers unchanged"
+        );
+    }
+    let log = std::fs::read_to_string(m.lab.dir().join("h2-agent.log")).expect("h2's log");
+    for reason in ["bad_signature", "replayed", "malformed"] {
+        assert!(
+            log.contains(&format!("reason=\"{reason}\""))
+                || log.contains(&format!("reason={reason}")),
+            "h2 logged a {reason} rejection:\n{log}"
+        );
+    }
+    let h1_log = std::fs::read_to_string(m.lab.dir().join("h1-agent.log")).expect("h1's log");
+    assert!(
+        h1_log.contains("changed by someone else"),
+        "h1 restored its registration:\n{h1_log}"
+    );
+    // Rejections are logged once per key and revision, not per loop.
+    let evil_lines = log
+        .lines()
+        .filter(|l| l.contains("/linkmesh/hosts/evil"))
+        .count();
+    assert_eq!(evil_lines, 1, "one log line for the forged record");
+}
+
+#[test]
+fn hand_removed_device_and_fdb_entry_are_restored() {
+    require_root!();
+    let m = Mesh::new(3);
+    let _agents = full_mesh(&m, &["--resync-interval", "5"]);
+    let (h1, h2, h3) = (m.lab.host(1), m.lab.host(2), m.lab.host(3));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .expect("running");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["ip", "-n", &h1.netns, "link", "del", "blue"]);
+    let restored = m.wait_peers(1, "blue", &[ip(h2), ip(h3)], Duration::from_secs(6));
+    eprintln!("deleted device restored after {restored:?}");
+    assert!(restored.is_some(), "device restored within one resync");
+
+    let dst = h3.addr.to_string();
+    run(&[
+        "bridge",
+        "-n",
+        &h1.netns,
+        "fdb",
+        "del",
+        "00:00:00:00:00:00",
+        "dev",
+        "blue",
+        "dst",
+        &dst,
+    ]);
+    let restored = m.wait_peers(1, "blue", &[ip(h2), ip(h3)], Duration::from_secs(6));
+    eprintln!("deleted FDB entry restored after {restored:?}");
+    assert!(restored.is_some(), "FDB entry restored within one resync");
+}
+
+#[test]
+fn secret_rotation_host_by_host_keeps_every_peer() {
+    require_root!();
+    let m = Mesh::new(3);
+    let mut agents = full_mesh(&m, &[]);
+    let rotated = agent::secret_file(
+        &m.lab,
+        "secret-rotated",
+        &["a-brand-new-secret-0987654321", SECRET],
+    );
+    for h in 1..=3u8 {
+        agents[usize::from(h - 1)].kill();
+        agents[usize::from(h - 1)] = agent::start_labeled(
+            &m.lab,
+            h,
+            "agent-rotated",
+            &m.etcd.endpoint(),
+            &rotated,
+            &["blue"],
+            &[],
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        for other in 1..=3u8 {
+            let want: Vec<_> = (1..=3u8)
+                .filter(|o| *o != other)
+                .map(|o| ip(m.lab.host(o)))
+                .collect();
+            assert!(
+                m.wait_peers(other, "blue", &want, Duration::from_secs(5))
+                    .is_some(),
+                "after rotating h{h}, h{other} keeps every peer: {:?}",
+                peers(&m.lab.host(other).netns, "blue")
+            );
+        }
+    }
+    // Everyone now signs with the new secret and every record verifies.
+    let log = agents[0].log();
+    assert!(
+        !log.contains("bad_signature"),
+        "no rejections after rotation:\n{log}"
+    );
+}
+
+#[test]
+fn segment_devices_join_a_bridge_and_cleanup_removes_them() {
+    require_root!();
+    let m = Mesh::new(2);
+    m.admin(&[
+        "segment",
+        "add",
+        "blue",
+        "--vni",
+        "100",
+        "--learning",
+        "off",
+        "--mtu",
+        "1400",
+    ]);
+    let err = std::process::Command::new(agent::binary())
+        .args([
+            "segment",
+            "add",
+            "green",
+            "--vni",
+            "100",
+            "--etcd-server",
+            &m.etcd.endpoint(),
+            "--secret-file",
+        ])
+        .arg(&m.secret)
+        .output()
+        .expect("running linkmesh");
+    assert!(
+        !err.status.success(),
+        "a second segment with vni 100 is refused"
+    );
+    assert!(String::from_utf8_lossy(&err.stderr).contains("already used by segment blue"));
+
+    let a1 = m.agent(1, &["blue"], &["--bridge", "br-lm", "--cleanup-on-exit"]);
+    let _a2 = m.agent(2, &["blue"], &[]);
+    let h1 = m.lab.host(1);
+    assert!(
+        m.wait_peers(1, "blue", &[ip(m.lab.host(2))], Duration::from_secs(10))
+            .is_some()
+    );
+    let bridge = linkmesh_tests::kernel::link(&h1.netns, "br-lm").expect("bridge created");
+    assert_eq!(bridge.kind.as_deref(), Some("bridge"));
+    let blue = wait_until(Duration::from_secs(5), || {
+        linkmesh_tests::kernel::link(&h1.netns, "blue")
+            .is_some_and(|l| l.master == Some(bridge.index))
+    });
+    assert!(blue.is_some(), "blue is enslaved to br-lm");
+    assert_eq!(
+        linkmesh_tests::kernel::link(&h1.netns, "blue").and_then(|l| l.mtu),
+        Some(1400)
+    );
+
+    a1.signal(libc::SIGTERM).expect("SIGTERM");
+    assert!(
+        a1.wait_timeout(Duration::from_secs(5))
+            .is_some_and(|s| s.success())
+    );
+    assert!(
+        linkmesh_tests::kernel::link(&h1.netns, "blue").is_none(),
+        "--cleanup-on-exit removed blue"
+    );
+}

@@ -59,13 +59,14 @@ pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
         step.done();
     }
 
+    let mut tally = step::Tally::default();
     let step = Step::start("unit tests (no root needed)");
-    step::run(cargo().current_dir(root_dir).args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "linkmesh-tests",
-    ]))?;
+    step::run_tests(
+        cargo()
+            .current_dir(root_dir)
+            .args(["test", "--workspace", "--exclude", "linkmesh-tests"]),
+        &mut tally,
+    )?;
     step.done();
 
     if root {
@@ -78,11 +79,12 @@ pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
             "linkmesh",
         ]))?;
         let step = Step::start("integration tests (network namespaces, real etcd, real packets)");
-        let result = step::run(
+        let result = step::run_tests(
             cargo()
                 .current_dir(root_dir)
-                .args(["test", "--package", "linkmesh-tests", "--"])
+                .args(["test", "--package", "linkmesh-tests", "--tests", "--"])
                 .args(&args.test_args),
+            &mut tally,
         );
         // Check for leftovers even when a test failed: a failing test must
         // clean up too.
@@ -96,6 +98,11 @@ pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
     } else {
         eprintln!("==> skipped: integration tests (they need root)");
     }
+    // One closing line for the whole run (libtest prints one per binary).
+    println!(
+        "summary: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
     Ok(())
 }
 

@@ -48,7 +48,7 @@ pub struct VxlanSpec {
     pub underlay_index: u32,
     pub mtu: u32,
     pub mac: MacAddr,
-    /// Written to `IFLA_IFALIAS`: marks the device as ours.
+    /// Written to `IFLA_IFALIAS` right after creation: marks the device as ours.
     pub alias: String,
 }
 
@@ -60,6 +60,8 @@ pub struct LinkChange {
     pub up: Option<bool>,
     pub master: Option<u32>,
     pub local: Option<IpAddr>,
+    /// `IFLA_IFALIAS` (the kernel ignores it on creation, so it is set after).
+    pub alias: Option<String>,
 }
 
 fn parse_link(m: LinkMessage) -> LinkState {
@@ -161,7 +163,6 @@ impl Netlink {
             LinkAttribute::IfName(spec.name.clone()),
             LinkAttribute::Mtu(spec.mtu),
             LinkAttribute::Address(spec.mac.0.to_vec()),
-            LinkAttribute::IfAlias(spec.alias.clone()),
             LinkAttribute::LinkInfo(vec![
                 LinkInfo::Kind(InfoKind::Vxlan),
                 LinkInfo::Data(InfoData::Vxlan(vec![
@@ -221,6 +222,9 @@ impl Netlink {
         }
         if let Some(master) = change.master {
             msg.attributes.push(LinkAttribute::Controller(master));
+        }
+        if let Some(alias) = &change.alias {
+            msg.attributes.push(LinkAttribute::IfAlias(alias.clone()));
         }
         if let Some(local) = change.local {
             msg.attributes.push(LinkAttribute::LinkInfo(vec![

@@ -151,10 +151,10 @@ impl Netlink {
                         source: e.to_io(),
                     });
                 }
-                NetlinkPayload::Done(_) | NetlinkPayload::Error(_) | NetlinkPayload::Noop => {}
                 NetlinkPayload::Overrun(_) => {
                     return Err(KernelError::Unexpected { what: what() });
                 }
+                // Done, the ACK of a dump, and anything newer.
                 _ => {}
             }
         }

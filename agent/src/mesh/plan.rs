@@ -183,6 +183,7 @@ pub fn plan(
             up: (!have.up).then_some(true),
             master: None,
             local: (have.vxlan.local != Some(underlay.address)).then_some(underlay.address),
+            alias: None,
         };
         if change != LinkChange::default() {
             out.actions.push(Action::Change {
@@ -299,7 +300,7 @@ mod tests {
     fn in_sync_means_no_actions() {
         let w = want("blue", &[2, 3]);
         let p = plan(
-            &desired_of(&[w.clone()]),
+            &desired_of(std::slice::from_ref(&w)),
             &observed_of(&[built(&w, 5)]),
             &underlay(),
             None,
@@ -311,7 +312,7 @@ mod tests {
     fn missing_device_is_created() {
         let w = want("blue", &[2]);
         let p = plan(
-            &desired_of(&[w.clone()]),
+            &desired_of(std::slice::from_ref(&w)),
             &Observed::default(),
             &underlay(),
             None,
@@ -337,7 +338,7 @@ mod tests {
             (Box::new(|d: &mut ObservedDevice| d.up = false), false),
             (
                 Box::new(|d: &mut ObservedDevice| {
-                    d.vxlan.local = Some("198.18.0.9".parse().expect("ip"))
+                    d.vxlan.local = Some("198.18.0.9".parse().expect("ip"));
                 }),
                 false,
             ),
@@ -345,7 +346,7 @@ mod tests {
             let mut have = built(&w, 5);
             tweak(&mut have);
             let p = plan(
-                &desired_of(&[w.clone()]),
+                &desired_of(std::slice::from_ref(&w)),
                 &observed_of(&[have]),
                 &underlay(),
                 None,
@@ -390,7 +391,7 @@ mod tests {
     fn bridge_is_created_and_devices_enslaved() {
         let w = want("blue", &[]);
         let p = plan(
-            &desired_of(&[w.clone()]),
+            &desired_of(std::slice::from_ref(&w)),
             &observed_of(&[built(&w, 5)]),
             &underlay(),
             Some("br-lm"),
@@ -448,8 +449,8 @@ mod tests {
             let have_peers: Vec<u8> = have_peers.into_iter().collect();
             let w = want("blue", &want_peers);
             let have = ObservedDevice { peers: want("blue", &have_peers).peers, ..built(&w, 5) };
-            let d = desired_of(&[w.clone()]);
-            let p = plan(&d, &observed_of(&[have.clone()]), &underlay(), None);
+            let d = desired_of(std::slice::from_ref(&w));
+            let p = plan(&d, &observed_of(std::slice::from_ref(&have)), &underlay(), None);
             let sym = w.peers.symmetric_difference(&have.peers).count();
             prop_assert_eq!(p.actions.len(), sym);
             let after = apply_peers(have, &p.actions);

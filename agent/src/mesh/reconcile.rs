@@ -138,6 +138,11 @@ impl Reconciler {
             })
             .await?;
         let index = self.index_of(&segment.name).await?;
+        let alias = LinkChange {
+            alias: Some(format!("{ALIAS_PREFIX}{}", segment.name)),
+            ..LinkChange::default()
+        };
+        self.nl.change_link(index, &segment.name, &alias).await?;
         for dst in &segment.peers {
             self.nl.append_peer(index, &segment.name, *dst).await?;
         }

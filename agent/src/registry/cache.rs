@@ -211,7 +211,7 @@ mod tests {
     }
 
     fn cache() -> RegistryCache {
-        RegistryCache::new(Keys::new("/lm"), secrets(), Duration::from_secs(3600))
+        RegistryCache::new(Keys::new("/lm"), secrets(), Duration::from_hours(1))
     }
 
     fn host(name: &str) -> HostRecord {

@@ -147,11 +147,7 @@ mod tests {
         // Computed independently with Python's hmac module:
         // hmac.new(b"key-of-sixteen-by", b"linkmesh", "sha256").hexdigest()
         let s = Secrets::from_text("key-of-sixteen-by").expect("valid");
-        let hex: String = s
-            .sign(b"linkmesh")
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = crate::registry::record::hex(&s.sign(b"linkmesh"));
         assert_eq!(hex, KNOWN_TAG);
     }
 
