@@ -233,14 +233,17 @@ async fn mesh_loop(
     loop {
         let view = rx.borrow_and_update().clone();
         let want = desired(reconciler.local(), &view);
+        let started = std::time::Instant::now();
         match reconciler.reconcile(&want).await {
             Ok(report) => {
+                let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 passes += 1;
                 if report.applied > 0 || !report.errors.is_empty() || passes == 1 {
                     info!(
                         applied = report.applied,
                         failed = report.errors.len(),
                         netlink_writes = reconciler.netlink().writes(),
+                        elapsed_us,
                         segments = want.segments.len(),
                         peers = want.segments.values().map(|s| s.peers.len()).sum::<usize>(),
                         "mesh reconciled"
@@ -257,7 +260,12 @@ async fn mesh_loop(
                 warn!(error = %e, "reading kernel state failed; retrying at the next change or resync");
             }
         }
+        // Registry changes are handled at once; kernel events (including
+        // the echo of our own writes) are gathered for EVENT_DEBOUNCE first,
+        // without holding up registry changes meanwhile.
+        let mut kernel_due: Option<tokio::time::Instant> = None;
         let stop = loop {
+            let due = kernel_due.unwrap_or_else(|| tokio::time::Instant::now() + resync);
             tokio::select! {
                 r = rx.changed() => {
                     if r.is_err() {
@@ -266,15 +274,11 @@ async fn mesh_loop(
                     break false;
                 }
                 Some(event) = events.next() => {
-                    let mut any = relevant(&event, segments);
-                    let deadline = tokio::time::Instant::now() + EVENT_DEBOUNCE;
-                    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, events.next()).await {
-                        any |= relevant(&e, segments);
-                    }
-                    if any {
-                        break false;
+                    if kernel_due.is_none() && relevant(&event, segments) {
+                        kernel_due = Some(tokio::time::Instant::now() + EVENT_DEBOUNCE);
                     }
                 }
+                () = tokio::time::sleep_until(due), if kernel_due.is_some() => break false,
                 _ = resync_tick.tick() => break false,
                 _ = sigterm.recv() => break true,
                 _ = sigint.recv() => break true,

@@ -198,7 +198,7 @@ pub fn fdb(ns: &str) -> Vec<FdbEntry> {
                     ifindex: m.header.ifindex,
                     mac: mac?,
                     dst,
-                    permanent: m.header.state == NeighbourState::Permanent,
+                    permanent: linkmesh::kernel::fdb::is_permanent(m.header.state),
                     own: m.header.flags.contains(NeighbourFlags::Own),
                 })
             })

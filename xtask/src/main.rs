@@ -1,5 +1,6 @@
 //! Developer tasks for linkmesh: `cargo xtask <command>`.
 
+mod bench;
 mod deps;
 mod ebpf;
 mod step;
@@ -22,6 +23,12 @@ enum Command {
     /// Install what is missing, build, lint, and run every test (root runs the
     /// network-namespace integration tests too).
     Test(test::TestArgs),
+    /// Benchmarks in the lab (as root): `mesh`.
+    Bench {
+        /// Which benchmark.
+        #[arg(default_value = "mesh")]
+        what: String,
+    },
     /// The local demo lab (not there yet: it arrives with the operations issue).
     Demo,
 }
@@ -32,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::BuildEbpf => ebpf::build(&root).map(|_| ()),
         Command::Test(args) => test::run(&root, &args),
+        Command::Bench { what } => bench::run(&root, &what),
         Command::Demo => anyhow::bail!(
             "`cargo xtask demo` is not there yet: it arrives with the operations issue \
              (etcd + hosts in network namespaces, the mesh and a failover). \

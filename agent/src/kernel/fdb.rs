@@ -15,6 +15,9 @@ use netlink_packet_route::neighbour::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
+use std::sync::atomic::Ordering;
+
+use super::batch::{self, PeerOp};
 use super::{KernelError, Netlink};
 
 fn dst_attr(dst: IpAddr) -> NeighbourAttribute {
@@ -24,7 +27,7 @@ fn dst_attr(dst: IpAddr) -> NeighbourAttribute {
     })
 }
 
-fn peer_message(ifindex: u32, dst: IpAddr) -> NeighbourMessage {
+pub(super) fn peer_message(ifindex: u32, dst: IpAddr) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.family = AddressFamily::Bridge;
     msg.header.ifindex = ifindex;
@@ -55,10 +58,16 @@ fn dst_of(addr: &NeighbourAddress) -> Option<IpAddr> {
     }
 }
 
+/// `NUD_PERMANENT`, alone or with other bits (iproute2 adds `NUD_NOARP`).
+#[must_use]
+pub fn is_permanent(state: NeighbourState) -> bool {
+    const NUD_PERMANENT: u16 = 0x80;
+    u16::from(state) & NUD_PERMANENT != 0
+}
+
 /// Whether a dumped entry is one of ours: zero MAC, `NTF_SELF`, permanent.
 fn owned_peer(m: &NeighbourMessage) -> Option<IpAddr> {
-    if m.header.state != NeighbourState::Permanent || !m.header.flags.contains(NeighbourFlags::Own)
-    {
+    if !is_permanent(m.header.state) || !m.header.flags.contains(NeighbourFlags::Own) {
         return None;
     }
     let mut zero_mac = false;
@@ -112,6 +121,47 @@ impl Netlink {
         .await
     }
 
+    /// Applies many peer changes in batches (see [`super::batch`]); each
+    /// counts as one write. Returns one result per change.
+    pub async fn change_peers(
+        &self,
+        ops: Vec<(PeerOp, u32, IpAddr)>,
+    ) -> Result<Vec<Result<(), KernelError>>, KernelError> {
+        let count = ops.len() as u64;
+        let described: Vec<_> = ops.clone();
+        let results = tokio::task::spawn_blocking(move || batch::apply(&ops))
+            .await
+            .map_err(|e| KernelError::Request {
+                what: "applying FDB changes".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(|source| KernelError::Request {
+                what: "applying FDB changes".into(),
+                source,
+            })?;
+        self.counters.writes.fetch_add(count, Ordering::Relaxed);
+        Ok(results
+            .into_iter()
+            .zip(described)
+            .map(|(r, (op, ifindex, dst))| {
+                r.map_err(|source| {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    KernelError::Request {
+                        what: match op {
+                            PeerOp::Add => {
+                                format!("adding FDB entry for peer {dst} on ifindex {ifindex}")
+                            }
+                            PeerOp::Remove => {
+                                format!("removing FDB entry for peer {dst} on ifindex {ifindex}")
+                            }
+                        },
+                        source,
+                    }
+                })
+            })
+            .collect())
+    }
+
     /// Removes peer `dst` (and only it) from VXLAN device `ifindex`.
     pub async fn remove_peer(
         &self,
@@ -125,5 +175,18 @@ impl Netlink {
             &|| format!("removing FDB entry for peer {dst} on {device}"),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permanent_with_or_without_noarp() {
+        assert!(is_permanent(NeighbourState::Permanent));
+        assert!(is_permanent(NeighbourState::Other(0xc0)));
+        assert!(!is_permanent(NeighbourState::Reachable));
+        assert!(!is_permanent(NeighbourState::Noarp));
     }
 }

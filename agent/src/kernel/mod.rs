@@ -7,6 +7,7 @@
 //! changed makes zero netlink writes" can be checked from outside.
 
 pub mod address;
+pub mod batch;
 pub mod events;
 pub mod fdb;
 pub mod link;
@@ -56,7 +57,7 @@ pub struct WriteCounters {
 #[derive(Clone)]
 pub struct Netlink {
     handle: rtnetlink::Handle,
-    counters: Arc<WriteCounters>,
+    pub(crate) counters: Arc<WriteCounters>,
 }
 
 impl Netlink {

@@ -4,6 +4,7 @@ use tracing::{info, warn};
 
 use super::desired::{Desired, DesiredSegment, LocalConfig};
 use super::plan::{ALIAS_PREFIX, Action, Observed, ObservedDevice, plan};
+use crate::kernel::batch::PeerOp;
 use crate::kernel::link::{LinkChange, VxlanSpec};
 use crate::kernel::{KernelError, Netlink};
 
@@ -99,13 +100,37 @@ impl Reconciler {
             ..Report::default()
         };
         report.problems.extend(desired.problems.iter().cloned());
-        for action in &plan.actions {
-            match self.apply(action).await {
-                Ok(()) => report.applied += 1,
-                Err(e) => {
-                    warn!(error = %e, "mesh action failed");
-                    report.errors.push(e.to_string());
+        let (peer_actions, device_actions): (Vec<_>, Vec<_>) = plan
+            .actions
+            .iter()
+            .partition(|a| matches!(a, Action::AddPeer { .. } | Action::RemovePeer { .. }));
+        // Devices first (in order: bridge, create, enslave), then every peer
+        // change, pipelined.
+        for action in device_actions {
+            record(&mut report, self.apply(action).await);
+        }
+        let ops: Vec<_> = peer_actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::AddPeer { index, dst, .. } => Some((PeerOp::Add, *index, *dst)),
+                Action::RemovePeer { index, dst, .. } => Some((PeerOp::Remove, *index, *dst)),
+                _ => None,
+            })
+            .collect();
+        if !ops.is_empty() {
+            for (action, result) in peer_actions.iter().zip(self.nl.change_peers(ops).await?) {
+                if result.is_ok() {
+                    match action {
+                        Action::AddPeer { name, dst, .. } => {
+                            info!(segment = %name, peer = %dst, "peer added");
+                        }
+                        Action::RemovePeer { name, dst, .. } => {
+                            info!(segment = %name, peer = %dst, "peer removed");
+                        }
+                        _ => {}
+                    }
                 }
+                record(&mut report, result);
             }
         }
         Ok(report)
@@ -143,8 +168,13 @@ impl Reconciler {
             ..LinkChange::default()
         };
         self.nl.change_link(index, &segment.name, &alias).await?;
-        for dst in &segment.peers {
-            self.nl.append_peer(index, &segment.name, *dst).await?;
+        let ops = segment
+            .peers
+            .iter()
+            .map(|dst| (PeerOp::Add, index, *dst))
+            .collect();
+        for result in self.nl.change_peers(ops).await? {
+            result?;
         }
         info!(segment = %segment.name, vni = segment.vni, peers = segment.peers.len(), "segment device created");
         Ok(())
@@ -215,5 +245,15 @@ impl Reconciler {
             removed += 1;
         }
         Ok(removed)
+    }
+}
+
+fn record(report: &mut Report, result: Result<(), KernelError>) {
+    match result {
+        Ok(()) => report.applied += 1,
+        Err(e) => {
+            warn!(error = %e, "mesh action failed");
+            report.errors.push(e.to_string());
+        }
     }
 }

@@ -1,0 +1,387 @@
+//! `cargo xtask bench mesh`: how fast one agent programs N peers, and how
+//! fast one change reaches the kernel, against iproute2's `bridge -batch`
+//! programming the same entries, measured in the same run.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use futures::StreamExt;
+use linkmesh::addr::MacAddr;
+use linkmesh::registry::{HostRecord, Keys, Secrets, seal};
+use linkmesh_tests::agent::{self, peers, wait_until};
+use linkmesh_tests::etcd::Etcd;
+use linkmesh_tests::lab::Lab;
+use linkmesh_tests::netns;
+use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+
+const SECRET: &str = "bench-secret-0123456789abcdef";
+
+/// The synthetic peer `i`'s underlay address (198.19.0.0/16, never routed).
+fn peer_addr(i: usize) -> IpAddr {
+    let high = u8::try_from((i / 250) % 256).unwrap_or(0);
+    let low = u8::try_from(i % 250 + 1).unwrap_or(1);
+    IpAddr::V4(Ipv4Addr::new(198, 19, high, low))
+}
+
+fn peer_record(i: usize) -> HostRecord {
+    HostRecord {
+        hostname: format!("peer{i}"),
+        address: peer_addr(i),
+        segments: [("blue".to_owned(), MacAddr([2, 0x19, 0, 0, 0, 1]))].into(),
+        agent_version: "bench".into(),
+    }
+}
+
+struct Seeder {
+    client: etcd_client::Client,
+    secrets: Secrets,
+    keys: Keys,
+    lease: i64,
+}
+
+impl Seeder {
+    async fn put(&self, i: usize) -> anyhow::Result<()> {
+        let key = self.keys.host(&format!("peer{i}"));
+        let value = seal(
+            &self.secrets,
+            &key,
+            self.lease,
+            linkmesh::store::unix_now(),
+            &peer_record(i),
+        )?;
+        let mut kv = self.client.kv_client();
+        kv.put(
+            key,
+            value,
+            Some(etcd_client::PutOptions::new().with_lease(self.lease)),
+        )
+        .await
+        .context("putting a peer record")?;
+        Ok(())
+    }
+
+    async fn delete(&self, i: usize) -> anyhow::Result<()> {
+        let mut kv = self.client.kv_client();
+        kv.delete(self.keys.host(&format!("peer{i}")), None)
+            .await
+            .context("deleting a peer record")?;
+        Ok(())
+    }
+}
+
+/// FDB changes of one namespace, as (destination, added, when).
+fn fdb_events(ns: &str) -> mpsc::Receiver<(IpAddr, bool, Instant)> {
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    netns::spawn_in(ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let (conn, _handle, mut messages) =
+                rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Neigh])
+                    .expect("subscribing to neighbour events");
+            tokio::spawn(conn);
+            let _ = ready_tx.send(());
+            while let Some((m, _)) = messages.next().await {
+                let now = Instant::now();
+                let NetlinkPayload::InnerMessage(m) = m.payload else {
+                    continue;
+                };
+                let (n, added) = match m {
+                    RouteNetlinkMessage::NewNeighbour(n) => (n, true),
+                    RouteNetlinkMessage::DelNeighbour(n) => (n, false),
+                    _ => continue,
+                };
+                for a in &n.attributes {
+                    if let NeighbourAttribute::Destination(NeighbourAddress::Other(b)) = a
+                        && let Ok(o) = <[u8; 4]>::try_from(b.as_slice())
+                        && tx
+                            .send((IpAddr::V4(Ipv4Addr::from(o)), added, now))
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+    });
+    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+    rx
+}
+
+fn proc_cpu_and_rss(pid: u32) -> anyhow::Result<(Duration, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("parsing stat")?;
+    let fields: Vec<_> = after_comm.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 (1-based) of the whole line.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .context("reading VmHWM")?;
+    Ok((Duration::from_millis(ticks * 1000 / hz), hwm_kb))
+}
+
+fn field(line: &str, name: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index into a short list"
+    )]
+    let idx = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[idx]
+}
+
+struct Row {
+    n: usize,
+    full: Duration,
+    program: Duration,
+    writes: u64,
+    cpu: Duration,
+    rss_kb: u64,
+    p50: Duration,
+    p99: Duration,
+    bridge: Duration,
+}
+
+fn run(n: usize, changes: usize) -> anyhow::Result<Row> {
+    let lab = Lab::new(1);
+    let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
+    let secret = agent::secret_file(&lab, "secret", &[SECRET]);
+    let _ = agent::admin(
+        &etcd.endpoint(),
+        &secret,
+        &["segment", "add", "blue", "--vni", "100"],
+    );
+    let rt = tokio::runtime::Runtime::new()?;
+    let seeder = rt.block_on(async {
+        let mut client = etcd.client().await;
+        let lease = client.lease_grant(900, None).await?.id();
+        anyhow::Ok(Seeder {
+            client,
+            secrets: Secrets::from_text(SECRET)?,
+            keys: Keys::new("/linkmesh"),
+            lease,
+        })
+    })?;
+    rt.block_on(async {
+        let results: Vec<_> = futures::stream::iter(0..n)
+            .map(|i| seeder.put(i))
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        results.into_iter().collect::<anyhow::Result<Vec<()>>>()
+    })?;
+
+    let host = lab.host(1).clone();
+    let started = Instant::now();
+    let process = agent::start(&lab, 1, &etcd.endpoint(), &secret, &["blue"], &[]);
+    let count = |ns: &str| peers(ns, "blue").map_or(0, |p| p.len());
+    let full = wait_until(Duration::from_mins(2), || count(&host.netns) == n)
+        .with_context(|| format!("the agent never held {n} peers:\n{}", process.log()))?;
+    let _ = started;
+    let log = process.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("mesh reconciled"))
+        .context("no reconcile line")?;
+    let writes = field(line, "netlink_writes").unwrap_or(0);
+    let program = Duration::from_micros(field(line, "elapsed_us").unwrap_or(0));
+
+    let mut latencies = measure_changes(&rt, &seeder, &host.netns, n, changes)?;
+    latencies.sort();
+    let (cpu, rss_kb) = proc_cpu_and_rss(process.pid())?;
+    process.kill();
+
+    let bridge = bridge_baseline(&lab, &host.netns, n)?;
+
+    Ok(Row {
+        n,
+        full,
+        program,
+        writes,
+        cpu,
+        rss_kb,
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        bridge,
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let what = args.first().map_or("mesh", String::as_str);
+    ensure!(what == "mesh", "unknown benchmark {what:?} (known: mesh)");
+    ensure!(
+        linkmesh_tests::is_root(),
+        "the benchmark needs root (network namespaces)"
+    );
+    let sizes: Vec<usize> = std::env::var("LINKMESH_BENCH_SIZES")
+        .unwrap_or_else(|_| "100,1000,5000".into())
+        .split(',')
+        .map(|s| s.trim().parse().context("LINKMESH_BENCH_SIZES"))
+        .collect::<anyhow::Result<_>>()?;
+    let changes = 50;
+    let mut rows = Vec::new();
+    for n in sizes {
+        eprintln!("==> mesh bench: {n} peers");
+        rows.push(run(n, changes)?);
+    }
+    println!();
+    println!("mesh benchmark: one agent, one segment, N signed peer records already in etcd");
+    println!(
+        "{:>6} {:>12} {:>12} {:>11} {:>14} {:>9} {:>9} {:>9} {:>9} {:>12} {:>14}",
+        "N",
+        "all-in ms",
+        "program ms",
+        "writes",
+        "writes/s",
+        "cpu ms",
+        "rss MiB",
+        "p50 ms",
+        "p99 ms",
+        "bridge ms",
+        "program/bridge"
+    );
+    for r in &rows {
+        #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+        let rate = if r.program.is_zero() {
+            0.0
+        } else {
+            r.writes as f64 / r.program.as_secs_f64()
+        };
+        #[expect(clippy::cast_precision_loss, reason = "a size for display")]
+        let rss = r.rss_kb as f64 / 1024.0;
+        println!(
+            "{:>6} {:>12} {:>12} {:>11} {:>14.0} {:>9} {:>9.1} {:>9} {:>9} {:>12} {:>14.2}",
+            r.n,
+            ms(r.full),
+            ms(r.program),
+            r.writes,
+            rate,
+            ms(r.cpu),
+            rss,
+            ms(r.p50),
+            ms(r.p99),
+            ms(r.bridge),
+            r.program.as_secs_f64() / r.bridge.as_secs_f64()
+        );
+    }
+    println!(
+        "all-in: agent start until the kernel FDB holds all N (process start, etcd read, verify, program);\n\
+         program: the agent's first reconcile pass; p50/p99: {changes} single add/remove changes, etcd write to kernel event;\n\
+         bridge: `bridge -batch` appending the same N entries to a fresh device (iproute2, one process)."
+    );
+    Ok(())
+}
+
+/// One peer at a time: add, wait for the kernel's event, remove, wait.
+fn measure_changes(
+    rt: &tokio::runtime::Runtime,
+    seeder: &Seeder,
+    ns: &str,
+    n: usize,
+    changes: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let events = fdb_events(ns);
+    let mut latencies = Vec::with_capacity(changes);
+    for k in 0..changes {
+        let i = n + k / 2;
+        let added = k % 2 == 0;
+        let dst = peer_addr(i);
+        let sent = Instant::now();
+        rt.block_on(async {
+            if added {
+                seeder.put(i).await
+            } else {
+                seeder.delete(i).await
+            }
+        })?;
+        let deadline = sent + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (d, a, at) = events
+                .recv_timeout(left)
+                .context("no kernel change for a peer change")?;
+            if d == dst && a == added {
+                latencies.push(at.duration_since(sent));
+                break;
+            }
+        }
+    }
+    Ok(latencies)
+}
+
+/// iproute2 programs the same N entries on a fresh device, in one process.
+fn bridge_baseline(lab: &Lab, ns: &str, n: usize) -> anyhow::Result<Duration> {
+    let batch = lab.dir().join("fdb.batch");
+    let mut text = String::new();
+    for i in 0..n {
+        let _ = writeln!(
+            text,
+            "fdb append 00:00:00:00:00:00 dev vxb dst {}",
+            peer_addr(i)
+        );
+    }
+    std::fs::write(&batch, text)?;
+    let ip = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new("ip").args(args).output()?;
+        ensure!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    ip(&[
+        "-n", ns, "link", "add", "vxb", "type", "vxlan", "id", "999", "dstport", "4790", "dev",
+        "eth0",
+    ])?;
+    ip(&["-n", ns, "link", "set", "vxb", "up"])?;
+    let t = Instant::now();
+    let out = Command::new("bridge")
+        .args(["-n", ns, "-batch"])
+        .arg(&batch)
+        .output()?;
+    let bridge = t.elapsed();
+    if !out.status.success() {
+        bail!("bridge -batch: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let programmed = peers(ns, "vxb").map_or(0, |p| p.len());
+    ensure!(
+        programmed == n,
+        "bridge -batch programmed {programmed} of {n} entries: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    Ok(bridge)
+}

@@ -1,0 +1,39 @@
+//! `cargo xtask bench <what>`: benchmarks in the lab (root), release builds.
+
+use std::path::Path;
+
+use anyhow::bail;
+
+use crate::step::{self, Step, cargo, is_root};
+use crate::{deps, ebpf};
+
+pub fn run(root_dir: &Path, what: &str) -> anyhow::Result<()> {
+    if what != "mesh" {
+        bail!("unknown benchmark {what:?}; known: mesh");
+    }
+    if !is_root() {
+        bail!("benchmarks run in network namespaces: run `cargo xtask bench {what}` as root");
+    }
+    deps::ensure_packages(true)?;
+    ebpf::build(root_dir)?;
+    let step = Step::start("building the agent and the benchmark (release)");
+    step::run(cargo().current_dir(root_dir).args([
+        "build",
+        "--release",
+        "--package",
+        "linkmesh",
+        "--bin",
+        "linkmesh",
+        "--package",
+        "linkmesh-tests",
+        "--bin",
+        "linkmesh-bench",
+    ]))?;
+    step.done();
+    let release = root_dir.join("target/release");
+    step::run(
+        std::process::Command::new(release.join("linkmesh-bench"))
+            .arg(what)
+            .env("LINKMESH_BIN", release.join("linkmesh")),
+    )
+}
