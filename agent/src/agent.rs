@@ -37,6 +37,11 @@ async fn resolve_underlay(
             .iter()
             .find(|a| a.addr == address)
             .with_context(|| format!("--address {address} is not configured on any interface"))?;
+        if let Some(dev) = device
+            && !links.iter().any(|l| l.name == dev && l.index == a.ifindex)
+        {
+            bail!("--address {address} is not on --device {dev}");
+        }
         (address, a.ifindex, "--address")
     } else {
         let (ifindex, source) = if let Some(dev) = device {

@@ -80,8 +80,9 @@ pub struct AgentArgs {
     #[arg(long, env = "LINKMESH_HOSTNAME")]
     pub hostname: Option<String>,
     /// Underlay address (default: the first global IPv4 address of --device,
-    /// or of the default route's device).
-    #[arg(long, env = "LINKMESH_ADDRESS", conflicts_with = "device")]
+    /// or of the default route's device). With --device too, it must be on
+    /// that device.
+    #[arg(long, env = "LINKMESH_ADDRESS")]
     pub address: Option<IpAddr>,
     /// Underlay device.
     #[arg(long, env = "LINKMESH_DEVICE")]

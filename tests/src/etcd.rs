@@ -244,8 +244,14 @@ impl EtcdCluster {
     /// Starts `size` members on 127.0.0.1 and waits until all are healthy.
     #[must_use]
     pub fn start(size: usize) -> Self {
+        Self::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), size)
+    }
+
+    /// Starts `size` members on `ip` (a lab's gateway, so agents in the lab
+    /// reach them) and waits until all are healthy.
+    #[must_use]
+    pub fn start_on(ip: IpAddr, size: usize) -> Self {
         assert!(size >= 1, "a cluster has at least one member");
-        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
             let mut members: Vec<Etcd> = Vec::with_capacity(size);

@@ -112,6 +112,8 @@ pub struct Lab {
     hosts: Vec<Host>,
     dir: tempfile::TempDir,
     processes: Mutex<Vec<Process>>,
+    /// Namespaces added with [`Lab::add_namespace`].
+    extra: Mutex<Vec<String>>,
 }
 
 impl Lab {
@@ -134,6 +136,7 @@ impl Lab {
             hosts: Vec::new(),
             dir,
             processes: Mutex::new(Vec::new()),
+            extra: Mutex::new(Vec::new()),
         };
         // On failure `lab` drops here and removes what exists so far.
         lab.build(hosts)
@@ -244,6 +247,18 @@ impl Lab {
         all
     }
 
+    /// Creates an extra, empty namespace `lmt-S-<suffix>` (a workload's, say),
+    /// removed with the lab.
+    pub fn add_namespace(&self, suffix: &str) -> String {
+        let name = format!("{PREFIX}-{}-{suffix}", self.slot.number);
+        ip(&["netns", "add", &name]).unwrap_or_else(|e| panic!("adding namespace {name}: {e}"));
+        self.extra
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(name.clone());
+        name
+    }
+
     /// The namespace holding the underlay bridge `br0`.
     #[must_use]
     pub fn underlay_namespace(&self) -> &str {
@@ -292,6 +307,14 @@ impl Drop for Lab {
             if let Err(e) = ip(&["netns", "del", &host.netns]) {
                 eprintln!("lab cleanup: deleting namespace {}: {e}", host.netns);
             }
+        }
+        for ns in self
+            .extra
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+        {
+            let _ = ip(&["netns", "del", &ns]);
         }
         // Deleting the underlay namespace destroys the root veth's peer, and
         // with it the root veth; delete it explicitly too, in case.

@@ -498,3 +498,171 @@ fn segment_devices_join_a_bridge_and_cleanup_removes_them() {
         "--cleanup-on-exit removed blue"
     );
 }
+
+#[test]
+fn a_segment_with_netns_puts_its_device_in_that_namespace() {
+    require_root!();
+    let m = Mesh::new(1);
+    let workload = m.lab.add_namespace("web");
+    m.admin(&[
+        "segment", "add", "green", "--vni", "300", "--netns", &workload,
+    ]);
+    // A peer that registered green (signed with the lab secret).
+    let endpoint = m.etcd.endpoint();
+    let slot = m.lab.slot();
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async move {
+            use linkmesh::registry::{HostRecord, Secrets, seal};
+            let mut c = etcd_client::Client::connect([endpoint], None)
+                .await
+                .expect("etcd");
+            let lease = c.lease_grant(60, None).await.expect("lease").id();
+            let record = HostRecord {
+                hostname: "far".into(),
+                address: format!("198.18.{slot}.77").parse().expect("ip"),
+                segments: [(
+                    "green".to_owned(),
+                    linkmesh::mesh::desired::device_mac("far", "green"),
+                )]
+                .into(),
+                agent_version: "t".into(),
+            };
+            let key = "/linkmesh/hosts/far";
+            let value = seal(
+                &Secrets::from_text(SECRET).expect("secret"),
+                key,
+                lease,
+                linkmesh::store::unix_now(),
+                &record,
+            )
+            .expect("seal");
+            c.put(
+                key,
+                value,
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .expect("put");
+        });
+    let agent = m.agent(1, &["green"], &["--cleanup-on-exit"]);
+    let far: IpAddr = format!("198.18.{slot}.77").parse().expect("ip");
+    let placed = wait_until(Duration::from_secs(10), || {
+        peers(&workload, "green") == Some(vec![far])
+    });
+    assert!(
+        placed.is_some(),
+        "green is in {workload} with the peer: {:?}\n{}",
+        peers(&workload, "green"),
+        agent.log()
+    );
+    assert!(
+        linkmesh_tests::kernel::link(&m.lab.host(1).netns, "green").is_none(),
+        "not in the host namespace"
+    );
+    // Drift inside the workload namespace is repaired at the next resync at the latest.
+    agent.signal(libc::SIGTERM).expect("SIGTERM");
+    assert!(
+        agent
+            .wait_timeout(Duration::from_secs(5))
+            .is_some_and(|s| s.success())
+    );
+    assert!(
+        linkmesh_tests::kernel::link(&workload, "green").is_none(),
+        "--cleanup-on-exit removed it"
+    );
+}
+
+#[test]
+fn an_address_change_replaces_the_peer_entry() {
+    require_root!();
+    let m = Mesh::new(2);
+    let agents = full_mesh_of(&m, 2);
+    let (h1, h2) = (m.lab.host(1), m.lab.host(2));
+    let moved: IpAddr = format!("198.18.{}.102", m.lab.slot()).parse().expect("ip");
+    add_address(&h2.netns, "eth0", &format!("{moved}/24"));
+    agents[1].kill();
+    let _restarted = agent::start_labeled(
+        &m.lab,
+        2,
+        "agent-moved",
+        &m.etcd.endpoint(),
+        &m.secret,
+        &["blue"],
+        &["--address", &moved.to_string()],
+    );
+    let replaced = m.wait_peers(1, "blue", &[moved], Duration::from_secs(10));
+    assert!(
+        replaced.is_some(),
+        "h1 has exactly the new address: {:?}",
+        peers(&h1.netns, "blue")
+    );
+    let _ = ip(h2);
+}
+
+/// Starts `hosts` agents on blue and waits for the full mesh.
+fn full_mesh_of(m: &Mesh, hosts: u8) -> Vec<linkmesh_tests::process::Process> {
+    m.admin(&["segment", "add", "blue", "--vni", "100"]);
+    let agents = (1..=hosts).map(|h| m.agent(h, &["blue"], &[])).collect();
+    for h in 1..=hosts {
+        let others: Vec<_> = (1..=hosts)
+            .filter(|o| *o != h)
+            .map(|o| ip(m.lab.host(o)))
+            .collect();
+        assert!(
+            m.wait_peers(h, "blue", &others, Duration::from_secs(10))
+                .is_some(),
+            "full mesh at h{h}"
+        );
+    }
+    agents
+}
+
+#[test]
+fn agents_fail_over_between_etcd_members() {
+    require_root!();
+    let lab = Lab::new(3);
+    let mut cluster = linkmesh_tests::etcd::EtcdCluster::start_on(IpAddr::V4(lab.gateway()), 3);
+    let endpoints = cluster.endpoints().join(",");
+    let secret = agent::secret_file(&lab, "secret", &[SECRET]);
+    let _ = admin(
+        &endpoints,
+        &secret,
+        &["segment", "add", "blue", "--vni", "100"],
+    );
+    let start = |h: u8| agent::start(&lab, h, &endpoints, &secret, &["blue"], &["--ttl", "3"]);
+    let _a1 = start(1);
+    let _a2 = start(2);
+    let (h1, h2, h3) = (lab.host(1), lab.host(2), lab.host(3));
+    let t = Duration::from_secs(10);
+    let wait = |h: &linkmesh_tests::lab::Host, want: &[IpAddr], t: Duration| {
+        let mut want = want.to_vec();
+        want.sort();
+        wait_until(t, || peers(&h.netns, "blue").as_deref() == Some(&want[..]))
+    };
+    assert!(wait(h1, &[ip(h2)], t).is_some());
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let leader = rt.block_on(cluster.leader()).expect("a leader");
+    cluster.kill(leader);
+    // Longer than the TTL: registrations must be kept alive through the
+    // surviving members, and a newcomer must be seen through them.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        peers(&h1.netns, "blue"),
+        Some(vec![ip(h2)]),
+        "h2 stayed registered"
+    );
+    let _a3 = start(3);
+    let t = Duration::from_secs(15);
+    assert!(
+        wait(h1, &[ip(h2), ip(h3)], t).is_some(),
+        "h1 sees h3: {:?}",
+        peers(&h1.netns, "blue")
+    );
+    assert!(
+        wait(h3, &[ip(h1), ip(h2)], t).is_some(),
+        "h3 sees both: {:?}",
+        peers(&h3.netns, "blue")
+    );
+}

@@ -129,16 +129,28 @@ impl Netlink {
     ) -> Result<Vec<Result<(), KernelError>>, KernelError> {
         let count = ops.len() as u64;
         let described: Vec<_> = ops.clone();
-        let results = tokio::task::spawn_blocking(move || batch::apply(&ops))
-            .await
-            .map_err(|e| KernelError::Request {
-                what: "applying FDB changes".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?
-            .map_err(|source| KernelError::Request {
-                what: "applying FDB changes".into(),
-                source,
-            })?;
+        let failed = |source| KernelError::Request {
+            what: "applying FDB changes".into(),
+            source,
+        };
+        let results = match self.netns() {
+            // A pooled blocking thread must never change namespace: use a
+            // thread of its own.
+            Some(ns) => {
+                let ns = ns.to_owned();
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                std::thread::spawn(move || {
+                    let result = super::enter_netns(&ns).and_then(|()| batch::apply(&ops));
+                    let _ = tx.send(result);
+                });
+                rx.await
+                    .map_err(|_| failed(std::io::Error::other("the netns thread ended")))?
+            }
+            None => tokio::task::spawn_blocking(move || batch::apply(&ops))
+                .await
+                .map_err(|e| failed(std::io::Error::other(e.to_string())))?,
+        }
+        .map_err(failed)?;
         self.counters.writes.fetch_add(count, Ordering::Relaxed);
         Ok(results
             .into_iter()

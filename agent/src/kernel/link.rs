@@ -154,8 +154,13 @@ impl Netlink {
         Ok(self.links().await?.into_iter().find(|l| l.name == name))
     }
 
-    /// Creates a VXLAN device, up, with the given MAC, MTU and alias.
-    pub async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<(), KernelError> {
+    /// Creates a VXLAN device, up, with the given MAC and MTU; with
+    /// `target`, inside that network namespace (its underlay stays here).
+    pub async fn create_vxlan(
+        &self,
+        spec: &VxlanSpec,
+        target: Option<&std::fs::File>,
+    ) -> Result<(), KernelError> {
         let mut msg = LinkMessage::default();
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
@@ -174,6 +179,11 @@ impl Netlink {
                 ])),
             ]),
         ];
+        if let Some(file) = target {
+            use std::os::fd::AsRawFd;
+            msg.attributes
+                .push(LinkAttribute::NetNsFd(file.as_raw_fd()));
+        }
         self.write(
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_CREATE | NLM_F_EXCL,

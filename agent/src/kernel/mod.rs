@@ -58,6 +58,8 @@ pub struct WriteCounters {
 pub struct Netlink {
     handle: rtnetlink::Handle,
     pub(crate) counters: Arc<WriteCounters>,
+    /// The named namespace this connection lives in (`None`: the agent's own).
+    netns: Option<String>,
 }
 
 impl Netlink {
@@ -71,7 +73,40 @@ impl Netlink {
         Ok(Self {
             handle,
             counters: Arc::new(WriteCounters::default()),
+            netns: None,
         })
+    }
+
+    /// Opens a connection inside the named namespace `/run/netns/<netns>`,
+    /// sharing this connection's write counters. The socket is created on a
+    /// short-lived thread that entered the namespace; it stays there.
+    pub fn connect_in(&self, netns: &str) -> Result<Self, KernelError> {
+        let runtime = tokio::runtime::Handle::current();
+        let name = netns.to_owned();
+        let (connection, handle) = std::thread::spawn(move || {
+            enter_netns(&name)?;
+            let _guard = runtime.enter();
+            let (connection, handle, _) = rtnetlink::new_connection_with_strict_check()?;
+            Ok::<_, std::io::Error>((connection, handle))
+        })
+        .join()
+        .map_err(|_| KernelError::Connect(std::io::Error::other("the netns thread panicked")))?
+        .map_err(|source| KernelError::Request {
+            what: format!("opening a netlink socket in netns {netns}"),
+            source,
+        })?;
+        tokio::spawn(connection);
+        Ok(Self {
+            handle,
+            counters: self.counters.clone(),
+            netns: Some(netns.to_owned()),
+        })
+    }
+
+    /// The named namespace of this connection, if not the agent's own.
+    #[must_use]
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
     }
 
     /// State-changing requests sent so far (successful or not).
@@ -161,4 +196,22 @@ impl Netlink {
         }
         Ok(out)
     }
+}
+
+/// `/run/netns/<name>`, where `ip netns` keeps named namespaces.
+#[must_use]
+pub fn netns_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new("/run/netns").join(name)
+}
+
+/// Moves the calling thread into the named namespace (only ever called on
+/// threads made for it, never on a runtime worker).
+pub(crate) fn enter_netns(name: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(netns_path(name))?;
+    // SAFETY: setns on a valid namespace fd changes only this thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

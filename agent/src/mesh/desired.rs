@@ -55,6 +55,8 @@ pub struct DesiredSegment {
     pub mtu: u32,
     pub mac: MacAddr,
     pub peers: BTreeSet<IpAddr>,
+    /// The named network namespace the device lives in (`None`: the host's).
+    pub netns: Option<String>,
 }
 
 /// The whole desired state, and what kept parts of the config from it.
@@ -98,12 +100,6 @@ pub fn desired(local: &LocalConfig, registry: &RegistryView) -> Desired {
             ));
             continue;
         }
-        if spec.netns.is_some() {
-            out.problems.push(format!(
-                "segment {name} asks for a network namespace; this agent does not move devices yet"
-            ));
-            continue;
-        }
         vnis.insert((spec.vni, spec.port), name.clone());
         let peers = registry
             .hosts
@@ -124,6 +120,7 @@ pub fn desired(local: &LocalConfig, registry: &RegistryView) -> Desired {
                 mtu: spec.mtu.unwrap_or_else(|| local.underlay.segment_mtu()),
                 mac: device_mac(&local.hostname, name),
                 peers,
+                netns: spec.netns.clone(),
             },
         );
     }

@@ -252,6 +252,7 @@ mod tests {
                 .iter()
                 .map(|p| IpAddr::from([198, 18, 0, *p]))
                 .collect(),
+            netns: None,
         }
     }
 

@@ -1,12 +1,20 @@
 //! Applying a plan: dump the kernel, diff, write only the difference.
+//!
+//! Segment devices live in the agent's namespace, or (with a segment's
+//! `netns`) in a named namespace: they are created from here, so their
+//! underlay stays here, and managed through a netlink connection opened
+//! inside that namespace.
 
+use std::collections::BTreeMap;
+
+use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::desired::{Desired, DesiredSegment, LocalConfig};
 use super::plan::{ALIAS_PREFIX, Action, Observed, ObservedDevice, plan};
 use crate::kernel::batch::PeerOp;
 use crate::kernel::link::{LinkChange, VxlanSpec};
-use crate::kernel::{KernelError, Netlink};
+use crate::kernel::{KernelError, Netlink, netns_path};
 
 /// What one reconcile pass did.
 #[derive(Debug, Default)]
@@ -15,22 +23,30 @@ pub struct Report {
     pub applied: usize,
     /// Actions that failed, with the kernel's reason.
     pub errors: Vec<String>,
-    /// Configuration problems (not retried until something changes).
+    /// Configuration problems (reported when they change).
     pub problems: Vec<String>,
 }
 
-/// Owns the mesh's kernel objects in one namespace.
+/// Owns the mesh's kernel objects.
 pub struct Reconciler {
     nl: Netlink,
     local: LocalConfig,
+    /// Connections into named namespaces, opened on first use.
+    namespaces: Mutex<BTreeMap<String, Netlink>>,
 }
 
 impl Reconciler {
     #[must_use]
     pub fn new(nl: Netlink, local: LocalConfig) -> Self {
-        Self { nl, local }
+        Self {
+            nl,
+            local,
+            namespaces: Mutex::new(BTreeMap::new()),
+        }
     }
 
+    /// The connection in the agent's own namespace (its write counters
+    /// cover every namespace).
     #[must_use]
     pub fn netlink(&self) -> &Netlink {
         &self.nl
@@ -41,12 +57,31 @@ impl Reconciler {
         &self.local
     }
 
-    /// Dumps what the plan needs: VXLAN devices that are wanted or ours
-    /// (with their own FDB entries), other links with wanted names, the bridge.
-    pub async fn observe(&self, desired: &Desired) -> Result<Observed, KernelError> {
+    async fn connection(&self, netns: Option<&str>) -> Result<Netlink, KernelError> {
+        let Some(name) = netns else {
+            return Ok(self.nl.clone());
+        };
+        let mut map = self.namespaces.lock().await;
+        if let Some(nl) = map.get(name) {
+            return Ok(nl.clone());
+        }
+        let nl = self.nl.connect_in(name)?;
+        map.insert(name.to_owned(), nl.clone());
+        Ok(nl)
+    }
+
+    /// Dumps what the plan needs in the namespace of `nl`: VXLAN devices
+    /// that are wanted or ours (with their own FDB entries), other links
+    /// with wanted names, the bridge.
+    async fn observe(
+        &self,
+        nl: &Netlink,
+        desired: &Desired,
+        bridge: Option<&str>,
+    ) -> Result<Observed, KernelError> {
         let mut observed = Observed::default();
-        for link in self.nl.links().await? {
-            if self.local.bridge.as_deref() == Some(link.name.as_str()) {
+        for link in nl.links().await? {
+            if bridge == Some(link.name.as_str()) {
                 observed.bridge = Some(link.index);
                 continue;
             }
@@ -60,7 +95,7 @@ impl Reconciler {
                     if !wanted && !ours {
                         continue;
                     }
-                    let peers = self.nl.vxlan_peers(link.index).await?;
+                    let peers = nl.vxlan_peers(link.index).await?;
                     observed.devices.insert(
                         link.name.clone(),
                         ObservedDevice {
@@ -85,29 +120,63 @@ impl Reconciler {
         Ok(observed)
     }
 
-    /// One pass: observe, plan, apply. Failed actions are reported and
-    /// retried on the next pass.
+    /// One pass over every namespace: observe, plan, apply. Failed actions
+    /// are reported and retried on the next pass.
     pub async fn reconcile(&self, desired: &Desired) -> Result<Report, KernelError> {
-        let observed = self.observe(desired).await?;
-        let plan = plan(
-            desired,
-            &observed,
-            &self.local.underlay,
-            self.local.bridge.as_deref(),
-        );
         let mut report = Report {
-            problems: plan.problems,
+            problems: desired.problems.clone(),
             ..Report::default()
         };
-        report.problems.extend(desired.problems.iter().cloned());
-        let (peer_actions, device_actions): (Vec<_>, Vec<_>) = plan
-            .actions
+        // The agent's namespace always takes part, so devices that are no
+        // longer wanted there are removed.
+        let mut groups: BTreeMap<Option<String>, Desired> = BTreeMap::new();
+        groups.insert(None, Desired::default());
+        for (name, segment) in &desired.segments {
+            groups
+                .entry(segment.netns.clone())
+                .or_default()
+                .segments
+                .insert(name.clone(), segment.clone());
+        }
+        for (netns, group) in &groups {
+            if let Some(ns) = netns
+                && !netns_path(ns).exists()
+            {
+                for name in group.segments.keys() {
+                    report.problems.push(format!(
+                        "segment {name}: network namespace {ns} does not exist"
+                    ));
+                }
+                continue;
+            }
+            let nl = self.connection(netns.as_deref()).await?;
+            // A bridge is the agent's own; devices elsewhere cannot join it.
+            let bridge = if netns.is_none() {
+                self.local.bridge.as_deref()
+            } else {
+                None
+            };
+            let observed = self.observe(&nl, group, bridge).await?;
+            let plan = plan(group, &observed, &self.local.underlay, bridge);
+            report.problems.extend(plan.problems);
+            self.apply_all(&nl, &plan.actions, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    async fn apply_all(
+        &self,
+        nl: &Netlink,
+        actions: &[Action],
+        report: &mut Report,
+    ) -> Result<(), KernelError> {
+        let (peer_actions, device_actions): (Vec<_>, Vec<_>) = actions
             .iter()
             .partition(|a| matches!(a, Action::AddPeer { .. } | Action::RemovePeer { .. }));
         // Devices first (in order: bridge, create, enslave), then every peer
-        // change, pipelined.
+        // change, batched.
         for action in device_actions {
-            record(&mut report, self.apply(action).await);
+            record(report, self.apply(nl, action).await);
         }
         let ops: Vec<_> = peer_actions
             .iter()
@@ -117,28 +186,28 @@ impl Reconciler {
                 _ => None,
             })
             .collect();
-        if !ops.is_empty() {
-            for (action, result) in peer_actions.iter().zip(self.nl.change_peers(ops).await?) {
-                if result.is_ok() {
-                    match action {
-                        Action::AddPeer { name, dst, .. } => {
-                            info!(segment = %name, peer = %dst, "peer added");
-                        }
-                        Action::RemovePeer { name, dst, .. } => {
-                            info!(segment = %name, peer = %dst, "peer removed");
-                        }
-                        _ => {}
-                    }
-                }
-                record(&mut report, result);
-            }
+        if ops.is_empty() {
+            return Ok(());
         }
-        Ok(report)
+        for (action, result) in peer_actions.iter().zip(nl.change_peers(ops).await?) {
+            if result.is_ok() {
+                match action {
+                    Action::AddPeer { name, dst, .. } => {
+                        info!(segment = %name, peer = %dst, "peer added");
+                    }
+                    Action::RemovePeer { name, dst, .. } => {
+                        info!(segment = %name, peer = %dst, "peer removed");
+                    }
+                    _ => {}
+                }
+            }
+            record(report, result);
+        }
+        Ok(())
     }
 
-    async fn index_of(&self, name: &str) -> Result<u32, KernelError> {
-        self.nl
-            .link_by_name(name)
+    async fn index_of(nl: &Netlink, name: &str) -> Result<u32, KernelError> {
+        nl.link_by_name(name)
             .await?
             .map(|l| l.index)
             .ok_or_else(|| KernelError::Request {
@@ -147,68 +216,84 @@ impl Reconciler {
             })
     }
 
-    async fn create(&self, segment: &DesiredSegment) -> Result<(), KernelError> {
+    /// Creates the device (from the agent's namespace, into `nl`'s), marks
+    /// it ours, and adds its peers.
+    async fn create(&self, nl: &Netlink, segment: &DesiredSegment) -> Result<(), KernelError> {
         let u = &self.local.underlay;
-        self.nl
-            .create_vxlan(&VxlanSpec {
-                name: segment.name.clone(),
-                vni: segment.vni,
-                port: segment.port,
-                learning: segment.learning,
-                local: u.address,
-                underlay_index: u.ifindex,
-                mtu: segment.mtu,
-                mac: segment.mac,
-                alias: format!("{ALIAS_PREFIX}{}", segment.name),
-            })
-            .await?;
-        let index = self.index_of(&segment.name).await?;
+        let target = match nl.netns() {
+            Some(ns) => Some(std::fs::File::open(netns_path(ns)).map_err(|source| {
+                KernelError::Request {
+                    what: format!("opening network namespace {ns}"),
+                    source,
+                }
+            })?),
+            None => None,
+        };
+        let spec = VxlanSpec {
+            name: segment.name.clone(),
+            vni: segment.vni,
+            port: segment.port,
+            learning: segment.learning,
+            local: u.address,
+            underlay_index: u.ifindex,
+            mtu: segment.mtu,
+            mac: segment.mac,
+            alias: format!("{ALIAS_PREFIX}{}", segment.name),
+        };
+        self.nl.create_vxlan(&spec, target.as_ref()).await?;
+        let index = Self::index_of(nl, &segment.name).await?;
         let alias = LinkChange {
-            alias: Some(format!("{ALIAS_PREFIX}{}", segment.name)),
+            alias: Some(spec.alias.clone()),
             ..LinkChange::default()
         };
-        self.nl.change_link(index, &segment.name, &alias).await?;
+        nl.change_link(index, &segment.name, &alias).await?;
         let ops = segment
             .peers
             .iter()
             .map(|dst| (PeerOp::Add, index, *dst))
             .collect();
-        for result in self.nl.change_peers(ops).await? {
+        for result in nl.change_peers(ops).await? {
             result?;
         }
-        info!(segment = %segment.name, vni = segment.vni, peers = segment.peers.len(), "segment device created");
+        info!(
+            segment = %segment.name,
+            vni = segment.vni,
+            netns = segment.netns.as_deref().unwrap_or("-"),
+            peers = segment.peers.len(),
+            "segment device created"
+        );
         Ok(())
     }
 
-    async fn apply(&self, action: &Action) -> Result<(), KernelError> {
+    async fn apply(&self, nl: &Netlink, action: &Action) -> Result<(), KernelError> {
         match action {
             Action::CreateBridge { name } => {
-                self.nl.create_bridge(name).await?;
+                nl.create_bridge(name).await?;
                 info!(bridge = %name, "bridge created");
             }
-            Action::Create { segment } => self.create(segment).await?,
+            Action::Create { segment } => self.create(nl, segment).await?,
             Action::Recreate {
                 index,
                 segment,
                 reason,
             } => {
                 info!(segment = %segment.name, %reason, "recreating segment device");
-                self.nl.delete_link(*index, &segment.name).await?;
-                self.create(segment).await?;
+                nl.delete_link(*index, &segment.name).await?;
+                self.create(nl, segment).await?;
             }
             Action::Change {
                 index,
                 name,
                 change,
             } => {
-                self.nl.change_link(*index, name, change).await?;
+                nl.change_link(*index, name, change).await?;
                 info!(segment = %name, ?change, "segment device updated");
             }
             Action::Enslave { index, name } => {
                 let bridge_name = self.local.bridge.as_deref().unwrap_or_default();
-                let bridge = self.index_of(bridge_name).await?;
+                let bridge = Self::index_of(nl, bridge_name).await?;
                 let index = if *index == 0 {
-                    self.index_of(name).await?
+                    Self::index_of(nl, name).await?
                 } else {
                     *index
                 };
@@ -216,33 +301,38 @@ impl Reconciler {
                     master: Some(bridge),
                     ..LinkChange::default()
                 };
-                self.nl.change_link(index, name, &change).await?;
+                nl.change_link(index, name, &change).await?;
                 info!(segment = %name, bridge = %bridge_name, "segment device enslaved");
             }
             Action::AddPeer { index, name, dst } => {
-                self.nl.append_peer(*index, name, *dst).await?;
+                nl.append_peer(*index, name, *dst).await?;
                 info!(segment = %name, peer = %dst, "peer added");
             }
             Action::RemovePeer { index, name, dst } => {
-                self.nl.remove_peer(*index, name, *dst).await?;
+                nl.remove_peer(*index, name, *dst).await?;
                 info!(segment = %name, peer = %dst, "peer removed");
             }
             Action::Delete { index, name } => {
-                self.nl.delete_link(*index, name).await?;
+                nl.delete_link(*index, name).await?;
                 info!(segment = %name, "segment device deleted");
             }
         }
         Ok(())
     }
 
-    /// Deletes every device this agent owns (`--cleanup-on-exit`).
+    /// Deletes every device this agent owns, here and in the namespaces it
+    /// manages (`--cleanup-on-exit`).
     pub async fn cleanup(&self) -> Result<usize, KernelError> {
-        let observed = self.observe(&Desired::default()).await?;
+        let mut connections = vec![self.nl.clone()];
+        connections.extend(self.namespaces.lock().await.values().cloned());
         let mut removed = 0;
-        for device in observed.devices.values().filter(|d| d.is_ours()) {
-            self.nl.delete_link(device.index, &device.name).await?;
-            info!(segment = %device.name, "segment device removed on exit");
-            removed += 1;
+        for nl in connections {
+            let observed = self.observe(&nl, &Desired::default(), None).await?;
+            for device in observed.devices.values().filter(|d| d.is_ours()) {
+                nl.delete_link(device.index, &device.name).await?;
+                info!(segment = %device.name, netns = nl.netns().unwrap_or("-"), "segment device removed on exit");
+                removed += 1;
+            }
         }
         Ok(removed)
     }
