@@ -140,3 +140,61 @@ impl AgentArgs {
         Duration::from_secs(self.ttl)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn parse(args: &[&str]) -> AgentArgs {
+        Cli::try_parse_from(std::iter::once("linkmesh").chain(args.iter().copied()))
+            .expect("parses")
+            .agent
+    }
+
+    #[test]
+    fn defaults_and_lists() {
+        let a = parse(&[
+            "--segment",
+            "blue,red",
+            "--segment",
+            "green",
+            "--etcd-server",
+            "http://a:1,http://b:2",
+        ]);
+        assert_eq!(a.segments, ["blue", "red", "green"]);
+        assert_eq!(a.etcd.etcd_servers, ["http://a:1", "http://b:2"]);
+        assert_eq!(a.etcd.prefix, "/linkmesh");
+        assert_eq!(a.ttl, 10);
+        assert_eq!(a.resync_interval, 30);
+        assert_eq!(a.max_record_age, 3600);
+        assert!(a.validate().is_ok());
+    }
+
+    #[test]
+    fn a_secret_is_required_and_ttl_has_a_floor() {
+        let a = parse(&[]);
+        assert!(matches!(a.etcd.secrets(), Err(ConfigError::NoSecret)));
+        assert!(matches!(
+            parse(&["--ttl", "1"]).validate(),
+            Err(ConfigError::TtlTooShort(1))
+        ));
+        assert!(
+            parse(&["--segment", "much-too-long-name"])
+                .validate()
+                .is_err()
+        );
+        let s = parse(&["--secret", "inline-secret-0123456789"])
+            .etcd
+            .secrets()
+            .expect("secret");
+        assert_eq!(s.len(), 1);
+    }
+}
