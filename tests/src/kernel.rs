@@ -2,7 +2,7 @@
 //! bridge FDB entries and neighbours. Tests assert on these, not on the
 //! agent's own idea of what it programmed.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
@@ -148,21 +148,7 @@ pub fn addresses(ns: &str) -> Vec<Address> {
 }
 
 fn neighbour_ip(addr: &NeighbourAddress) -> Option<IpAddr> {
-    match addr {
-        NeighbourAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
-        NeighbourAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
-        // AF_BRIDGE dumps do not know NDA_DST's family: decide by length.
-        NeighbourAddress::Other(bytes) => match bytes.len() {
-            4 => <[u8; 4]>::try_from(bytes.as_slice())
-                .ok()
-                .map(|b| IpAddr::V4(Ipv4Addr::from(b))),
-            16 => <[u8; 16]>::try_from(bytes.as_slice())
-                .ok()
-                .map(|b| IpAddr::V6(Ipv6Addr::from(b))),
-            _ => None,
-        },
-        _ => None,
-    }
+    linkmesh::kernel::fdb::dst_of(addr)
 }
 
 async fn dump_neighbours(family: AddressFamily) -> Vec<NeighbourMessage> {

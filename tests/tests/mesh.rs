@@ -194,21 +194,7 @@ fn dead_and_stopped_hosts_leave_every_peer() {
 
 /// Starts 3 agents on segment blue and waits for the full mesh.
 fn full_mesh(m: &Mesh, extra: &[&str]) -> Vec<linkmesh_tests::process::Process> {
-    m.admin(&["segment", "add", "blue", "--vni", "100"]);
-    let agents = (1..=3).map(|h| m.agent(h, &["blue"], extra)).collect();
-    for h in 1..=3u8 {
-        let others: Vec<_> = (1..=3u8)
-            .filter(|o| *o != h)
-            .map(|o| ip(m.lab.host(o)))
-            .collect();
-        assert!(
-            m.wait_peers(h, "blue", &others, Duration::from_secs(10))
-                .is_some(),
-            "h{h} has the full mesh: {:?}",
-            peers(&m.lab.host(h).netns, "blue")
-        );
-    }
-    agents
+    full_mesh_of(m, 3, extra)
 }
 
 #[test]
@@ -577,7 +563,7 @@ fn a_segment_with_netns_puts_its_device_in_that_namespace() {
 fn an_address_change_replaces_the_peer_entry() {
     require_root!();
     let m = Mesh::new(2);
-    let agents = full_mesh_of(&m, 2);
+    let agents = full_mesh_of(&m, 2, &[]);
     let (h1, h2) = (m.lab.host(1), m.lab.host(2));
     let moved: IpAddr = format!("198.18.{}.102", m.lab.slot()).parse().expect("ip");
     add_address(&h2.netns, "eth0", &format!("{moved}/24"));
@@ -601,9 +587,9 @@ fn an_address_change_replaces_the_peer_entry() {
 }
 
 /// Starts `hosts` agents on blue and waits for the full mesh.
-fn full_mesh_of(m: &Mesh, hosts: u8) -> Vec<linkmesh_tests::process::Process> {
+fn full_mesh_of(m: &Mesh, hosts: u8, extra: &[&str]) -> Vec<linkmesh_tests::process::Process> {
     m.admin(&["segment", "add", "blue", "--vni", "100"]);
-    let agents = (1..=hosts).map(|h| m.agent(h, &["blue"], &[])).collect();
+    let agents = (1..=hosts).map(|h| m.agent(h, &["blue"], extra)).collect();
     for h in 1..=hosts {
         let others: Vec<_> = (1..=hosts)
             .filter(|o| *o != h)

@@ -9,7 +9,6 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -40,8 +39,9 @@ pub(super) fn peer_message(ifindex: u32, dst: IpAddr) -> NeighbourMessage {
     msg
 }
 
-/// `NDA_DST` of an `AF_BRIDGE` entry (parsed as raw bytes by the crate).
-fn dst_of(addr: &NeighbourAddress) -> Option<IpAddr> {
+/// `NDA_DST` of a neighbour entry (`AF_BRIDGE` dumps carry it as raw bytes).
+#[must_use]
+pub fn dst_of(addr: &NeighbourAddress) -> Option<IpAddr> {
     match addr {
         NeighbourAddress::Inet(a) => Some(IpAddr::V4(*a)),
         NeighbourAddress::Inet6(a) => Some(IpAddr::V6(*a)),
@@ -105,22 +105,6 @@ impl Netlink {
             .collect())
     }
 
-    /// Adds peer `dst` to VXLAN device `ifindex` (`device` is for messages).
-    /// Idempotent: appending an existing destination succeeds.
-    pub async fn append_peer(
-        &self,
-        ifindex: u32,
-        device: &str,
-        dst: IpAddr,
-    ) -> Result<(), KernelError> {
-        self.write(
-            RouteNetlinkMessage::NewNeighbour(peer_message(ifindex, dst)),
-            NLM_F_CREATE | NLM_F_APPEND,
-            &|| format!("adding FDB entry for peer {dst} on {device}"),
-        )
-        .await
-    }
-
     /// Applies many peer changes in batches (see [`super::batch`]); each
     /// counts as one write. Returns one result per change.
     pub async fn change_peers(
@@ -172,21 +156,6 @@ impl Netlink {
                 })
             })
             .collect())
-    }
-
-    /// Removes peer `dst` (and only it) from VXLAN device `ifindex`.
-    pub async fn remove_peer(
-        &self,
-        ifindex: u32,
-        device: &str,
-        dst: IpAddr,
-    ) -> Result<(), KernelError> {
-        self.write(
-            RouteNetlinkMessage::DelNeighbour(peer_message(ifindex, dst)),
-            0,
-            &|| format!("removing FDB entry for peer {dst} on {device}"),
-        )
-        .await
     }
 }
 

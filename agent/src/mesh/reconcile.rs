@@ -304,13 +304,16 @@ impl Reconciler {
                 nl.change_link(index, name, &change).await?;
                 info!(segment = %name, bridge = %bridge_name, "segment device enslaved");
             }
-            Action::AddPeer { index, name, dst } => {
-                nl.append_peer(*index, name, *dst).await?;
-                info!(segment = %name, peer = %dst, "peer added");
-            }
-            Action::RemovePeer { index, name, dst } => {
-                nl.remove_peer(*index, name, *dst).await?;
-                info!(segment = %name, peer = %dst, "peer removed");
+            Action::AddPeer { index, dst, .. } | Action::RemovePeer { index, dst, .. } => {
+                // Normally batched by `apply_all`; one change on its own here.
+                let op = if matches!(action, Action::AddPeer { .. }) {
+                    PeerOp::Add
+                } else {
+                    PeerOp::Remove
+                };
+                for result in nl.change_peers(vec![(op, *index, *dst)]).await? {
+                    result?;
+                }
             }
             Action::Delete { index, name } => {
                 nl.delete_link(*index, name).await?;
