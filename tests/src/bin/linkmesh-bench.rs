@@ -214,6 +214,13 @@ fn run(n: usize, changes: usize) -> anyhow::Result<Row> {
     let program = Duration::from_micros(field(line, "elapsed_us").unwrap_or(0));
 
     let mut latencies = measure_changes(&rt, &seeder, &host.netns, n, changes)?;
+    eprintln!(
+        "latencies (ms, in order): {:?}",
+        latencies
+            .iter()
+            .map(Duration::as_millis)
+            .collect::<Vec<_>>()
+    );
     latencies.sort();
     let (cpu, rss_kb) = proc_cpu_and_rss(process.pid())?;
     process.kill();
