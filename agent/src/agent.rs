@@ -86,6 +86,29 @@ fn system_hostname() -> anyhow::Result<String> {
     Ok(name.trim().to_owned())
 }
 
+/// Starts the floating-IP manager; send `true` to stop it (it releases
+/// what it holds first).
+fn spawn_vips(
+    args: &AgentArgs,
+    hostname: &str,
+    client: &etcd_client::Client,
+    keys: &crate::registry::Keys,
+    nl: &Netlink,
+) -> anyhow::Result<(watch::Sender<bool>, tokio::task::JoinHandle<()>)> {
+    let status: crate::vip::manager::StatusMap = Arc::default();
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(crate::vip::manager::run(
+        args.vip_settings(hostname),
+        client.clone(),
+        keys.clone(),
+        args.etcd.secrets()?,
+        nl.clone(),
+        status,
+        stop_rx,
+    ));
+    Ok((stop, task))
+}
+
 /// Whether a kernel event may concern the mesh's devices.
 fn relevant(event: &KernelEvent, segments: &BTreeSet<String>) -> bool {
     match event {
@@ -157,6 +180,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .run(),
     );
 
+    let (vip_stop, vips) = spawn_vips(&args, &hostname, &client, &keys, &nl)?;
+
     let reconciler = Reconciler::new(nl.clone(), local.clone());
     let mut events = KernelEvents::subscribe()?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -189,6 +214,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
 
     info!("stopping");
+    // Floating IPs first: unbind and hand them over before anything else.
+    let _ = vip_stop.send(true);
+    if tokio::time::timeout(Duration::from_secs(5), vips)
+        .await
+        .is_err()
+    {
+        warn!("releasing floating IPs took over 5 s");
+    }
     registration.abort();
     sync.abort();
     shutdown(&client, &lease, args.cleanup_on_exit.then_some(&reconciler)).await

@@ -42,6 +42,124 @@ pub enum SegmentCommand {
     Rm { name: String },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum IpCommand {
+    /// Declare a floating IP.
+    Add {
+        /// Address with prefix length, e.g. 198.18.0.100/24 or fd00::100/64.
+        cidr: String,
+        #[arg(long)]
+        interface: Option<String>,
+        /// Health check: tcp:HOST:PORT, http://..., exec:COMMAND; repeatable.
+        #[arg(long = "check")]
+        checks: Vec<String>,
+        /// A host that never holds it; repeatable.
+        #[arg(long = "exclude")]
+        excluded: Vec<String>,
+        /// The preferred host.
+        #[arg(long)]
+        priority: Option<String>,
+    },
+    /// List floating IPs and their owners.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one floating IP (JSON).
+    Get { id: String },
+    /// Remove a floating IP.
+    Rm { id: String },
+    /// Ask the owner to release it; another host takes over.
+    Failover { id: String },
+}
+
+pub async fn ip(etcd: &EtcdArgs, command: IpCommand) -> anyhow::Result<()> {
+    use crate::vip::VipRecord;
+    use crate::vip::admin::Vips;
+    let vips = Vips {
+        client: store::connect(&etcd.etcd_servers).await?,
+        keys: etcd.keys(),
+        secrets: etcd.secrets()?,
+    };
+    match command {
+        IpCommand::Add {
+            cidr,
+            interface,
+            checks,
+            excluded,
+            priority,
+        } => {
+            let record = VipRecord {
+                address: cidr,
+                interface,
+                checks,
+                excluded_nodes: excluded,
+                priority,
+                ports: None,
+            };
+            let id = vips.add(&record).await?;
+            println!("floating IP {} added (id {id})", record.address);
+        }
+        IpCommand::Ls { json } => {
+            let list = vips.list().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).context("encoding JSON")?
+                );
+            } else {
+                println!(
+                    "{:<24} {:<28} {:<16} {:<10} CHECKS",
+                    "ADDRESS", "ID", "OWNER", "INTERFACE"
+                );
+                for e in &list {
+                    match &e.record {
+                        Some(r) => println!(
+                            "{:<24} {:<28} {:<16} {:<10} {}",
+                            r.address,
+                            e.id,
+                            e.owner.as_deref().unwrap_or("-"),
+                            r.interface.as_deref().unwrap_or("default"),
+                            if r.checks.is_empty() {
+                                "-".to_owned()
+                            } else {
+                                r.checks.join(",")
+                            }
+                        ),
+                        None => println!(
+                            "{:<24} {:<28} rejected: {}",
+                            "?",
+                            e.id,
+                            e.error.as_deref().unwrap_or("")
+                        ),
+                    }
+                }
+            }
+        }
+        IpCommand::Get { id } => {
+            let entry = vips
+                .get(&id)
+                .await?
+                .with_context(|| format!("no floating IP {id}"))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&entry).context("encoding JSON")?
+            );
+        }
+        IpCommand::Rm { id } => {
+            if !vips.remove(&id).await? {
+                anyhow::bail!("no floating IP {id}");
+            }
+            println!("floating IP {id} removed");
+        }
+        IpCommand::Failover { id } => {
+            let owner = vips.failover(&id).await?;
+            println!("asked {owner} to release {id}");
+        }
+    }
+    Ok(())
+}
+
 pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand) -> anyhow::Result<()> {
     let secrets = etcd.secrets()?;
     let client = store::connect(&etcd.etcd_servers).await?;

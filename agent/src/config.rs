@@ -105,6 +105,41 @@ pub struct AgentArgs {
     /// Remove the segment devices this agent owns when it exits.
     #[arg(long, env = "LINKMESH_CLEANUP_ON_EXIT")]
     pub cleanup_on_exit: bool,
+    /// Default interface for floating IPs (a VIP record may name its own).
+    #[arg(long, env = "LINKMESH_VIP_INTERFACE")]
+    pub vip_interface: Option<String>,
+    /// Ownership lease TTL in seconds (minimum 2); renewed every third of it.
+    #[arg(long, env = "LINKMESH_KEEPALIVE_INTERVAL", default_value_t = 2)]
+    pub keepalive_interval: u64,
+    /// Failed keepalives before the `claim` loss policy binds.
+    #[arg(long, env = "LINKMESH_KEEPALIVE_RETRY", default_value_t = 3)]
+    pub keepalive_retry: u32,
+    /// Seconds between health checks (fractions allowed).
+    #[arg(long, env = "LINKMESH_HEALTH_CHECK_INTERVAL", default_value_t = 2.0)]
+    pub health_check_interval: f64,
+    /// Seconds one health check may take.
+    #[arg(long, env = "LINKMESH_HEALTH_CHECK_TIMEOUT", default_value_t = 1.0)]
+    pub health_check_timeout: f64,
+    /// Consecutive failed checks before this host gives a VIP up.
+    #[arg(long, env = "LINKMESH_FAIL_COUNT_BEFORE_FAILOVER", default_value_t = 3)]
+    pub fail_count_before_failover: u32,
+    /// Gratuitous ARP / unsolicited NA bursts sent after binding.
+    #[arg(long, env = "LINKMESH_ARP_GRATUITOUS_COUNT", default_value_t = 5)]
+    pub arp_gratuitous_count: u32,
+    /// Seconds between those bursts.
+    #[arg(long, env = "LINKMESH_ARP_GRATUITOUS_INTERVAL", default_value_t = 1.1)]
+    pub arp_gratuitous_interval: f64,
+    /// What an owner does when it loses etcd.
+    #[arg(
+        long,
+        env = "LINKMESH_ETCD_LOSS_POLICY",
+        value_enum,
+        default_value = "release"
+    )]
+    pub etcd_loss_policy: crate::vip::manager::LossPolicy,
+    /// Where the ownership lease id is kept across restarts.
+    #[arg(long, env = "LINKMESH_STATE_DIR", default_value = "/var/lib/linkmesh")]
+    pub state_dir: PathBuf,
 }
 
 impl AgentArgs {
@@ -129,6 +164,32 @@ impl AgentArgs {
             crate::registry::segment::validate_segment_name(b)
                 .map_err(|e| ConfigError::Invalid(format!("--bridge: {e}")))?;
         }
+        if self.keepalive_interval < 2 {
+            return Err(ConfigError::Invalid(
+                "--keepalive-interval must be at least 2 seconds (etcd clamps shorter leases)"
+                    .into(),
+            ));
+        }
+        for (name, v) in [
+            ("--health-check-interval", self.health_check_interval),
+            ("--health-check-timeout", self.health_check_timeout),
+            ("--arp-gratuitous-interval", self.arp_gratuitous_interval),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v < 86_400.0) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be a positive number of seconds"
+                )));
+            }
+        }
+        if self.fail_count_before_failover == 0 {
+            return Err(ConfigError::Invalid(
+                "--fail-count-before-failover must be at least 1".into(),
+            ));
+        }
+        if let Some(i) = &self.vip_interface {
+            crate::registry::segment::validate_segment_name(i)
+                .map_err(|e| ConfigError::Invalid(format!("--vip-interface: {e}")))?;
+        }
         if let Some(h) = &self.hostname {
             crate::registry::host::validate_hostname(h).map_err(ConfigError::Invalid)?;
         }
@@ -138,6 +199,26 @@ impl AgentArgs {
     #[must_use]
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(self.ttl)
+    }
+
+    /// The floating-IP manager's settings.
+    #[must_use]
+    pub fn vip_settings(&self, hostname: &str) -> crate::vip::manager::VipSettings {
+        crate::vip::manager::VipSettings {
+            hostname: hostname.to_owned(),
+            default_interface: self.vip_interface.clone(),
+            ttl: Duration::from_secs(self.keepalive_interval),
+            keepalive_retry: self.keepalive_retry,
+            health_interval: Duration::from_secs_f64(self.health_check_interval),
+            health_timeout: Duration::from_secs_f64(self.health_check_timeout),
+            fail_count: self.fail_count_before_failover,
+            garp_count: self.arp_gratuitous_count,
+            garp_interval: Duration::from_secs_f64(self.arp_gratuitous_interval),
+            loss_policy: self.etcd_loss_policy,
+            contend_delay: Duration::from_millis(50),
+            cooldown: Duration::from_secs(5),
+            state_dir: Some(self.state_dir.clone()),
+        }
     }
 }
 

@@ -13,4 +13,5 @@ pub mod kernel;
 pub mod mesh;
 pub mod registry;
 pub mod store;
+pub mod vip;
 pub mod watch;

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use linkmesh::cli::SegmentCommand;
+use linkmesh::cli::{IpCommand, SegmentCommand};
 use linkmesh::config::{AgentArgs, EtcdArgs};
 use linkmesh::watch::ArpWatcher;
 use tracing_subscriber::EnvFilter;
@@ -28,6 +28,13 @@ struct Cli {
 enum Command {
     /// Run the agent: register this host, keep the mesh programmed.
     Agent(Box<AgentArgs>),
+    /// Declare, list, remove and fail over floating IPs (writes to etcd directly).
+    Ip {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        #[command(subcommand)]
+        command: IpCommand,
+    },
     /// Define, list and remove segments (writes to etcd directly).
     Segment {
         #[command(flatten)]
@@ -72,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Agent(args) => linkmesh::agent::run(*args).await,
         Command::Segment { etcd, command } => linkmesh::cli::segment(&etcd, command).await,
+        Command::Ip { etcd, command } => linkmesh::cli::ip(&etcd, command).await,
         Command::WatchArp { interfaces, count } => watch_arp(&interfaces, count).await,
     }
 }

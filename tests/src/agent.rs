@@ -92,7 +92,14 @@ pub fn start_labeled(
     ])
     .arg("--secret-file")
     .arg(secret)
-    .args(["--segment", &segments.join(",")])
+    .args(if segments.is_empty() {
+        vec![]
+    } else {
+        vec!["--segment".to_owned(), segments.join(",")]
+    })
+    // Per host, and the same across restarts (the VIP lease id lives here).
+    .arg("--state-dir")
+    .arg(lab.dir().join(format!("{}-state", host.name)))
     .args(extra)
     .env("LINKMESH_LOG", "info,linkmesh=debug")
     .env("NO_COLOR", "1");

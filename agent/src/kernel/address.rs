@@ -2,7 +2,10 @@
 
 use std::net::IpAddr;
 
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
+};
 use netlink_packet_route::route::{RouteAttribute, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -64,5 +67,79 @@ impl Netlink {
             }
             _ => None,
         }))
+    }
+}
+
+fn address_message(ifindex: u32, addr: IpAddr, prefix_len: u8) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    msg.header.prefix_len = prefix_len;
+    msg.header.index = ifindex;
+    msg.header.scope = AddressScope::Universe;
+    msg.attributes.push(AddressAttribute::Address(addr));
+    if addr.is_ipv4() {
+        msg.attributes.push(AddressAttribute::Local(addr));
+    } else {
+        // A floating IPv6 address must be usable at once, not after DAD.
+        msg.header.flags = AddressHeaderFlags::Nodad;
+    }
+    msg
+}
+
+impl Netlink {
+    /// Adds `addr/prefix_len` to interface `ifindex` (`ifname` is for
+    /// messages). Returns `false` when it was already there.
+    pub async fn add_address(
+        &self,
+        ifindex: u32,
+        ifname: &str,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<bool, KernelError> {
+        let result = self
+            .write(
+                RouteNetlinkMessage::NewAddress(address_message(ifindex, addr, prefix_len)),
+                NLM_F_CREATE | NLM_F_EXCL,
+                &|| format!("adding {addr}/{prefix_len} to {ifname}"),
+            )
+            .await;
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes `addr/prefix_len` from interface `ifindex`. Returns `false`
+    /// when it was not there.
+    pub async fn delete_address(
+        &self,
+        ifindex: u32,
+        ifname: &str,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<bool, KernelError> {
+        let result = self
+            .write(
+                RouteNetlinkMessage::DelAddress(address_message(ifindex, addr, prefix_len)),
+                0,
+                &|| format!("removing {addr}/{prefix_len} from {ifname}"),
+            )
+            .await;
+        match result {
+            Ok(()) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.errno(),
+                    Some(libc::EADDRNOTAVAIL | libc::ENODEV | libc::ENOENT)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 }

@@ -125,7 +125,7 @@ impl Netlink {
         &self,
         message: RouteNetlinkMessage,
         flags: u16,
-        what: &dyn Fn() -> String,
+        what: &(dyn Fn() -> String + Sync),
     ) -> Result<impl Stream<Item = NetlinkMessage<RouteNetlinkMessage>> + use<>, KernelError> {
         let mut request = NetlinkMessage::from(message);
         request.header.flags = flags;
@@ -140,7 +140,7 @@ impl Netlink {
         &self,
         message: RouteNetlinkMessage,
         extra_flags: u16,
-        what: &dyn Fn() -> String,
+        what: &(dyn Fn() -> String + Sync),
     ) -> Result<(), KernelError> {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         let result = self.write_inner(message, extra_flags, what).await;
@@ -154,7 +154,7 @@ impl Netlink {
         &self,
         message: RouteNetlinkMessage,
         extra_flags: u16,
-        what: &dyn Fn() -> String,
+        what: &(dyn Fn() -> String + Sync),
     ) -> Result<(), KernelError> {
         let mut replies = self.send(message, NLM_F_REQUEST | NLM_F_ACK | extra_flags, what)?;
         while let Some(reply) = replies.next().await {
@@ -174,7 +174,7 @@ impl Netlink {
     async fn dump(
         &self,
         message: RouteNetlinkMessage,
-        what: &dyn Fn() -> String,
+        what: &(dyn Fn() -> String + Sync),
     ) -> Result<Vec<RouteNetlinkMessage>, KernelError> {
         let mut replies = self.send(message, NLM_F_REQUEST | NLM_F_DUMP, what)?;
         let mut out = Vec::new();

@@ -47,6 +47,38 @@ impl Keys {
         format!("{}{name}", self.segments())
     }
 
+    #[must_use]
+    pub fn vips(&self) -> String {
+        format!("{}/vips/", self.prefix)
+    }
+
+    #[must_use]
+    pub fn vip(&self, id: &str) -> String {
+        format!("{}{id}", self.vips())
+    }
+
+    #[must_use]
+    pub fn vip_owner(&self, id: &str) -> String {
+        format!("{}{id}/owner", self.vips())
+    }
+
+    #[must_use]
+    pub fn vip_failover(&self, id: &str) -> String {
+        format!("{}{id}/failover", self.vips())
+    }
+
+    /// What a key under [`Keys::vips`] is: `(id, None)` for the record,
+    /// `(id, Some("owner"))` and so on for its sub-keys.
+    #[must_use]
+    pub fn vip_of<'a>(&self, key: &'a str) -> Option<(&'a str, Option<&'a str>)> {
+        let rest = key.strip_prefix(&self.vips()).filter(|r| !r.is_empty())?;
+        match rest.split_once('/') {
+            None => Some((rest, None)),
+            Some((id, sub)) if !id.is_empty() && !sub.contains('/') => Some((id, Some(sub))),
+            Some(_) => None,
+        }
+    }
+
     /// The host name of a key under [`Keys::hosts`], if it is one.
     #[must_use]
     pub fn host_of<'a>(&self, key: &'a str) -> Option<&'a str> {
@@ -85,5 +117,15 @@ mod tests {
         assert_eq!(k.host_of("/lm/hosts/a/b"), None);
         assert_eq!(k.host_of("/lm/segments/blue"), None);
         assert_eq!(k.segment_of("/lm/segments/blue"), Some("blue"));
+        assert_eq!(
+            k.vip_of("/lm/vips/198.18.0.100_24"),
+            Some(("198.18.0.100_24", None))
+        );
+        assert_eq!(
+            k.vip_of("/lm/vips/198.18.0.100_24/owner"),
+            Some(("198.18.0.100_24", Some("owner")))
+        );
+        assert_eq!(k.vip_of("/lm/vips/a/b/c"), None);
+        assert_eq!(k.vip_owner("x"), "/lm/vips/x/owner");
     }
 }

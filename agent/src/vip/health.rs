@@ -1,0 +1,163 @@
+//! Health checks: `tcp:` connects, `http(s)://` expects 2xx, `exec:` exit 0.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::record::Check;
+
+/// Runs one check within `timeout`; `Err` says why it failed.
+pub async fn run(check: &Check, timeout: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    let result = tokio::time::timeout(timeout, run_inner(check)).await;
+    match result {
+        Ok(Ok(())) => Ok(start.elapsed()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("timed out after {timeout:?}")),
+    }
+}
+
+async fn run_inner(check: &Check) -> Result<(), String> {
+    match check {
+        Check::Tcp { host, port } => TcpStream::connect((host.as_str(), *port))
+            .await
+            .map(drop)
+            .map_err(|e| format!("tcp {host}:{port}: {e}")),
+        Check::Http { url } => http_get(url).await,
+        Check::Exec { command } => {
+            // Running the operator's health script is the one place a
+            // subprocess is right.
+            let status = tokio::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(command)
+                .kill_on_drop(true)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await
+                .map_err(|e| format!("exec {command:?}: {e}"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("exec {command:?}: {status}"))
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET: 2xx is healthy. HTTPS is not supported yet.
+async fn http_get(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// checks are supported so far"))?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let addr = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let mut stream = TcpStream::connect(&addr)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: linkmesh\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let mut head = vec![0u8; 64];
+    let n = stream
+        .read(&mut head)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    let code = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| format!("{url}: not an HTTP response"))?;
+    if (200..300).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("{url}: status {code}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tcp_and_exec_checks() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let ok = Check::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        assert!(run(&ok, Duration::from_secs(1)).await.is_ok());
+        drop(listener);
+        assert!(
+            run(&ok, Duration::from_secs(1)).await.is_err(),
+            "closed port fails"
+        );
+        assert!(
+            run(
+                &Check::Exec {
+                    command: "exit 0".into()
+                },
+                Duration::from_secs(2)
+            )
+            .await
+            .is_ok()
+        );
+        assert!(
+            run(
+                &Check::Exec {
+                    command: "exit 3".into()
+                },
+                Duration::from_secs(2)
+            )
+            .await
+            .is_err()
+        );
+        let slow = run(
+            &Check::Exec {
+                command: "sleep 5".into(),
+            },
+            Duration::from_millis(100),
+        )
+        .await;
+        assert!(slow.is_err_and(|e| e.contains("timed out")));
+    }
+
+    #[tokio::test]
+    async fn http_check_wants_2xx() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            for status in ["200 OK", "503 Service Unavailable"] {
+                let (mut s, _) = listener.accept().await.expect("accept");
+                let mut buf = [0u8; 256];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(format!("HTTP/1.0 {status}\r\n\r\n").as_bytes())
+                    .await;
+            }
+        });
+        let check = Check::Http {
+            url: format!("http://127.0.0.1:{port}/health"),
+        };
+        assert!(run(&check, Duration::from_secs(1)).await.is_ok());
+        assert!(run(&check, Duration::from_secs(1)).await.is_err());
+        server.await.expect("server");
+    }
+}

@@ -1,0 +1,1020 @@
+//! The floating-IP manager: one etcd lease per agent for all its VIPs,
+//! elections by transaction, bind + announce, health checks, self-fencing.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::announce::Announcer;
+use super::health;
+use super::record::{Check, Cidr, VipRecord};
+use super::state::{Event, State, next};
+use crate::kernel::Netlink;
+use crate::registry::{Expect, Keys, Secrets, open};
+use crate::store::unix_now;
+
+/// What a host does with its VIPs when it loses etcd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossPolicy {
+    /// Unbind before the lease can expire, so there are never two owners.
+    Release,
+    /// Keep holding the VIP through an etcd outage.
+    Keep,
+    /// LinK's "at least one host": after `--keepalive-retry` failures, bind.
+    Claim,
+}
+
+#[derive(Clone, Debug)]
+pub struct VipSettings {
+    pub hostname: String,
+    pub default_interface: Option<String>,
+    /// The ownership lease TTL (renewed every third of it).
+    pub ttl: Duration,
+    pub keepalive_retry: u32,
+    pub health_interval: Duration,
+    pub health_timeout: Duration,
+    pub fail_count: u32,
+    pub garp_count: u32,
+    pub garp_interval: Duration,
+    pub loss_policy: LossPolicy,
+    /// How long non-preferred hosts wait before contending.
+    pub contend_delay: Duration,
+    /// After `failover`, how long this host stays out of that VIP's election.
+    pub cooldown: Duration,
+    /// Where the lease id is kept, so a restart within the TTL keeps the VIPs.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// What the API and CLI show about one VIP on this host.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct VipStatus {
+    pub id: String,
+    pub address: String,
+    pub owner: Option<String>,
+    pub state: State,
+    pub interface: Option<String>,
+}
+
+pub type StatusMap = Arc<std::sync::Mutex<BTreeMap<String, VipStatus>>>;
+
+/// The lease as the keepalive task sees it.
+#[derive(Clone, Copy, Debug)]
+struct LeaseInfo {
+    id: i64,
+    /// Until when the lease is certainly alive: the send time of the last
+    /// acknowledged keepalive + TTL - margin.
+    deadline: Instant,
+    /// Consecutive failed keepalives.
+    failures: u32,
+}
+
+/// The self-fencing margin. The deadline starts from when the acknowledged
+/// keepalive was *sent*, so it is never later than etcd's own expiry (which
+/// counts from when the leader received it; a leader change only extends
+/// leases, by the election timeout). The margin then covers unbinding
+/// itself (a netlink request, about a millisecond) and the fence tick, with
+/// room to spare: a tenth of the TTL, at least 200 ms.
+fn fence_margin(ttl: Duration) -> Duration {
+    (ttl / 10).max(Duration::from_millis(200))
+}
+
+enum Msg {
+    Snapshot {
+        records: BTreeMap<String, VipRecord>,
+        owners: BTreeMap<String, (String, i64)>,
+    },
+    Record(String, Option<VipRecord>),
+    Owner(String, Option<(String, i64)>),
+    Failover(String, String),
+    Health(String, bool, String),
+}
+
+struct Vip {
+    record: VipRecord,
+    cidr: Cidr,
+    state: State,
+    owner: Option<(String, i64)>,
+    fails: u32,
+    cooldown_until: Option<Instant>,
+    contend_at: Option<Instant>,
+    /// (ifindex, ifname) while the address is bound here.
+    bound: Option<(u32, String)>,
+    /// Unbound by self-fencing (recovers when etcd answers again).
+    fenced: bool,
+    announcer: Option<JoinHandle<()>>,
+    checker: JoinHandle<()>,
+}
+
+/// Runs until `stop` turns true, then releases everything it holds.
+pub async fn run(
+    settings: VipSettings,
+    client: Client,
+    keys: Keys,
+    secrets: Secrets,
+    nl: Netlink,
+    status: StatusMap,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (lease_tx, mut lease_rx) = watch::channel(LeaseInfo {
+        id: 0,
+        deadline: Instant::now(),
+        failures: 0,
+    });
+    let lease_task = tokio::spawn(keep_lease(client.clone(), settings.clone(), lease_tx));
+    let (tx, mut rx) = mpsc::channel(1024);
+    let watch_task = tokio::spawn(watch_vips(
+        client.clone(),
+        keys.clone(),
+        secrets,
+        tx.clone(),
+    ));
+    let mut m = Manager {
+        settings,
+        client: client.clone(),
+        keys,
+        nl,
+        status,
+        tx,
+        vips: BTreeMap::new(),
+        lease: *lease_rx.borrow(),
+    };
+    let mut fence_tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        let contend_due = m.vips.values().filter_map(|v| v.contend_at).min();
+        tokio::select! {
+            Some(msg) = rx.recv() => m.handle(msg).await,
+            r = lease_rx.changed() => {
+                if r.is_err() { break; }
+                let lease = *lease_rx.borrow_and_update();
+                m.lease_changed(lease).await;
+            }
+            () = async { if let Some(t) = contend_due { tokio::time::sleep_until(t).await } else { std::future::pending().await } } => {
+                m.contend_due().await;
+            }
+            _ = fence_tick.tick() => m.fence().await,
+            _ = stop.changed() => break,
+        }
+    }
+    watch_task.abort();
+    lease_task.abort();
+    m.shutdown().await;
+}
+
+struct Manager {
+    settings: VipSettings,
+    client: Client,
+    keys: Keys,
+    nl: Netlink,
+    status: StatusMap,
+    tx: mpsc::Sender<Msg>,
+    vips: BTreeMap<String, Vip>,
+    lease: LeaseInfo,
+}
+
+impl Manager {
+    fn me(&self) -> &str {
+        &self.settings.hostname
+    }
+
+    fn publish(&self) {
+        let map = self
+            .vips
+            .iter()
+            .map(|(id, v)| {
+                (
+                    id.clone(),
+                    VipStatus {
+                        id: id.clone(),
+                        address: v.cidr.to_string(),
+                        owner: v.owner.as_ref().map(|(h, _)| h.clone()),
+                        state: v.state,
+                        interface: v
+                            .record
+                            .interface
+                            .clone()
+                            .or_else(|| self.settings.default_interface.clone()),
+                    },
+                )
+            })
+            .collect();
+        *self
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = map;
+    }
+
+    fn transition(&mut self, id: &str, event: Event, cause: &str) -> bool {
+        let Some(v) = self.vips.get_mut(id) else {
+            return false;
+        };
+        match next(v.state, event) {
+            Some(to) => {
+                info!(vip = %id, from = %v.state, to = %to, ?event, cause, "vip state");
+                v.state = to;
+                true
+            }
+            None => {
+                debug!(vip = %id, state = %v.state, ?event, "event ignored in this state");
+                false
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Snapshot { records, owners } => {
+                let gone: Vec<_> = self
+                    .vips
+                    .keys()
+                    .filter(|id| !records.contains_key(*id))
+                    .cloned()
+                    .collect();
+                for id in gone {
+                    self.remove(&id).await;
+                }
+                for (id, record) in records {
+                    self.upsert(&id, record).await;
+                }
+                let ids: Vec<_> = self.vips.keys().cloned().collect();
+                for id in ids {
+                    self.set_owner(&id, owners.get(&id).cloned()).await;
+                }
+            }
+            Msg::Record(id, Some(record)) => self.upsert(&id, record).await,
+            Msg::Record(id, None) => self.remove(&id).await,
+            Msg::Owner(id, owner) => self.set_owner(&id, owner).await,
+            Msg::Failover(id, host) => {
+                if host == self.me()
+                    && self
+                        .vips
+                        .get(&id)
+                        .is_some_and(|v| v.state == State::Activated)
+                {
+                    info!(vip = %id, "failover requested: releasing");
+                    self.release(&id, true).await;
+                    if let Some(v) = self.vips.get_mut(&id) {
+                        v.cooldown_until = Some(Instant::now() + self.settings.cooldown);
+                    }
+                    self.transition(&id, Event::Demoted, "failover");
+                }
+            }
+            Msg::Health(id, ok, detail) => self.health(&id, ok, &detail).await,
+        }
+        self.publish();
+    }
+
+    async fn upsert(&mut self, id: &str, record: VipRecord) {
+        let Ok((cidr, checks)) = record.validate() else {
+            return;
+        };
+        if let Some(v) = self.vips.get_mut(id) {
+            if v.record == record {
+                return;
+            }
+            if v.cidr == cidr && v.record.interface == record.interface {
+                // Checks, exclusions or priority changed: keep the binding.
+                v.record = record;
+                v.checker.abort();
+                v.checker = spawn_checker(id, checks, &self.settings, self.tx.clone());
+                self.evaluate(id);
+                return;
+            }
+            self.remove(id).await;
+        }
+        info!(vip = %id, address = %cidr, "vip defined");
+        let checker = spawn_checker(id, checks, &self.settings, self.tx.clone());
+        self.vips.insert(
+            id.to_owned(),
+            Vip {
+                record,
+                cidr,
+                state: State::Booting,
+                owner: None,
+                fails: 0,
+                cooldown_until: None,
+                contend_at: None,
+                bound: None,
+                fenced: false,
+                announcer: None,
+                checker,
+            },
+        );
+    }
+
+    async fn remove(&mut self, id: &str) {
+        if self
+            .vips
+            .get(id)
+            .is_some_and(|v| v.state == State::Activated)
+        {
+            self.release(id, true).await;
+        }
+        if let Some(v) = self.vips.remove(id) {
+            v.checker.abort();
+            if let Some(a) = v.announcer {
+                a.abort();
+            }
+            info!(vip = %id, "vip removed");
+        }
+    }
+
+    fn excluded(&self, v: &Vip) -> bool {
+        v.record.excluded_nodes.iter().any(|h| h == self.me())
+    }
+
+    /// Schedules contention when this host may take a free VIP.
+    fn evaluate(&mut self, id: &str) {
+        let me = self.settings.hostname.clone();
+        let lease_ok = self.lease.id != 0 && self.lease.failures == 0;
+        let delay = self.settings.contend_delay;
+        let Some(v) = self.vips.get(id) else { return };
+        let eligible = v.state == State::Standby
+            && v.owner.is_none()
+            && lease_ok
+            && !self.excluded(v)
+            && v.cooldown_until.is_none_or(|t| Instant::now() >= t);
+        let at = eligible.then(|| {
+            let preferred_elsewhere = v.record.priority.as_ref().is_some_and(|p| *p != me);
+            Instant::now()
+                + if preferred_elsewhere {
+                    delay
+                } else {
+                    Duration::ZERO
+                }
+        });
+        if let Some(v) = self.vips.get_mut(id)
+            && (v.contend_at.is_none() || at.is_none())
+        {
+            v.contend_at = at;
+        }
+    }
+
+    async fn contend_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<_> = self
+            .vips
+            .iter()
+            .filter(|(_, v)| v.contend_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            if let Some(v) = self.vips.get_mut(&id) {
+                v.contend_at = None;
+            }
+            self.evaluate(&id);
+            let still = self.vips.get(&id).is_some_and(|v| v.contend_at.is_some());
+            if let Some(v) = self.vips.get_mut(&id) {
+                v.contend_at = None;
+            }
+            if still {
+                self.contend(&id).await;
+            }
+        }
+    }
+
+    async fn contend(&mut self, id: &str) {
+        let key = self.keys.vip_owner(id);
+        let lease = self.lease.id;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                self.settings.hostname.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let mut kv = self.client.kv_client();
+        match tokio::time::timeout(self.settings.ttl, kv.txn(txn)).await {
+            Ok(Ok(r)) if r.succeeded() => {
+                info!(vip = %id, "won the election");
+                let me = self.settings.hostname.clone();
+                self.set_owner(id, Some((me, lease))).await;
+            }
+            Ok(Ok(_)) => debug!(vip = %id, "another host won the election"),
+            Ok(Err(e)) => warn!(vip = %id, error = %e, "contending failed"),
+            Err(_) => warn!(vip = %id, "contending timed out"),
+        }
+    }
+
+    async fn set_owner(&mut self, id: &str, owner: Option<(String, i64)>) {
+        let Some(v) = self.vips.get_mut(id) else {
+            return;
+        };
+        v.owner.clone_from(&owner);
+        let mine = owner
+            .as_ref()
+            .is_some_and(|(h, l)| *h == self.settings.hostname && *l == self.lease.id && *l != 0);
+        match (v.state, mine) {
+            (State::Standby, true) if self.transition(id, Event::Elected, "owner key is ours") => {
+                self.bind(id).await;
+            }
+            (State::Activated, false) => {
+                self.transition(id, Event::Demoted, "owner key is gone or someone else's");
+                self.unbind(id).await;
+            }
+            (State::Failing, true) => {
+                // Ours but not fit to hold it: give it up.
+                self.release(id, true).await;
+            }
+            // Ours while booting (a restart within the TTL): decided once
+            // the first health result is in.
+            _ => {}
+        }
+        self.evaluate(id);
+    }
+
+    async fn health(&mut self, id: &str, ok: bool, detail: &str) {
+        let fail_count = self.settings.fail_count;
+        let Some(v) = self.vips.get_mut(id) else {
+            return;
+        };
+        if ok {
+            v.fails = 0;
+            if matches!(v.state, State::Booting) || (v.state == State::Failing && !v.fenced) {
+                self.transition(id, Event::HealthCheckSuccess, "health check passed");
+                // If the key is already ours (a restart), this takes it up.
+                let owner = self.vips.get(id).and_then(|v| v.owner.clone());
+                self.set_owner(id, owner).await;
+            }
+            return;
+        }
+        v.fails += 1;
+        let fails = v.fails;
+        if fails < fail_count && v.state != State::Booting {
+            debug!(vip = %id, fails, detail, "health check failed");
+            return;
+        }
+        let was_active = v.state == State::Activated;
+        if self.transition(id, Event::HealthCheckFail, detail) && was_active {
+            self.release(id, true).await;
+        }
+    }
+
+    /// Unbinds (when `unbind`) and deletes our owner key, guarded by our
+    /// lease so a new owner's key is never touched.
+    async fn release(&mut self, id: &str, unbind: bool) {
+        if unbind {
+            self.unbind(id).await;
+        }
+        let key = self.keys.vip_owner(id);
+        let txn = Txn::new()
+            .when([Compare::lease(key.clone(), CompareOp::Equal, self.lease.id)])
+            .and_then([
+                TxnOp::delete(key, None),
+                TxnOp::delete(self.keys.vip_failover(id), None),
+            ]);
+        let mut kv = self.client.kv_client();
+        match tokio::time::timeout(self.settings.ttl, kv.txn(txn)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                warn!(vip = %id, error = %e, "releasing the owner key failed; it expires with the lease");
+            }
+            Err(_) => {
+                warn!(vip = %id, "releasing the owner key timed out; it expires with the lease");
+            }
+        }
+        if let Some(v) = self.vips.get_mut(id) {
+            v.owner = None;
+        }
+    }
+
+    fn interface_of(&self, v: &Vip) -> Option<String> {
+        v.record
+            .interface
+            .clone()
+            .or_else(|| self.settings.default_interface.clone())
+    }
+
+    async fn bind(&mut self, id: &str) {
+        let Some(v) = self.vips.get(id) else { return };
+        let cidr = v.cidr;
+        let Some(ifname) = self.interface_of(v) else {
+            warn!(vip = %id, "no interface for this VIP (set --vip-interface or the record's interface)");
+            self.fault(id, "no interface").await;
+            return;
+        };
+        let link = match self.nl.link_by_name(&ifname).await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                warn!(vip = %id, interface = %ifname, "interface does not exist");
+                self.fault(id, "interface missing").await;
+                return;
+            }
+            Err(e) => {
+                warn!(vip = %id, error = %e, "reading links failed");
+                self.fault(id, "netlink error").await;
+                return;
+            }
+        };
+        let added = match self
+            .nl
+            .add_address(link.index, &ifname, cidr.addr, cidr.prefix_len)
+            .await
+        {
+            Ok(added) => added,
+            Err(e) => {
+                warn!(vip = %id, error = %e, "binding failed");
+                self.fault(id, "bind failed").await;
+                return;
+            }
+        };
+        info!(vip = %id, interface = %ifname, new = added, "vip bound");
+        let mac = link.mac.unwrap_or_default();
+        let announcer = added.then(|| spawn_announcer(id, &ifname, mac, cidr.addr, &self.settings));
+        if let Some(v) = self.vips.get_mut(id) {
+            v.bound = Some((link.index, ifname));
+            if let Some(old) = std::mem::replace(&mut v.announcer, announcer) {
+                old.abort();
+            }
+        }
+    }
+
+    async fn unbind(&mut self, id: &str) {
+        let Some(v) = self.vips.get_mut(id) else {
+            return;
+        };
+        if let Some(a) = v.announcer.take() {
+            a.abort();
+        }
+        let cidr = v.cidr;
+        // Unbind what we bound, or (after a restart) whatever is there.
+        let target = match v.bound.take() {
+            Some(b) => Some(b),
+            None => {
+                let name = self.interface_of(self.vips.get(id).expect("present"));
+                match name {
+                    Some(n) => self
+                        .nl
+                        .link_by_name(&n)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|l| (l.index, n)),
+                    None => None,
+                }
+            }
+        };
+        if let Some((index, ifname)) = target {
+            match self
+                .nl
+                .delete_address(index, &ifname, cidr.addr, cidr.prefix_len)
+                .await
+            {
+                Ok(_) => info!(vip = %id, interface = %ifname, "vip unbound"),
+                Err(e) => warn!(vip = %id, error = %e, "unbinding failed"),
+            }
+        }
+    }
+
+    async fn fault(&mut self, id: &str, cause: &str) {
+        if self.transition(id, Event::Fault, cause) {
+            self.release(id, true).await;
+        }
+    }
+
+    async fn lease_changed(&mut self, lease: LeaseInfo) {
+        let old = self.lease;
+        self.lease = lease;
+        if lease.id != old.id && old.id != 0 {
+            // A new lease: every owner key on the old one is gone.
+            let ids: Vec<_> = self
+                .vips
+                .iter()
+                .filter(|(_, v)| v.state == State::Activated)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in ids {
+                self.transition(&id, Event::Demoted, "lease lost");
+                self.unbind(&id).await;
+            }
+        }
+        if lease.id != old.id && lease.id != 0 {
+            // Keys on a re-attached lease are ours again.
+            let owners: Vec<_> = self
+                .vips
+                .iter()
+                .map(|(id, v)| (id.clone(), v.owner.clone()))
+                .collect();
+            for (id, owner) in owners {
+                self.set_owner(&id, owner).await;
+            }
+        }
+        if lease.failures == 0 && lease.id != 0 {
+            // etcd answers: fenced VIPs become eligible again.
+            let fenced: Vec<_> = self
+                .vips
+                .iter()
+                .filter(|(_, v)| v.fenced)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in fenced {
+                if let Some(v) = self.vips.get_mut(&id) {
+                    v.fenced = false;
+                }
+                self.transition(&id, Event::HealthCheckSuccess, "etcd reachable again");
+            }
+            let ids: Vec<_> = self.vips.keys().cloned().collect();
+            for id in ids {
+                self.evaluate(&id);
+            }
+        }
+        self.claim_if_lost().await;
+        self.publish();
+    }
+
+    /// `claim`: after `--keepalive-retry` failed keepalives, bind every
+    /// eligible VIP nobody here holds (LinK's "at least one host" rule).
+    async fn claim_if_lost(&mut self) {
+        if self.settings.loss_policy != LossPolicy::Claim
+            || self.lease.failures < self.settings.keepalive_retry
+        {
+            return;
+        }
+        let ids: Vec<_> = self
+            .vips
+            .iter()
+            .filter(|(_, v)| v.state == State::Standby && !self.excluded(v))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            warn!(vip = %id, "etcd unreachable: claiming (loss policy claim)");
+            if self.transition(&id, Event::Elected, "claim without etcd") {
+                self.bind(&id).await;
+            }
+        }
+    }
+
+    /// `release`: unbind before the lease can expire.
+    async fn fence(&mut self) {
+        if self.settings.loss_policy != LossPolicy::Release || Instant::now() < self.lease.deadline
+        {
+            return;
+        }
+        let held: Vec<_> = self
+            .vips
+            .iter()
+            .filter(|(_, v)| v.state == State::Activated)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in held {
+            warn!(vip = %id, "lease renewal overdue: self-fencing (unbinding before the lease can expire)");
+            self.unbind(&id).await;
+            if let Some(v) = self.vips.get_mut(&id) {
+                v.fenced = true;
+                v.owner = None;
+            }
+            self.transition(&id, Event::Fault, "self-fenced");
+        }
+        self.publish();
+    }
+
+    async fn shutdown(&mut self) {
+        let held: Vec<_> = self
+            .vips
+            .iter()
+            .filter(|(_, v)| v.state == State::Activated)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in held {
+            self.release(&id, true).await;
+        }
+        for v in self.vips.values() {
+            v.checker.abort();
+        }
+        if self.lease.id != 0 {
+            let mut lease = self.client.lease_client();
+            let _ = tokio::time::timeout(Duration::from_secs(2), lease.revoke(self.lease.id)).await;
+        }
+        if let Some(dir) = &self.settings.state_dir {
+            let _ = std::fs::remove_file(dir.join("vip-lease"));
+        }
+    }
+}
+
+fn spawn_checker(
+    id: &str,
+    checks: Vec<Check>,
+    s: &VipSettings,
+    tx: mpsc::Sender<Msg>,
+) -> JoinHandle<()> {
+    let id = id.to_owned();
+    let (interval, timeout) = (s.health_interval, s.health_timeout);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            let mut ok = true;
+            let mut detail = String::from("no checks");
+            for check in &checks {
+                match health::run(check, timeout).await {
+                    Ok(took) => detail = format!("ok in {took:?}"),
+                    Err(e) => {
+                        ok = false;
+                        detail = e;
+                        break;
+                    }
+                }
+            }
+            if tx.send(Msg::Health(id.clone(), ok, detail)).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+fn spawn_announcer(
+    id: &str,
+    ifname: &str,
+    mac: crate::addr::MacAddr,
+    ip: IpAddr,
+    s: &VipSettings,
+) -> JoinHandle<()> {
+    let (id, ifname) = (id.to_owned(), ifname.to_owned());
+    let (count, interval) = (s.garp_count.max(1), s.garp_interval);
+    tokio::task::spawn_blocking(move || {
+        let mut announcer = match Announcer::open(&ifname) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(vip = %id, error = %e, "cannot announce");
+                return;
+            }
+        };
+        for i in 0..count {
+            if let Err(e) = announcer.announce(mac, ip) {
+                warn!(vip = %id, error = %e, "announcing failed");
+            }
+            if i + 1 < count {
+                std::thread::sleep(interval);
+            }
+        }
+        debug!(vip = %id, count, "announcements sent");
+    })
+}
+
+fn lease_file(s: &VipSettings) -> Option<PathBuf> {
+    s.state_dir.as_ref().map(|d| d.join("vip-lease"))
+}
+
+/// Grants (or, after a restart, re-attaches to) the ownership lease and
+/// keeps it alive every TTL/3, publishing the fencing deadline.
+async fn keep_lease(client: Client, s: VipSettings, tx: watch::Sender<LeaseInfo>) {
+    let ttl_secs = i64::try_from(s.ttl.as_secs()).unwrap_or(2).max(2);
+    let margin = fence_margin(s.ttl);
+    let mut lease_client = client.lease_client();
+    let mut failures = 0u32;
+    let mut id = lease_file(&s)
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|t| t.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    loop {
+        if id != 0 {
+            let alive = tokio::time::timeout(s.ttl, lease_client.time_to_live(id, None)).await;
+            match alive {
+                Ok(Ok(r)) if r.ttl() > 0 => info!(
+                    lease = format!("{id:x}"),
+                    "re-attached to the ownership lease"
+                ),
+                Ok(Ok(_)) => id = 0,
+                _ => {}
+            }
+        }
+        if id == 0 {
+            let sent = Instant::now();
+            match tokio::time::timeout(s.ttl, lease_client.grant(ttl_secs, None)).await {
+                Ok(Ok(r)) => {
+                    id = r.id();
+                    failures = 0;
+                    info!(
+                        lease = format!("{id:x}"),
+                        ttl = ttl_secs,
+                        "ownership lease granted"
+                    );
+                    if let Some(f) = lease_file(&s) {
+                        let _ = std::fs::create_dir_all(
+                            f.parent().unwrap_or(std::path::Path::new("/")),
+                        );
+                        let _ = std::fs::write(f, id.to_string());
+                    }
+                    tx.send_replace(LeaseInfo {
+                        id,
+                        deadline: sent + s.ttl.saturating_sub(margin),
+                        failures,
+                    });
+                }
+                _ => {
+                    failures += 1;
+                    tx.send_modify(|l| l.failures = failures);
+                    tokio::time::sleep(s.ttl / 3).await;
+                    continue;
+                }
+            }
+        }
+        let Ok(Ok((mut keeper, mut stream))) =
+            tokio::time::timeout(s.ttl, lease_client.keep_alive(id)).await
+        else {
+            failures += 1;
+            tx.send_modify(|l| l.failures = failures);
+            tokio::time::sleep(s.ttl / 3).await;
+            continue;
+        };
+        let mut tick = tokio::time::interval(s.ttl / 3);
+        loop {
+            tick.tick().await;
+            let sent = Instant::now();
+            let answer = tokio::time::timeout(s.ttl / 3, async {
+                keeper.keep_alive().await?;
+                stream.message().await
+            })
+            .await;
+            match answer {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    failures = 0;
+                    tx.send_replace(LeaseInfo {
+                        id,
+                        deadline: sent + s.ttl.saturating_sub(margin),
+                        failures,
+                    });
+                }
+                Ok(Ok(Some(_))) => {
+                    warn!(lease = format!("{id:x}"), "ownership lease expired");
+                    id = 0;
+                    break;
+                }
+                _ => {
+                    failures += 1;
+                    tx.send_modify(|l| l.failures = failures);
+                    if failures.is_power_of_two() {
+                        warn!(failures, "ownership lease keepalive failed");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Reads `<prefix>/vips/` (snapshot, then watch; again on any failure) and
+/// forwards verified records, owners and failover requests.
+async fn watch_vips(client: Client, keys: Keys, secrets: Secrets, tx: mpsc::Sender<Msg>) {
+    let mut rejected: BTreeMap<String, i64> = BTreeMap::new();
+    loop {
+        if let Err(e) = watch_once(&client, &keys, &secrets, &tx, &mut rejected).await {
+            debug!(error = %e, "vip watch restarting");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+fn parse_record(
+    secrets: &Secrets,
+    key: &str,
+    value: &[u8],
+    lease: i64,
+) -> Result<VipRecord, String> {
+    let expect = Expect {
+        key,
+        lease,
+        now: unix_now(),
+        max_age: None,
+    };
+    let v = open::<VipRecord>(secrets, value, expect).map_err(|r| r.to_string())?;
+    v.body.validate()?;
+    Ok(v.body)
+}
+
+async fn watch_once(
+    client: &Client,
+    keys: &Keys,
+    secrets: &Secrets,
+    tx: &mpsc::Sender<Msg>,
+    rejected: &mut BTreeMap<String, i64>,
+) -> Result<(), String> {
+    let dir = keys.vips();
+    let mut kv = client.kv_client();
+    let snapshot = tokio::time::timeout(
+        Duration::from_secs(3),
+        kv.get(dir.clone(), Some(GetOptions::new().with_prefix())),
+    )
+    .await
+    .map_err(|_| "reading vips timed out".to_owned())?
+    .map_err(|e| e.to_string())?;
+    let revision = snapshot
+        .header()
+        .map_or(0, etcd_client::ResponseHeader::revision);
+    let mut records = BTreeMap::new();
+    let mut owners = BTreeMap::new();
+    let mut log_rejection = |key: &str, rev: i64, why: &str| {
+        if rejected.get(key) != Some(&rev) {
+            warn!(key, reason = why, "vip record rejected");
+            rejected.insert(key.to_owned(), rev);
+        }
+    };
+    for kv in snapshot.kvs() {
+        let Ok(key) = kv.key_str() else { continue };
+        match keys.vip_of(key) {
+            Some((id, None)) => match parse_record(secrets, key, kv.value(), kv.lease()) {
+                Ok(r) => {
+                    records.insert(id.to_owned(), r);
+                }
+                Err(e) => log_rejection(key, kv.mod_revision(), &e),
+            },
+            Some((id, Some("owner"))) => {
+                owners.insert(
+                    id.to_owned(),
+                    (String::from_utf8_lossy(kv.value()).into_owned(), kv.lease()),
+                );
+            }
+            Some((id, Some("failover"))) => {
+                let _ = tx
+                    .send(Msg::Failover(
+                        id.to_owned(),
+                        String::from_utf8_lossy(kv.value()).into_owned(),
+                    ))
+                    .await;
+            }
+            _ => {}
+        }
+    }
+    tx.send(Msg::Snapshot { records, owners })
+        .await
+        .map_err(|_| "closed".to_owned())?;
+    let mut watch_client = client.watch_client();
+    let mut stream = watch_client
+        .watch(
+            dir,
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let response = stream
+            .message()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("watch ended")?;
+        if response.canceled() || response.compact_revision() > 0 {
+            return Err("watch cancelled".into());
+        }
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            let Ok(key) = kv.key_str() else { continue };
+            let deleted = event.event_type() == EventType::Delete;
+            let msg = match keys.vip_of(key) {
+                Some((id, None)) if deleted => Msg::Record(id.to_owned(), None),
+                Some((id, None)) => match parse_record(secrets, key, kv.value(), kv.lease()) {
+                    Ok(r) => Msg::Record(id.to_owned(), Some(r)),
+                    Err(e) => {
+                        log_rejection(key, kv.mod_revision(), &e);
+                        continue;
+                    }
+                },
+                Some((id, Some("owner"))) if deleted => Msg::Owner(id.to_owned(), None),
+                Some((id, Some("owner"))) => Msg::Owner(
+                    id.to_owned(),
+                    Some((String::from_utf8_lossy(kv.value()).into_owned(), kv.lease())),
+                ),
+                Some((id, Some("failover"))) if !deleted => Msg::Failover(
+                    id.to_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                ),
+                _ => continue,
+            };
+            tx.send(msg).await.map_err(|_| "closed".to_owned())?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fence_margin_is_a_tenth_with_a_floor() {
+        assert_eq!(
+            fence_margin(Duration::from_secs(2)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            fence_margin(Duration::from_secs(10)),
+            Duration::from_secs(1)
+        );
+    }
+}

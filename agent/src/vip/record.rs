@@ -1,0 +1,257 @@
+//! Floating IP (VIP) definitions: `<prefix>/vips/<ID>`, where ID is the
+//! address with `/` replaced by `_` (`198.18.0.100_24`).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::host::validate_hostname;
+use crate::registry::record::Record;
+use crate::registry::segment::validate_segment_name;
+
+/// A VIP as stored (signed like every record).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipRecord {
+    /// CIDR, IPv4 or IPv6 (`198.18.0.100/24`).
+    pub address: String,
+    /// Interface to bind on (default: the agent's `--vip-interface`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Health checks: `tcp:HOST:PORT`, `http(s)://...` (2xx), `exec:COMMAND`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<String>,
+    /// Hosts that never hold this VIP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_nodes: Vec<String>,
+    /// A preferred host: it contends at once, others after a short delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+    /// Reserved for port mapping: stored, not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<serde_json::Value>,
+}
+
+impl Record for VipRecord {
+    const KIND: &'static str = "vip";
+}
+
+/// An address with its prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    /// The VIP id: the CIDR with `/` replaced by `_`.
+    #[must_use]
+    pub fn id(&self) -> String {
+        format!("{}_{}", self.addr, self.prefix_len)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = s.split_once('/').ok_or_else(|| {
+            format!("{s:?} is not a CIDR (expected ADDRESS/PREFIX, like 198.18.0.100/24)")
+        })?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IP address"))?;
+        let prefix_len: u8 = len
+            .parse()
+            .map_err(|_| format!("prefix length {len:?} is not a number"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix_len > max {
+            return Err(format!("prefix length {prefix_len} is over {max}"));
+        }
+        if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
+            return Err(format!("{addr} cannot be a floating IP"));
+        }
+        if let IpAddr::V4(v4) = addr
+            && v4.is_broadcast()
+        {
+            return Err(format!("{addr} cannot be a floating IP"));
+        }
+        Ok(Self { addr, prefix_len })
+    }
+}
+
+/// A parsed health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    Tcp { host: String, port: u16 },
+    Http { url: String },
+    Exec { command: String },
+}
+
+impl FromStr for Check {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(rest) = s.strip_prefix("tcp:") {
+            let (host, port) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| format!("check {s:?}: expected tcp:HOST:PORT"))?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("check {s:?}: bad port {port:?}"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() || port == 0 {
+                return Err(format!("check {s:?}: expected tcp:HOST:PORT"));
+            }
+            return Ok(Self::Tcp {
+                host: host.to_owned(),
+                port,
+            });
+        }
+        if s.starts_with("http://") || s.starts_with("https://") {
+            if s.len() <= "https://".len() {
+                return Err(format!("check {s:?}: no host"));
+            }
+            return Ok(Self::Http { url: s.to_owned() });
+        }
+        if let Some(command) = s.strip_prefix("exec:") {
+            if command.trim().is_empty() {
+                return Err(format!("check {s:?}: empty command"));
+            }
+            return Ok(Self::Exec {
+                command: command.to_owned(),
+            });
+        }
+        Err(format!(
+            "check {s:?}: expected tcp:HOST:PORT, http(s)://URL or exec:COMMAND"
+        ))
+    }
+}
+
+impl VipRecord {
+    /// Parses the address and checks every field.
+    pub fn validate(&self) -> Result<(Cidr, Vec<Check>), String> {
+        let cidr: Cidr = self.address.parse()?;
+        if let Some(i) = &self.interface {
+            validate_segment_name(i).map_err(|e| format!("interface: {e}"))?;
+        }
+        let checks = self
+            .checks
+            .iter()
+            .map(|c| c.parse())
+            .collect::<Result<Vec<_>, _>>()?;
+        for h in self.excluded_nodes.iter().chain(&self.priority) {
+            validate_hostname(h)?;
+        }
+        Ok((cidr, checks))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vip(address: &str) -> VipRecord {
+        VipRecord {
+            address: address.into(),
+            interface: None,
+            checks: vec![],
+            excluded_nodes: vec![],
+            priority: None,
+            ports: None,
+        }
+    }
+
+    #[test]
+    fn ids_and_cidrs() {
+        let c: Cidr = "198.18.0.100/24".parse().expect("cidr");
+        assert_eq!(c.id(), "198.18.0.100_24");
+        assert_eq!(c.to_string(), "198.18.0.100/24");
+        let c6: Cidr = "fd00::100/64".parse().expect("cidr");
+        assert_eq!(c6.id(), "fd00::100_64");
+        for bad in [
+            "198.18.0.100",
+            "198.18.0.300/24",
+            "198.18.0.1/33",
+            "fd00::1/129",
+            "0.0.0.0/0",
+            "224.0.0.1/32",
+            "127.0.0.1/8",
+            "a/b",
+            "198.18.0.1/x",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn checks_parse() {
+        assert_eq!(
+            "tcp:198.18.0.1:80".parse(),
+            Ok(Check::Tcp {
+                host: "198.18.0.1".into(),
+                port: 80
+            })
+        );
+        assert_eq!(
+            "tcp:[fd00::1]:443".parse(),
+            Ok(Check::Tcp {
+                host: "fd00::1".into(),
+                port: 443
+            })
+        );
+        assert_eq!(
+            "http://127.0.0.1:8080/health".parse(),
+            Ok(Check::Http {
+                url: "http://127.0.0.1:8080/health".into()
+            })
+        );
+        assert_eq!(
+            "exec:/bin/true".parse(),
+            Ok(Check::Exec {
+                command: "/bin/true".into()
+            })
+        );
+        for bad in [
+            "tcp:host",
+            "tcp::80",
+            "tcp:h:0",
+            "tcp:h:70000",
+            "ftp://x",
+            "exec:",
+            "http://",
+            "nonsense",
+        ] {
+            assert!(bad.parse::<Check>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn records_validate_and_reject_unknown_fields() {
+        let mut v = vip("198.18.0.100/24");
+        v.checks = vec!["tcp:127.0.0.1:22".into()];
+        v.excluded_nodes = vec!["h3".into()];
+        v.priority = Some("h1".into());
+        let (cidr, checks) = v.validate().expect("valid");
+        assert_eq!(cidr.prefix_len, 24);
+        assert_eq!(checks.len(), 1);
+        v.excluded_nodes = vec!["bad host".into()];
+        assert!(v.validate().is_err());
+        assert!(vip("nope").validate().is_err());
+        assert!(
+            serde_json::from_str::<VipRecord>(r#"{"address":"198.18.0.1/32","colour":1}"#).is_err()
+        );
+        let with_ports: VipRecord =
+            serde_json::from_str(r#"{"address":"198.18.0.1/32","ports":[{"from":80,"to":8080}]}"#)
+                .expect("ports are stored");
+        assert!(with_ports.ports.is_some());
+    }
+}

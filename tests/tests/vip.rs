@@ -1,0 +1,317 @@
+//! Floating IPs: 3 agents and a client in the lab, a real etcd, real ARP.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use linkmesh_tests::agent::{self, admin, ping, wait_until};
+use linkmesh_tests::etcd::Etcd;
+use linkmesh_tests::lab::Lab;
+use linkmesh_tests::process::Process;
+use linkmesh_tests::{kernel, require_root};
+
+const SECRET: &str = "vip-lab-secret-0123456789";
+const CLIENT: u8 = 4;
+
+struct VipLab {
+    lab: Lab,
+    etcd: Etcd,
+    secret: std::path::PathBuf,
+    vip: IpAddr,
+    id: String,
+}
+
+impl VipLab {
+    fn new(extra_record: &[&str]) -> Self {
+        let lab = Lab::new(4);
+        let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
+        let secret = agent::secret_file(&lab, "secret", &[SECRET]);
+        let vip: IpAddr = format!("198.18.{}.100", lab.slot()).parse().expect("ip");
+        let cidr = format!("{vip}/24");
+        let mut args = vec!["ip", "add", cidr.as_str()];
+        args.extend_from_slice(extra_record);
+        let _ = admin(&etcd.endpoint(), &secret, &args);
+        let id = format!("{vip}_24");
+        Self {
+            lab,
+            etcd,
+            secret,
+            vip,
+            id,
+        }
+    }
+
+    fn agent(&self, host: u8, label: &str, extra: &[&str]) -> Process {
+        let mut args = vec![
+            "--vip-interface",
+            "eth0",
+            "--keepalive-interval",
+            "2",
+            "--arp-gratuitous-interval",
+            "0.2",
+        ];
+        args.extend_from_slice(extra);
+        agent::start_labeled(
+            &self.lab,
+            host,
+            label,
+            &self.etcd.endpoint(),
+            &self.secret,
+            &[],
+            &args,
+        )
+    }
+
+    /// Hosts (1..=3) with the VIP bound right now.
+    fn holders(&self) -> Vec<u8> {
+        (1..=3u8)
+            .filter(|h| {
+                kernel::addresses(&self.lab.host(*h).netns)
+                    .iter()
+                    .any(|a| a.addr == self.vip)
+            })
+            .collect()
+    }
+
+    fn wait_single_holder(&self, timeout: Duration, not: Option<u8>) -> Option<u8> {
+        let mut found = None;
+        wait_until(timeout, || {
+            let h = self.holders();
+            if h.len() == 1 && Some(h[0]) != not {
+                found = Some(h[0]);
+                true
+            } else {
+                false
+            }
+        })?;
+        found
+    }
+
+    /// The client's neighbour entry for the VIP (its MAC), if any.
+    fn client_sees(&self) -> Option<[u8; 6]> {
+        kernel::neighbours(&self.lab.host(CLIENT).netns)
+            .into_iter()
+            .find(|n| n.ip == self.vip)
+            .and_then(|n| n.mac)
+    }
+
+    fn owner_key(&self) -> Option<String> {
+        let endpoint = self.etcd.endpoint();
+        let key = format!("/linkmesh/vips/{}/owner", self.id);
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async move {
+                let mut c = etcd_client::Client::connect([endpoint], None)
+                    .await
+                    .expect("etcd");
+                let r = c.get(key, None).await.expect("get");
+                r.kvs()
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+            })
+    }
+}
+
+#[test]
+fn exactly_one_host_holds_the_vip_and_the_client_reaches_it() {
+    require_root!();
+    let v = VipLab::new(&[]);
+    let agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
+    let owner = v
+        .wait_single_holder(Duration::from_secs(10), None)
+        .unwrap_or_else(|| panic!("one holder: {:?}\n{}", v.holders(), agents[0].log()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(v.holders(), vec![owner], "still exactly one holder");
+    assert_eq!(
+        v.owner_key().as_deref(),
+        Some(v.lab.host(owner).name.as_str()),
+        "the owner key names it"
+    );
+    let (tx, rx) = ping(&v.lab.host(CLIENT).netns, &v.vip.to_string(), 3, "0.2");
+    assert_eq!((tx, rx), (3, 3));
+    assert_eq!(
+        v.client_sees(),
+        Some(v.lab.host(owner).mac),
+        "the client resolves the VIP to the owner"
+    );
+    let listed = admin(&v.etcd.endpoint(), &v.secret, &["ip", "ls", "--json"]);
+    assert!(
+        listed.contains(&v.id) && listed.contains(&v.lab.host(owner).name),
+        "{listed}"
+    );
+}
+
+#[test]
+fn graceful_stop_hands_over_and_the_client_follows_at_once() {
+    require_root!();
+    let v = VipLab::new(&[]);
+    let agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
+    let owner = v
+        .wait_single_holder(Duration::from_secs(10), None)
+        .expect("one holder");
+    let (tx, rx) = ping(&v.lab.host(CLIENT).netns, &v.vip.to_string(), 2, "0.1");
+    assert_eq!((tx, rx), (2, 2));
+
+    let ns = v.lab.host(CLIENT).netns.clone();
+    let target = v.vip.to_string();
+    let pinger = std::thread::spawn(move || ping(&ns, &target, 300, "0.01"));
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = Instant::now();
+    agents[usize::from(owner - 1)]
+        .signal(libc::SIGTERM)
+        .expect("SIGTERM");
+    let new_owner = v
+        .wait_single_holder(Duration::from_secs(5), Some(owner))
+        .expect("another host took over");
+    let took = stopped.elapsed();
+    let followed = wait_until(Duration::from_secs(3), || {
+        v.client_sees() == Some(v.lab.host(new_owner).mac)
+    });
+    let (tx, rx) = pinger.join().expect("pinger");
+    eprintln!(
+        "graceful handover to h{new_owner} in {took:?}; client followed after {followed:?}; {} of {tx} probes lost",
+        tx - rx
+    );
+    assert!(
+        followed.is_some(),
+        "the client's neighbour entry moved to the new owner without aging"
+    );
+    assert!(
+        tx - rx <= 10,
+        "at most a few 10 ms probes lost: {} of {tx}",
+        tx - rx
+    );
+}
+
+#[test]
+fn a_crashed_owner_is_replaced_within_ttl_plus_one_second() {
+    require_root!();
+    let v = VipLab::new(&[]);
+    let agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
+    let owner = v
+        .wait_single_holder(Duration::from_secs(10), None)
+        .expect("one holder");
+    let crashed = Instant::now();
+    agents[usize::from(owner - 1)].kill();
+    v.lab.host(owner).cut();
+    let mut new_owner = None;
+    let took = wait_until(Duration::from_secs(6), || {
+        let h: Vec<_> = v.holders().into_iter().filter(|h| *h != owner).collect();
+        new_owner = h.first().copied();
+        h.len() == 1
+    });
+    eprintln!(
+        "hard crash: h{new_owner:?} serves after {took:?} (from the kill: {:?})",
+        crashed.elapsed()
+    );
+    assert!(
+        took.is_some_and(|t| t <= Duration::from_secs(3)),
+        "served within TTL (2 s) + 1 s: {took:?}"
+    );
+    let (tx, rx) = ping(&v.lab.host(CLIENT).netns, &v.vip.to_string(), 3, "0.2");
+    assert_eq!((tx, rx), (3, 3), "the client reaches the new owner");
+}
+
+#[test]
+fn an_excluded_host_never_holds_the_vip() {
+    require_root!();
+    let v = VipLab::new(&["--exclude", "h1"]);
+    let agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
+    let owner = v
+        .wait_single_holder(Duration::from_secs(10), None)
+        .expect("one holder");
+    assert_ne!(owner, 1);
+    for h in [2u8, 3] {
+        agents[usize::from(h - 1)]
+            .signal(libc::SIGTERM)
+            .expect("SIGTERM");
+    }
+    // h1 is the last agent alive: it still must not bind.
+    let bound = wait_until(Duration::from_secs(4), || v.holders().contains(&1));
+    assert!(bound.is_none(), "h1 bound the VIP although excluded");
+}
+
+#[test]
+fn failover_moves_the_vip_and_the_old_owner_sits_out() {
+    require_root!();
+    let v = VipLab::new(&[]);
+    let _agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
+    let owner = v
+        .wait_single_holder(Duration::from_secs(10), None)
+        .expect("one holder");
+    let out = admin(&v.etcd.endpoint(), &v.secret, &["ip", "failover", &v.id]);
+    assert!(out.contains(&v.lab.host(owner).name), "{out}");
+    let new_owner = v.wait_single_holder(Duration::from_secs(5), Some(owner));
+    assert!(
+        new_owner.is_some(),
+        "another host took over: {:?}",
+        v.holders()
+    );
+}
+
+#[test]
+fn a_restart_within_the_ttl_keeps_the_vip_in_place() {
+    require_root!();
+    let v = VipLab::new(&[]);
+    let mut agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
+    let owner = v
+        .wait_single_holder(Duration::from_secs(10), None)
+        .expect("one holder");
+    let i = usize::from(owner - 1);
+    agents[i].kill();
+    agents[i] = v.agent(owner, "agent-restarted", &[]);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        assert_eq!(v.holders(), vec![owner], "the VIP never moved or doubled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = agents[i].log();
+    assert!(log.contains("re-attached to the ownership lease"), "{log}");
+    assert!(
+        log.contains("new=false"),
+        "no new announcement burst: {log}"
+    );
+}
+
+#[test]
+fn an_owner_cut_off_from_etcd_unbinds_before_anyone_else_binds() {
+    require_root!();
+    let v = VipLab::new(&[]);
+    let _agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
+    let owner = v
+        .wait_single_holder(Duration::from_secs(10), None)
+        .expect("one holder");
+    // Only the owner's path to etcd goes: the client still reaches it.
+    let gateway = format!("{}/32", v.lab.gateway());
+    let ns = v.lab.host(owner).netns.clone();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["-n", &ns, "route", "add", "blackhole", &gateway]);
+    let start = Instant::now();
+    let mut worst = 0;
+    let mut moved = None;
+    while start.elapsed() < Duration::from_secs(6) {
+        let h = v.holders();
+        worst = worst.max(h.len());
+        if h.len() == 1 && h[0] != owner && moved.is_none() {
+            moved = Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    run(&["-n", &ns, "route", "del", "blackhole", &gateway]);
+    eprintln!("partitioned owner h{owner}: another host serves after {moved:?}");
+    assert!(worst <= 1, "two hosts had the VIP bound at one sample");
+    assert!(moved.is_some(), "another host took over: {:?}", v.holders());
+    assert!(
+        !v.holders().contains(&owner),
+        "the partitioned owner unbound"
+    );
+}
