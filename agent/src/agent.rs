@@ -86,9 +86,9 @@ fn system_hostname() -> anyhow::Result<String> {
     Ok(name.trim().to_owned())
 }
 
-/// Starts the floating-IP manager; send `true` to stop it (it releases
-/// what it holds first).
-fn spawn_vips(
+/// Starts the floating-IP manager and the API; send `true` to stop both
+/// (the manager releases what it holds first).
+async fn spawn_vips(
     args: &AgentArgs,
     hostname: &str,
     client: &etcd_client::Client,
@@ -97,6 +97,23 @@ fn spawn_vips(
 ) -> anyhow::Result<(watch::Sender<bool>, tokio::task::JoinHandle<()>)> {
     let status: crate::vip::manager::StatusMap = Arc::default();
     let (stop, stop_rx) = watch::channel(false);
+    let api_config = args.api_config()?;
+    let listener = crate::api::bind(&api_config).await?;
+    let admin = crate::vip::admin::Vips {
+        client: client.clone(),
+        keys: keys.clone(),
+        secrets: args.etcd.secrets()?,
+    };
+    let api_stop = stop_rx.clone();
+    let api_status = status.clone();
+    let api_host = hostname.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) =
+            crate::api::serve(listener, api_config, admin, api_status, &api_host, api_stop).await
+        {
+            warn!(error = %e, "the API stopped");
+        }
+    });
     let task = tokio::spawn(crate::vip::manager::run(
         args.vip_settings(hostname),
         client.clone(),
@@ -180,7 +197,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .run(),
     );
 
-    let (vip_stop, vips) = spawn_vips(&args, &hostname, &client, &keys, &nl)?;
+    let (vip_stop, vips) = spawn_vips(&args, &hostname, &client, &keys, &nl).await?;
 
     let reconciler = Reconciler::new(nl.clone(), local.clone());
     let mut events = KernelEvents::subscribe()?;

@@ -137,6 +137,15 @@ pub struct AgentArgs {
         default_value = "release"
     )]
     pub etcd_loss_policy: crate::vip::manager::LossPolicy,
+    /// Address and port of the HTTP API.
+    #[arg(long, env = "LINKMESH_API_LISTEN", default_value = "127.0.0.1:1313")]
+    pub api_listen: std::net::SocketAddr,
+    /// HTTP basic-auth user (auth is off unless both user and password are set).
+    #[arg(long, env = "LINKMESH_API_USER", requires = "api_password_file")]
+    pub api_user: Option<String>,
+    /// File holding the basic-auth password (first line).
+    #[arg(long, env = "LINKMESH_API_PASSWORD_FILE", requires = "api_user")]
+    pub api_password_file: Option<PathBuf>,
     /// Where the ownership lease id is kept across restarts.
     #[arg(long, env = "LINKMESH_STATE_DIR", default_value = "/var/lib/linkmesh")]
     pub state_dir: PathBuf,
@@ -199,6 +208,33 @@ impl AgentArgs {
     #[must_use]
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(self.ttl)
+    }
+
+    /// The API's settings (reads the password file).
+    pub fn api_config(&self) -> Result<crate::api::ApiConfig, ConfigError> {
+        let credentials = match (&self.api_user, &self.api_password_file) {
+            (Some(user), Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "reading --api-password-file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                let password = text.lines().next().unwrap_or_default().trim().to_owned();
+                if password.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "--api-password-file {} is empty",
+                        path.display()
+                    )));
+                }
+                Some((user.clone(), password))
+            }
+            _ => None,
+        };
+        Ok(crate::api::ApiConfig {
+            listen: self.api_listen,
+            credentials,
+        })
     }
 
     /// The floating-IP manager's settings.

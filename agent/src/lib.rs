@@ -7,6 +7,7 @@
 
 pub mod addr;
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod kernel;

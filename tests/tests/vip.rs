@@ -315,3 +315,196 @@ fn an_owner_cut_off_from_etcd_unbinds_before_anyone_else_binds() {
         "the partitioned owner unbound"
     );
 }
+
+/// One HTTP/1.1 request to the agent API inside `ns` (127.0.0.1:1313).
+fn http(
+    ns: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    auth: Option<&str>,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let request = {
+        use base64::Engine as _;
+        let body = body.unwrap_or("");
+        let auth = auth.map_or_else(String::new, |a| {
+            let enc = base64::engine::general_purpose::STANDARD.encode(a);
+            format!("Authorization: Basic {enc}\r\n")
+        });
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    linkmesh_tests::netns::run_in(ns, move || {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:1313").expect("connecting to the API");
+        s.write_all(request.as_bytes()).expect("sending");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("reading");
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    })
+}
+
+#[test]
+fn the_api_validates_authenticates_and_fails_over() {
+    require_root!();
+    let v = VipLab::new(&[]);
+    let password = agent::secret_file(&v.lab, "api-password", &["hunter2-but-longer"]);
+    let password = password.to_string_lossy().into_owned();
+    let extra = [
+        "--api-user",
+        "admin",
+        "--api-password-file",
+        password.as_str(),
+    ];
+    let _agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &extra)).collect();
+    let owner = v
+        .wait_single_holder(Duration::from_secs(10), None)
+        .expect("one holder");
+    let standby = (1..=3u8).find(|h| *h != owner).expect("a standby");
+    let (owner_ns, standby_ns) = (
+        v.lab.host(owner).netns.clone(),
+        v.lab.host(standby).netns.clone(),
+    );
+    let creds = Some("admin:hunter2-but-longer");
+
+    assert_eq!(
+        http(&standby_ns, "GET", "/healthz", None, None).0,
+        200,
+        "health needs no credentials"
+    );
+    assert_eq!(
+        http(&standby_ns, "GET", "/ips", None, None).0,
+        401,
+        "no credentials"
+    );
+    assert_eq!(
+        http(&standby_ns, "GET", "/ips", None, Some("admin:wrong")).0,
+        401,
+        "wrong password"
+    );
+    let (status, body) = http(&standby_ns, "GET", "/ips", None, creds);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&v.id) && body.contains("\"state\":\"STANDBY\""),
+        "{body}"
+    );
+    let (status, body) = http(&owner_ns, "GET", &format!("/ips/{}", v.id), None, creds);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"state\":\"ACTIVATED\"")
+            && body.contains(&format!("\"owner\":\"h{owner}\"")),
+        "{body}"
+    );
+
+    let (status, body) = http(
+        &standby_ns,
+        "POST",
+        "/ips",
+        Some(r#"{"address":"198.18.0.999/24"}"#),
+        creds,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("error"), "{body}");
+    let (status, _) = http(
+        &standby_ns,
+        "POST",
+        "/ips",
+        Some(r#"{"address":"198.18.0.7/24","colour":1}"#),
+        creds,
+    );
+    assert_eq!(status, 400, "unknown field");
+    let (status, _) = http(&standby_ns, "POST", "/ips", Some("not json"), creds);
+    assert_eq!(status, 400);
+    let listed = admin(&v.etcd.endpoint(), &v.secret, &["ip", "ls", "--json"]);
+    assert_eq!(
+        listed.matches("\"id\"").count(),
+        1,
+        "nothing was written: {listed}"
+    );
+
+    let (status, body) = http(
+        &standby_ns,
+        "POST",
+        &format!("/ips/{}/failover", v.id),
+        None,
+        creds,
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains(&format!("\"owner\":\"h{owner}\"")),
+        "409 names the owner: {body}"
+    );
+    let (status, body) = http(
+        &owner_ns,
+        "POST",
+        &format!("/ips/{}/failover", v.id),
+        None,
+        creds,
+    );
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        v.wait_single_holder(Duration::from_secs(5), Some(owner))
+            .is_some(),
+        "the VIP moved"
+    );
+}
+
+#[test]
+fn a_failing_health_check_gives_the_vip_up_until_it_passes() {
+    require_root!();
+    let v = VipLab::new(&["--check", "tcp:127.0.0.1:7070"]);
+    // Every host serves the checked port on its own loopback.
+    let listeners: Vec<_> = (1..=3u8)
+        .map(|h| {
+            v.lab.host(h).run(|| {
+                std::net::TcpListener::bind("127.0.0.1:7070").expect("binding the checked port")
+            })
+        })
+        .collect();
+    let mut listeners: Vec<Option<_>> = listeners.into_iter().map(Some).collect();
+    let extra = [
+        "--health-check-interval",
+        "0.2",
+        "--health-check-timeout",
+        "0.2",
+        "--fail-count-before-failover",
+        "2",
+    ];
+    let agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &extra)).collect();
+    let owner = v
+        .wait_single_holder(Duration::from_secs(10), None)
+        .expect("one holder");
+    listeners[usize::from(owner - 1)] = None;
+    let moved = v.wait_single_holder(Duration::from_secs(5), Some(owner));
+    assert!(
+        moved.is_some(),
+        "the unhealthy owner gave the VIP up: {:?}",
+        v.holders()
+    );
+    let log = agents[usize::from(owner - 1)].log();
+    assert!(log.contains("to=FAILING"), "{log}");
+    // Healthy again: eligible (STANDBY), without taking the VIP back.
+    let ns = v.lab.host(owner).netns.clone();
+    listeners[usize::from(owner - 1)] = Some(linkmesh_tests::netns::run_in(&ns, || {
+        std::net::TcpListener::bind("127.0.0.1:7070").expect("rebinding")
+    }));
+    let recovered = wait_until(Duration::from_secs(5), || {
+        agents[usize::from(owner - 1)]
+            .log()
+            .contains("from=FAILING to=STANDBY")
+    });
+    assert!(recovered.is_some(), "the host became eligible again");
+    assert_eq!(v.holders(), vec![moved.expect("moved")], "no flapping back");
+}

@@ -67,7 +67,27 @@ pub struct VipStatus {
     pub interface: Option<String>,
 }
 
-pub type StatusMap = Arc<std::sync::Mutex<BTreeMap<String, VipStatus>>>;
+/// What the manager shares with the API: every VIP's status on this host,
+/// and how the ownership lease is doing.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub vips: std::sync::Mutex<BTreeMap<String, VipStatus>>,
+    /// Consecutive failed keepalives (0: etcd answers).
+    pub lease_failures: std::sync::atomic::AtomicU32,
+    pub loss_policy: std::sync::OnceLock<LossPolicy>,
+}
+
+impl Shared {
+    #[must_use]
+    pub fn vips(&self) -> BTreeMap<String, VipStatus> {
+        self.vips
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+pub type StatusMap = Arc<Shared>;
 
 /// The lease as the keepalive task sees it.
 #[derive(Clone, Copy, Debug)]
@@ -211,8 +231,13 @@ impl Manager {
             .collect();
         *self
             .status
+            .vips
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = map;
+        self.status
+            .lease_failures
+            .store(self.lease.failures, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.status.loss_policy.set(self.settings.loss_policy);
     }
 
     fn transition(&mut self, id: &str, event: Event, cause: &str) -> bool {

@@ -1,0 +1,315 @@
+//! The HTTP API (LinK's paths): `GET/POST /ips`, `GET/DELETE /ips/{id}`,
+//! `POST /ips/{id}/failover`, `GET /healthz`. JSON in and out; optional
+//! HTTP basic auth (everything but `/healthz`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State as AxumState};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::store::StoreError;
+use crate::vip::admin::{VipEntry, Vips};
+use crate::vip::manager::{LossPolicy, StatusMap};
+use crate::vip::{State, VipRecord};
+
+#[derive(Clone)]
+struct App {
+    vips: Arc<Vips>,
+    shared: StatusMap,
+    hostname: Arc<str>,
+    /// SHA-256 of `user:password`, compared in constant time.
+    auth: Option<[u8; 32]>,
+}
+
+/// A VIP as the API shows it: the record, its owner, this host's state.
+#[derive(Serialize)]
+struct IpView {
+    id: String,
+    address: Option<String>,
+    owner: Option<String>,
+    /// This host's state for the VIP (`null` if it has not seen it yet).
+    state: Option<State>,
+    host: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<VipRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn store_error(e: &StoreError) -> Response {
+    match e {
+        StoreError::Invalid(m) => error(StatusCode::BAD_REQUEST, m.clone()),
+        StoreError::Conflict(m) => error(StatusCode::CONFLICT, m.clone()),
+        other => error(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+    }
+}
+
+impl App {
+    fn view(&self, entry: VipEntry) -> IpView {
+        let state = self.shared.vips().get(&entry.id).map(|s| s.state);
+        IpView {
+            address: entry.record.as_ref().map(|r| r.address.clone()),
+            id: entry.id,
+            owner: entry.owner,
+            state,
+            host: self.hostname.to_string(),
+            record: entry.record,
+            error: entry.error,
+        }
+    }
+}
+
+async fn list(AxumState(app): AxumState<App>) -> Response {
+    match app.vips.list().await {
+        Ok(entries) => {
+            Json(entries.into_iter().map(|e| app.view(e)).collect::<Vec<_>>()).into_response()
+        }
+        Err(e) => store_error(&e),
+    }
+}
+
+async fn create(AxumState(app): AxumState<App>, body: Bytes) -> Response {
+    let record: VipRecord = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid floating IP: {e}")),
+    };
+    if let Err(e) = record.validate() {
+        return error(StatusCode::BAD_REQUEST, format!("invalid floating IP: {e}"));
+    }
+    match app.vips.add(&record).await {
+        Ok(id) => {
+            info!(vip = %id, "floating IP added through the API");
+            let entry = VipEntry {
+                id,
+                record: Some(record),
+                error: None,
+                owner: None,
+            };
+            (StatusCode::CREATED, Json(app.view(entry))).into_response()
+        }
+        Err(e) => store_error(&e),
+    }
+}
+
+async fn show(AxumState(app): AxumState<App>, Path(id): Path<String>) -> Response {
+    match app.vips.get(&id).await {
+        Ok(Some(entry)) => Json(app.view(entry)).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no floating IP {id}")),
+        Err(e) => store_error(&e),
+    }
+}
+
+async fn remove(AxumState(app): AxumState<App>, Path(id): Path<String>) -> Response {
+    match app.vips.remove(&id).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no floating IP {id}")),
+        Err(e) => store_error(&e),
+    }
+}
+
+async fn failover(AxumState(app): AxumState<App>, Path(id): Path<String>) -> Response {
+    let entry = match app.vips.get(&id).await {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no floating IP {id}")),
+        Err(e) => return store_error(&e),
+    };
+    let mine = app
+        .shared
+        .vips()
+        .get(&id)
+        .is_some_and(|s| s.state == State::Activated);
+    if !mine || entry.owner.as_deref() != Some(&*app.hostname) {
+        let owner = entry.owner.clone();
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": format!("{} does not own {id}; ask its owner", app.hostname),
+                "id": id,
+                "owner": owner,
+                "state": app.shared.vips().get(&id).map(|s| s.state),
+            })),
+        )
+            .into_response();
+    }
+    match app.vips.failover(&id).await {
+        Ok(owner) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "id": id, "owner": owner, "state": State::Activated, "failover": "releasing" })),
+        )
+            .into_response(),
+        Err(e) => store_error(&e),
+    }
+}
+
+async fn healthz(AxumState(app): AxumState<App>) -> Response {
+    let failures = app.shared.lease_failures.load(Ordering::Relaxed);
+    let policy = app
+        .shared
+        .loss_policy
+        .get()
+        .copied()
+        .unwrap_or(LossPolicy::Release);
+    let degraded = failures > 0;
+    let body = json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "host": &*app.hostname,
+        "etcd": if degraded { "unreachable" } else { "ok" },
+        "failed_keepalives": failures,
+        "etcd_loss_policy": policy,
+        "vips_held": app.shared.vips().values().filter(|s| s.state == State::Activated).count(),
+    });
+    let status = if degraded {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
+fn digest(user: &str, password: &str) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(user.as_bytes())
+        .chain_update(b":")
+        .chain_update(password.as_bytes())
+        .finalize()
+        .into()
+}
+
+fn authorized(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(encoded) = value.strip_prefix("Basic ") else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let Ok(text) = String::from_utf8(decoded) else {
+        return false;
+    };
+    let Some((user, password)) = text.split_once(':') else {
+        return false;
+    };
+    let got = digest(user, password);
+    // Constant time: fold every byte difference.
+    got.iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+async fn auth(AxumState(app): AxumState<App>, request: Request, next: Next) -> Response {
+    if let Some(expected) = &app.auth
+        && !authorized(request.headers(), expected)
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"linkmesh\"")],
+            Json(json!({ "error": "missing or wrong credentials" })),
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// API settings.
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// Basic-auth user and password; `None` leaves the API open.
+    pub credentials: Option<(String, String)>,
+}
+
+/// Binds the API's socket (so a taken port fails the agent's start).
+pub async fn bind(config: &ApiConfig) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {} (--api-listen)", config.listen))
+}
+
+/// Serves on `listener` until `stop` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: ApiConfig,
+    vips: Vips,
+    shared: StatusMap,
+    hostname: &str,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let app = App {
+        vips: Arc::new(vips),
+        shared,
+        hostname: Arc::from(hostname),
+        auth: config.credentials.as_ref().map(|(u, p)| digest(u, p)),
+    };
+    let protected = Router::new()
+        .route("/ips", get(list).post(create))
+        .route("/ips/{id}", get(show).delete(remove))
+        .route("/ips/{id}/failover", post(failover))
+        .route_layer(middleware::from_fn_with_state(app.clone(), auth));
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .merge(protected)
+        .with_state(app);
+    info!(listen = %config.listen, auth = config.credentials.is_some(), "API listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .context("serving the API")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_is_checked() {
+        let expected = digest("admin", "s3cret");
+        let mut h = HeaderMap::new();
+        assert!(!authorized(&h, &expected), "no header");
+        let good = base64::engine::general_purpose::STANDARD.encode("admin:s3cret");
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {good}").parse().expect("header"),
+        );
+        assert!(authorized(&h, &expected));
+        for bad in ["admin:wrong", "root:s3cret", "admins3cret"] {
+            let enc = base64::engine::general_purpose::STANDARD.encode(bad);
+            h.insert(
+                header::AUTHORIZATION,
+                format!("Basic {enc}").parse().expect("header"),
+            );
+            assert!(!authorized(&h, &expected), "{bad}");
+        }
+        h.insert(header::AUTHORIZATION, "Basic !!!".parse().expect("header"));
+        assert!(!authorized(&h, &expected), "not base64");
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {good}").parse().expect("header"),
+        );
+        assert!(!authorized(&h, &expected), "another scheme");
+    }
+}
