@@ -508,3 +508,95 @@ fn a_failing_health_check_gives_the_vip_up_until_it_passes() {
     assert!(recovered.is_some(), "the host became eligible again");
     assert_eq!(v.holders(), vec![moved.expect("moved")], "no flapping back");
 }
+
+#[test]
+fn an_ipv6_vip_moves_and_the_client_neighbour_entry_follows() {
+    require_root!();
+    let lab = Lab::new(4);
+    let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
+    let secret = agent::secret_file(&lab, "secret", &[SECRET]);
+    let vip: IpAddr = format!("fd00:0:0:{}::100", lab.slot()).parse().expect("ip");
+    let _ = admin(
+        &etcd.endpoint(),
+        &secret,
+        &["ip", "add", &format!("{vip}/64")],
+    );
+    let client = lab.host(CLIENT).netns.clone();
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &client,
+            "addr",
+            "add",
+            &format!("fd00:0:0:{}::4/64", lab.slot()),
+            "dev",
+            "eth0",
+            "nodad",
+        ])
+        .output()
+        .expect("ip");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let args = [
+        "--vip-interface",
+        "eth0",
+        "--keepalive-interval",
+        "2",
+        "--arp-gratuitous-interval",
+        "0.2",
+    ];
+    let agents: Vec<_> = (1..=3u8)
+        .map(|h| agent::start_labeled(&lab, h, "agent", &etcd.endpoint(), &secret, &[], &args))
+        .collect();
+    let holders = || -> Vec<u8> {
+        (1..=3u8)
+            .filter(|h| {
+                kernel::addresses(&lab.host(*h).netns)
+                    .iter()
+                    .any(|a| a.addr == vip)
+            })
+            .collect()
+    };
+    let mut owner = 0;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let h = holders();
+            owner = h.first().copied().unwrap_or(0);
+            h.len() == 1
+        })
+        .is_some(),
+        "one host holds the IPv6 VIP"
+    );
+    let (tx, rx) = ping(&client, &vip.to_string(), 3, "0.2");
+    assert_eq!((tx, rx), (3, 3), "the client reaches the IPv6 VIP");
+    let sees = || {
+        kernel::neighbours(&client)
+            .into_iter()
+            .find(|n| n.ip == vip)
+            .and_then(|n| n.mac)
+    };
+    assert_eq!(sees(), Some(lab.host(owner).mac));
+    agents[usize::from(owner - 1)]
+        .signal(libc::SIGTERM)
+        .expect("SIGTERM");
+    let mut new_owner = 0;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let h = holders();
+            new_owner = h.first().copied().unwrap_or(0);
+            h.len() == 1 && new_owner != owner
+        })
+        .is_some(),
+        "another host took the IPv6 VIP"
+    );
+    let followed = wait_until(Duration::from_secs(3), || {
+        sees() == Some(lab.host(new_owner).mac)
+    });
+    assert!(
+        followed.is_some(),
+        "the unsolicited NA moved the client's neighbour entry"
+    );
+}
