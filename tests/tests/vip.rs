@@ -41,14 +41,9 @@ impl VipLab {
     }
 
     fn agent(&self, host: u8, label: &str, extra: &[&str]) -> Process {
-        let mut args = vec![
-            "--vip-interface",
-            "eth0",
-            "--keepalive-interval",
-            "2",
-            "--arp-gratuitous-interval",
-            "0.2",
-        ];
+        // Default announcement interval (1.1 s): a graceful handover must not
+        // depend on the second burst.
+        let mut args = vec!["--vip-interface", "eth0", "--keepalive-interval", "2"];
         args.extend_from_slice(extra);
         agent::start_labeled(
             &self.lab,

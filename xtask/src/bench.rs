@@ -8,13 +8,17 @@ use crate::step::{self, Step, cargo, is_root};
 use crate::{deps, ebpf};
 
 pub fn run(root_dir: &Path, what: &str) -> anyhow::Result<()> {
-    if what != "mesh" {
-        bail!("unknown benchmark {what:?}; known: mesh");
+    if what != "mesh" && what != "vip" {
+        bail!("unknown benchmark {what:?}; known: mesh, vip");
     }
     if !is_root() {
         bail!("benchmarks run in network namespaces: run `cargo xtask bench {what}` as root");
     }
     deps::ensure_packages(true)?;
+    if what == "vip" {
+        // The baseline: keepalived (VRRP) on the same lab.
+        deps::ensure_extra("keepalived", "the VRRP baseline of the vip benchmark")?;
+    }
     ebpf::build(root_dir)?;
     let step = Step::start("building the agent and the benchmark (release)");
     step::run(cargo().current_dir(root_dir).args([

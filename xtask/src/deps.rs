@@ -52,6 +52,19 @@ pub fn ensure_packages(root: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installs one more package a particular task needs (root only).
+pub fn ensure_extra(package: &str, why: &str) -> anyhow::Result<()> {
+    if installed(package) {
+        return Ok(());
+    }
+    let step = Step::start(format!("apt-get install {package} ({why})"));
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends", package])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    step.done();
+    Ok(())
+}
+
 /// Adds clippy and rustfmt to the default toolchain when they are missing.
 pub fn ensure_rust_components() -> anyhow::Result<()> {
     let have = |sub: &str| {

@@ -23,7 +23,7 @@ enum Command {
     /// Install what is missing, build, lint, and run every test (root runs the
     /// network-namespace integration tests too).
     Test(test::TestArgs),
-    /// Benchmarks in the lab (as root): `mesh`.
+    /// Benchmarks in the lab (as root): `mesh` or `vip`.
     Bench {
         /// Which benchmark.
         #[arg(default_value = "mesh")]

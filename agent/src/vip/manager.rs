@@ -758,6 +758,10 @@ fn spawn_checker(
     })
 }
 
+/// Announces `ip` `garp_count` times. An async task, so aborting it on
+/// unbind stops it between sends: a host must never announce an address it
+/// gave up (a blocking loop could not be cancelled, and kept pointing
+/// clients at the old owner after a graceful handover).
 fn spawn_announcer(
     id: &str,
     ifname: &str,
@@ -767,7 +771,8 @@ fn spawn_announcer(
 ) -> JoinHandle<()> {
     let (id, ifname) = (id.to_owned(), ifname.to_owned());
     let (count, interval) = (s.garp_count.max(1), s.garp_interval);
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
+        // Opening an AF_PACKET socket and sending on it do not block for long.
         let mut announcer = match Announcer::open(&ifname) {
             Ok(a) => a,
             Err(e) => {
@@ -780,7 +785,7 @@ fn spawn_announcer(
                 warn!(vip = %id, error = %e, "announcing failed");
             }
             if i + 1 < count {
-                std::thread::sleep(interval);
+                tokio::time::sleep(interval).await;
             }
         }
         debug!(vip = %id, count, "announcements sent");

@@ -1,6 +1,10 @@
-//! `cargo xtask bench mesh`: how fast one agent programs N peers, and how
-//! fast one change reaches the kernel, against iproute2's `bridge -batch`
-//! programming the same entries, measured in the same run.
+//! `cargo xtask bench mesh|vip`.
+//!
+//! mesh: how fast one agent programs N peers, and how fast one change
+//! reaches the kernel, against iproute2's `bridge -batch` programming the
+//! same entries, measured in the same run. vip: see `bench_vip.rs`.
+
+mod bench_vip;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -247,11 +251,15 @@ fn ms(d: Duration) -> String {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let what = args.first().map_or("mesh", String::as_str);
-    ensure!(what == "mesh", "unknown benchmark {what:?} (known: mesh)");
     ensure!(
         linkmesh_tests::is_root(),
         "the benchmark needs root (network namespaces)"
     );
+    match what {
+        "mesh" => {}
+        "vip" => return vip_main(),
+        other => anyhow::bail!("unknown benchmark {other:?} (known: mesh, vip)"),
+    }
     let sizes: Vec<usize> = std::env::var("LINKMESH_BENCH_SIZES")
         .unwrap_or_else(|_| "100,1000,5000".into())
         .split(',')
@@ -391,4 +399,75 @@ fn bridge_baseline(lab: &Lab, ns: &str, n: usize) -> anyhow::Result<Duration> {
     );
 
     Ok(bridge)
+}
+
+fn vip_main() -> anyhow::Result<()> {
+    use bench_vip::{Failure, System};
+    let runs: usize = std::env::var("LINKMESH_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let systems = [
+        System::Linkmesh,
+        System::Keepalived { advert_ms: 1000 },
+        System::Keepalived { advert_ms: 100 },
+    ];
+    let mut results: Vec<(System, Failure, Vec<Duration>)> = Vec::new();
+    let only = std::env::var("LINKMESH_BENCH_ONLY").ok();
+    for system in systems {
+        if only
+            .as_deref()
+            .is_some_and(|o| !system.name().starts_with(o))
+        {
+            continue;
+        }
+        for failure in [Failure::Graceful, Failure::HardCrash] {
+            let mut gaps = Vec::new();
+            for i in 0..runs {
+                let gap = bench_vip::run(system, failure)?;
+                eprintln!(
+                    "==> {} {failure:?} run {}: outage {} ms",
+                    system.name(),
+                    i + 1,
+                    ms(gap)
+                );
+                gaps.push(gap);
+            }
+            gaps.sort();
+            results.push((system, failure, gaps));
+        }
+    }
+    let median = |g: &[Duration]| g[g.len() / 2];
+    println!();
+    println!(
+        "vip benchmark: client outage (longest gap between replies, probes every 10 ms), {runs} runs each"
+    );
+    println!(
+        "{:<26} {:<10} {:>10} {:>18} {:>12} {:>12}",
+        "system", "failure", "median ms", "min-max ms", "vs ka 1s", "vs ka 0.1s"
+    );
+    for (system, failure, gaps) in &results {
+        let find = |adv: u32| {
+            results
+                .iter()
+                .find(|(s, f, _)| *s == (System::Keepalived { advert_ms: adv }) && f == failure)
+                .map(|(_, _, g)| median(g))
+        };
+        let ratio = |base: Option<Duration>| {
+            base.map_or_else(
+                || "-".to_owned(),
+                |b| format!("{:.2}", median(gaps).as_secs_f64() / b.as_secs_f64()),
+            )
+        };
+        println!(
+            "{:<26} {:<10} {:>10} {:>18} {:>12} {:>12}",
+            system.name(),
+            format!("{failure:?}"),
+            ms(median(gaps)),
+            format!("{}-{}", ms(gaps[0]), ms(gaps[gaps.len() - 1])),
+            ratio(find(1000)),
+            ratio(find(100)),
+        );
+    }
+    Ok(())
 }

@@ -1,0 +1,206 @@
+//! `cargo xtask bench vip`: client-side outage of a floating IP on graceful
+//! stop and hard crash, linkmesh against keepalived (VRRP, advert_int 1 and
+//! 0.1) on the same lab, in the same run.
+
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use linkmesh_tests::agent::{self, wait_until};
+use linkmesh_tests::etcd::Etcd;
+use linkmesh_tests::kernel;
+use linkmesh_tests::lab::Lab;
+use linkmesh_tests::process::Process;
+
+const CLIENT: u8 = 4;
+const SECRET: &str = "bench-vip-secret-0123456789";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    Graceful,
+    HardCrash,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    Linkmesh,
+    Keepalived { advert_ms: u32 },
+}
+
+impl System {
+    pub fn name(self) -> String {
+        match self {
+            Self::Linkmesh => "linkmesh".into(),
+            Self::Keepalived { advert_ms } => {
+                format!("keepalived advert {}s", f64::from(advert_ms) / 1000.0)
+            }
+        }
+    }
+}
+
+fn holders(lab: &Lab, vip: IpAddr) -> Vec<u8> {
+    (1..=3u8)
+        .filter(|h| {
+            kernel::addresses(&lab.host(*h).netns)
+                .iter()
+                .any(|a| a.addr == vip)
+        })
+        .collect()
+}
+
+/// Longest gap between replies of `ping -D` output (probes every 10 ms).
+fn longest_gap(output: &str) -> Option<Duration> {
+    let stamps: Vec<f64> = output
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    let gap = stamps
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0_f64, f64::max);
+    (stamps.len() >= 2).then(|| Duration::from_secs_f64(gap))
+}
+
+fn keepalived_conf(lab: &Lab, host: u8, vip: IpAddr, advert_ms: u32) -> String {
+    let priority = 200 - u32::from(host) * 50;
+    let advert = f64::from(advert_ms) / 1000.0;
+    format!(
+        "global_defs {{\n  vrrp_version 3\n  script_user root\n  enable_script_security\n}}\n\
+         vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id {}\n  priority {priority}\n  advert_int {advert}\n\
+         \n  virtual_ipaddress {{\n    {vip}/24 dev eth0\n  }}\n}}\n",
+        50 + u32::from(lab.slot() % 200)
+    )
+}
+
+fn start(
+    system: System,
+    lab: &Lab,
+    etcd: &Etcd,
+    secret: &std::path::Path,
+    vip: IpAddr,
+) -> Vec<Process> {
+    (1..=3u8)
+        .map(|h| match system {
+            System::Linkmesh => agent::start(
+                lab,
+                h,
+                &etcd.endpoint(),
+                secret,
+                &[],
+                &["--vip-interface", "eth0", "--keepalive-interval", "2"],
+            ),
+            System::Keepalived { advert_ms } => {
+                let dir = lab.dir().join(format!("ka-h{h}"));
+                std::fs::create_dir_all(&dir).expect("keepalived dir");
+                let conf = dir.join("keepalived.conf");
+                std::fs::write(&conf, keepalived_conf(lab, h, vip, advert_ms))
+                    .expect("writing keepalived.conf");
+                let mut cmd = Command::new("keepalived");
+                cmd.args(["--dont-fork", "--log-console", "--vrrp", "--use-file"])
+                    .arg(&conf)
+                    .arg("--pid")
+                    .arg(dir.join("keepalived.pid"))
+                    .arg("--vrrp_pid")
+                    .arg(dir.join("vrrp.pid"));
+                lab.spawn(h, "keepalived", cmd)
+            }
+        })
+        .collect()
+}
+
+/// One run: a fresh lab, the VIP up, then the owner fails while the client
+/// probes every 10 ms. Returns the client's longest gap.
+pub fn run(system: System, failure: Failure) -> anyhow::Result<Duration> {
+    let lab = Lab::new(4);
+    let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
+    let secret = agent::secret_file(&lab, "secret", &[SECRET]);
+    let vip: IpAddr = format!("198.18.{}.100", lab.slot()).parse()?;
+    if system == System::Linkmesh {
+        let _ = agent::admin(
+            &etcd.endpoint(),
+            &secret,
+            &["ip", "add", &format!("{vip}/24")],
+        );
+    }
+    let procs = start(system, &lab, &etcd, &secret, vip);
+    let mut owner = 0;
+    wait_until(Duration::from_secs(15), || {
+        let h = holders(&lab, vip);
+        owner = h.first().copied().unwrap_or(0);
+        h.len() == 1
+    })
+    .with_context(|| format!("{}: no single holder", system.name()))?;
+    // Let the VIP settle (keepalived's initial state changes, GARP bursts).
+    std::thread::sleep(Duration::from_secs(2));
+    let window = match (system, failure) {
+        (System::Keepalived { advert_ms: 1000 }, Failure::HardCrash) => 7,
+        _ => 5,
+    };
+    let ns = lab.host(CLIENT).netns.clone();
+    let target = vip.to_string();
+    let pinger = std::thread::spawn(move || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "ping",
+                "-n",
+                "-D",
+                "-i",
+                "0.01",
+                "-W",
+                "1",
+                "-w",
+                &window.to_string(),
+                &target,
+            ])
+            .output()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let victim = &procs[usize::from(owner - 1)];
+    match failure {
+        Failure::Graceful => victim.signal(libc::SIGTERM)?,
+        Failure::HardCrash => {
+            victim.kill();
+            lab.host(owner).cut();
+        }
+    }
+    let output = pinger
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pinger panicked"))??;
+    if std::env::var_os("LINKMESH_BENCH_VERBOSE").is_some() {
+        for p in &procs {
+            eprintln!("---- {}\n{}", p.log_path().display(), p.log());
+        }
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let gap = longest_gap(&text).context("ping got fewer than two replies")?;
+    let others: Vec<_> = holders(&lab, vip)
+        .into_iter()
+        .filter(|h| *h != owner)
+        .collect();
+    ensure!(
+        others.len() == 1,
+        "{}: after the failure {:?} hold the VIP",
+        system.name(),
+        others
+    );
+    Ok(gap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_read_from_ping_timestamps() {
+        let out = "PING x\n[100.000] 64 bytes from x: icmp_seq=1\n[100.010] 64 bytes from x: icmp_seq=2\n\
+                   [100.350] 64 bytes from x: icmp_seq=30\n[100.360] 64 bytes from x\n";
+        let gap = longest_gap(out).expect("a gap");
+        assert!((gap.as_secs_f64() - 0.34).abs() < 1e-6, "{gap:?}");
+        assert_eq!(longest_gap("[1.0] 64 bytes from x"), None);
+    }
+}
