@@ -164,8 +164,11 @@ pub fn run(system: System, failure: Failure) -> anyhow::Result<Duration> {
     match failure {
         Failure::Graceful => victim.signal(libc::SIGTERM)?,
         Failure::HardCrash => {
-            victim.kill();
+            // The cable first: nothing the dying process sends on its way
+            // out (keepalived's child sends a priority-0 advert when its
+            // parent dies) may reach the others.
             lab.host(owner).cut();
+            victim.kill();
         }
     }
     let output = pinger
