@@ -44,6 +44,8 @@ struct IpView {
     /// This host's state for the VIP (`null` if it has not seen it yet).
     state: Option<State>,
     host: String,
+    /// Every host's state, as the hosts last wrote it to etcd.
+    states: std::collections::BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     record: Option<VipRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,6 +73,7 @@ impl App {
             owner: entry.owner,
             state,
             host: self.hostname.to_string(),
+            states: entry.states,
             record: entry.record,
             error: entry.error,
         }
@@ -102,6 +105,7 @@ async fn create(AxumState(app): AxumState<App>, body: Bytes) -> Response {
                 record: Some(record),
                 error: None,
                 owner: None,
+                states: std::collections::BTreeMap::new(),
             };
             (StatusCode::CREATED, Json(app.view(entry))).into_response()
         }

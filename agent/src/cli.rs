@@ -109,13 +109,13 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand) -> anyhow::Result<()> {
                 );
             } else {
                 println!(
-                    "{:<24} {:<28} {:<16} {:<10} CHECKS",
-                    "ADDRESS", "ID", "OWNER", "INTERFACE"
+                    "{:<24} {:<28} {:<16} {:<10} {:<24} STATES",
+                    "ADDRESS", "ID", "OWNER", "INTERFACE", "CHECKS"
                 );
                 for e in &list {
                     match &e.record {
                         Some(r) => println!(
-                            "{:<24} {:<28} {:<16} {:<10} {}",
+                            "{:<24} {:<28} {:<16} {:<10} {:<24} {}",
                             r.address,
                             e.id,
                             e.owner.as_deref().unwrap_or("-"),
@@ -124,7 +124,12 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand) -> anyhow::Result<()> {
                                 "-".to_owned()
                             } else {
                                 r.checks.join(",")
-                            }
+                            },
+                            e.states
+                                .iter()
+                                .map(|(h, s)| format!("{h}={s}"))
+                                .collect::<Vec<_>>()
+                                .join(" ")
                         ),
                         None => println!(
                             "{:<24} {:<28} rejected: {}",

@@ -133,6 +133,17 @@ fn exactly_one_host_holds_the_vip_and_the_client_reaches_it() {
         listed.contains(&v.id) && listed.contains(&v.lab.host(owner).name),
         "{listed}"
     );
+    // Every host's state is listed.
+    let owner_name = v.lab.host(owner).name.clone();
+    let table = wait_until(Duration::from_secs(5), || {
+        let t = admin(&v.etcd.endpoint(), &v.secret, &["ip", "ls"]);
+        t.contains(&format!("{owner_name}=ACTIVATED")) && t.matches("=STANDBY").count() == 2
+    });
+    assert!(
+        table.is_some(),
+        "ip ls shows each host's state: {}",
+        admin(&v.etcd.endpoint(), &v.secret, &["ip", "ls"])
+    );
 }
 
 #[test]

@@ -16,6 +16,8 @@ pub struct VipEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub owner: Option<String>,
+    /// Each host's state for this VIP, as the hosts last wrote it.
+    pub states: std::collections::BTreeMap<String, String>,
 }
 
 pub struct Vips {
@@ -70,6 +72,18 @@ impl Vips {
             std::collections::BTreeMap::new();
         for kv in r.kvs() {
             let Ok(key) = kv.key_str() else { continue };
+            if let Some((id, host)) = key
+                .strip_prefix(&self.keys.vips())
+                .and_then(|rest| rest.split_once("/state/"))
+            {
+                if let Some(entry) = entries.get_mut(id) {
+                    entry.states.insert(
+                        host.to_owned(),
+                        String::from_utf8_lossy(kv.value()).into_owned(),
+                    );
+                }
+                continue;
+            }
             let Some((id, sub)) = self.keys.vip_of(key) else {
                 continue;
             };
@@ -78,6 +92,7 @@ impl Vips {
                 record: None,
                 error: None,
                 owner: None,
+                states: std::collections::BTreeMap::new(),
             });
             match sub {
                 None => {

@@ -169,6 +169,7 @@ pub async fn run(
         tx,
         vips: BTreeMap::new(),
         lease: *lease_rx.borrow(),
+        written: BTreeMap::new(),
     };
     let mut fence_tick = tokio::time::interval(Duration::from_millis(50));
     loop {
@@ -201,6 +202,8 @@ struct Manager {
     tx: mpsc::Sender<Msg>,
     vips: BTreeMap<String, Vip>,
     lease: LeaseInfo,
+    /// What this host last wrote to `<prefix>/vips/<ID>/state/<host>`.
+    written: BTreeMap<String, (State, i64)>,
 }
 
 impl Manager {
@@ -208,7 +211,34 @@ impl Manager {
         &self.settings.hostname
     }
 
-    fn publish(&self) {
+    /// Shares every VIP's state: with the API, and in etcd at
+    /// `<prefix>/vips/<ID>/state/<host>` on our lease (for `ip ls`), written
+    /// only when it changed.
+    fn publish(&mut self) {
+        if self.lease.id != 0 {
+            let changed: Vec<_> = self
+                .vips
+                .iter()
+                .filter(|(id, v)| self.written.get(*id) != Some(&(v.state, self.lease.id)))
+                .map(|(id, v)| (id.clone(), v.state))
+                .collect();
+            for (id, state) in changed {
+                self.written.insert(id.clone(), (state, self.lease.id));
+                let key = format!("{}{id}/state/{}", self.keys.vips(), self.settings.hostname);
+                let mut kv = self.client.kv_client();
+                let options = PutOptions::new().with_lease(self.lease.id);
+                tokio::spawn(async move {
+                    let put = kv.put(key, state.to_string(), Some(options));
+                    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), put).await {
+                        debug!(error = %e, "writing the vip state failed");
+                    }
+                });
+            }
+        }
+        self.share();
+    }
+
+    fn share(&self) {
         let map = self
             .vips
             .iter()
@@ -339,6 +369,11 @@ impl Manager {
     }
 
     async fn remove(&mut self, id: &str) {
+        if self.written.remove(id).is_some() {
+            let key = format!("{}{id}/state/{}", self.keys.vips(), self.settings.hostname);
+            let mut kv = self.client.kv_client();
+            let _ = tokio::time::timeout(Duration::from_secs(2), kv.delete(key, None)).await;
+        }
         if self
             .vips
             .get(id)
