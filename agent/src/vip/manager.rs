@@ -160,6 +160,8 @@ pub async fn run(
         secrets,
         tx.clone(),
     ));
+    let (state_writes, state_rx) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(write_states(client.clone(), state_rx));
     let mut m = Manager {
         settings,
         client: client.clone(),
@@ -170,6 +172,7 @@ pub async fn run(
         vips: BTreeMap::new(),
         lease: *lease_rx.borrow(),
         written: BTreeMap::new(),
+        state_writes,
     };
     let mut fence_tick = tokio::time::interval(Duration::from_millis(50));
     loop {
@@ -190,6 +193,7 @@ pub async fn run(
     }
     watch_task.abort();
     lease_task.abort();
+    writer_task.abort();
     m.shutdown().await;
 }
 
@@ -204,6 +208,18 @@ struct Manager {
     lease: LeaseInfo,
     /// What this host last wrote to `<prefix>/vips/<ID>/state/<host>`.
     written: BTreeMap<String, (State, i64)>,
+    state_writes: mpsc::UnboundedSender<(String, String, i64)>,
+}
+
+/// Writes `(key, state, lease)` in order, each within 2 s.
+async fn write_states(client: Client, mut rx: mpsc::UnboundedReceiver<(String, String, i64)>) {
+    let mut kv = client.kv_client();
+    while let Some((key, state, lease)) = rx.recv().await {
+        let put = kv.put(key, state, Some(PutOptions::new().with_lease(lease)));
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), put).await {
+            debug!(error = %e, "writing the vip state failed");
+        }
+    }
 }
 
 impl Manager {
@@ -225,14 +241,11 @@ impl Manager {
             for (id, state) in changed {
                 self.written.insert(id.clone(), (state, self.lease.id));
                 let key = format!("{}{id}/state/{}", self.keys.vips(), self.settings.hostname);
-                let mut kv = self.client.kv_client();
-                let options = PutOptions::new().with_lease(self.lease.id);
-                tokio::spawn(async move {
-                    let put = kv.put(key, state.to_string(), Some(options));
-                    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), put).await {
-                        debug!(error = %e, "writing the vip state failed");
-                    }
-                });
+                // One writer, in order: a later state never loses to an
+                // earlier one.
+                let _ = self
+                    .state_writes
+                    .send((key, state.to_string(), self.lease.id));
             }
         }
         self.share();
