@@ -223,6 +223,15 @@ async fn write_states(client: Client, mut rx: mpsc::UnboundedReceiver<(String, S
 }
 
 impl Manager {
+    /// The VIPs in `state`.
+    fn ids_in(&self, state: State) -> Vec<String> {
+        self.vips
+            .iter()
+            .filter(|(_, v)| v.state == state)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     fn me(&self) -> &str {
         &self.settings.hostname
     }
@@ -661,12 +670,7 @@ impl Manager {
         self.lease = lease;
         if lease.id != old.id && old.id != 0 {
             // A new lease: every owner key on the old one is gone.
-            let ids: Vec<_> = self
-                .vips
-                .iter()
-                .filter(|(_, v)| v.state == State::Activated)
-                .map(|(id, _)| id.clone())
-                .collect();
+            let ids = self.ids_in(State::Activated);
             for id in ids {
                 self.transition(&id, Event::Demoted, "lease lost");
                 self.unbind(&id).await;
@@ -734,12 +738,7 @@ impl Manager {
         {
             return;
         }
-        let held: Vec<_> = self
-            .vips
-            .iter()
-            .filter(|(_, v)| v.state == State::Activated)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let held = self.ids_in(State::Activated);
         for id in held {
             warn!(vip = %id, "lease renewal overdue: self-fencing (unbinding before the lease can expire)");
             self.unbind(&id).await;
@@ -753,12 +752,7 @@ impl Manager {
     }
 
     async fn shutdown(&mut self) {
-        let held: Vec<_> = self
-            .vips
-            .iter()
-            .filter(|(_, v)| v.state == State::Activated)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let held = self.ids_in(State::Activated);
         for id in held {
             self.release(&id, true).await;
         }
