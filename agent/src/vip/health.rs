@@ -1,4 +1,4 @@
-//! Health checks: `tcp:` connects, `http(s)://` expects 2xx, `exec:` exit 0.
+//! Health checks: `tcp:` connects, `http://` expects 2xx (`https://` is refused at validation until TLS), `exec:` exit 0.
 
 use std::time::{Duration, Instant};
 
