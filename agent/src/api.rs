@@ -43,6 +43,8 @@ struct IpView {
     owner: Option<String>,
     /// This host's state for the VIP (`null` if it has not seen it yet).
     state: Option<State>,
+    /// Foreign claims seen by this host while it held the VIP.
+    conflicts: u64,
     host: String,
     /// Every host's state, as the hosts last wrote it to etcd.
     states: std::collections::BTreeMap<String, String>,
@@ -66,12 +68,15 @@ fn store_error(e: &StoreError) -> Response {
 
 impl App {
     fn view(&self, entry: VipEntry) -> IpView {
-        let state = self.shared.vips().get(&entry.id).map(|s| s.state);
+        let status = self.shared.vips().get(&entry.id).cloned();
+        let state = status.as_ref().map(|s| s.state);
+        let conflicts = status.map_or(0, |s| s.conflicts);
         IpView {
             address: entry.record.as_ref().map(|r| r.address.clone()),
             id: entry.id,
             owner: entry.owner,
             state,
+            conflicts,
             host: self.hostname.to_string(),
             states: entry.states,
             record: entry.record,

@@ -14,7 +14,8 @@ use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfError};
 use linkmesh_common::{
     ARP_EVENT_SIZE, ARP_EVENTS_MAP, ARP_OP_REPLY, ARP_OP_REQUEST, ARP_PROGRAM, ArpEvent,
-    DROP_RING_FULL, DROPS_MAP,
+    CONFLICT_EVENT_SIZE, CONFLICTS_MAP, ConflictEvent, DROP_RING_FULL, DROPS_MAP, VIP_PROGRAM,
+    VIP_SEEN_MAP, VIP_WHO_HAS_MAP, VIPS_MAP, VipInfo, VipSeen,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -81,23 +82,64 @@ pub fn load() -> Result<Ebpf, WatchError> {
 /// Loads the ARP classifier into the kernel without attaching it (for
 /// `BPF_PROG_TEST_RUN` and for attaching).
 pub fn load_arp_classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, WatchError> {
+    load_classifier(ebpf, ARP_PROGRAM)
+}
+
+/// Loads the classifier `name` into the kernel (once) without attaching it.
+pub fn load_classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, WatchError> {
     let program: &mut SchedClassifier = ebpf
-        .program_mut(ARP_PROGRAM)
-        .ok_or(WatchError::MissingProgram(ARP_PROGRAM))?
+        .program_mut(name)
+        .ok_or(WatchError::MissingProgram(name))?
         .try_into()
         .map_err(|source| WatchError::Program {
             action: "typing",
-            program: ARP_PROGRAM,
+            program: name,
             source,
         })?;
     if program.fd().is_err() {
         program.load().map_err(|source| WatchError::Program {
             action: "loading",
-            program: ARP_PROGRAM,
+            program: name,
             source,
         })?;
     }
     Ok(program)
+}
+
+/// Attaches the loaded classifier `name` to `interface`'s ingress.
+fn attach_classifier(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    interface: &str,
+) -> Result<(), WatchError> {
+    if interface_index(interface).is_none() {
+        return Err(WatchError::NoInterface(interface.to_owned()));
+    }
+    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+    if !tcx {
+        // Legacy TC needs the clsact qdisc; "exists" is fine.
+        if let Err(source) = tc::qdisc_add_clsact(interface) {
+            let exists = matches!(&source, tc::TcError::AlreadyAttached)
+                || source.to_string().contains("exists");
+            if !exists {
+                return Err(WatchError::Qdisc {
+                    interface: interface.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    load_classifier(ebpf, name)?
+        .attach(interface, TcAttachType::Ingress)
+        .map_err(|source| WatchError::Attach {
+            program: name,
+            interface: interface.to_owned(),
+            source,
+        })?;
+    Ok(())
 }
 
 /// ARP operation.
@@ -227,32 +269,7 @@ impl ArpWatcher {
     /// kernels >= 6.6, a clsact filter before). The attachment lives as long
     /// as the watcher.
     pub fn attach(&mut self, interface: &str) -> Result<(), WatchError> {
-        if interface_index(interface).is_none() {
-            return Err(WatchError::NoInterface(interface.to_owned()));
-        }
-        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-        if !tcx {
-            // Legacy TC needs the clsact qdisc; "exists" is fine.
-            if let Err(source) = tc::qdisc_add_clsact(interface) {
-                let exists = matches!(&source, tc::TcError::AlreadyAttached)
-                    || source.to_string().contains("exists");
-                if !exists {
-                    return Err(WatchError::Qdisc {
-                        interface: interface.to_owned(),
-                        source,
-                    });
-                }
-            }
-        }
-        let program = load_arp_classifier(&mut self.ebpf)?;
-        program
-            .attach(interface, TcAttachType::Ingress)
-            .map_err(|source| WatchError::Attach {
-                program: ARP_PROGRAM,
-                interface: interface.to_owned(),
-                source,
-            })?;
-        Ok(())
+        attach_classifier(&mut self.ebpf, ARP_PROGRAM, interface)
     }
 
     /// Waits for the next ARP packet.
@@ -363,5 +380,159 @@ mod tests {
     fn missing_interface_has_no_index() {
         assert_eq!(interface_index("lm-no-such-if0"), None);
         assert_eq!(interface_index("bad\0name"), None);
+    }
+}
+
+/// Our VIP claimed by a foreign MAC, as the `vip_watch` program saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub seen_at: Duration,
+    pub ifindex: u32,
+    pub ip: Ipv4Addr,
+    pub foreign_mac: MacAddr,
+    pub our_mac: MacAddr,
+    pub operation: ArpOp,
+}
+
+impl From<ConflictEvent> for Conflict {
+    fn from(e: ConflictEvent) -> Self {
+        Self {
+            seen_at: Duration::from_nanos(e.timestamp_ns),
+            ifindex: e.ifindex,
+            ip: Ipv4Addr::from(e.ip),
+            foreign_mac: MacAddr(e.foreign_mac),
+            our_mac: MacAddr(e.our_mac),
+            operation: ArpOp::from(e.operation),
+        }
+    }
+}
+
+/// The VIP watcher: `vip_watch` attached to VIP interfaces, and its maps.
+pub struct VipWatcher {
+    ebpf: Ebpf,
+    vips: aya::maps::HashMap<MapData, u32, VipInfo>,
+    seen: aya::maps::HashMap<MapData, u32, VipSeen>,
+    who_has: aya::maps::PerCpuHashMap<MapData, u32, u64>,
+    attached: std::collections::BTreeSet<String>,
+}
+
+/// Conflict events of a [`VipWatcher`], read on their own task.
+pub struct ConflictStream {
+    events: AsyncFd<RingBuf<MapData>>,
+}
+
+fn key(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+impl VipWatcher {
+    /// Loads the object and `vip_watch`. Must run inside a tokio runtime.
+    pub fn new() -> Result<(Self, ConflictStream), WatchError> {
+        let mut ebpf = load()?;
+        load_classifier(&mut ebpf, VIP_PROGRAM)?;
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(WatchError::MissingMap(name))
+        };
+        let map_err = |map: &'static str| move |source| WatchError::Map { map, source };
+        let vips =
+            aya::maps::HashMap::try_from(take(&mut ebpf, VIPS_MAP)?).map_err(map_err(VIPS_MAP))?;
+        let seen = aya::maps::HashMap::try_from(take(&mut ebpf, VIP_SEEN_MAP)?)
+            .map_err(map_err(VIP_SEEN_MAP))?;
+        let who_has = aya::maps::PerCpuHashMap::try_from(take(&mut ebpf, VIP_WHO_HAS_MAP)?)
+            .map_err(map_err(VIP_WHO_HAS_MAP))?;
+        let ring =
+            RingBuf::try_from(take(&mut ebpf, CONFLICTS_MAP)?).map_err(map_err(CONFLICTS_MAP))?;
+        // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd lives.
+        let events = unsafe { AsyncFd::register(ring) }.map_err(|e| WatchError::Poll {
+            map: CONFLICTS_MAP,
+            source: e.into(),
+        })?;
+        Ok((
+            Self {
+                ebpf,
+                vips,
+                seen,
+                who_has,
+                attached: std::collections::BTreeSet::new(),
+            },
+            ConflictStream { events },
+        ))
+    }
+
+    /// Attaches `vip_watch` to `interface` (once per interface).
+    pub fn attach(&mut self, interface: &str) -> Result<(), WatchError> {
+        if self.attached.contains(interface) {
+            return Ok(());
+        }
+        attach_classifier(&mut self.ebpf, VIP_PROGRAM, interface)?;
+        self.attached.insert(interface.to_owned());
+        Ok(())
+    }
+
+    /// Tells the program about a VIP: our MAC, and whether we hold it.
+    pub fn set(&mut self, ip: Ipv4Addr, mac: MacAddr, owned: bool) -> Result<(), WatchError> {
+        let info = VipInfo {
+            mac: mac.0,
+            owned: u8::from(owned),
+            _pad: 0,
+        };
+        self.vips
+            .insert(key(ip), info, 0)
+            .map_err(|source| WatchError::Map {
+                map: VIPS_MAP,
+                source,
+            })
+    }
+
+    /// Forgets a VIP.
+    pub fn remove(&mut self, ip: Ipv4Addr) {
+        let _ = self.vips.remove(&key(ip));
+    }
+
+    /// The last host seen answering for `ip` while we did not hold it, and
+    /// when (monotonic, since boot).
+    #[must_use]
+    pub fn seen(&self, ip: Ipv4Addr) -> Option<(MacAddr, Duration)> {
+        self.seen
+            .get(&key(ip), 0)
+            .ok()
+            .map(|s| (MacAddr(s.mac), Duration::from_nanos(s.last_seen_ns)))
+    }
+
+    /// Who-has requests seen for `ip`, summed over CPUs.
+    #[must_use]
+    pub fn who_has(&self, ip: Ipv4Addr) -> u64 {
+        self.who_has.get(&key(ip), 0).map_or(0, |v| v.iter().sum())
+    }
+}
+
+impl ConflictStream {
+    /// Waits for the next conflict.
+    pub async fn next(&mut self) -> Result<Conflict, WatchError> {
+        loop {
+            let mut guard =
+                self.events
+                    .readable_mut()
+                    .await
+                    .map_err(|source| WatchError::Poll {
+                        map: CONFLICTS_MAP,
+                        source,
+                    })?;
+            let record = guard
+                .get_inner_mut()
+                .next()
+                .map(|item| (item.len(), ConflictEvent::from_bytes(&item)));
+            match record {
+                Some((_, Some(event))) => return Ok(event.into()),
+                Some((len, None)) => {
+                    return Err(WatchError::ShortRecord {
+                        map: CONFLICTS_MAP,
+                        len,
+                        expected: CONFLICT_EVENT_SIZE,
+                    });
+                }
+                None => guard.clear_ready(),
+            }
+        }
     }
 }

@@ -363,6 +363,7 @@ fn http(
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one API scenario, step by step")]
 fn the_api_validates_authenticates_and_fails_over() {
     require_root!();
     let v = VipLab::new(&[]);
@@ -400,7 +401,13 @@ fn the_api_validates_authenticates_and_fails_over() {
         401,
         "wrong password"
     );
-    let (status, body) = http(&standby_ns, "GET", "/ips", None, creds);
+    // The standby reports its own state once it has seen the VIP.
+    let mut listing = (0, String::new());
+    wait_until(Duration::from_secs(5), || {
+        listing = http(&standby_ns, "GET", "/ips", None, creds);
+        listing.1.contains("\"state\":\"STANDBY\"")
+    });
+    let (status, body) = listing;
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains(&v.id) && body.contains("\"state\":\"STANDBY\""),
@@ -604,5 +611,114 @@ fn an_ipv6_vip_moves_and_the_client_neighbour_entry_follows() {
     assert!(
         followed.is_some(),
         "the unsolicited NA moved the client's neighbour entry"
+    );
+}
+
+/// Seconds since midnight UTC of a tracing timestamp (`...T20:26:05.106422Z`).
+fn seconds_of_day(line: &str) -> Option<f64> {
+    let t = line.split('T').nth(1)?.split('Z').next()?;
+    let mut parts = t.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+fn now_seconds_of_day() -> f64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970");
+    f64::from(u32::try_from(d.as_secs() % 86_400).expect("fits"))
+        + f64::from(d.subsec_micros()) / 1e6
+}
+
+#[test]
+fn a_stray_claim_is_seen_in_the_data_plane_and_answered() {
+    require_root!();
+    let v = VipLab::new(&[]);
+    let agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
+    let owner = v
+        .wait_single_holder(Duration::from_secs(10), None)
+        .expect("one holder");
+    // The client knows the owner.
+    assert_eq!(
+        ping(&v.lab.host(CLIENT).netns, &v.vip.to_string(), 2, "0.1"),
+        (2, 2)
+    );
+    assert_eq!(v.client_sees(), Some(v.lab.host(owner).mac));
+    // Wait out the owner's own announcement burst, so what follows is the
+    // answer to the stray claim.
+    std::thread::sleep(Duration::from_secs(5));
+
+    // A stray host binds the VIP by hand and announces it.
+    let stray = (1..=3u8).find(|h| *h != owner).expect("a stray");
+    let stray_host = v.lab.host(stray).clone();
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &stray_host.netns,
+            "addr",
+            "add",
+            &format!("{}/24", v.vip),
+            "dev",
+            "eth0",
+        ])
+        .output()
+        .expect("ip");
+    assert!(out.status.success());
+    let vip = match v.vip {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => unreachable!("an IPv4 lab VIP"),
+    };
+    let sent = now_seconds_of_day();
+    stray_host.run(move || {
+        let mut a = linkmesh::vip::announce::Announcer::open("eth0").expect("raw socket");
+        a.announce(linkmesh::addr::MacAddr(stray_host.mac), IpAddr::V4(vip))
+            .expect("stray GARP");
+    });
+
+    let owner_agent = &agents[usize::from(owner - 1)];
+    let reported = wait_until(Duration::from_secs(2), || {
+        owner_agent.log().contains("vip conflict")
+    });
+    assert!(
+        reported.is_some(),
+        "the owner reports the conflict:\n{}",
+        owner_agent.log()
+    );
+    let log = owner_agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("vip conflict"))
+        .expect("the line");
+    assert!(
+        line.contains(&linkmesh_tests::lab::mac_string(v.lab.host(stray).mac)),
+        "names the foreign MAC: {line}"
+    );
+    let latency = seconds_of_day(line).expect("a timestamp") - sent;
+    eprintln!(
+        "conflict reported {:.1} ms after the stray GARP",
+        latency * 1000.0
+    );
+    assert!(latency < 0.1, "reported within 100 ms, took {latency} s");
+    // The owner re-announced: the client's entry is back on the owner.
+    let back = wait_until(Duration::from_secs(2), || {
+        v.client_sees() == Some(v.lab.host(owner).mac)
+    });
+    assert!(
+        back.is_some(),
+        "the client's neighbour entry returned to the owner"
+    );
+    let (status, body) = http(
+        &v.lab.host(owner).netns,
+        "GET",
+        &format!("/ips/{}", v.id),
+        None,
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"conflicts\":1"),
+        "GET /ips/{{id}} counts it: {body}"
     );
 }

@@ -65,6 +65,8 @@ pub struct VipStatus {
     pub owner: Option<String>,
     pub state: State,
     pub interface: Option<String>,
+    /// Foreign claims on this VIP seen (by `vip_watch`) while we held it.
+    pub conflicts: u64,
 }
 
 /// What the manager shares with the API: every VIP's status on this host,
@@ -119,6 +121,8 @@ enum Msg {
     Owner(String, Option<(String, i64)>),
     Failover(String, String),
     Health(String, bool, String),
+    Conflict(crate::watch::Conflict),
+    WatcherReady(Box<crate::watch::VipWatcher>),
 }
 
 struct Vip {
@@ -133,6 +137,7 @@ struct Vip {
     bound: Option<(u32, String)>,
     /// Unbound by self-fencing (recovers when etcd answers again).
     fenced: bool,
+    conflicts: u64,
     announcer: Option<JoinHandle<()>>,
     checker: JoinHandle<()>,
 }
@@ -162,6 +167,7 @@ pub async fn run(
     ));
     let (state_writes, state_rx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(write_states(client.clone(), state_rx));
+    start_watcher(tx.clone());
     let mut m = Manager {
         settings,
         client: client.clone(),
@@ -173,6 +179,7 @@ pub async fn run(
         lease: *lease_rx.borrow(),
         written: BTreeMap::new(),
         state_writes,
+        watcher: None,
     };
     let mut fence_tick = tokio::time::interval(Duration::from_millis(50));
     loop {
@@ -209,6 +216,8 @@ struct Manager {
     /// What this host last wrote to `<prefix>/vips/<ID>/state/<host>`.
     written: BTreeMap<String, (State, i64)>,
     state_writes: mpsc::UnboundedSender<(String, String, i64)>,
+    /// The eBPF VIP watcher (`None` when it could not be loaded).
+    watcher: Option<crate::watch::VipWatcher>,
 }
 
 /// Writes `(key, state, lease)` in order, each within 2 s.
@@ -277,6 +286,7 @@ impl Manager {
                             .interface
                             .clone()
                             .or_else(|| self.settings.default_interface.clone()),
+                        conflicts: v.conflicts,
                     },
                 )
             })
@@ -348,6 +358,8 @@ impl Manager {
                 }
             }
             Msg::Health(id, ok, detail) => self.health(&id, ok, &detail).await,
+            Msg::Conflict(c) => self.conflict(c),
+            Msg::WatcherReady(w) => self.watcher_ready(*w).await,
         }
         self.publish();
     }
@@ -384,6 +396,7 @@ impl Manager {
                 contend_at: None,
                 bound: None,
                 fenced: false,
+                conflicts: 0,
                 announcer: None,
                 checker,
             },
@@ -613,6 +626,12 @@ impl Manager {
         };
         info!(vip = %id, interface = %ifname, new = added, "vip bound");
         let mac = link.mac.unwrap_or_default();
+        if let (Some(w), IpAddr::V4(v4)) = (self.watcher.as_mut(), cidr.addr) {
+            // Watch for anyone else claiming it (the data plane is the truth).
+            if let Err(e) = w.attach(&ifname).and_then(|()| w.set(v4, mac, true)) {
+                warn!(vip = %id, error = %e, "cannot watch the VIP for conflicts");
+            }
+        }
         let announcer = added.then(|| spawn_announcer(id, &ifname, mac, cidr.addr, &self.settings));
         if let Some(v) = self.vips.get_mut(id) {
             v.bound = Some((link.index, ifname));
@@ -630,6 +649,9 @@ impl Manager {
             a.abort();
         }
         let cidr = v.cidr;
+        if let (Some(w), IpAddr::V4(v4)) = (self.watcher.as_mut(), cidr.addr) {
+            w.remove(v4);
+        }
         // Unbind what we bound, or (after a restart) whatever is there.
         let target = match v.bound.take() {
             Some(b) => Some(b),
@@ -655,6 +677,64 @@ impl Manager {
             {
                 Ok(_) => info!(vip = %id, interface = %ifname, "vip unbound"),
                 Err(e) => warn!(vip = %id, error = %e, "unbinding failed"),
+            }
+        }
+    }
+
+    /// The eBPF watcher finished loading: watch the VIPs already held.
+    async fn watcher_ready(&mut self, mut watcher: crate::watch::VipWatcher) {
+        let held: Vec<_> = self
+            .vips
+            .values()
+            .filter(|v| v.state == State::Activated)
+            .filter_map(|v| {
+                v.bound
+                    .as_ref()
+                    .map(|(_, ifname)| (v.cidr.addr, ifname.clone()))
+            })
+            .collect();
+        for (addr, ifname) in held {
+            let IpAddr::V4(v4) = addr else { continue };
+            let Ok(Some(link)) = self.nl.link_by_name(&ifname).await else {
+                continue;
+            };
+            let mac = link.mac.unwrap_or_default();
+            if let Err(e) = watcher
+                .attach(&ifname)
+                .and_then(|()| watcher.set(v4, mac, true))
+            {
+                warn!(vip = %addr, error = %e, "cannot watch the VIP for conflicts");
+            }
+        }
+        info!("eBPF VIP watcher loaded");
+        self.watcher = Some(watcher);
+    }
+
+    /// Someone else claims a VIP we hold: re-announce at once, count it.
+    fn conflict(&mut self, c: crate::watch::Conflict) {
+        let ip = IpAddr::V4(c.ip);
+        let Some((id, v)) = self.vips.iter_mut().find(|(_, v)| v.cidr.addr == ip) else {
+            return;
+        };
+        if v.state != State::Activated {
+            return;
+        }
+        v.conflicts += 1;
+        warn!(
+            vip = %id,
+            foreign_mac = %c.foreign_mac,
+            our_mac = %c.our_mac,
+            conflicts = v.conflicts,
+            "vip conflict: another host claims our address; re-announcing"
+        );
+        if let Some((_, ifname)) = &v.bound {
+            let mut once = self.settings.clone();
+            once.garp_count = 1;
+            if let Some(old) = v
+                .announcer
+                .replace(spawn_announcer(id, ifname, c.our_mac, ip, &once))
+            {
+                old.abort();
             }
         }
     }
@@ -1072,6 +1152,39 @@ async fn watch_once(
             tx.send(msg).await.map_err(|_| "closed".to_owned())?;
         }
     }
+}
+
+/// Loads the eBPF VIP watcher off the manager's path (loading and
+/// verifying takes a moment, elections must not wait for it), then hands it
+/// over and forwards its conflicts. Without it (no CAP_BPF, an old kernel)
+/// floating IPs still work, unwatched.
+fn start_watcher(tx: mpsc::Sender<Msg>) {
+    tokio::task::spawn_blocking(move || match crate::watch::VipWatcher::new() {
+        Ok((watcher, mut conflicts)) => {
+            if tx
+                .blocking_send(Msg::WatcherReady(Box::new(watcher)))
+                .is_err()
+            {
+                return;
+            }
+            tokio::spawn(async move {
+                loop {
+                    match conflicts.next().await {
+                        Ok(c) => {
+                            if tx.send(Msg::Conflict(c)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "reading VIP conflict events failed");
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        Err(e) => warn!(error = %e, "the eBPF VIP watcher is not available; conflicts go unseen"),
+    });
 }
 
 #[cfg(test)]

@@ -69,3 +69,86 @@ impl ArpEvent {
         Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<ArpEvent>()) })
     }
 }
+
+// ---- VIP watching (`vip_watch`) -------------------------------------------
+
+/// The TC classifier that watches ARP for floating IPs.
+pub const VIP_PROGRAM: &str = "vip_watch";
+/// Hash map: IPv4 address (its 4 wire bytes read as a native `u32`) ->
+/// [`VipInfo`]. Kept by the agent.
+pub const VIPS_MAP: &str = "VIPS";
+/// Hash map: VIP -> [`VipSeen`], the last host that answered for a VIP we
+/// do not own.
+pub const VIP_SEEN_MAP: &str = "VIP_SEEN";
+/// Per-CPU hash map: VIP -> who-has requests seen.
+pub const VIP_WHO_HAS_MAP: &str = "VIP_WHO_HAS";
+/// Ring buffer of [`ConflictEvent`]s.
+pub const CONFLICTS_MAP: &str = "CONFLICTS";
+/// Hash map: VIP -> time of its last conflict event (the rate limit).
+pub const CONFLICT_LAST_MAP: &str = "CONFLICT_LAST";
+/// At most one conflict event per VIP in this many nanoseconds.
+pub const CONFLICT_INTERVAL_NS: u64 = 50_000_000;
+/// Entries the VIP maps hold.
+pub const MAX_VIPS: u32 = 1024;
+
+/// What the program knows about one VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Our MAC on the VIP's interface.
+    pub mac: [u8; 6],
+    /// 1 while this host holds the VIP.
+    pub owned: u8,
+    pub _pad: u8,
+}
+
+/// The last host seen answering for a VIP we do not own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipSeen {
+    /// `bpf_ktime_get_ns()` of the last reply.
+    pub last_seen_ns: u64,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Our VIP claimed by a foreign MAC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConflictEvent {
+    pub timestamp_ns: u64,
+    pub ifindex: u32,
+    pub ip: [u8; 4],
+    pub foreign_mac: [u8; 6],
+    pub our_mac: [u8; 6],
+    pub operation: u16,
+    pub _pad: [u8; 2],
+}
+
+pub const CONFLICT_EVENT_SIZE: usize = core::mem::size_of::<ConflictEvent>();
+const _: () = assert!(core::mem::size_of::<VipInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<VipSeen>() == 16);
+const _: () = assert!(CONFLICT_EVENT_SIZE == 32);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integers and byte arrays only, no implicit padding
+// (sizes asserted above): every bit pattern is valid.
+unsafe impl aya::Pod for VipInfo {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for VipSeen {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for ConflictEvent {}
+
+impl ConflictEvent {
+    /// Reads an event from a ring-buffer record (`None` if too short).
+    #[must_use]
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < CONFLICT_EVENT_SIZE {
+            return None;
+        }
+        // SAFETY: length checked; read_unaligned; every bit pattern is valid.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<ConflictEvent>()) })
+    }
+}

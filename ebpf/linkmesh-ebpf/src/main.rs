@@ -11,10 +11,13 @@ use aya_ebpf::{
     bindings::TC_ACT_PIPE,
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TcContext,
 };
-use linkmesh_common::{ArpEvent, DROP_RING_FULL, DROP_SLOTS};
+use linkmesh_common::{
+    ArpEvent, CONFLICT_INTERVAL_NS, ConflictEvent, DROP_RING_FULL, DROP_SLOTS, MAX_VIPS, VipInfo,
+    VipSeen,
+};
 
 /// 256 KiB: about 6,500 events before user space must read.
 #[map(name = "ARP_EVENTS")]
@@ -22,6 +25,22 @@ static ARP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[map(name = "DROPS")]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS, 0);
+
+#[map(name = "VIPS")]
+static VIPS: HashMap<u32, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+#[map(name = "VIP_SEEN")]
+static VIP_SEEN: HashMap<u32, VipSeen> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+#[map(name = "VIP_WHO_HAS")]
+static VIP_WHO_HAS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(MAX_VIPS, 0);
+
+#[map(name = "CONFLICT_LAST")]
+static CONFLICT_LAST: HashMap<u32, u64> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// 64 KiB: conflicts are rare and rate-limited per VIP.
+#[map(name = "CONFLICTS")]
+static CONFLICTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
 const ETH_TYPE_OFFSET: usize = 12;
 const ETH_P_ARP: u16 = 0x0806;
@@ -60,8 +79,10 @@ fn be16(bytes: [u8; 2]) -> u16 {
     u16::from_be_bytes(bytes)
 }
 
+/// The ARP (Ethernet/IPv4) header of the frame, if it is one, and its
+/// VLAN id (0 when untagged).
 #[inline(always)]
-fn try_arp_watch(ctx: &TcContext) -> Result<(), i64> {
+fn parse_arp(ctx: &TcContext) -> Result<Option<(ArpIpv4, u16)>, i64> {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let skb = unsafe { &*ctx.skb.skb };
     let mut vlan_id = if skb.vlan_present != 0 {
@@ -83,13 +104,23 @@ fn try_arp_watch(ctx: &TcContext) -> Result<(), i64> {
         proto = be16(ctx.load::<[u8; 2]>(offset)?);
     }
     if proto != ETH_P_ARP {
-        return Ok(());
+        return Ok(None);
     }
 
     let arp: ArpIpv4 = ctx.load(offset + 2)?;
     if be16(arp.htype) != 1 || be16(arp.ptype) != 0x0800 || arp.hlen != 6 || arp.plen != 4 {
-        return Ok(());
+        return Ok(None);
     }
+    Ok(Some((arp, vlan_id)))
+}
+
+#[inline(always)]
+fn try_arp_watch(ctx: &TcContext) -> Result<(), i64> {
+    let Some((arp, vlan_id)) = parse_arp(ctx)? else {
+        return Ok(());
+    };
+    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+    let skb = unsafe { &*ctx.skb.skb };
 
     match ARP_EVENTS.reserve::<ArpEvent>(0) {
         Some(mut entry) => {
@@ -115,6 +146,82 @@ fn try_arp_watch(ctx: &TcContext) -> Result<(), i64> {
         }
     }
     Ok(())
+}
+
+/// TC ingress on VIP interfaces: sees who answers for each VIP.
+/// - our VIP claimed by a foreign MAC: a conflict event (rate-limited per VIP);
+/// - a reply for a VIP we do not own: the answering MAC and when;
+/// - a request for a VIP: counted per CPU.
+#[classifier]
+pub fn vip_watch(ctx: TcContext) -> i32 {
+    let _ = try_vip_watch(&ctx);
+    TC_ACT_PIPE
+}
+
+#[inline(always)]
+fn try_vip_watch(ctx: &TcContext) -> Result<(), i64> {
+    let Some((arp, _vlan)) = parse_arp(ctx)? else {
+        return Ok(());
+    };
+    let op = be16(arp.oper);
+    let sender = u32::from_ne_bytes(arp.spa);
+    // SAFETY: a map lookup; the value is copied out at once.
+    if let Some(info) = unsafe { VIPS.get(&sender) }.copied() {
+        if info.owned == 1 {
+            if arp.sha != info.mac {
+                report_conflict(ctx, sender, &arp, &info, op);
+            }
+        } else if op == 2 {
+            let seen = VipSeen {
+                // SAFETY: helper without preconditions.
+                last_seen_ns: unsafe { bpf_ktime_get_ns() },
+                mac: arp.sha,
+                _pad: [0; 2],
+            };
+            let _ = VIP_SEEN.insert(&sender, &seen, 0);
+        }
+    }
+    if op == 1 {
+        let target = u32::from_ne_bytes(arp.tpa);
+        // SAFETY: a map lookup.
+        if unsafe { VIPS.get(&target) }.is_some() {
+            match VIP_WHO_HAS.get_ptr_mut(&target) {
+                // SAFETY: per-CPU slot, only this CPU writes it now.
+                Some(count) => unsafe { *count += 1 },
+                None => {
+                    let _ = VIP_WHO_HAS.insert(&target, &1, 0);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn report_conflict(ctx: &TcContext, ip: u32, arp: &ArpIpv4, info: &VipInfo, op: u16) {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a map lookup; the value is copied out at once.
+    if let Some(last) = unsafe { CONFLICT_LAST.get(&ip) }.copied()
+        && now.wrapping_sub(last) < CONFLICT_INTERVAL_NS
+    {
+        return;
+    }
+    let _ = CONFLICT_LAST.insert(&ip, &now, 0);
+    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if let Some(mut entry) = CONFLICTS.reserve::<ConflictEvent>(0) {
+        entry.write(ConflictEvent {
+            timestamp_ns: now,
+            ifindex,
+            ip: arp.spa,
+            foreign_mac: arp.sha,
+            our_mac: info.mac,
+            operation: op,
+            _pad: [0; 2],
+        });
+        entry.submit(0);
+    }
 }
 
 #[cfg(not(test))]

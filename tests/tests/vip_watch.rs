@@ -1,0 +1,181 @@
+//! The `vip_watch` classifier through `BPF_PROG_TEST_RUN`: conflicts for our
+//! VIPs, who answers for others', who-has counts, and the rate limit.
+
+use aya::maps::{HashMap, MapData, PerCpuHashMap, RingBuf};
+use aya::programs::{TestRun, TestRunOptions};
+use linkmesh::watch;
+use linkmesh_common::{
+    CONFLICTS_MAP, ConflictEvent, VIP_PROGRAM, VIP_SEEN_MAP, VIP_WHO_HAS_MAP, VIPS_MAP, VipInfo,
+    VipSeen,
+};
+use linkmesh_tests::require_root;
+
+const TC_ACT_PIPE: u32 = 3;
+const OURS: [u8; 6] = [0x02, 0x18, 0, 0, 0, 1];
+const FOREIGN: [u8; 6] = [0x02, 0x18, 0, 0, 0, 9];
+const VIP: [u8; 4] = [198, 18, 0, 100];
+const OTHER_VIP: [u8; 4] = [198, 18, 0, 101];
+
+fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4], tags: &[u16]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&sha);
+    for vid in tags {
+        f.extend_from_slice(&0x8100u16.to_be_bytes());
+        f.extend_from_slice(&vid.to_be_bytes());
+    }
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4]);
+    f.extend_from_slice(&op.to_be_bytes());
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&spa);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&tpa);
+    f
+}
+
+struct Loaded {
+    ebpf: aya::Ebpf,
+    vips: HashMap<MapData, u32, VipInfo>,
+    seen: HashMap<MapData, u32, VipSeen>,
+    who_has: PerCpuHashMap<MapData, u32, u64>,
+    conflicts: RingBuf<MapData>,
+}
+
+fn key(ip: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(ip)
+}
+
+impl Loaded {
+    fn new() -> Self {
+        let mut ebpf = watch::load().expect("loading the object");
+        watch::load_classifier(&mut ebpf, VIP_PROGRAM).expect("loading vip_watch");
+        let vips = HashMap::try_from(ebpf.take_map(VIPS_MAP).expect("VIPS")).expect("a hash map");
+        let seen =
+            HashMap::try_from(ebpf.take_map(VIP_SEEN_MAP).expect("VIP_SEEN")).expect("a hash map");
+        let who_has = PerCpuHashMap::try_from(ebpf.take_map(VIP_WHO_HAS_MAP).expect("WHO_HAS"))
+            .expect("per-CPU");
+        let conflicts =
+            RingBuf::try_from(ebpf.take_map(CONFLICTS_MAP).expect("CONFLICTS")).expect("a ring");
+        let mut l = Self {
+            ebpf,
+            vips,
+            seen,
+            who_has,
+            conflicts,
+        };
+        l.vips
+            .insert(
+                key(VIP),
+                VipInfo {
+                    mac: OURS,
+                    owned: 1,
+                    _pad: 0,
+                },
+                0,
+            )
+            .expect("insert");
+        l.vips
+            .insert(
+                key(OTHER_VIP),
+                VipInfo {
+                    mac: OURS,
+                    owned: 0,
+                    _pad: 0,
+                },
+                0,
+            )
+            .expect("insert");
+        l
+    }
+
+    fn run(&mut self, frame: &[u8], repeat: u32) -> u32 {
+        watch::load_classifier(&mut self.ebpf, VIP_PROGRAM)
+            .expect("vip_watch")
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value
+    }
+
+    fn drain(&mut self) -> Vec<ConflictEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.conflicts.next() {
+            out.push(ConflictEvent::from_bytes(&item).expect("a whole event"));
+        }
+        out
+    }
+}
+
+#[test]
+fn a_foreign_claim_on_our_vip_is_a_conflict_and_ours_is_not() {
+    require_root!();
+    let mut bpf = Loaded::new();
+    assert_eq!(bpf.run(&arp(1, OURS, VIP, VIP, &[]), 1), TC_ACT_PIPE);
+    assert!(bpf.drain().is_empty(), "our own GARP is no conflict");
+
+    assert_eq!(bpf.run(&arp(2, FOREIGN, VIP, VIP, &[]), 1), TC_ACT_PIPE);
+    let events = bpf.drain();
+    assert_eq!(events.len(), 1, "one conflict event");
+    let e = events[0];
+    assert_eq!(e.ip, VIP);
+    assert_eq!(e.foreign_mac, FOREIGN);
+    assert_eq!(e.our_mac, OURS);
+    assert_eq!(e.operation, 2);
+    assert!(e.timestamp_ns > 0);
+}
+
+#[test]
+fn the_rate_limit_holds_under_a_storm_and_tags_are_seen_through() {
+    require_root!();
+    let mut bpf = Loaded::new();
+    // 100,000 conflicting frames in one burst (well under 50 ms): one event.
+    assert_eq!(
+        bpf.run(&arp(1, FOREIGN, VIP, VIP, &[42]), 100_000),
+        TC_ACT_PIPE
+    );
+    let events = bpf.drain();
+    assert_eq!(
+        events.len(),
+        1,
+        "rate-limited to one event per VIP per interval, tagged frame seen"
+    );
+    // A truncated claim passes and reports nothing.
+    let frame = arp(1, FOREIGN, VIP, VIP, &[]);
+    assert_eq!(bpf.run(&frame[..30], 1), TC_ACT_PIPE);
+    assert!(bpf.drain().is_empty());
+}
+
+#[test]
+fn replies_for_others_vips_and_who_has_requests_are_recorded() {
+    require_root!();
+    let mut bpf = Loaded::new();
+    assert_eq!(
+        bpf.run(&arp(2, FOREIGN, OTHER_VIP, [198, 18, 0, 7], &[]), 1),
+        TC_ACT_PIPE
+    );
+    let seen = bpf
+        .seen
+        .get(&key(OTHER_VIP), 0)
+        .expect("the answering host was recorded");
+    assert_eq!(seen.mac, FOREIGN);
+    assert!(seen.last_seen_ns > 0);
+    assert!(bpf.drain().is_empty(), "not ours: no conflict");
+    assert!(
+        bpf.seen.get(&key(VIP), 0).is_err(),
+        "our own VIP is not recorded as seen"
+    );
+
+    assert_eq!(
+        bpf.run(&arp(1, FOREIGN, [198, 18, 0, 7], VIP, &[]), 500),
+        TC_ACT_PIPE
+    );
+    let count: u64 = bpf.who_has.get(&key(VIP), 0).expect("counted").iter().sum();
+    assert_eq!(count, 500, "every who-has for the VIP is counted");
+    assert!(
+        bpf.who_has.get(&key([198, 18, 0, 7]), 0).is_err(),
+        "non-VIP targets are not counted"
+    );
+}
