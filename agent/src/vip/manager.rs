@@ -383,6 +383,7 @@ impl Manager {
             self.remove(id).await;
         }
         info!(vip = %id, address = %cidr, "vip defined");
+        self.watch_interface_of(&record);
         let checker = spawn_checker(id, checks, &self.settings, self.tx.clone());
         self.vips.insert(
             id.to_owned(),
@@ -490,9 +491,10 @@ impl Manager {
                 Some(PutOptions::new().with_lease(lease)),
             )]);
         let mut kv = self.client.kv_client();
+        let t_txn = std::time::Instant::now();
         match tokio::time::timeout(self.settings.ttl, kv.txn(txn)).await {
             Ok(Ok(r)) if r.succeeded() => {
-                info!(vip = %id, "won the election");
+                info!(vip = %id, txn_us = t_txn.elapsed().as_micros(), "won the election");
                 let me = self.settings.hostname.clone();
                 self.set_owner(id, Some((me, lease))).await;
             }
@@ -599,6 +601,7 @@ impl Manager {
             self.fault(id, "no interface").await;
             return;
         };
+        let t0 = std::time::Instant::now();
         let link = match self.nl.link_by_name(&ifname).await {
             Ok(Some(l)) => l,
             Ok(None) => {
@@ -624,15 +627,16 @@ impl Manager {
                 return;
             }
         };
-        info!(vip = %id, interface = %ifname, new = added, "vip bound");
+        info!(vip = %id, interface = %ifname, new = added, took_us = t0.elapsed().as_micros(), "vip bound");
         let mac = link.mac.unwrap_or_default();
+        // Announce first: attaching the watcher can take milliseconds.
+        let announcer = added.then(|| spawn_announcer(id, &ifname, mac, cidr.addr, &self.settings));
         if let (Some(w), IpAddr::V4(v4)) = (self.watcher.as_mut(), cidr.addr) {
             // Watch for anyone else claiming it (the data plane is the truth).
             if let Err(e) = w.attach(&ifname).and_then(|()| w.set(v4, mac, true)) {
                 warn!(vip = %id, error = %e, "cannot watch the VIP for conflicts");
             }
         }
-        let announcer = added.then(|| spawn_announcer(id, &ifname, mac, cidr.addr, &self.settings));
         if let Some(v) = self.vips.get_mut(id) {
             v.bound = Some((link.index, ifname));
             if let Some(old) = std::mem::replace(&mut v.announcer, announcer) {
@@ -681,6 +685,20 @@ impl Manager {
         }
     }
 
+    /// Attaches the watcher to `record`'s interface ahead of any election,
+    /// so binding only has to update a map.
+    fn watch_interface_of(&mut self, record: &VipRecord) {
+        let ifname = record
+            .interface
+            .clone()
+            .or_else(|| self.settings.default_interface.clone());
+        if let (Some(w), Some(ifname)) = (self.watcher.as_mut(), ifname)
+            && let Err(e) = w.attach(&ifname)
+        {
+            debug!(interface = %ifname, error = %e, "cannot attach the VIP watcher yet");
+        }
+    }
+
     /// The eBPF watcher finished loading: watch the VIPs already held.
     async fn watcher_ready(&mut self, mut watcher: crate::watch::VipWatcher) {
         let held: Vec<_> = self
@@ -708,6 +726,10 @@ impl Manager {
         }
         info!("eBPF VIP watcher loaded");
         self.watcher = Some(watcher);
+        let records: Vec<_> = self.vips.values().map(|v| v.record.clone()).collect();
+        for record in &records {
+            self.watch_interface_of(record);
+        }
     }
 
     /// Someone else claims a VIP we hold: re-announce at once, count it.
@@ -833,8 +855,15 @@ impl Manager {
 
     async fn shutdown(&mut self) {
         let held = self.ids_in(State::Activated);
-        for id in held {
-            self.release(&id, true).await;
+        let handed_over = !held.is_empty();
+        for id in &held {
+            self.release(id, true).await;
+        }
+        if handed_over && self.watcher.is_some() {
+            // Detaching TC programs takes the RTNL lock through an RCU grace
+            // period, and every host shares that lock: doing it right now
+            // would hold up the successor's bind by 10-20 ms. Let it bind first.
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         for v in self.vips.values() {
             v.checker.abort();
