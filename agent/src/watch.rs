@@ -274,31 +274,14 @@ impl ArpWatcher {
 
     /// Waits for the next ARP packet.
     pub async fn next(&mut self) -> Result<ArpPacket, WatchError> {
-        loop {
-            let mut guard =
-                self.events
-                    .readable_mut()
-                    .await
-                    .map_err(|source| WatchError::Poll {
-                        map: ARP_EVENTS_MAP,
-                        source,
-                    })?;
-            let record = guard
-                .get_inner_mut()
-                .next()
-                .map(|item| (item.len(), ArpEvent::from_bytes(&item)));
-            match record {
-                Some((_, Some(event))) => return Ok(event.into()),
-                Some((len, None)) => {
-                    return Err(WatchError::ShortRecord {
-                        map: ARP_EVENTS_MAP,
-                        len,
-                        expected: ARP_EVENT_SIZE,
-                    });
-                }
-                None => guard.clear_ready(),
-            }
-        }
+        next_record(
+            &mut self.events,
+            ARP_EVENTS_MAP,
+            ARP_EVENT_SIZE,
+            ArpEvent::from_bytes,
+        )
+        .await
+        .map(ArpPacket::from)
     }
 
     /// Events the program could not deliver because the ring was full,
@@ -322,65 +305,6 @@ pub fn interface_index(name: &str) -> Option<u32> {
     // SAFETY: `name` is a valid NUL-terminated string for the call's duration.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (index != 0).then_some(index)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(op: u16) -> ArpEvent {
-        ArpEvent {
-            timestamp_ns: 1_500_000_000,
-            ifindex: 7,
-            operation: op,
-            vlan_id: 0,
-            sender_mac: [2, 0, 0, 0, 0, 1],
-            target_mac: [0; 6],
-            sender_ip: [198, 18, 0, 1],
-            target_ip: [198, 18, 0, 2],
-            _pad: [0; 4],
-        }
-    }
-
-    #[test]
-    fn converts_request() {
-        let p = ArpPacket::from(event(1));
-        assert_eq!(p.operation, ArpOp::Request);
-        assert_eq!(p.sender_ip, Ipv4Addr::new(198, 18, 0, 1));
-        assert_eq!(p.target_ip, Ipv4Addr::new(198, 18, 0, 2));
-        assert_eq!(p.sender_mac.to_string(), "02:00:00:00:00:01");
-        assert_eq!(p.vlan, None);
-        assert_eq!(p.seen_at, Duration::from_millis(1500));
-        assert!(!p.is_gratuitous());
-        assert_eq!(
-            p.to_string(),
-            "who-has 198.18.0.2 tell 198.18.0.1 (02:00:00:00:00:01) ifindex 7"
-        );
-    }
-
-    #[test]
-    fn converts_tagged_reply_and_unknown_op() {
-        let mut e = event(2);
-        e.vlan_id = 42;
-        let p = ArpPacket::from(e);
-        assert_eq!(p.operation, ArpOp::Reply);
-        assert_eq!(p.vlan, Some(42));
-        assert!(p.to_string().ends_with("vlan 42"));
-        assert_eq!(ArpPacket::from(event(9)).operation, ArpOp::Other(9));
-    }
-
-    #[test]
-    fn short_record_is_rejected() {
-        let bytes = [0u8; ARP_EVENT_SIZE - 1];
-        assert!(ArpEvent::from_bytes(&bytes).is_none());
-        assert!(ArpEvent::from_bytes(&[0u8; ARP_EVENT_SIZE]).is_some());
-    }
-
-    #[test]
-    fn missing_interface_has_no_index() {
-        assert_eq!(interface_index("lm-no-such-if0"), None);
-        assert_eq!(interface_index("bad\0name"), None);
-    }
 }
 
 /// Our VIP claimed by a foreign MAC, as the `vip_watch` program saw it.
@@ -509,30 +433,96 @@ impl VipWatcher {
 impl ConflictStream {
     /// Waits for the next conflict.
     pub async fn next(&mut self) -> Result<Conflict, WatchError> {
-        loop {
-            let mut guard =
-                self.events
-                    .readable_mut()
-                    .await
-                    .map_err(|source| WatchError::Poll {
-                        map: CONFLICTS_MAP,
-                        source,
-                    })?;
-            let record = guard
-                .get_inner_mut()
-                .next()
-                .map(|item| (item.len(), ConflictEvent::from_bytes(&item)));
-            match record {
-                Some((_, Some(event))) => return Ok(event.into()),
-                Some((len, None)) => {
-                    return Err(WatchError::ShortRecord {
-                        map: CONFLICTS_MAP,
-                        len,
-                        expected: CONFLICT_EVENT_SIZE,
-                    });
-                }
-                None => guard.clear_ready(),
-            }
+        next_record(
+            &mut self.events,
+            CONFLICTS_MAP,
+            CONFLICT_EVENT_SIZE,
+            ConflictEvent::from_bytes,
+        )
+        .await
+        .map(Conflict::from)
+    }
+}
+
+/// Waits for the next record of a ring buffer and parses it.
+async fn next_record<T>(
+    events: &mut AsyncFd<RingBuf<MapData>>,
+    map: &'static str,
+    expected: usize,
+    parse: fn(&[u8]) -> Option<T>,
+) -> Result<T, WatchError> {
+    loop {
+        let mut guard = events
+            .readable_mut()
+            .await
+            .map_err(|source| WatchError::Poll { map, source })?;
+        let record = guard
+            .get_inner_mut()
+            .next()
+            .map(|item| (item.len(), parse(&item)));
+        match record {
+            Some((_, Some(event))) => return Ok(event),
+            Some((len, None)) => return Err(WatchError::ShortRecord { map, len, expected }),
+            None => guard.clear_ready(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(op: u16) -> ArpEvent {
+        ArpEvent {
+            timestamp_ns: 1_500_000_000,
+            ifindex: 7,
+            operation: op,
+            vlan_id: 0,
+            sender_mac: [2, 0, 0, 0, 0, 1],
+            target_mac: [0; 6],
+            sender_ip: [198, 18, 0, 1],
+            target_ip: [198, 18, 0, 2],
+            _pad: [0; 4],
+        }
+    }
+
+    #[test]
+    fn converts_request() {
+        let p = ArpPacket::from(event(1));
+        assert_eq!(p.operation, ArpOp::Request);
+        assert_eq!(p.sender_ip, Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(p.target_ip, Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(p.sender_mac.to_string(), "02:00:00:00:00:01");
+        assert_eq!(p.vlan, None);
+        assert_eq!(p.seen_at, Duration::from_millis(1500));
+        assert!(!p.is_gratuitous());
+        assert_eq!(
+            p.to_string(),
+            "who-has 198.18.0.2 tell 198.18.0.1 (02:00:00:00:00:01) ifindex 7"
+        );
+    }
+
+    #[test]
+    fn converts_tagged_reply_and_unknown_op() {
+        let mut e = event(2);
+        e.vlan_id = 42;
+        let p = ArpPacket::from(e);
+        assert_eq!(p.operation, ArpOp::Reply);
+        assert_eq!(p.vlan, Some(42));
+        assert!(p.to_string().ends_with("vlan 42"));
+        assert_eq!(ArpPacket::from(event(9)).operation, ArpOp::Other(9));
+    }
+
+    #[test]
+    fn short_record_is_rejected() {
+        let bytes = [0u8; ARP_EVENT_SIZE - 1];
+        assert!(ArpEvent::from_bytes(&bytes).is_none());
+        assert!(ArpEvent::from_bytes(&[0u8; ARP_EVENT_SIZE]).is_some());
+    }
+
+    #[test]
+    fn missing_interface_has_no_index() {
+        assert_eq!(interface_index("lm-no-such-if0"), None);
+        assert_eq!(interface_index("bad\0name"), None);
     }
 }
