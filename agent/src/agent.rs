@@ -93,6 +93,7 @@ async fn spawn_vips(
     hostname: &str,
     client: &etcd_client::Client,
     keys: &crate::registry::Keys,
+    secrets: &crate::registry::Secrets,
     nl: &Netlink,
 ) -> anyhow::Result<(watch::Sender<bool>, tokio::task::JoinHandle<()>)> {
     let status: crate::vip::manager::StatusMap = Arc::default();
@@ -102,7 +103,7 @@ async fn spawn_vips(
     let admin = crate::vip::admin::Vips {
         client: client.clone(),
         keys: keys.clone(),
-        secrets: args.etcd.secrets()?,
+        secrets: secrets.clone(),
     };
     let api_stop = stop_rx.clone();
     let api_status = status.clone();
@@ -118,7 +119,7 @@ async fn spawn_vips(
         args.vip_settings(hostname),
         client.clone(),
         keys.clone(),
-        args.etcd.secrets()?,
+        secrets.clone(),
         nl.clone(),
         status,
         stop_rx,
@@ -187,7 +188,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Registration {
             client: client.clone(),
             keys: keys.clone(),
-            secrets,
+            secrets: secrets.clone(),
             record,
             ttl: args.ttl(),
             max_age,
@@ -197,7 +198,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .run(),
     );
 
-    let (vip_stop, vips) = spawn_vips(&args, &hostname, &client, &keys, &nl).await?;
+    let (vip_stop, vips) = spawn_vips(&args, &hostname, &client, &keys, &secrets, &nl).await?;
 
     let reconciler = Reconciler::new(nl.clone(), local.clone());
     let mut events = KernelEvents::subscribe()?;

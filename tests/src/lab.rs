@@ -259,6 +259,18 @@ impl Lab {
         name
     }
 
+    /// Hosts (by number, from `hosts`) that have `addr` configured right now.
+    #[must_use]
+    pub fn holders(&self, addr: std::net::IpAddr, hosts: std::ops::RangeInclusive<u8>) -> Vec<u8> {
+        hosts
+            .filter(|h| {
+                crate::kernel::addresses(&self.host(*h).netns)
+                    .iter()
+                    .any(|a| a.addr == addr)
+            })
+            .collect()
+    }
+
     /// The namespace holding the underlay bridge `br0`.
     #[must_use]
     pub fn underlay_namespace(&self) -> &str {

@@ -58,13 +58,7 @@ impl VipLab {
 
     /// Hosts (1..=3) with the VIP bound right now.
     fn holders(&self) -> Vec<u8> {
-        (1..=3u8)
-            .filter(|h| {
-                kernel::addresses(&self.lab.host(*h).netns)
-                    .iter()
-                    .any(|a| a.addr == self.vip)
-            })
-            .collect()
+        self.lab.holders(self.vip, 1..=3)
     }
 
     fn wait_single_holder(&self, timeout: Duration, not: Option<u8>) -> Option<u8> {
@@ -564,15 +558,7 @@ fn an_ipv6_vip_moves_and_the_client_neighbour_entry_follows() {
     let agents: Vec<_> = (1..=3u8)
         .map(|h| agent::start_labeled(&lab, h, "agent", &etcd.endpoint(), &secret, &[], &args))
         .collect();
-    let holders = || -> Vec<u8> {
-        (1..=3u8)
-            .filter(|h| {
-                kernel::addresses(&lab.host(*h).netns)
-                    .iter()
-                    .any(|a| a.addr == vip)
-            })
-            .collect()
-    };
+    let holders = || lab.holders(vip, 1..=3);
     let mut owner = 0;
     assert!(
         wait_until(Duration::from_secs(10), || {

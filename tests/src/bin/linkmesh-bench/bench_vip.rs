@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use linkmesh_tests::agent::{self, wait_until};
 use linkmesh_tests::etcd::Etcd;
-use linkmesh_tests::kernel;
 use linkmesh_tests::lab::Lab;
 use linkmesh_tests::process::Process;
 
@@ -40,13 +39,7 @@ impl System {
 }
 
 fn holders(lab: &Lab, vip: IpAddr) -> Vec<u8> {
-    (1..=3u8)
-        .filter(|h| {
-            kernel::addresses(&lab.host(*h).netns)
-                .iter()
-                .any(|a| a.addr == vip)
-        })
-        .collect()
+    lab.holders(vip, 1..=3)
 }
 
 /// Longest gap between replies of `ping -D` output (probes every 10 ms).
