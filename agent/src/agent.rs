@@ -86,6 +86,20 @@ fn system_hostname() -> anyhow::Result<String> {
     Ok(name.trim().to_owned())
 }
 
+/// This host's registration: its underlay address and, per joined segment,
+/// its device MAC.
+fn host_record(hostname: &str, underlay: &Underlay, segments: &BTreeSet<String>) -> HostRecord {
+    HostRecord {
+        hostname: hostname.to_owned(),
+        address: underlay.address,
+        segments: segments
+            .iter()
+            .map(|s| (s.clone(), device_mac(hostname, s)))
+            .collect(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
 /// Starts the floating-IP manager and the API; send `true` to stop both
 /// (the manager releases what it holds first).
 async fn spawn_vips(
@@ -95,6 +109,7 @@ async fn spawn_vips(
     keys: &crate::registry::Keys,
     secrets: &crate::registry::Secrets,
     nl: &Netlink,
+    peers: &Arc<crate::peers::PeerHealth>,
 ) -> anyhow::Result<(watch::Sender<bool>, tokio::task::JoinHandle<()>)> {
     let status: crate::vip::manager::StatusMap = Arc::default();
     let (stop, stop_rx) = watch::channel(false);
@@ -108,20 +123,28 @@ async fn spawn_vips(
     let api_stop = stop_rx.clone();
     let api_status = status.clone();
     let api_host = hostname.to_owned();
+    let api_peers = peers.clone();
     tokio::spawn(async move {
-        if let Err(e) =
-            crate::api::serve(listener, api_config, admin, api_status, &api_host, api_stop).await
-        {
+        let state = crate::api::Sources {
+            admin,
+            status: api_status,
+            peers: api_peers,
+        };
+        if let Err(e) = crate::api::serve(listener, api_config, state, &api_host, api_stop).await {
             warn!(error = %e, "the API stopped");
         }
     });
+    let services = crate::vip::manager::Services {
+        client: client.clone(),
+        keys: keys.clone(),
+        secrets: secrets.clone(),
+        nl: nl.clone(),
+        status,
+        peers: peers.clone(),
+    };
     let task = tokio::spawn(crate::vip::manager::run(
         args.vip_settings(hostname),
-        client.clone(),
-        keys.clone(),
-        secrets.clone(),
-        nl.clone(),
-        status,
+        services,
         stop_rx,
     ));
     Ok((stop, task))
@@ -155,15 +178,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         segments: segments.clone(),
         bridge: args.bridge.clone(),
     };
-    let record = HostRecord {
-        hostname: hostname.clone(),
-        address: underlay.address,
-        segments: segments
-            .iter()
-            .map(|s| (s.clone(), device_mac(&hostname, s)))
-            .collect(),
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-    };
+    let record = host_record(&hostname, &underlay, &segments);
     let max_age = Duration::from_secs(args.max_record_age);
 
     let client = store::connect(&args.etcd.etcd_servers).await?;
@@ -198,7 +213,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .run(),
     );
 
-    let (vip_stop, vips) = spawn_vips(&args, &hostname, &client, &keys, &secrets, &nl).await?;
+    let peers = crate::peers::PeerHealth::new(args.peer_settings());
+    let heartbeats = tokio::spawn(crate::peers::run(
+        peers.clone(),
+        underlay.clone(),
+        hostname.clone(),
+        rx.clone(),
+    ));
+    let (vip_stop, vips) =
+        spawn_vips(&args, &hostname, &client, &keys, &secrets, &nl, &peers).await?;
 
     let reconciler = Reconciler::new(nl.clone(), local.clone());
     let mut events = KernelEvents::subscribe()?;
@@ -240,6 +263,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     {
         warn!("releasing floating IPs took over 5 s");
     }
+    heartbeats.abort();
     registration.abort();
     sync.abort();
     shutdown(&client, &lease, args.cleanup_on_exit.then_some(&reconciler)).await

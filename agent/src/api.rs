@@ -1,5 +1,6 @@
 //! The HTTP API (LinK's paths): `GET/POST /ips`, `GET/DELETE /ips/{id}`,
-//! `POST /ips/{id}/failover`, `GET /healthz`. JSON in and out; optional
+//! `POST /ips/{id}/failover`, `GET /healthz`, and `GET /peers` (peer
+//! liveness from the eBPF peer watcher). JSON in and out; optional
 //! HTTP basic auth (everything but `/healthz`).
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::peers::PeerHealth;
 use crate::store::StoreError;
 use crate::vip::admin::{VipEntry, Vips};
 use crate::vip::manager::{LossPolicy, StatusMap};
@@ -30,6 +32,7 @@ use crate::vip::{State, VipRecord};
 struct App {
     vips: Arc<Vips>,
     shared: StatusMap,
+    peers: Arc<PeerHealth>,
     hostname: Arc<str>,
     /// SHA-256 of `user:password`, compared in constant time.
     auth: Option<[u8; 32]>,
@@ -45,6 +48,12 @@ struct IpView {
     state: Option<State>,
     /// Foreign claims seen by this host while it held the VIP.
     conflicts: u64,
+    /// Stray holders this host saw answering while nobody owned the VIP.
+    strays: u64,
+    /// Whether fast failover protects the VIP (as this host sees it).
+    fast_failover: bool,
+    /// Whether this host suspects the owner right now.
+    suspects_owner: bool,
     host: String,
     /// Every host's state, as the hosts last wrote it to etcd.
     states: std::collections::BTreeMap<String, String>,
@@ -70,8 +79,14 @@ impl App {
     fn view(&self, entry: VipEntry) -> IpView {
         let status = self.shared.vips().get(&entry.id).cloned();
         let state = status.as_ref().map(|s| s.state);
-        let conflicts = status.map_or(0, |s| s.conflicts);
+        let conflicts = status.as_ref().map_or(0, |s| s.conflicts);
+        let strays = status.as_ref().map_or(0, |s| s.strays);
+        let fast_failover = status.as_ref().is_some_and(|s| s.fast_failover);
+        let suspects_owner = status.as_ref().is_some_and(|s| s.suspects_owner);
         IpView {
+            strays,
+            fast_failover,
+            suspects_owner,
             address: entry.record.as_ref().map(|r| r.address.clone()),
             id: entry.id,
             owner: entry.owner,
@@ -168,6 +183,17 @@ async fn failover(AxumState(app): AxumState<App>, Path(id): Path<String>) -> Res
     }
 }
 
+async fn peers(AxumState(app): AxumState<App>) -> Response {
+    Json(json!({
+        "host": &*app.hostname,
+        "watching": app.peers.watching(),
+        "heartbeat_interval_ms": app.peers.settings().interval.as_secs_f64() * 1000.0,
+        "dead_after_ms": app.peers.settings().dead_after().as_secs_f64() * 1000.0,
+        "peers": app.peers.table(),
+    }))
+    .into_response()
+}
+
 async fn healthz(AxumState(app): AxumState<App>) -> Response {
     let failures = app.shared.lease_failures.load(Ordering::Relaxed);
     let policy = app
@@ -258,17 +284,24 @@ pub async fn bind(config: &ApiConfig) -> anyhow::Result<tokio::net::TcpListener>
 }
 
 /// Serves on `listener` until `stop` turns true.
+/// What the API reads from.
+pub struct Sources {
+    pub admin: Vips,
+    pub status: StatusMap,
+    pub peers: Arc<PeerHealth>,
+}
+
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: ApiConfig,
-    vips: Vips,
-    shared: StatusMap,
+    sources: Sources,
     hostname: &str,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let app = App {
-        vips: Arc::new(vips),
-        shared,
+        vips: Arc::new(sources.admin),
+        shared: sources.status,
+        peers: sources.peers,
         hostname: Arc::from(hostname),
         auth: config.credentials.as_ref().map(|(u, p)| digest(u, p)),
     };
@@ -276,6 +309,7 @@ pub async fn serve(
         .route("/ips", get(list).post(create))
         .route("/ips/{id}", get(show).delete(remove))
         .route("/ips/{id}/failover", post(failover))
+        .route("/peers", get(peers))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     let router = Router::new()
         .route("/healthz", get(healthz))

@@ -1,4 +1,5 @@
-//! Admin commands that write to etcd directly: `linkmesh segment ...`.
+//! Admin commands: `linkmesh segment ...` and `linkmesh ip ...` write to
+//! etcd directly; `linkmesh peers` asks the local agent's API.
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
@@ -235,5 +236,81 @@ pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand) -> anyhow::Result
             }
         }
     }
+    Ok(())
+}
+
+/// `linkmesh peers`: the local agent's peer liveness table.
+#[derive(clap::Args, Debug)]
+pub struct PeersArgs {
+    /// The agent's API address.
+    #[arg(long, env = "LINKMESH_API", default_value = "127.0.0.1:1313")]
+    pub api: std::net::SocketAddr,
+    /// HTTP basic-auth user, when the API requires it.
+    #[arg(long, env = "LINKMESH_API_USER", requires = "api_password_file")]
+    pub api_user: Option<String>,
+    /// File holding the basic-auth password (first line).
+    #[arg(long, env = "LINKMESH_API_PASSWORD_FILE", requires = "api_user")]
+    pub api_password_file: Option<std::path::PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A `GET` on the local API over HTTP/1.1; returns the body of a 200.
+async fn api_get(args: &PeersArgs, path: &str) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        args.api
+    );
+    if let (Some(user), Some(file)) = (&args.api_user, &args.api_password_file) {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let password = text.lines().next().unwrap_or_default();
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let _ = write!(request, "Authorization: Basic {token}\r\n");
+    }
+    request.push_str("\r\n");
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(args.api).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .with_context(|| format!("the agent API at {} did not answer in 5 s", args.api))?
+        .with_context(|| {
+            format!(
+                "asking the agent API at {} (is the agent running?)",
+                args.api
+            )
+        })?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("the agent API sent a malformed response")?;
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    anyhow::ensure!(
+        status == "200",
+        "the agent API answered {status}: {}",
+        body.trim()
+    );
+    Ok(body.to_owned())
+}
+
+pub async fn peers(args: &PeersArgs) -> anyhow::Result<()> {
+    let body = api_get(args, "/peers").await?;
+    if args.json {
+        println!("{body}");
+        return Ok(());
+    }
+    let report: crate::peers::PeersReport =
+        serde_json::from_str(&body).context("reading the agent's peer table")?;
+    print!("{}", crate::peers::render_table(&report));
     Ok(())
 }

@@ -137,6 +137,34 @@ pub struct AgentArgs {
         default_value = "release"
     )]
     pub etcd_loss_policy: crate::vip::manager::LossPolicy,
+    /// UDP port of the peer heartbeats (sent over the underlay, counted and
+    /// consumed by the eBPF peer watcher).
+    #[arg(long, env = "LINKMESH_HEARTBEAT_PORT", default_value_t = 4794)]
+    pub heartbeat_port: u16,
+    /// Seconds between two heartbeats to each peer.
+    #[arg(long, env = "LINKMESH_HEARTBEAT_INTERVAL", default_value_t = 0.02)]
+    pub heartbeat_interval: f64,
+    /// Data-plane-confirmed fast failover: `auto` turns it on for every VIP
+    /// with at least --suspect-quorum eligible standbys; `off` leaves only
+    /// the lease path.
+    #[arg(
+        long,
+        env = "LINKMESH_FAST_FAILOVER",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub fast_failover: crate::vip::manager::FastFailover,
+    /// Seconds between ARP probes a standby sends to the owner of a VIP.
+    #[arg(long, env = "LINKMESH_PROBE_INTERVAL", default_value_t = 0.02)]
+    pub probe_interval: f64,
+    /// Unanswered probe intervals before a standby suspects the owner.
+    #[arg(long, env = "LINKMESH_PROBE_MISSES", default_value_t = 5)]
+    pub probe_misses: u32,
+    /// Suspecting standbys needed to revoke an owner: 0 means a majority of
+    /// the VIP's eligible standbys and at least 2; 1 lets a single standby
+    /// decide (two-host clusters; weaker, see the README).
+    #[arg(long, env = "LINKMESH_SUSPECT_QUORUM", default_value_t = 0)]
+    pub suspect_quorum: u32,
     /// Address and port of the HTTP API.
     #[arg(long, env = "LINKMESH_API_LISTEN", default_value = "127.0.0.1:1313")]
     pub api_listen: std::net::SocketAddr,
@@ -183,12 +211,24 @@ impl AgentArgs {
             ("--health-check-interval", self.health_check_interval),
             ("--health-check-timeout", self.health_check_timeout),
             ("--arp-gratuitous-interval", self.arp_gratuitous_interval),
+            ("--heartbeat-interval", self.heartbeat_interval),
+            ("--probe-interval", self.probe_interval),
         ] {
             if !(v.is_finite() && v > 0.0 && v < 86_400.0) {
                 return Err(ConfigError::Invalid(format!(
                     "{name} must be a positive number of seconds"
                 )));
             }
+        }
+        if self.heartbeat_interval < 0.001 || self.probe_interval < 0.001 {
+            return Err(ConfigError::Invalid(
+                "--heartbeat-interval and --probe-interval must be at least 0.001 seconds".into(),
+            ));
+        }
+        if self.probe_misses < 2 {
+            return Err(ConfigError::Invalid(
+                "--probe-misses must be at least 2".into(),
+            ));
         }
         if self.fail_count_before_failover == 0 {
             return Err(ConfigError::Invalid(
@@ -254,6 +294,21 @@ impl AgentArgs {
             contend_delay: Duration::from_millis(50),
             cooldown: Duration::from_secs(5),
             state_dir: Some(self.state_dir.clone()),
+            fast: crate::vip::manager::FastSettings {
+                mode: self.fast_failover,
+                probe_interval: Duration::from_secs_f64(self.probe_interval),
+                probe_misses: self.probe_misses,
+                quorum: self.suspect_quorum,
+            },
+        }
+    }
+
+    /// The peer-health settings.
+    #[must_use]
+    pub fn peer_settings(&self) -> crate::peers::PeerSettings {
+        crate::peers::PeerSettings {
+            port: self.heartbeat_port,
+            interval: Duration::from_secs_f64(self.heartbeat_interval),
         }
     }
 }
@@ -293,6 +348,12 @@ mod tests {
         assert_eq!(a.resync_interval, 30);
         assert_eq!(a.max_record_age, 3600);
         assert!(a.validate().is_ok());
+        let fast = a.vip_settings("h1").fast;
+        assert_eq!(fast.probe_interval, Duration::from_millis(20));
+        assert_eq!(fast.probe_misses, 5);
+        assert_eq!(a.peer_settings().port, 4794);
+        assert!(parse(&["--probe-misses", "1"]).validate().is_err());
+        assert!(parse(&["--probe-interval", "0"]).validate().is_err());
     }
 
     #[test]

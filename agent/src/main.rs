@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use linkmesh::cli::{IpCommand, SegmentCommand};
+use linkmesh::cli::{IpCommand, PeersArgs, SegmentCommand};
 use linkmesh::config::{AgentArgs, EtcdArgs};
 use linkmesh::watch::ArpWatcher;
 use tracing_subscriber::EnvFilter;
@@ -42,6 +42,9 @@ enum Command {
         #[command(subcommand)]
         command: SegmentCommand,
     },
+    /// Show the local agent's peer liveness (heartbeats and VXLAN traffic
+    /// seen by the eBPF peer watcher), from its API.
+    Peers(PeersArgs),
     /// Attach the ARP watcher (eBPF, TC ingress) to interfaces and print every
     /// ARP packet they receive.
     WatchArp {
@@ -80,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Agent(args) => linkmesh::agent::run(*args).await,
         Command::Segment { etcd, command } => linkmesh::cli::segment(&etcd, command).await,
         Command::Ip { etcd, command } => linkmesh::cli::ip(&etcd, command).await,
+        Command::Peers(args) => linkmesh::cli::peers(&args).await,
         Command::WatchArp { interfaces, count } => watch_arp(&interfaces, count).await,
     }
 }

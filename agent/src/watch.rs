@@ -1,9 +1,11 @@
 //! The eBPF watcher: loads the embedded object, attaches its TC programs to
 //! named interfaces and streams their events through tokio.
 //!
-//! Today it carries the ARP classifier; the conflict and peer-health watcher
-//! grows here (one map or event kind per concern, one attach path).
+//! Three classifiers, one attach path: `arp_watch` (ARP events),
+//! `vip_watch` (who answers for each floating IP) and `peer_watch` (when
+//! each peer was last heard on the underlay).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -14,7 +16,8 @@ use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfError};
 use linkmesh_common::{
     ARP_EVENT_SIZE, ARP_EVENTS_MAP, ARP_OP_REPLY, ARP_OP_REQUEST, ARP_PROGRAM, ArpEvent,
-    CONFLICT_EVENT_SIZE, CONFLICTS_MAP, ConflictEvent, DROP_RING_FULL, DROPS_MAP, VIP_PROGRAM,
+    CONFLICT_EVENT_SIZE, CONFLICTS_MAP, ConflictEvent, DROP_RING_FULL, DROPS_MAP, PEER_PORTS_MAP,
+    PEER_PROGRAM, PEER_STATS_MAP, PEERS_MAP, PORT_HEARTBEAT, PORT_VXLAN, PeerStats, VIP_PROGRAM,
     VIP_SEEN_MAP, VIP_WHO_HAS_MAP, VIPS_MAP, VipInfo, VipSeen,
 };
 use tokio::io::unix::AsyncFd;
@@ -465,6 +468,150 @@ async fn next_record<T>(
             Some((len, None)) => return Err(WatchError::ShortRecord { map, len, expected }),
             None => guard.clear_ready(),
         }
+    }
+}
+
+/// `CLOCK_MONOTONIC` now: the clock `bpf_ktime_get_ns` reads, so it can be
+/// compared with the times the programs record.
+#[must_use]
+pub fn ktime_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// What `peer_watch` saw from one peer, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerSample {
+    /// Monotonic time of the last heartbeat.
+    pub last_heartbeat: Option<Duration>,
+    /// Monotonic time of the last VXLAN packet.
+    pub last_vxlan: Option<Duration>,
+    pub heartbeats: u64,
+    pub vxlan_packets: u64,
+}
+
+impl PeerSample {
+    /// The later of the last heartbeat and the last VXLAN packet.
+    #[must_use]
+    pub fn last_seen(&self) -> Option<Duration> {
+        self.last_heartbeat.max(self.last_vxlan)
+    }
+
+    fn from_cpus(values: &[PeerStats]) -> Self {
+        let time = |ns: u64| (ns != 0).then(|| Duration::from_nanos(ns));
+        values.iter().fold(Self::default(), |acc, v| Self {
+            last_heartbeat: acc.last_heartbeat.max(time(v.last_heartbeat_ns)),
+            last_vxlan: acc.last_vxlan.max(time(v.last_vxlan_ns)),
+            heartbeats: acc.heartbeats + v.heartbeats,
+            vxlan_packets: acc.vxlan_packets + v.vxlan_packets,
+        })
+    }
+}
+
+/// The peer watcher: `peer_watch` on the underlay, the peers and ports it
+/// counts, and what it saw.
+pub struct PeerWatcher {
+    ebpf: Ebpf,
+    peers: aya::maps::HashMap<MapData, u32, u8>,
+    ports: aya::maps::HashMap<MapData, u16, u8>,
+    stats: aya::maps::PerCpuHashMap<MapData, u32, PeerStats>,
+    attached: std::collections::BTreeSet<String>,
+}
+
+impl PeerWatcher {
+    /// Loads the object and `peer_watch`.
+    pub fn new() -> Result<Self, WatchError> {
+        let mut ebpf = load()?;
+        load_classifier(&mut ebpf, PEER_PROGRAM)?;
+        let map_err = |map: &'static str| move |source| WatchError::Map { map, source };
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(WatchError::MissingMap(name));
+        let peers = aya::maps::HashMap::try_from(take(PEERS_MAP)?).map_err(map_err(PEERS_MAP))?;
+        let ports =
+            aya::maps::HashMap::try_from(take(PEER_PORTS_MAP)?).map_err(map_err(PEER_PORTS_MAP))?;
+        let stats = aya::maps::PerCpuHashMap::try_from(take(PEER_STATS_MAP)?)
+            .map_err(map_err(PEER_STATS_MAP))?;
+        Ok(Self {
+            ebpf,
+            peers,
+            ports,
+            stats,
+            attached: std::collections::BTreeSet::new(),
+        })
+    }
+
+    /// Attaches `peer_watch` to `interface` (once per interface).
+    pub fn attach(&mut self, interface: &str) -> Result<(), WatchError> {
+        if self.attached.contains(interface) {
+            return Ok(());
+        }
+        attach_classifier(&mut self.ebpf, PEER_PROGRAM, interface)?;
+        self.attached.insert(interface.to_owned());
+        Ok(())
+    }
+
+    /// Makes the peer set exactly `want`; forgets the others' statistics.
+    pub fn set_peers(
+        &mut self,
+        want: &std::collections::BTreeSet<Ipv4Addr>,
+    ) -> Result<(), WatchError> {
+        let have: Vec<u32> = self.peers.keys().filter_map(Result::ok).collect();
+        for k in have {
+            if !want.contains(&Ipv4Addr::from(k.to_ne_bytes())) {
+                let _ = self.peers.remove(&k);
+                let _ = self.stats.remove(&k);
+            }
+        }
+        for ip in want {
+            self.peers
+                .insert(key(*ip), 1, 0)
+                .map_err(|source| WatchError::Map {
+                    map: PEERS_MAP,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Makes the counted ports exactly the heartbeat port and `vxlan`.
+    pub fn set_ports(
+        &mut self,
+        heartbeat: u16,
+        vxlan: &std::collections::BTreeSet<u16>,
+    ) -> Result<(), WatchError> {
+        let mut want: BTreeMap<u16, u8> = vxlan.iter().map(|p| (*p, PORT_VXLAN)).collect();
+        want.insert(heartbeat, PORT_HEARTBEAT);
+        let have: Vec<u16> = self.ports.keys().filter_map(Result::ok).collect();
+        for port in have {
+            if !want.contains_key(&port) {
+                let _ = self.ports.remove(&port);
+            }
+        }
+        for (port, kind) in want {
+            self.ports
+                .insert(port, kind, 0)
+                .map_err(|source| WatchError::Map {
+                    map: PEER_PORTS_MAP,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// What the program saw from `ip` (`None`: nothing yet).
+    #[must_use]
+    pub fn sample(&self, ip: Ipv4Addr) -> Option<PeerSample> {
+        self.stats
+            .get(&key(ip), 0)
+            .ok()
+            .map(|v| PeerSample::from_cpus(&v))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The linkmesh test lab: hosts in network namespaces on an underlay bridge,
 //! a real etcd (single node or a 3-member cluster), processes run inside the
-//! namespaces, and kernel state read back over netlink.
+//! namespaces, kernel state read back over netlink, and crafted frames for
+//! `BPF_PROG_TEST_RUN`.
 //!
 //! Everything it creates is owned by a guard that removes it on drop, also
 //! when the test panics. Names carry a slot number held with `flock`, so
@@ -9,10 +10,12 @@
 
 pub mod agent;
 pub mod etcd;
+pub mod frame;
 pub mod kernel;
 pub mod lab;
 pub mod netns;
 pub mod process;
+pub mod vip_lab;
 
 /// Prefix of every namespace, link and etcd member the lab creates.
 /// `cargo xtask test` looks for leftovers with it.

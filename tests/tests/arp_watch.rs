@@ -13,7 +13,8 @@ use linkmesh_common::{ARP_EVENTS_MAP, ArpEvent, DROP_RING_FULL, DROPS_MAP};
 use linkmesh_tests::lab::{Host, Lab};
 use linkmesh_tests::{kernel, netns, require_root};
 
-const TC_ACT_PIPE: u32 = 3;
+/// `TC_ACT_UNSPEC` (-1): on to the next program (`TCX_NEXT`), then the stack.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 /// Starts a watcher on `host`'s eth0; returns once it is attached, and a
 /// receiver for the packets it sees in the next `window`.
@@ -194,7 +195,7 @@ fn classifier_reports_untagged_and_tagged_arp() {
     require_root!();
     let mut bpf = Loaded::new();
 
-    assert_eq!(bpf.run(&arp_frame(1, &[]), 1), TC_ACT_PIPE);
+    assert_eq!(bpf.run(&arp_frame(1, &[]), 1), TC_ACT_UNSPEC);
     let events = bpf.drain();
     assert_eq!(events.len(), 1, "one event per ARP packet");
     let p = ArpPacket::from(events[0]);
@@ -206,7 +207,7 @@ fn classifier_reports_untagged_and_tagged_arp() {
     assert_eq!(p.vlan, None);
     assert!(p.seen_at > Duration::ZERO, "timestamped");
 
-    assert_eq!(bpf.run(&arp_frame(2, &[(0x8100, 42)]), 1), TC_ACT_PIPE);
+    assert_eq!(bpf.run(&arp_frame(2, &[(0x8100, 42)]), 1), TC_ACT_UNSPEC);
     let events = bpf.drain();
     assert_eq!(events.len(), 1);
     let p = ArpPacket::from(events[0]);
@@ -217,7 +218,7 @@ fn classifier_reports_untagged_and_tagged_arp() {
     // 802.1ad outer tag + 802.1Q inner tag: the outer VLAN id is reported.
     assert_eq!(
         bpf.run(&arp_frame(1, &[(0x88a8, 7), (0x8100, 42)]), 1),
-        TC_ACT_PIPE
+        TC_ACT_UNSPEC
     );
     let events = bpf.drain();
     assert_eq!(events.len(), 1);
@@ -272,14 +273,14 @@ fn classifier_passes_malformed_and_foreign_frames_without_events() {
     for (what, frame) in &cases {
         assert_eq!(
             bpf.run(frame, 1),
-            TC_ACT_PIPE,
-            "{what}: passes with TC_ACT_PIPE"
+            TC_ACT_UNSPEC,
+            "{what}: passes with TC_ACT_UNSPEC"
         );
         let events = bpf.drain();
         assert!(events.is_empty(), "{what}: no event, got {events:?}");
     }
     // A whole frame after all that still produces its event.
-    assert_eq!(bpf.run(&whole, 1), TC_ACT_PIPE);
+    assert_eq!(bpf.run(&whole, 1), TC_ACT_UNSPEC);
     assert_eq!(bpf.drain().len(), 1);
 }
 
@@ -288,7 +289,7 @@ fn full_ring_counts_dropped_events() {
     require_root!();
     let mut bpf = Loaded::new();
     let runs = 10_000;
-    assert_eq!(bpf.run(&arp_frame(1, &[]), runs), TC_ACT_PIPE);
+    assert_eq!(bpf.run(&arp_frame(1, &[]), runs), TC_ACT_UNSPEC);
     let delivered = u64::try_from(bpf.drain().len()).expect("fits");
     let dropped = bpf.dropped();
     assert!(delivered > 0, "some events fit the ring");

@@ -7,103 +7,20 @@ use linkmesh_tests::agent::{self, admin, ping, wait_until};
 use linkmesh_tests::etcd::Etcd;
 use linkmesh_tests::lab::Lab;
 use linkmesh_tests::process::Process;
+use linkmesh_tests::vip_lab::VipLab;
 use linkmesh_tests::{kernel, require_root};
 
 const SECRET: &str = "vip-lab-secret-0123456789";
 const CLIENT: u8 = 4;
 
-struct VipLab {
-    lab: Lab,
-    etcd: Etcd,
-    secret: std::path::PathBuf,
-    vip: IpAddr,
-    id: String,
-}
-
-impl VipLab {
-    fn new(extra_record: &[&str]) -> Self {
-        let lab = Lab::new(4);
-        let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
-        let secret = agent::secret_file(&lab, "secret", &[SECRET]);
-        let vip: IpAddr = format!("198.18.{}.100", lab.slot()).parse().expect("ip");
-        let cidr = format!("{vip}/24");
-        let mut args = vec!["ip", "add", cidr.as_str()];
-        args.extend_from_slice(extra_record);
-        let _ = admin(&etcd.endpoint(), &secret, &args);
-        let id = format!("{vip}_24");
-        Self {
-            lab,
-            etcd,
-            secret,
-            vip,
-            id,
-        }
-    }
-
-    fn agent(&self, host: u8, label: &str, extra: &[&str]) -> Process {
-        // Default announcement interval (1.1 s): a graceful handover must not
-        // depend on the second burst.
-        let mut args = vec!["--vip-interface", "eth0", "--keepalive-interval", "2"];
-        args.extend_from_slice(extra);
-        agent::start_labeled(
-            &self.lab,
-            host,
-            label,
-            &self.etcd.endpoint(),
-            &self.secret,
-            &[],
-            &args,
-        )
-    }
-
-    /// Hosts (1..=3) with the VIP bound right now.
-    fn holders(&self) -> Vec<u8> {
-        self.lab.holders(self.vip, 1..=3)
-    }
-
-    fn wait_single_holder(&self, timeout: Duration, not: Option<u8>) -> Option<u8> {
-        let mut found = None;
-        wait_until(timeout, || {
-            let h = self.holders();
-            if h.len() == 1 && Some(h[0]) != not {
-                found = Some(h[0]);
-                true
-            } else {
-                false
-            }
-        })?;
-        found
-    }
-
-    /// The client's neighbour entry for the VIP (its MAC), if any.
-    fn client_sees(&self) -> Option<[u8; 6]> {
-        kernel::neighbours(&self.lab.host(CLIENT).netns)
-            .into_iter()
-            .find(|n| n.ip == self.vip)
-            .and_then(|n| n.mac)
-    }
-
-    fn owner_key(&self) -> Option<String> {
-        let endpoint = self.etcd.endpoint();
-        let key = format!("/linkmesh/vips/{}/owner", self.id);
-        tokio::runtime::Runtime::new()
-            .expect("runtime")
-            .block_on(async move {
-                let mut c = etcd_client::Client::connect([endpoint], None)
-                    .await
-                    .expect("etcd");
-                let r = c.get(key, None).await.expect("get");
-                r.kvs()
-                    .first()
-                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
-            })
-    }
+fn lab(extra_record: &[&str]) -> VipLab {
+    VipLab::new(3, SECRET, extra_record)
 }
 
 #[test]
 fn exactly_one_host_holds_the_vip_and_the_client_reaches_it() {
     require_root!();
-    let v = VipLab::new(&[]);
+    let v = lab(&[]);
     let agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
     let owner = v
         .wait_single_holder(Duration::from_secs(10), None)
@@ -143,7 +60,7 @@ fn exactly_one_host_holds_the_vip_and_the_client_reaches_it() {
 #[test]
 fn graceful_stop_hands_over_and_the_client_follows_at_once() {
     require_root!();
-    let v = VipLab::new(&[]);
+    let v = lab(&[]);
     let agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
     let owner = v
         .wait_single_holder(Duration::from_secs(10), None)
@@ -185,7 +102,7 @@ fn graceful_stop_hands_over_and_the_client_follows_at_once() {
 #[test]
 fn a_crashed_owner_is_replaced_within_ttl_plus_one_second() {
     require_root!();
-    let v = VipLab::new(&[]);
+    let v = lab(&[]);
     let agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
     let owner = v
         .wait_single_holder(Duration::from_secs(10), None)
@@ -214,7 +131,7 @@ fn a_crashed_owner_is_replaced_within_ttl_plus_one_second() {
 #[test]
 fn an_excluded_host_never_holds_the_vip() {
     require_root!();
-    let v = VipLab::new(&["--exclude", "h1"]);
+    let v = lab(&["--exclude", "h1"]);
     let agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
     let owner = v
         .wait_single_holder(Duration::from_secs(10), None)
@@ -233,7 +150,7 @@ fn an_excluded_host_never_holds_the_vip() {
 #[test]
 fn failover_moves_the_vip_and_the_old_owner_sits_out() {
     require_root!();
-    let v = VipLab::new(&[]);
+    let v = lab(&[]);
     let _agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
     let owner = v
         .wait_single_holder(Duration::from_secs(10), None)
@@ -251,7 +168,7 @@ fn failover_moves_the_vip_and_the_old_owner_sits_out() {
 #[test]
 fn a_restart_within_the_ttl_keeps_the_vip_in_place() {
     require_root!();
-    let v = VipLab::new(&[]);
+    let v = lab(&[]);
     let mut agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
     let owner = v
         .wait_single_holder(Duration::from_secs(10), None)
@@ -261,7 +178,11 @@ fn a_restart_within_the_ttl_keeps_the_vip_in_place() {
     agents[i] = v.agent(owner, "agent-restarted", &[]);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(4) {
-        assert_eq!(v.holders(), vec![owner], "the VIP never moved or doubled");
+        let holders = v.holders();
+        if holders != vec![owner] {
+            let logs: String = agents.iter().map(Process::log).collect();
+            panic!("the VIP moved or doubled: {holders:?}\n{logs}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     let log = agents[i].log();
@@ -275,7 +196,7 @@ fn a_restart_within_the_ttl_keeps_the_vip_in_place() {
 #[test]
 fn an_owner_cut_off_from_etcd_unbinds_before_anyone_else_binds() {
     require_root!();
-    let v = VipLab::new(&[]);
+    let v = lab(&[]);
     let _agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
     let owner = v
         .wait_single_holder(Duration::from_secs(10), None)
@@ -360,7 +281,7 @@ fn http(
 #[expect(clippy::too_many_lines, reason = "one API scenario, step by step")]
 fn the_api_validates_authenticates_and_fails_over() {
     require_root!();
-    let v = VipLab::new(&[]);
+    let v = lab(&[]);
     let password = agent::secret_file(&v.lab, "api-password", &["hunter2-but-longer"]);
     let password = password.to_string_lossy().into_owned();
     let extra = [
@@ -471,7 +392,7 @@ fn the_api_validates_authenticates_and_fails_over() {
 #[test]
 fn a_failing_health_check_gives_the_vip_up_until_it_passes() {
     require_root!();
-    let v = VipLab::new(&["--check", "tcp:127.0.0.1:7070"]);
+    let v = lab(&["--check", "tcp:127.0.0.1:7070"]);
     // Every host serves the checked port on its own loopback.
     let listeners: Vec<_> = (1..=3u8)
         .map(|h| {
@@ -621,7 +542,7 @@ fn now_seconds_of_day() -> f64 {
 #[test]
 fn a_stray_claim_is_seen_in_the_data_plane_and_answered() {
     require_root!();
-    let v = VipLab::new(&[]);
+    let v = lab(&[]);
     let agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
     let owner = v
         .wait_single_holder(Duration::from_secs(10), None)

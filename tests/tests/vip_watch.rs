@@ -10,7 +10,8 @@ use linkmesh_common::{
 };
 use linkmesh_tests::require_root;
 
-const TC_ACT_PIPE: u32 = 3;
+/// `TC_ACT_UNSPEC` (-1): on to the next program (`TCX_NEXT`), then the stack.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
 const OURS: [u8; 6] = [0x02, 0x18, 0, 0, 0, 1];
 const FOREIGN: [u8; 6] = [0x02, 0x18, 0, 0, 0, 9];
 const VIP: [u8; 4] = [198, 18, 0, 100];
@@ -113,10 +114,10 @@ impl Loaded {
 fn a_foreign_claim_on_our_vip_is_a_conflict_and_ours_is_not() {
     require_root!();
     let mut bpf = Loaded::new();
-    assert_eq!(bpf.run(&arp(1, OURS, VIP, VIP, &[]), 1), TC_ACT_PIPE);
+    assert_eq!(bpf.run(&arp(1, OURS, VIP, VIP, &[]), 1), TC_ACT_UNSPEC);
     assert!(bpf.drain().is_empty(), "our own GARP is no conflict");
 
-    assert_eq!(bpf.run(&arp(2, FOREIGN, VIP, VIP, &[]), 1), TC_ACT_PIPE);
+    assert_eq!(bpf.run(&arp(2, FOREIGN, VIP, VIP, &[]), 1), TC_ACT_UNSPEC);
     let events = bpf.drain();
     assert_eq!(events.len(), 1, "one conflict event");
     let e = events[0];
@@ -134,7 +135,7 @@ fn the_rate_limit_holds_under_a_storm_and_tags_are_seen_through() {
     // 100,000 conflicting frames in one burst (well under 50 ms): one event.
     assert_eq!(
         bpf.run(&arp(1, FOREIGN, VIP, VIP, &[42]), 100_000),
-        TC_ACT_PIPE
+        TC_ACT_UNSPEC
     );
     let events = bpf.drain();
     assert_eq!(
@@ -144,7 +145,7 @@ fn the_rate_limit_holds_under_a_storm_and_tags_are_seen_through() {
     );
     // A truncated claim passes and reports nothing.
     let frame = arp(1, FOREIGN, VIP, VIP, &[]);
-    assert_eq!(bpf.run(&frame[..30], 1), TC_ACT_PIPE);
+    assert_eq!(bpf.run(&frame[..30], 1), TC_ACT_UNSPEC);
     assert!(bpf.drain().is_empty());
 }
 
@@ -154,7 +155,7 @@ fn replies_for_others_vips_and_who_has_requests_are_recorded() {
     let mut bpf = Loaded::new();
     assert_eq!(
         bpf.run(&arp(2, FOREIGN, OTHER_VIP, [198, 18, 0, 7], &[]), 1),
-        TC_ACT_PIPE
+        TC_ACT_UNSPEC
     );
     let seen = bpf
         .seen
@@ -170,7 +171,7 @@ fn replies_for_others_vips_and_who_has_requests_are_recorded() {
 
     assert_eq!(
         bpf.run(&arp(1, FOREIGN, [198, 18, 0, 7], VIP, &[]), 500),
-        TC_ACT_PIPE
+        TC_ACT_UNSPEC
     );
     let count: u64 = bpf.who_has.get(&key(VIP), 0).expect("counted").iter().sum();
     assert_eq!(count, 500, "every who-has for the VIP is counted");

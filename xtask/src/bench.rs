@@ -8,8 +8,8 @@ use crate::step::{self, Step, cargo, is_root};
 use crate::{deps, ebpf};
 
 pub fn run(root_dir: &Path, what: &str) -> anyhow::Result<()> {
-    if what != "mesh" && what != "vip" {
-        bail!("unknown benchmark {what:?}; known: mesh, vip");
+    if !["mesh", "vip", "ebpf"].contains(&what) {
+        bail!("unknown benchmark {what:?}; known: mesh, vip, ebpf");
     }
     if !is_root() {
         bail!("benchmarks run in network namespaces: run `cargo xtask bench {what}` as root");
@@ -18,6 +18,9 @@ pub fn run(root_dir: &Path, what: &str) -> anyhow::Result<()> {
     if what == "vip" {
         // The baseline: keepalived (VRRP) on the same lab.
         deps::ensure_extra("keepalived", "the VRRP baseline of the vip benchmark")?;
+    }
+    if what == "ebpf" {
+        deps::ensure_extra("iperf3", "the throughput half of the ebpf benchmark")?;
     }
     ebpf::build(root_dir)?;
     let step = Step::start("building the agent and the benchmark (release)");

@@ -23,7 +23,7 @@ enum Command {
     /// Install what is missing, build, lint, and run every test (root runs the
     /// network-namespace integration tests too).
     Test(test::TestArgs),
-    /// Benchmarks in the lab (as root): `mesh` or `vip`.
+    /// Benchmarks in the lab (as root): `mesh`, `vip` or `ebpf`.
     Bench {
         /// Which benchmark.
         #[arg(default_value = "mesh")]

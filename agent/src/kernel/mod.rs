@@ -58,6 +58,9 @@ pub struct WriteCounters {
 pub struct Netlink {
     handle: rtnetlink::Handle,
     pub(crate) counters: Arc<WriteCounters>,
+    /// The kernel runs one dump at a time per netlink socket and answers a
+    /// second one with EBUSY: the clones of a connection take turns.
+    dumps: Arc<tokio::sync::Mutex<()>>,
     /// The named namespace this connection lives in (`None`: the agent's own).
     netns: Option<String>,
 }
@@ -73,6 +76,7 @@ impl Netlink {
         Ok(Self {
             handle,
             counters: Arc::new(WriteCounters::default()),
+            dumps: Arc::default(),
             netns: None,
         })
     }
@@ -99,6 +103,7 @@ impl Netlink {
         Ok(Self {
             handle,
             counters: self.counters.clone(),
+            dumps: Arc::default(),
             netns: Some(netns.to_owned()),
         })
     }
@@ -176,6 +181,7 @@ impl Netlink {
         message: RouteNetlinkMessage,
         what: &(dyn Fn() -> String + Sync),
     ) -> Result<Vec<RouteNetlinkMessage>, KernelError> {
+        let _turn = self.dumps.lock().await;
         let mut replies = self.send(message, NLM_F_REQUEST | NLM_F_DUMP, what)?;
         let mut out = Vec::new();
         while let Some(reply) = replies.next().await {

@@ -67,6 +67,30 @@ impl Keys {
         format!("{}{id}/failover", self.vips())
     }
 
+    /// `<prefix>/vips/<ID>/state/<HOST>`: a host's state for a VIP.
+    #[must_use]
+    pub fn vip_state(&self, id: &str, host: &str) -> String {
+        format!("{}{id}/state/{host}", self.vips())
+    }
+
+    /// `<prefix>/vips/<ID>/suspect/<HOST>`: a standby's data-plane
+    /// suspicion of the VIP's owner.
+    #[must_use]
+    pub fn vip_suspect(&self, id: &str, host: &str) -> String {
+        format!("{}{id}/suspect/{host}", self.vips())
+    }
+
+    /// A per-host key under a VIP: `(id, kind, host)` for
+    /// `<prefix>/vips/<ID>/<KIND>/<HOST>` (`state`, `suspect`).
+    #[must_use]
+    pub fn vip_member_of<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
+        let rest = key.strip_prefix(&self.vips())?;
+        let mut parts = rest.split('/');
+        let (id, kind, host) = (parts.next()?, parts.next()?, parts.next()?);
+        (parts.next().is_none() && !id.is_empty() && !kind.is_empty() && !host.is_empty())
+            .then_some((id, kind, host))
+    }
+
     /// What a key under [`Keys::vips`] is: `(id, None)` for the record,
     /// `(id, Some("owner"))` and so on for its sub-keys.
     #[must_use]
@@ -127,5 +151,16 @@ mod tests {
         );
         assert_eq!(k.vip_of("/lm/vips/a/b/c"), None);
         assert_eq!(k.vip_owner("x"), "/lm/vips/x/owner");
+        assert_eq!(
+            k.vip_member_of(&k.vip_suspect("v1", "h2")),
+            Some(("v1", "suspect", "h2"))
+        );
+        assert_eq!(
+            k.vip_member_of(&k.vip_state("v1", "h3")),
+            Some(("v1", "state", "h3"))
+        );
+        assert_eq!(k.vip_member_of("/lm/vips/v1/owner"), None);
+        assert_eq!(k.vip_member_of("/lm/vips/v1/state/"), None);
+        assert_eq!(k.vip_member_of("/lm/vips/v1/state/h/x"), None);
     }
 }

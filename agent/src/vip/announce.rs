@@ -35,6 +35,19 @@ pub fn garp_reply(mac: MacAddr, ip: Ipv4Addr) -> Vec<u8> {
     arp(2, mac, ip, mac.0)
 }
 
+/// An ARP probe for `vip` (RFC 5227 form: sender address 0.0.0.0, so the
+/// owner's neighbour table is left alone), to `dst` or broadcast. The
+/// owner's kernel answers it with a reply that names the VIP.
+#[must_use]
+pub fn arp_probe(src: MacAddr, dst: Option<MacAddr>, vip: Ipv4Addr) -> Vec<u8> {
+    let mut f = arp(1, src, Ipv4Addr::UNSPECIFIED, [0; 6]);
+    if let Some(dst) = dst {
+        f[..6].copy_from_slice(&dst.0);
+    }
+    f[38..42].copy_from_slice(&vip.octets());
+    f
+}
+
 fn checksum(data: &[u8]) -> u16 {
     let mut sum = 0u32;
     for chunk in data.chunks(2) {
@@ -164,6 +177,22 @@ mod tests {
     use super::*;
 
     const MAC: MacAddr = MacAddr([0x02, 0x18, 0, 0, 0, 1]);
+
+    #[test]
+    fn probe_bytes() {
+        let vip = Ipv4Addr::new(198, 18, 0, 100);
+        let owner = MacAddr([0x02, 0x18, 0, 0, 0, 2]);
+        let f = arp_probe(MAC, Some(owner), vip);
+        assert_eq!(f.len(), 42);
+        assert_eq!(&f[0..6], &owner.0, "unicast to the owner");
+        assert_eq!(&f[6..12], &MAC.0);
+        assert_eq!(&f[20..22], &[0, 1], "a request");
+        assert_eq!(&f[22..28], &MAC.0, "sender MAC");
+        assert_eq!(&f[28..32], &[0; 4], "sender IP 0.0.0.0");
+        assert_eq!(&f[32..38], &[0; 6]);
+        assert_eq!(&f[38..42], &vip.octets(), "target: the VIP");
+        assert_eq!(&arp_probe(MAC, None, vip)[0..6], &[0xff; 6]);
+    }
 
     #[test]
     fn garp_bytes() {

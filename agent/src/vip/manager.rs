@@ -16,11 +16,15 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::announce::Announcer;
+use super::announce::{Announcer, arp_probe};
+pub use super::fast::{FastFailover, FastSettings};
+use super::fast::{Probe, revoke_due};
 use super::health;
 use super::record::{Check, Cidr, VipRecord};
 use super::state::{Event, State, next};
+use crate::addr::MacAddr;
 use crate::kernel::Netlink;
+use crate::peers::PeerHealth;
 use crate::registry::{Expect, Keys, Secrets, open};
 use crate::store::unix_now;
 
@@ -55,7 +59,13 @@ pub struct VipSettings {
     pub cooldown: Duration,
     /// Where the lease id is kept, so a restart within the TTL keeps the VIPs.
     pub state_dir: Option<PathBuf>,
+    pub fast: FastSettings,
 }
+
+/// A VIP left without an owner this long is probed for a stray holder.
+const STRAY_GRACE: Duration = Duration::from_secs(1);
+/// Stray probes go out this often.
+const STRAY_PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// What the API and CLI show about one VIP on this host.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -67,6 +77,12 @@ pub struct VipStatus {
     pub interface: Option<String>,
     /// Foreign claims on this VIP seen (by `vip_watch`) while we held it.
     pub conflicts: u64,
+    /// Hosts seen answering for this VIP while etcd said nobody owned it.
+    pub strays: u64,
+    /// Whether fast failover protects this VIP (enough eligible standbys).
+    pub fast_failover: bool,
+    /// Whether this host suspects the owner (its probes go unanswered).
+    pub suspects_owner: bool,
 }
 
 /// What the manager shares with the API: every VIP's status on this host,
@@ -123,6 +139,25 @@ enum Msg {
     Health(String, bool, String),
     Conflict(crate::watch::Conflict),
     WatcherReady(Box<crate::watch::VipWatcher>),
+    /// `<prefix>/vips/<ID>/<KIND>/<HOST>` changed (`None`: deleted).
+    Member {
+        id: String,
+        kind: String,
+        host: String,
+        value: Option<String>,
+    },
+}
+
+/// One ordered write of the state writer.
+enum Write {
+    Put {
+        key: String,
+        value: String,
+        lease: i64,
+    },
+    Delete {
+        key: String,
+    },
 }
 
 struct Vip {
@@ -140,18 +175,45 @@ struct Vip {
     conflicts: u64,
     announcer: Option<JoinHandle<()>>,
     checker: JoinHandle<()>,
+    /// Fast failover: the probing of the current owner (standbys only).
+    probe: Option<Probe>,
+    /// The owner lease this host last tried to revoke.
+    revoked: Option<i64>,
+    stray: Stray,
+}
+
+/// Looking for a host that answers for a VIP nobody owns.
+#[derive(Default)]
+struct Stray {
+    /// Monotonic time the VIP was first seen without an owner.
+    ownerless_since: Option<Duration>,
+    /// When the last stray probe went out.
+    probed_at: Option<Duration>,
+    /// The stray last reported (reported once per MAC and episode).
+    reported: Option<MacAddr>,
+    count: u64,
+}
+
+/// What the manager works with besides its settings.
+pub struct Services {
+    pub client: Client,
+    pub keys: Keys,
+    pub secrets: Secrets,
+    pub nl: Netlink,
+    pub status: StatusMap,
+    pub peers: Arc<PeerHealth>,
 }
 
 /// Runs until `stop` turns true, then releases everything it holds.
-pub async fn run(
-    settings: VipSettings,
-    client: Client,
-    keys: Keys,
-    secrets: Secrets,
-    nl: Netlink,
-    status: StatusMap,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn run(settings: VipSettings, services: Services, mut stop: watch::Receiver<bool>) {
+    let Services {
+        client,
+        keys,
+        secrets,
+        nl,
+        status,
+        peers,
+    } = services;
     let (lease_tx, mut lease_rx) = watch::channel(LeaseInfo {
         id: 0,
         deadline: Instant::now(),
@@ -180,8 +242,13 @@ pub async fn run(
         written: BTreeMap::new(),
         state_writes,
         watcher: None,
+        peers,
+        members: BTreeMap::new(),
+        probers: BTreeMap::new(),
     };
     let mut fence_tick = tokio::time::interval(Duration::from_millis(50));
+    let mut probe_tick = tokio::time::interval(m.settings.fast.probe_interval);
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let contend_due = m.vips.values().filter_map(|v| v.contend_at).min();
         tokio::select! {
@@ -195,6 +262,7 @@ pub async fn run(
                 m.contend_due().await;
             }
             _ = fence_tick.tick() => m.fence().await,
+            _ = probe_tick.tick() => m.probe_tick().await,
             _ = stop.changed() => break,
         }
     }
@@ -215,18 +283,43 @@ struct Manager {
     lease: LeaseInfo,
     /// What this host last wrote to `<prefix>/vips/<ID>/state/<host>`.
     written: BTreeMap<String, (State, i64)>,
-    state_writes: mpsc::UnboundedSender<(String, String, i64)>,
+    state_writes: mpsc::UnboundedSender<Write>,
     /// The eBPF VIP watcher (`None` when it could not be loaded).
     watcher: Option<crate::watch::VipWatcher>,
+    peers: Arc<PeerHealth>,
+    /// Per VIP, per host: `state` and `suspect` keys as etcd has them.
+    members: BTreeMap<String, Members>,
+    /// Raw senders for probes, per interface, with the interface's MAC.
+    probers: BTreeMap<String, (Announcer, MacAddr)>,
 }
 
-/// Writes `(key, state, lease)` in order, each within 2 s.
-async fn write_states(client: Client, mut rx: mpsc::UnboundedReceiver<(String, String, i64)>) {
+/// The per-host keys of one VIP.
+#[derive(Default)]
+struct Members {
+    states: BTreeMap<String, State>,
+    /// Host -> the owner lease it suspects.
+    suspects: BTreeMap<String, i64>,
+}
+
+/// Writes this host's per-VIP keys in order, each within 2 s.
+async fn write_states(client: Client, mut rx: mpsc::UnboundedReceiver<Write>) {
     let mut kv = client.kv_client();
-    while let Some((key, state, lease)) = rx.recv().await {
-        let put = kv.put(key, state, Some(PutOptions::new().with_lease(lease)));
-        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), put).await {
-            debug!(error = %e, "writing the vip state failed");
+    while let Some(w) = rx.recv().await {
+        let r = match w {
+            Write::Put { key, value, lease } => {
+                let put = kv.put(key, value, Some(PutOptions::new().with_lease(lease)));
+                tokio::time::timeout(Duration::from_secs(2), put)
+                    .await
+                    .map(|r| r.map(drop))
+            }
+            Write::Delete { key } => {
+                tokio::time::timeout(Duration::from_secs(2), kv.delete(key, None))
+                    .await
+                    .map(|r| r.map(drop))
+            }
+        };
+        if let Ok(Err(e)) = r {
+            debug!(error = %e, "writing a vip key failed");
         }
     }
 }
@@ -258,12 +351,14 @@ impl Manager {
                 .collect();
             for (id, state) in changed {
                 self.written.insert(id.clone(), (state, self.lease.id));
-                let key = format!("{}{id}/state/{}", self.keys.vips(), self.settings.hostname);
+                let key = self.keys.vip_state(&id, &self.settings.hostname);
                 // One writer, in order: a later state never loses to an
                 // earlier one.
-                let _ = self
-                    .state_writes
-                    .send((key, state.to_string(), self.lease.id));
+                let _ = self.state_writes.send(Write::Put {
+                    key,
+                    value: state.to_string(),
+                    lease: self.lease.id,
+                });
             }
         }
         self.share();
@@ -287,6 +382,9 @@ impl Manager {
                             .clone()
                             .or_else(|| self.settings.default_interface.clone()),
                         conflicts: v.conflicts,
+                        strays: v.stray.count,
+                        fast_failover: self.fast_active(id),
+                        suspects_owner: v.probe.as_ref().is_some_and(|p| p.suspected),
                     },
                 )
             })
@@ -322,6 +420,8 @@ impl Manager {
     async fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Snapshot { records, owners } => {
+                // The member keys follow the snapshot, one message each.
+                self.members.clear();
                 let gone: Vec<_> = self
                     .vips
                     .keys()
@@ -360,6 +460,12 @@ impl Manager {
             Msg::Health(id, ok, detail) => self.health(&id, ok, &detail).await,
             Msg::Conflict(c) => self.conflict(c),
             Msg::WatcherReady(w) => self.watcher_ready(*w).await,
+            Msg::Member {
+                id,
+                kind,
+                host,
+                value,
+            } => self.member(&id, &kind, &host, value).await,
         }
         self.publish();
     }
@@ -384,6 +490,10 @@ impl Manager {
         }
         info!(vip = %id, address = %cidr, "vip defined");
         self.watch_interface_of(&record);
+        if let (Some(w), IpAddr::V4(v4)) = (self.watcher.as_mut(), cidr.addr) {
+            // Known, not ours: the program records who answers for it.
+            let _ = w.set(v4, MacAddr::default(), false);
+        }
         let checker = spawn_checker(id, checks, &self.settings, self.tx.clone());
         self.vips.insert(
             id.to_owned(),
@@ -400,6 +510,9 @@ impl Manager {
                 conflicts: 0,
                 announcer: None,
                 checker,
+                probe: None,
+                revoked: None,
+                stray: Stray::default(),
             },
         );
     }
@@ -418,6 +531,12 @@ impl Manager {
             self.release(id, true).await;
         }
         if let Some(v) = self.vips.remove(id) {
+            if let (Some(w), IpAddr::V4(v4)) = (self.watcher.as_mut(), v.cidr.addr) {
+                w.remove(v4);
+            }
+            if v.probe.is_some_and(|p| p.suspected) {
+                self.withdraw_suspicion(id);
+            }
             v.checker.abort();
             if let Some(a) = v.announcer {
                 a.abort();
@@ -654,7 +773,7 @@ impl Manager {
         }
         let cidr = v.cidr;
         if let (Some(w), IpAddr::V4(v4)) = (self.watcher.as_mut(), cidr.addr) {
-            w.remove(v4);
+            let _ = w.set(v4, MacAddr::default(), false);
         }
         // Unbind what we bound, or (after a restart) whatever is there.
         let target = match v.bound.take() {
@@ -724,6 +843,11 @@ impl Manager {
                 warn!(vip = %addr, error = %e, "cannot watch the VIP for conflicts");
             }
         }
+        for v in self.vips.values() {
+            if let (IpAddr::V4(v4), false) = (v.cidr.addr, v.state == State::Activated) {
+                let _ = watcher.set(v4, MacAddr::default(), false);
+            }
+        }
         info!("eBPF VIP watcher loaded");
         self.watcher = Some(watcher);
         let records: Vec<_> = self.vips.values().map(|v| v.record.clone()).collect();
@@ -758,6 +882,311 @@ impl Manager {
             {
                 old.abort();
             }
+        }
+    }
+
+    /// The VIP's eligible standbys other than `owner`: hosts whose state
+    /// key says STANDBY and that the record does not exclude.
+    fn eligible(&self, id: &str, owner: Option<&str>) -> std::collections::BTreeSet<String> {
+        let Some(v) = self.vips.get(id) else {
+            return std::collections::BTreeSet::new();
+        };
+        self.members
+            .get(id)
+            .map(|m| {
+                m.states
+                    .iter()
+                    .filter(|(h, s)| {
+                        **s == State::Standby
+                            && Some(h.as_str()) != owner
+                            && !v.record.excluded_nodes.contains(*h)
+                    })
+                    .map(|(h, _)| h.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether fast failover protects `id` right now.
+    fn fast_active(&self, id: &str) -> bool {
+        let owner = self
+            .vips
+            .get(id)
+            .and_then(|v| v.owner.as_ref().map(|(h, _)| h.clone()));
+        self.settings
+            .fast
+            .active(self.eligible(id, owner.as_deref()).len())
+    }
+
+    /// A per-host key of a VIP changed.
+    async fn member(&mut self, id: &str, kind: &str, host: &str, value: Option<String>) {
+        let m = self.members.entry(id.to_owned()).or_default();
+        match kind {
+            "state" => match value.as_deref().and_then(State::parse) {
+                Some(state) => {
+                    m.states.insert(host.to_owned(), state);
+                }
+                None => {
+                    m.states.remove(host);
+                }
+            },
+            "suspect" => match value.as_deref().and_then(|v| v.parse::<i64>().ok()) {
+                Some(lease) => {
+                    m.suspects.insert(host.to_owned(), lease);
+                }
+                None => {
+                    m.suspects.remove(host);
+                }
+            },
+            _ => return,
+        }
+        if m.states.is_empty() && m.suspects.is_empty() {
+            self.members.remove(id);
+        }
+        self.check_quorum(id).await;
+    }
+
+    /// When a quorum of eligible standbys suspects the owner's lease,
+    /// deletes the owner key, guarded by that lease (a stale decision can
+    /// never touch a new owner's key), then revokes the lease.
+    async fn check_quorum(&mut self, id: &str) {
+        let Some(v) = self.vips.get(id) else { return };
+        let Some((owner, lease)) = v.owner.clone() else {
+            return;
+        };
+        if v.state != State::Standby || owner == self.settings.hostname || v.revoked == Some(lease)
+        {
+            return;
+        }
+        let eligible = self.eligible(id, Some(&owner));
+        let empty = BTreeMap::new();
+        let suspects = self.members.get(id).map_or(&empty, |m| &m.suspects);
+        if !revoke_due(&self.settings.fast, &eligible, suspects, lease) {
+            return;
+        }
+        let agreeing: Vec<_> = suspects
+            .iter()
+            .filter(|(h, l)| **l == lease && eligible.contains(*h))
+            .map(|(h, _)| h.clone())
+            .collect();
+        if let Some(v) = self.vips.get_mut(id) {
+            v.revoked = Some(lease);
+        }
+        let key = self.keys.vip_owner(id);
+        let txn = Txn::new()
+            .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+            .and_then([TxnOp::delete(key, None)]);
+        let mut kv = self.client.kv_client();
+        match tokio::time::timeout(self.settings.ttl, kv.txn(txn)).await {
+            Ok(Ok(r)) if r.succeeded() => {
+                warn!(
+                    vip = %id,
+                    owner = %owner,
+                    lease = format!("{lease:x}"),
+                    suspects = ?agreeing,
+                    "owner unreachable in the data plane (suspect quorum): owner key deleted, revoking its lease"
+                );
+                let mut leases = self.client.lease_client();
+                if let Ok(Err(e)) =
+                    tokio::time::timeout(Duration::from_secs(1), leases.revoke(lease)).await
+                {
+                    debug!(vip = %id, error = %e, "revoking the owner's lease failed");
+                }
+                // Contend now rather than after the watch echoes the delete.
+                self.set_owner(id, None).await;
+            }
+            Ok(Ok(_)) => debug!(vip = %id, "the owner key moved on before the revocation"),
+            Ok(Err(e)) => warn!(vip = %id, error = %e, "revoking the owner failed"),
+            Err(_) => warn!(vip = %id, "revoking the owner timed out"),
+        }
+    }
+
+    /// Writes our suspect key for `id`: the owner lease we suspect.
+    fn suspect(&mut self, id: &str, lease: i64) {
+        if self.lease.id == 0 {
+            return;
+        }
+        let _ = self.state_writes.send(Write::Put {
+            key: self.keys.vip_suspect(id, &self.settings.hostname),
+            value: lease.to_string(),
+            lease: self.lease.id,
+        });
+    }
+
+    fn withdraw_suspicion(&mut self, id: &str) {
+        let _ = self.state_writes.send(Write::Delete {
+            key: self.keys.vip_suspect(id, &self.settings.hostname),
+        });
+    }
+
+    /// A raw sender on `ifname` and the interface's MAC.
+    async fn prober(&mut self, ifname: &str) -> Option<&mut (Announcer, MacAddr)> {
+        if !self.probers.contains_key(ifname) {
+            let mac = self.nl.link_by_name(ifname).await.ok().flatten()?.mac?;
+            match Announcer::open(ifname) {
+                Ok(a) => {
+                    self.probers.insert(ifname.to_owned(), (a, mac));
+                }
+                Err(e) => {
+                    debug!(interface = %ifname, error = %e, "cannot open a probe socket");
+                    return None;
+                }
+            }
+        }
+        self.probers.get_mut(ifname)
+    }
+
+    async fn send_probe(&mut self, ifname: &str, dst: Option<MacAddr>, vip: std::net::Ipv4Addr) {
+        if let Some((sender, mac)) = self.prober(ifname).await {
+            let frame = arp_probe(*mac, dst, vip);
+            if let Err(e) = sender.send(&frame) {
+                debug!(interface = %ifname, error = %e, "sending a probe failed");
+            }
+        }
+    }
+
+    /// Every probe interval: standbys probe each protected VIP's owner,
+    /// suspect it after a silent window (if other peers are still heard),
+    /// and withdraw the suspicion when it answers again. VIPs nobody owns
+    /// are probed now and then for a stray holder.
+    async fn probe_tick(&mut self) {
+        if self.watcher.is_none() || self.settings.fast.mode == FastFailover::Off {
+            return;
+        }
+        let now = crate::watch::ktime_now();
+        let window = self.settings.fast.window();
+        let ids: Vec<String> = self.vips.keys().cloned().collect();
+        for id in ids {
+            let active = self.fast_active(&id);
+            let Some(v) = self.vips.get(&id) else {
+                continue;
+            };
+            let (IpAddr::V4(v4), Some(ifname)) = (v.cidr.addr, self.interface_of(v)) else {
+                continue;
+            };
+            let seen = self.watcher.as_ref().and_then(|w| w.seen(v4));
+            let owner = v.owner.clone();
+            let standby = v.state == State::Standby;
+            match owner {
+                Some(owner) if standby && active && owner.0 != self.settings.hostname => {
+                    self.probe_owner(&id, &ifname, v4, owner, seen, now, window)
+                        .await;
+                }
+                None => self.probe_stray(&id, &ifname, v4, seen, now).await,
+                _ => {
+                    let Some(v) = self.vips.get_mut(&id) else {
+                        continue;
+                    };
+                    if v.probe.take().is_some_and(|p| p.suspected) {
+                        self.withdraw_suspicion(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one probe step, all of its inputs"
+    )]
+    async fn probe_owner(
+        &mut self,
+        id: &str,
+        ifname: &str,
+        vip: std::net::Ipv4Addr,
+        owner: (String, i64),
+        seen: Option<(MacAddr, Duration)>,
+        now: Duration,
+        window: Duration,
+    ) {
+        let Some(v) = self.vips.get_mut(id) else {
+            return;
+        };
+        v.stray = Stray::default();
+        let mut withdraw = false;
+        if v.probe.as_ref().map(|p| &p.owner) != Some(&owner) {
+            withdraw = v.probe.take().is_some_and(|p| p.suspected);
+            v.probe = Some(Probe::new(owner.clone(), now));
+        }
+        let Some(p) = v.probe.as_mut() else { return };
+        p.observe(seen);
+        let dst = p.mac;
+        let silent = p.silent(now, window);
+        let suspected = p.suspected;
+        if withdraw {
+            self.withdraw_suspicion(id);
+        }
+        self.send_probe(ifname, dst, vip).await;
+        if silent && !suspected {
+            let owner_ip = self.peers.address_of(&owner.0);
+            if self.peers.any_other_heard(owner_ip, window) {
+                let quiet_ms = self.vips.get(id).and_then(|v| v.probe.as_ref()).map(|p| {
+                    now.saturating_sub(p.last_reply.unwrap_or(p.since))
+                        .as_millis()
+                });
+                warn!(vip = %id, owner = %owner.0, window_ms = window.as_millis(), quiet_ms, ?dst, "owner does not answer ARP probes while other peers are heard: suspecting it");
+                if let Some(p) = self.vips.get_mut(id).and_then(|v| v.probe.as_mut()) {
+                    p.suspected = true;
+                }
+                self.suspect(id, owner.1);
+                self.publish();
+            } else if let Some(p) = self.vips.get_mut(id).and_then(|v| v.probe.as_mut())
+                && !p.isolated_logged
+            {
+                p.isolated_logged = true;
+                info!(vip = %id, owner = %owner.0, "owner does not answer ARP probes, but no other peer is heard either: our own link may be down; not suspecting");
+            }
+        } else if !silent && suspected {
+            info!(vip = %id, owner = %owner.0, "owner answers ARP probes again: suspicion withdrawn");
+            if let Some(p) = self.vips.get_mut(id).and_then(|v| v.probe.as_mut()) {
+                p.suspected = false;
+            }
+            self.withdraw_suspicion(id);
+            self.publish();
+        }
+    }
+
+    /// A VIP without an owner for a while: a broadcast probe every second;
+    /// an answer means a stray holder.
+    async fn probe_stray(
+        &mut self,
+        id: &str,
+        ifname: &str,
+        vip: std::net::Ipv4Addr,
+        seen: Option<(MacAddr, Duration)>,
+        now: Duration,
+    ) {
+        let Some(v) = self.vips.get_mut(id) else {
+            return;
+        };
+        if v.probe.take().is_some_and(|p| p.suspected) {
+            self.withdraw_suspicion(id);
+        }
+        let Some(v) = self.vips.get_mut(id) else {
+            return;
+        };
+        let since = *v.stray.ownerless_since.get_or_insert(now);
+        if now.saturating_sub(since) < STRAY_GRACE {
+            return;
+        }
+        if let (Some((mac, at)), Some(probed)) = (seen, v.stray.probed_at)
+            && at >= probed
+            && v.stray.reported != Some(mac)
+        {
+            v.stray.reported = Some(mac);
+            v.stray.count += 1;
+            warn!(vip = %id, mac = %mac, strays = v.stray.count, "stray holder: a host answers for this VIP while etcd says nobody owns it");
+            self.publish();
+        }
+        let Some(v) = self.vips.get_mut(id) else {
+            return;
+        };
+        if v.stray
+            .probed_at
+            .is_none_or(|t| now.saturating_sub(t) >= STRAY_PROBE_EVERY)
+        {
+            v.stray.probed_at = Some(now);
+            self.send_probe(ifname, None, vip).await;
         }
     }
 
@@ -1098,6 +1527,7 @@ async fn watch_once(
         .map_or(0, etcd_client::ResponseHeader::revision);
     let mut records = BTreeMap::new();
     let mut owners = BTreeMap::new();
+    let mut members = Vec::new();
     let mut log_rejection = |key: &str, rev: i64, why: &str| {
         if rejected.get(key) != Some(&rev) {
             warn!(key, reason = why, "vip record rejected");
@@ -1127,12 +1557,19 @@ async fn watch_once(
                     ))
                     .await;
             }
-            _ => {}
+            _ => {
+                if let Some(m) = member_msg(keys, key, Some(kv.value())) {
+                    members.push(m);
+                }
+            }
         }
     }
     tx.send(Msg::Snapshot { records, owners })
         .await
         .map_err(|_| "closed".to_owned())?;
+    for m in members {
+        tx.send(m).await.map_err(|_| "closed".to_owned())?;
+    }
     let mut watch_client = client.watch_client();
     let mut stream = watch_client
         .watch(
@@ -1156,31 +1593,57 @@ async fn watch_once(
         }
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
-            let Ok(key) = kv.key_str() else { continue };
             let deleted = event.event_type() == EventType::Delete;
-            let msg = match keys.vip_of(key) {
-                Some((id, None)) if deleted => Msg::Record(id.to_owned(), None),
-                Some((id, None)) => match parse_record(secrets, key, kv.value(), kv.lease()) {
-                    Ok(r) => Msg::Record(id.to_owned(), Some(r)),
-                    Err(e) => {
-                        log_rejection(key, kv.mod_revision(), &e);
-                        continue;
-                    }
-                },
-                Some((id, Some("owner"))) if deleted => Msg::Owner(id.to_owned(), None),
-                Some((id, Some("owner"))) => Msg::Owner(
-                    id.to_owned(),
-                    Some((String::from_utf8_lossy(kv.value()).into_owned(), kv.lease())),
-                ),
-                Some((id, Some("failover"))) if !deleted => Msg::Failover(
-                    id.to_owned(),
-                    String::from_utf8_lossy(kv.value()).into_owned(),
-                ),
-                _ => continue,
+            let Some(msg) = event_msg(keys, secrets, kv, deleted, &mut log_rejection) else {
+                continue;
             };
             tx.send(msg).await.map_err(|_| "closed".to_owned())?;
         }
     }
+}
+
+/// One watch event under `<prefix>/vips/` as a message (`None`: ignored or
+/// rejected).
+fn event_msg(
+    keys: &Keys,
+    secrets: &Secrets,
+    kv: &etcd_client::KeyValue,
+    deleted: bool,
+    log_rejection: &mut impl FnMut(&str, i64, &str),
+) -> Option<Msg> {
+    let key = kv.key_str().ok()?;
+    let msg = match keys.vip_of(key) {
+        Some((id, None)) if deleted => Msg::Record(id.to_owned(), None),
+        Some((id, None)) => match parse_record(secrets, key, kv.value(), kv.lease()) {
+            Ok(r) => Msg::Record(id.to_owned(), Some(r)),
+            Err(e) => {
+                log_rejection(key, kv.mod_revision(), &e);
+                return None;
+            }
+        },
+        Some((id, Some("owner"))) if deleted => Msg::Owner(id.to_owned(), None),
+        Some((id, Some("owner"))) => Msg::Owner(
+            id.to_owned(),
+            Some((String::from_utf8_lossy(kv.value()).into_owned(), kv.lease())),
+        ),
+        Some((id, Some("failover"))) if !deleted => Msg::Failover(
+            id.to_owned(),
+            String::from_utf8_lossy(kv.value()).into_owned(),
+        ),
+        _ => member_msg(keys, key, (!deleted).then(|| kv.value()))?,
+    };
+    Some(msg)
+}
+
+/// A `state` or `suspect` key as a message (`value` `None`: deleted).
+fn member_msg(keys: &Keys, key: &str, value: Option<&[u8]>) -> Option<Msg> {
+    let (id, kind, host) = keys.vip_member_of(key)?;
+    Some(Msg::Member {
+        id: id.to_owned(),
+        kind: kind.to_owned(),
+        host: host.to_owned(),
+        value: value.map(|v| String::from_utf8_lossy(v).into_owned()),
+    })
 }
 
 /// Loads the eBPF VIP watcher off the manager's path (loading and

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod announce;
+pub mod fast;
 pub mod health;
 pub mod manager;
 pub mod record;

@@ -40,6 +40,16 @@ impl fmt::Display for State {
     }
 }
 
+impl State {
+    /// Reads a state as [`fmt::Display`] writes it.
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Booting, Self::Standby, Self::Activated, Self::Failing]
+            .into_iter()
+            .find(|s| s.to_string() == text)
+    }
+}
+
 /// The state after `event`, or `None` when the event does not apply in
 /// `state` (the caller logs and ignores it).
 #[must_use]

@@ -152,3 +152,46 @@ impl ConflictEvent {
         Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<ConflictEvent>()) })
     }
 }
+
+// ---- Peer health (`peer_watch`) --------------------------------------------
+
+/// The TC classifier that watches heartbeats and VXLAN traffic from peers
+/// on the underlay.
+pub const PEER_PROGRAM: &str = "peer_watch";
+/// Hash map: a peer's underlay IPv4 address (wire bytes read as a native
+/// `u32`) -> 1. Kept by the agent; traffic from anyone else is ignored.
+pub const PEERS_MAP: &str = "PEERS";
+/// Hash map: UDP destination port (host byte order) -> [`PORT_HEARTBEAT`]
+/// or [`PORT_VXLAN`]. Kept by the agent.
+pub const PEER_PORTS_MAP: &str = "PEER_PORTS";
+/// Per-CPU LRU hash map: peer address -> [`PeerStats`] (user space sums
+/// the counters and takes the latest times over CPUs).
+pub const PEER_STATS_MAP: &str = "PEER_STATS";
+/// Entries the peer maps hold.
+pub const MAX_PEERS: u32 = 8192;
+/// Ports the program tells apart (heartbeat plus each segment's VXLAN port).
+pub const MAX_PEER_PORTS: u32 = 64;
+/// [`PEER_PORTS_MAP`] value: the heartbeat port.
+pub const PORT_HEARTBEAT: u8 = 1;
+/// [`PEER_PORTS_MAP`] value: a VXLAN port.
+pub const PORT_VXLAN: u8 = 2;
+/// The first bytes of every heartbeat's UDP payload.
+pub const HEARTBEAT_MAGIC: [u8; 4] = *b"LMHB";
+
+/// What the data plane saw from one peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// `bpf_ktime_get_ns()` of the last heartbeat (0: none yet).
+    pub last_heartbeat_ns: u64,
+    /// `bpf_ktime_get_ns()` of the last VXLAN packet (0: none yet).
+    pub last_vxlan_ns: u64,
+    pub heartbeats: u64,
+    pub vxlan_packets: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<PeerStats>() == 32);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integers only, no padding (size asserted above).
+unsafe impl aya::Pod for PeerStats {}

@@ -2,21 +2,30 @@
 //!
 //! `arp_watch` (TC ingress) parses Ethernet + ARP, untagged or 802.1Q/802.1ad
 //! tagged, and emits one [`ArpEvent`] per ARP packet into a ring buffer. It
-//! never changes the packet and always returns `TC_ACT_PIPE`, so the next
-//! program (or the stack) sees the frame unchanged.
+//! never changes the packet and always returns `TC_ACT_UNSPEC` (-1), so the
+//! next program (or the stack) sees the frame unchanged.
+//!
+//! -1 is the one "carry on" code both attach paths agree on: `TCX_NEXT` for
+//! TCX links (where any other code, `TC_ACT_PIPE` included, ends the chain
+//! of programs on the interface) and "continue with the next filter" for
+//! legacy cls_bpf in direct-action mode.
+//!
+//! `vip_watch` (TC ingress on VIP interfaces) sees who answers for each
+//! floating IP; `peer_watch` (TC ingress on the underlay) records when each
+//! peer was last heard, from its heartbeats and its VXLAN traffic.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::TC_ACT_PIPE,
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TcContext,
 };
 use linkmesh_common::{
-    ArpEvent, CONFLICT_INTERVAL_NS, ConflictEvent, DROP_RING_FULL, DROP_SLOTS, MAX_VIPS, VipInfo,
-    VipSeen,
+    ArpEvent, CONFLICT_INTERVAL_NS, ConflictEvent, DROP_RING_FULL, DROP_SLOTS, HEARTBEAT_MAGIC,
+    MAX_PEER_PORTS, MAX_PEERS, MAX_VIPS, PORT_HEARTBEAT, PeerStats, VipInfo, VipSeen,
 };
 
 /// 256 KiB: about 6,500 events before user space must read.
@@ -42,8 +51,21 @@ static CONFLICT_LAST: HashMap<u32, u64> = HashMap::with_max_entries(MAX_VIPS, 0)
 #[map(name = "CONFLICTS")]
 static CONFLICTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
+#[map(name = "PEERS")]
+static PEERS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PEERS, 0);
+
+#[map(name = "PEER_PORTS")]
+static PEER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PEER_PORTS, 0);
+
+#[map(name = "PEER_STATS")]
+static PEER_STATS: LruPerCpuHashMap<u32, PeerStats> =
+    LruPerCpuHashMap::with_max_entries(MAX_PEERS, 0);
+
 const ETH_TYPE_OFFSET: usize = 12;
 const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV4: u16 = 0x0800;
+const IPPROTO_UDP: u8 = 17;
+const IP_FRAG_OFFSET_MASK: u16 = 0x1fff;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 /// In-band tags we look through (802.1ad outer + 802.1Q inner). The kernel
@@ -71,7 +93,7 @@ struct ArpIpv4 {
 pub fn arp_watch(ctx: TcContext) -> i32 {
     // Whatever happened (short frame, not ARP, ring full), the packet goes on.
     let _ = try_arp_watch(&ctx);
-    TC_ACT_PIPE
+    TC_ACT_UNSPEC
 }
 
 #[inline(always)]
@@ -79,10 +101,10 @@ fn be16(bytes: [u8; 2]) -> u16 {
     u16::from_be_bytes(bytes)
 }
 
-/// The ARP (Ethernet/IPv4) header of the frame, if it is one, and its
-/// VLAN id (0 when untagged).
+/// The EtherType after any in-band VLAN tags, the offset of the payload
+/// and the VLAN id (0 when untagged).
 #[inline(always)]
-fn parse_arp(ctx: &TcContext) -> Result<Option<(ArpIpv4, u16)>, i64> {
+fn ether_payload(ctx: &TcContext) -> Result<(u16, usize, u16), i64> {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let skb = unsafe { &*ctx.skb.skb };
     let mut vlan_id = if skb.vlan_present != 0 {
@@ -103,11 +125,19 @@ fn parse_arp(ctx: &TcContext) -> Result<Option<(ArpIpv4, u16)>, i64> {
         offset += 4;
         proto = be16(ctx.load::<[u8; 2]>(offset)?);
     }
+    Ok((proto, offset + 2, vlan_id))
+}
+
+/// The ARP (Ethernet/IPv4) header of the frame, if it is one, and its
+/// VLAN id (0 when untagged).
+#[inline(always)]
+fn parse_arp(ctx: &TcContext) -> Result<Option<(ArpIpv4, u16)>, i64> {
+    let (proto, offset, vlan_id) = ether_payload(ctx)?;
     if proto != ETH_P_ARP {
         return Ok(None);
     }
 
-    let arp: ArpIpv4 = ctx.load(offset + 2)?;
+    let arp: ArpIpv4 = ctx.load(offset)?;
     if be16(arp.htype) != 1 || be16(arp.ptype) != 0x0800 || arp.hlen != 6 || arp.plen != 4 {
         return Ok(None);
     }
@@ -155,7 +185,7 @@ fn try_arp_watch(ctx: &TcContext) -> Result<(), i64> {
 #[classifier]
 pub fn vip_watch(ctx: TcContext) -> i32 {
     let _ = try_vip_watch(&ctx);
-    TC_ACT_PIPE
+    TC_ACT_UNSPEC
 }
 
 #[inline(always)]
@@ -222,6 +252,102 @@ fn report_conflict(ctx: &TcContext, ip: u32, arp: &ArpIpv4, info: &VipInfo, op: 
         });
         entry.submit(0);
     }
+}
+
+/// TC ingress on the underlay: per known peer, when we last heard its
+/// heartbeat and its VXLAN traffic, and how many packets of each. Heartbeats
+/// from known peers are consumed here (`TC_ACT_SHOT`): they exist only for
+/// this program, so no socket wakes up for them. Everything else passes.
+#[classifier]
+pub fn peer_watch(ctx: TcContext) -> i32 {
+    match try_peer_watch(&ctx) {
+        Ok(true) => TC_ACT_SHOT,
+        _ => TC_ACT_UNSPEC,
+    }
+}
+
+/// Whether the packet was a heartbeat from a known peer.
+#[inline(always)]
+fn try_peer_watch(ctx: &TcContext) -> Result<bool, i64> {
+    let (proto, offset, _vlan) = ether_payload(ctx)?;
+    if proto != ETH_P_IPV4 {
+        return Ok(false);
+    }
+    let ip: Ipv4Header = ctx.load(offset)?;
+    let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
+    if ip.version_ihl >> 4 != 4 || ihl < 20 || ip.protocol != IPPROTO_UDP {
+        return Ok(false);
+    }
+    // Only first fragments (or whole datagrams) carry the UDP header.
+    if be16(ip.frag_off) & IP_FRAG_OFFSET_MASK != 0 {
+        return Ok(false);
+    }
+    let source = u32::from_ne_bytes(ip.saddr);
+    // SAFETY: a map lookup.
+    if unsafe { PEERS.get(&source) }.is_none() {
+        return Ok(false);
+    }
+    let udp = offset + ihl;
+    let port = be16(ctx.load::<[u8; 2]>(udp + 2)?);
+    // SAFETY: a map lookup; the value is copied out at once.
+    let kind = match unsafe { PEER_PORTS.get(&port) }.copied() {
+        Some(kind) => kind,
+        None => return Ok(false),
+    };
+    let heartbeat = kind == PORT_HEARTBEAT;
+    if heartbeat && ctx.load::<[u8; 4]>(udp + 8)? != HEARTBEAT_MAGIC {
+        return Ok(false);
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match PEER_STATS.get_ptr_mut(&source) {
+        Some(stats) => {
+            // SAFETY: this CPU's slot of a live map value; only this CPU
+            // writes it while we run.
+            unsafe {
+                if heartbeat {
+                    (*stats).last_heartbeat_ns = now;
+                    (*stats).heartbeats += 1;
+                } else {
+                    (*stats).last_vxlan_ns = now;
+                    (*stats).vxlan_packets += 1;
+                }
+            }
+        }
+        None => {
+            let stats = if heartbeat {
+                PeerStats {
+                    last_heartbeat_ns: now,
+                    heartbeats: 1,
+                    ..PeerStats::default()
+                }
+            } else {
+                PeerStats {
+                    last_vxlan_ns: now,
+                    vxlan_packets: 1,
+                    ..PeerStats::default()
+                }
+            };
+            let _ = PEER_STATS.insert(&source, &stats, 0);
+        }
+    }
+    Ok(heartbeat)
+}
+
+/// The fixed part of an IPv4 header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Header {
+    version_ihl: u8,
+    tos: u8,
+    total_len: [u8; 2],
+    id: [u8; 2],
+    frag_off: [u8; 2],
+    ttl: u8,
+    protocol: u8,
+    check: [u8; 2],
+    saddr: [u8; 4],
+    daddr: [u8; 4],
 }
 
 #[cfg(not(test))]

@@ -23,14 +23,21 @@ pub enum Failure {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum System {
-    Linkmesh,
-    Keepalived { advert_ms: u32 },
+    /// `fast`: data-plane-confirmed fast failover (the default); without
+    /// it only the ownership lease moves a crashed owner's VIP.
+    Linkmesh {
+        fast: bool,
+    },
+    Keepalived {
+        advert_ms: u32,
+    },
 }
 
 impl System {
     pub fn name(self) -> String {
         match self {
-            Self::Linkmesh => "linkmesh".into(),
+            Self::Linkmesh { fast: true } => "linkmesh".into(),
+            Self::Linkmesh { fast: false } => "linkmesh lease only".into(),
             Self::Keepalived { advert_ms } => {
                 format!("keepalived advert {}s", f64::from(advert_ms) / 1000.0)
             }
@@ -76,13 +83,20 @@ fn start(
 ) -> Vec<Process> {
     (1..=3u8)
         .map(|h| match system {
-            System::Linkmesh => agent::start(
+            System::Linkmesh { fast } => agent::start(
                 lab,
                 h,
                 &etcd.endpoint(),
                 secret,
                 &[],
-                &["--vip-interface", "eth0", "--keepalive-interval", "2"],
+                &[
+                    "--vip-interface",
+                    "eth0",
+                    "--keepalive-interval",
+                    "2",
+                    "--fast-failover",
+                    if fast { "auto" } else { "off" },
+                ],
             ),
             System::Keepalived { advert_ms } => {
                 let dir = lab.dir().join(format!("ka-h{h}"));
@@ -110,7 +124,7 @@ pub fn run(system: System, failure: Failure) -> anyhow::Result<Duration> {
     let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
     let secret = agent::secret_file(&lab, "secret", &[SECRET]);
     let vip: IpAddr = format!("198.18.{}.100", lab.slot()).parse()?;
-    if system == System::Linkmesh {
+    if matches!(system, System::Linkmesh { .. }) {
         let _ = agent::admin(
             &etcd.endpoint(),
             &secret,

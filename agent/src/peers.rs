@@ -1,0 +1,467 @@
+//! Peer health: small UDP heartbeats to every registered host over the
+//! underlay, and a liveness table built from what `peer_watch` counted in
+//! the kernel. Nothing here reads a socket: the program counts heartbeats
+//! and VXLAN packets per peer (and consumes the heartbeats), the agent only
+//! samples its map.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use linkmesh_common::HEARTBEAT_MAGIC;
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::mesh::{RegistryView, Underlay};
+use crate::watch::{PeerSample, PeerWatcher, ktime_now};
+
+/// The heartbeat wire format version (the byte after the magic).
+const HEARTBEAT_VERSION: u8 = 1;
+/// How often the counters are sampled for the loss window.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// Loss is reported over this much history.
+const LOSS_WINDOW: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, Debug)]
+pub struct PeerSettings {
+    /// UDP port heartbeats are sent to (and counted on).
+    pub port: u16,
+    /// Time between two heartbeats to each peer.
+    pub interval: Duration,
+}
+
+impl PeerSettings {
+    /// A peer not heard from for this long is reported dead: five missed
+    /// heartbeats, and never less than 100 ms.
+    #[must_use]
+    pub fn dead_after(&self) -> Duration {
+        (self.interval * 5).max(Duration::from_millis(100))
+    }
+}
+
+/// One row of `linkmesh peers` / `GET /peers`.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct PeerLiveness {
+    pub hostname: String,
+    pub address: IpAddr,
+    /// Milliseconds since the last heartbeat or VXLAN packet (`null`: never).
+    pub last_seen_ms: Option<f64>,
+    pub heartbeat_age_ms: Option<f64>,
+    pub vxlan_age_ms: Option<f64>,
+    pub heartbeats: u64,
+    pub vxlan_packets: u64,
+    /// Share of the heartbeats expected over the last second that did not
+    /// arrive (`null` until a second of history exists).
+    pub loss: Option<f64>,
+    pub alive: bool,
+}
+
+/// The heartbeat payload: magic, version, the sender's host name.
+#[must_use]
+pub fn heartbeat_payload(hostname: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(5 + hostname.len());
+    p.extend_from_slice(&HEARTBEAT_MAGIC);
+    p.push(HEARTBEAT_VERSION);
+    p.extend_from_slice(hostname.as_bytes());
+    p
+}
+
+/// Missing share of the heartbeats expected between the oldest and newest
+/// sample of `history` (`(time, heartbeats so far)`), or `None` with less
+/// than half a window of history.
+#[must_use]
+pub fn loss(history: &VecDeque<(Duration, u64)>, interval: Duration) -> Option<f64> {
+    let (&(t0, n0), &(t1, n1)) = (history.front()?, history.back()?);
+    let span = t1.checked_sub(t0)?;
+    if span < LOSS_WINDOW / 2 || interval.is_zero() {
+        return None;
+    }
+    let expected = span.as_secs_f64() / interval.as_secs_f64();
+    #[expect(clippy::cast_precision_loss, reason = "heartbeat counts are small")]
+    let got = n1.saturating_sub(n0) as f64;
+    Some((1.0 - got / expected).clamp(0.0, 1.0))
+}
+
+#[derive(Debug, Default)]
+struct Peer {
+    hostname: String,
+    history: VecDeque<(Duration, u64)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    watcher: Option<PeerWatcher>,
+    peers: BTreeMap<Ipv4Addr, Peer>,
+    /// Host name -> address, for every registered host but this one
+    /// (IPv6 underlays included, though only IPv4 is watched).
+    addresses: BTreeMap<String, IpAddr>,
+}
+
+/// Peer liveness, shared by the heartbeat task, the floating-IP manager
+/// and the API.
+pub struct PeerHealth {
+    settings: PeerSettings,
+    inner: Mutex<Inner>,
+}
+
+impl PeerHealth {
+    #[must_use]
+    pub fn new(settings: PeerSettings) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            inner: Mutex::default(),
+        })
+    }
+
+    #[must_use]
+    pub fn settings(&self) -> PeerSettings {
+        self.settings
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `peer_watch` is loaded and attached.
+    #[must_use]
+    pub fn watching(&self) -> bool {
+        self.lock().watcher.is_some()
+    }
+
+    /// The registered underlay address of `hostname`.
+    #[must_use]
+    pub fn address_of(&self, hostname: &str) -> Option<IpAddr> {
+        self.lock().addresses.get(hostname).copied()
+    }
+
+    fn sample(inner: &Inner, ip: Ipv4Addr) -> Option<PeerSample> {
+        inner.watcher.as_ref()?.sample(ip)
+    }
+
+    /// Whether any peer other than `except` was heard (heartbeat or VXLAN)
+    /// within `within`: the proof that our own link works.
+    #[must_use]
+    pub fn any_other_heard(&self, except: Option<IpAddr>, within: Duration) -> bool {
+        let inner = self.lock();
+        let now = ktime_now();
+        inner
+            .peers
+            .keys()
+            .filter(|ip| except != Some(IpAddr::V4(**ip)))
+            .filter_map(|ip| Self::sample(&inner, *ip)?.last_seen())
+            .any(|t| now.saturating_sub(t) <= within)
+    }
+
+    /// The liveness table, by host name.
+    #[must_use]
+    pub fn table(&self) -> Vec<PeerLiveness> {
+        let inner = self.lock();
+        let now = ktime_now();
+        let ms = |t: Option<Duration>| t.map(|t| now.saturating_sub(t).as_secs_f64() * 1000.0);
+        let dead_after = self.settings.dead_after();
+        let mut rows: Vec<_> = inner
+            .addresses
+            .iter()
+            .map(|(hostname, address)| {
+                let (sample, history) = match address {
+                    IpAddr::V4(v4) => (
+                        Self::sample(&inner, *v4).unwrap_or_default(),
+                        inner.peers.get(v4).map(|p| &p.history),
+                    ),
+                    IpAddr::V6(_) => (PeerSample::default(), None),
+                };
+                let last = sample.last_seen();
+                PeerLiveness {
+                    hostname: hostname.clone(),
+                    address: *address,
+                    last_seen_ms: ms(last),
+                    heartbeat_age_ms: ms(sample.last_heartbeat),
+                    vxlan_age_ms: ms(sample.last_vxlan),
+                    heartbeats: sample.heartbeats,
+                    vxlan_packets: sample.vxlan_packets,
+                    loss: history.and_then(|h| loss(h, self.settings.interval)),
+                    alive: last.is_some_and(|t| now.saturating_sub(t) <= dead_after),
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        rows
+    }
+
+    /// Takes the registry's hosts (all but `me`) and segment ports.
+    fn update(&self, view: &RegistryView, me: &str) {
+        let mut inner = self.lock();
+        inner.addresses = view
+            .hosts
+            .iter()
+            .filter(|(name, _)| name.as_str() != me)
+            .map(|(name, h)| (name.clone(), h.address))
+            .collect();
+        let mut peers = std::mem::take(&mut inner.peers);
+        let want: BTreeMap<Ipv4Addr, String> = inner
+            .addresses
+            .iter()
+            .filter_map(|(name, a)| match a {
+                IpAddr::V4(v4) => Some((*v4, name.clone())),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        inner.peers = want
+            .iter()
+            .map(|(ip, name)| {
+                let mut p = peers.remove(ip).unwrap_or_default();
+                p.hostname.clone_from(name);
+                (*ip, p)
+            })
+            .collect();
+        let ports: BTreeSet<u16> = view.segments.values().map(|s| s.port).collect();
+        let addresses: BTreeSet<Ipv4Addr> = want.keys().copied().collect();
+        if let Some(w) = inner.watcher.as_mut()
+            && let Err(e) = w
+                .set_peers(&addresses)
+                .and_then(|()| w.set_ports(self.settings.port, &ports))
+        {
+            warn!(error = %e, "updating the peer maps failed");
+        }
+    }
+
+    /// Records every peer's heartbeat count for the loss window.
+    fn record(&self) {
+        let mut inner = self.lock();
+        let now = ktime_now();
+        let samples: Vec<_> = inner
+            .peers
+            .keys()
+            .map(|ip| (*ip, Self::sample(&inner, *ip).map_or(0, |s| s.heartbeats)))
+            .collect();
+        for (ip, count) in samples {
+            if let Some(p) = inner.peers.get_mut(&ip) {
+                p.history.push_back((now, count));
+                while p
+                    .history
+                    .front()
+                    .is_some_and(|(t, _)| now.saturating_sub(*t) > LOSS_WINDOW)
+                {
+                    p.history.pop_front();
+                }
+            }
+        }
+    }
+
+    /// The addresses heartbeats go to.
+    fn targets(&self) -> Vec<SocketAddr> {
+        self.lock()
+            .peers
+            .keys()
+            .map(|ip| SocketAddr::new(IpAddr::V4(*ip), self.settings.port))
+            .collect()
+    }
+}
+
+/// Opens the heartbeat socket on the heartbeat port, so that (with the
+/// program detached) heartbeats are not answered with port-unreachables.
+/// Falls back to an ephemeral port when the port is taken.
+fn heartbeat_socket(address: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
+    let socket = UdpSocket::bind((address, port)).or_else(|e| {
+        warn!(port, error = %e, "cannot bind the heartbeat port; sending from an ephemeral port");
+        UdpSocket::bind((address, 0))
+    })?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Sends heartbeats and keeps `peer_watch` and its maps in step with the
+/// registry, until aborted (or the registry sync ends).
+pub async fn run(
+    health: Arc<PeerHealth>,
+    underlay: Underlay,
+    hostname: String,
+    mut view: watch::Receiver<RegistryView>,
+) {
+    if !underlay.address.is_ipv4() {
+        warn!(address = %underlay.address, "peer health needs an IPv4 underlay; heartbeats are off");
+        return;
+    }
+    let ifname = underlay.ifname.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let mut w = PeerWatcher::new()?;
+        w.attach(&ifname)?;
+        Ok::<_, crate::watch::WatchError>(w)
+    })
+    .await;
+    match loaded {
+        Ok(Ok(w)) => {
+            info!(interface = %underlay.ifname, port = health.settings.port, "peer watcher attached");
+            health.lock().watcher = Some(w);
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "the eBPF peer watcher is not available; peer liveness is unknown");
+        }
+        Err(e) => warn!(error = %e, "loading the eBPF peer watcher failed"),
+    }
+    let socket = match heartbeat_socket(underlay.address, health.settings.port) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot open a heartbeat socket; heartbeats are off");
+            return;
+        }
+    };
+    let payload = heartbeat_payload(&hostname);
+    health.update(&view.borrow_and_update(), &hostname);
+    let mut beat = tokio::time::interval(health.settings.interval);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut sample = tokio::time::interval(SAMPLE_EVERY);
+    let mut failures = 0u64;
+    loop {
+        tokio::select! {
+            _ = beat.tick() => {
+                for target in health.targets() {
+                    if let Err(e) = socket.send_to(&payload, target) {
+                        failures += 1;
+                        if failures.is_power_of_two() {
+                            debug!(peer = %target, error = %e, failures, "sending a heartbeat failed");
+                        }
+                    }
+                }
+            }
+            _ = sample.tick() => health.record(),
+            r = view.changed() => {
+                if r.is_err() { return; }
+                health.update(&view.borrow_and_update(), &hostname);
+            }
+        }
+    }
+}
+
+/// What `GET /peers` returns.
+#[derive(Debug, serde::Deserialize)]
+pub struct PeersReport {
+    pub host: String,
+    pub watching: bool,
+    pub heartbeat_interval_ms: f64,
+    pub peers: Vec<PeerLiveness>,
+}
+
+/// The table `linkmesh peers` prints.
+#[must_use]
+pub fn render_table(report: &PeersReport) -> String {
+    use std::fmt::Write as _;
+    let ms = |v: Option<f64>| v.map_or_else(|| "never".to_owned(), |v| format!("{v:.0} ms"));
+    let mut out = format!(
+        "{:<20} {:<16} {:<6} {:>10} {:>10} {:>10} {:>6}\n",
+        "HOST", "ADDRESS", "ALIVE", "LAST SEEN", "HEARTBEAT", "VXLAN", "LOSS"
+    );
+    for p in &report.peers {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<16} {:<6} {:>10} {:>10} {:>10} {:>6}",
+            p.hostname,
+            p.address.to_string(),
+            if p.alive { "yes" } else { "no" },
+            ms(p.last_seen_ms),
+            ms(p.heartbeat_age_ms),
+            ms(p.vxlan_age_ms),
+            p.loss
+                .map_or_else(|| "-".to_owned(), |l| format!("{:.0}%", l * 100.0)),
+        );
+    }
+    if !report.watching {
+        out.push_str("(the eBPF peer watcher is not running on this host: liveness unknown)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn payload_starts_with_the_magic() {
+        let p = heartbeat_payload("h1");
+        assert_eq!(&p[..4], b"LMHB");
+        assert_eq!(p[4], HEARTBEAT_VERSION);
+        assert_eq!(&p[5..], b"h1");
+    }
+
+    #[test]
+    fn loss_needs_half_a_window() {
+        let h: VecDeque<_> = [(ms(0), 0), (ms(400), 20)].into();
+        assert_eq!(loss(&h, ms(20)), None);
+        assert_eq!(loss(&VecDeque::new(), ms(20)), None);
+    }
+
+    #[test]
+    fn loss_counts_missing_heartbeats() {
+        // 1 s at 20 ms: 50 expected.
+        let all: VecDeque<_> = [(ms(1000), 100), (ms(2000), 150)].into();
+        assert_eq!(loss(&all, ms(20)), Some(0.0));
+        let half: VecDeque<_> = [(ms(1000), 100), (ms(2000), 125)].into();
+        assert!((loss(&half, ms(20)).expect("a figure") - 0.5).abs() < 1e-9);
+        let none: VecDeque<_> = [(ms(1000), 100), (ms(2000), 100)].into();
+        assert_eq!(loss(&none, ms(20)), Some(1.0));
+        // More than expected (a faster sender) is no loss, not a negative one.
+        let more: VecDeque<_> = [(ms(1000), 0), (ms(2000), 80)].into();
+        assert_eq!(loss(&more, ms(20)), Some(0.0));
+    }
+
+    #[test]
+    fn the_table_shows_ages_and_loss() {
+        let report = PeersReport {
+            host: "h1".into(),
+            watching: true,
+            heartbeat_interval_ms: 20.0,
+            peers: vec![
+                PeerLiveness {
+                    hostname: "h2".into(),
+                    address: "198.18.0.2".parse().expect("ip"),
+                    last_seen_ms: Some(12.4),
+                    heartbeat_age_ms: Some(12.4),
+                    vxlan_age_ms: None,
+                    heartbeats: 500,
+                    vxlan_packets: 0,
+                    loss: Some(0.02),
+                    alive: true,
+                },
+                PeerLiveness {
+                    hostname: "h3".into(),
+                    address: "198.18.0.3".parse().expect("ip"),
+                    last_seen_ms: None,
+                    heartbeat_age_ms: None,
+                    vxlan_age_ms: None,
+                    heartbeats: 0,
+                    vxlan_packets: 0,
+                    loss: None,
+                    alive: false,
+                },
+            ],
+        };
+        let t = render_table(&report);
+        let lines: Vec<_> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(
+            lines[1].starts_with("h2") && lines[1].contains("yes"),
+            "{t}"
+        );
+        assert!(lines[1].contains("12 ms") && lines[1].contains("2%"), "{t}");
+        assert!(
+            lines[2].contains("never") && lines[2].contains(" no "),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn dead_after_has_a_floor() {
+        let s = |i| PeerSettings {
+            port: 1,
+            interval: ms(i),
+        };
+        assert_eq!(s(20).dead_after(), ms(100));
+        assert_eq!(s(100).dead_after(), ms(500));
+    }
+}

@@ -1,0 +1,214 @@
+//! Data-plane-confirmed fast failover, the pure part: when a standby's
+//! probes count as unanswered, and when suspicions add up to a quorum.
+//!
+//! A standby probes the owner's VIP with unicast ARP requests; `vip_watch`
+//! records every reply. A standby whose probes go unanswered for a window,
+//! while it still hears other peers, writes a suspect key on its own lease.
+//! A quorum of suspects naming the owner's current lease lets any standby
+//! delete the owner key (guarded by that lease) and revoke the lease.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::addr::MacAddr;
+
+/// Whether fast failover runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FastFailover {
+    /// On for every VIP with at least a quorum of eligible standbys.
+    Auto,
+    /// Only the lease path replaces an owner.
+    Off,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct FastSettings {
+    pub mode: FastFailover,
+    pub probe_interval: Duration,
+    pub probe_misses: u32,
+    /// 0: a majority of the eligible standbys, at least 2.
+    pub quorum: u32,
+}
+
+impl FastSettings {
+    /// How long probes must go unanswered before a standby suspects.
+    #[must_use]
+    pub fn window(&self) -> Duration {
+        self.probe_interval * self.probe_misses
+    }
+
+    /// Suspects needed to revoke, with `eligible` standbys.
+    #[must_use]
+    pub fn quorum(&self, eligible: usize) -> usize {
+        match self.quorum {
+            0 => (eligible / 2 + 1).max(2),
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Whether a VIP with `eligible` standbys is protected by fast failover.
+    #[must_use]
+    pub fn active(&self, eligible: usize) -> bool {
+        self.mode == FastFailover::Auto && eligible >= self.quorum(eligible)
+    }
+}
+
+/// A standby's probing of one owner (a host name and its lease).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub owner: (String, i64),
+    /// Monotonic time probing of this owner started.
+    pub since: Duration,
+    /// The last reply seen after `since`.
+    pub last_reply: Option<Duration>,
+    /// The MAC that answered (probes go there once known, broadcast before).
+    pub mac: Option<MacAddr>,
+    /// Whether our suspect key is written.
+    pub suspected: bool,
+    /// Whether "silent but isolated" was logged for this silence.
+    pub isolated_logged: bool,
+}
+
+impl Probe {
+    #[must_use]
+    pub fn new(owner: (String, i64), now: Duration) -> Self {
+        Self {
+            owner,
+            since: now,
+            last_reply: None,
+            mac: None,
+            suspected: false,
+            isolated_logged: false,
+        }
+    }
+
+    /// Takes the data plane's last reply for the VIP (who, when). Replies
+    /// from before this owner's time belong to someone else.
+    pub fn observe(&mut self, seen: Option<(MacAddr, Duration)>) {
+        if let Some((mac, at)) = seen
+            && at >= self.since
+            && self.last_reply.is_none_or(|t| at > t)
+        {
+            self.last_reply = Some(at);
+            self.mac = Some(mac);
+            self.isolated_logged = false;
+        }
+    }
+
+    /// Whether nothing answered for longer than `window` (counting from the
+    /// start of probing, so a new owner gets a full window).
+    #[must_use]
+    pub fn silent(&self, now: Duration, window: Duration) -> bool {
+        let last = self.last_reply.unwrap_or(self.since).max(self.since);
+        now.saturating_sub(last) > window
+    }
+}
+
+/// Whether the suspects naming `lease` among `eligible` standbys reach the
+/// quorum. `suspects` maps a host to the owner lease it suspects.
+#[must_use]
+pub fn revoke_due(
+    settings: &FastSettings,
+    eligible: &BTreeSet<String>,
+    suspects: &BTreeMap<String, i64>,
+    lease: i64,
+) -> bool {
+    if lease == 0 || !settings.active(eligible.len()) {
+        return false;
+    }
+    let agreeing = suspects
+        .iter()
+        .filter(|(host, l)| **l == lease && eligible.contains(*host))
+        .count();
+    agreeing >= settings.quorum(eligible.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn settings(quorum: u32) -> FastSettings {
+        FastSettings {
+            mode: FastFailover::Auto,
+            probe_interval: ms(20),
+            probe_misses: 5,
+            quorum,
+        }
+    }
+
+    fn hosts(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn quorum_is_a_majority_of_at_least_two() {
+        let s = settings(0);
+        assert_eq!(s.window(), ms(100));
+        assert_eq!(s.quorum(1), 2);
+        assert_eq!(s.quorum(2), 2);
+        assert_eq!(s.quorum(3), 2);
+        assert_eq!(s.quorum(4), 3);
+        assert_eq!(s.quorum(5), 3);
+        assert!(!s.active(1), "one standby alone never decides by default");
+        assert!(s.active(2));
+        assert_eq!(settings(1).quorum(1), 1);
+        assert!(settings(1).active(1));
+        let off = FastSettings {
+            mode: FastFailover::Off,
+            ..s
+        };
+        assert!(!off.active(5));
+    }
+
+    #[test]
+    fn only_suspects_of_the_current_lease_count() {
+        let s = settings(0);
+        let eligible = hosts(&["h2", "h3", "h4"]);
+        let mut suspects = BTreeMap::from([("h2".to_owned(), 7)]);
+        assert!(!revoke_due(&s, &eligible, &suspects, 7), "one of two");
+        suspects.insert("h3".into(), 6);
+        assert!(
+            !revoke_due(&s, &eligible, &suspects, 7),
+            "h3 suspects an old lease"
+        );
+        suspects.insert("h9".into(), 7);
+        assert!(
+            !revoke_due(&s, &eligible, &suspects, 7),
+            "h9 is not eligible"
+        );
+        suspects.insert("h4".into(), 7);
+        assert!(revoke_due(&s, &eligible, &suspects, 7));
+        assert!(
+            !revoke_due(&s, &eligible, &suspects, 0),
+            "no lease, no revocation"
+        );
+    }
+
+    #[test]
+    fn a_probe_is_silent_after_a_window_without_replies() {
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let mut p = Probe::new(("h1".into(), 7), ms(1000));
+        assert!(
+            !p.silent(ms(1100), ms(100)),
+            "a new owner gets a full window"
+        );
+        assert!(p.silent(ms(1101), ms(100)));
+        // A reply from before this owner is someone else's.
+        p.observe(Some((mac, ms(900))));
+        assert_eq!(p.mac, None);
+        p.observe(Some((mac, ms(1050))));
+        assert_eq!(p.mac, Some(mac));
+        assert!(!p.silent(ms(1150), ms(100)));
+        assert!(p.silent(ms(1151), ms(100)));
+        p.observe(Some((mac, ms(1140))));
+        assert_eq!(p.last_reply, Some(ms(1140)));
+        assert!(!p.silent(ms(1151), ms(100)));
+    }
+}

@@ -1,0 +1,293 @@
+//! Peer health and data-plane-confirmed fast failover: agents in the lab,
+//! a real etcd, real heartbeats and ARP probes.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use linkmesh_tests::agent::{self, wait_until};
+use linkmesh_tests::process::Process;
+use linkmesh_tests::require_root;
+use linkmesh_tests::vip_lab::VipLab;
+use serde_json::Value;
+
+const SECRET: &str = "fast-failover-secret-0123456789";
+
+/// Runs `linkmesh ARGS` inside host `host`'s namespace (where its agent's
+/// API listens on 127.0.0.1:1313); returns stdout.
+fn in_host(v: &VipLab, host: u8, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &v.lab.host(host).netns])
+        .arg(agent::binary())
+        .args(args)
+        .output()
+        .expect("running linkmesh");
+    assert!(
+        out.status.success(),
+        "linkmesh {args:?} in h{host}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `linkmesh peers --json` on `host`: the row of every peer, by host name.
+fn peers(v: &VipLab, host: u8) -> std::collections::BTreeMap<String, Value> {
+    let report: Value =
+        serde_json::from_str(&in_host(v, host, &["peers", "--json"])).expect("peers JSON");
+    if report["watching"] != true {
+        // Loading the program takes a moment after the API is up.
+        return std::collections::BTreeMap::new();
+    }
+    report["peers"]
+        .as_array()
+        .expect("a peer list")
+        .iter()
+        .map(|p| (p["hostname"].as_str().expect("name").to_owned(), p.clone()))
+        .collect()
+}
+
+fn age_ms(row: Option<&Value>) -> Option<f64> {
+    row?["last_seen_ms"].as_f64()
+}
+
+/// Starts agents on hosts 1..=agents with a long ownership lease, so only
+/// the data-plane path can move the VIP quickly; waits until one holds it
+/// and every other one says STANDBY in etcd. Returns them and the owner.
+fn start(v: &VipLab, lease_secs: &str) -> (Vec<Process>, u8) {
+    let agents: Vec<_> = (1..=v.agents)
+        .map(|h| v.agent(h, "agent", &["--keepalive-interval", lease_secs]))
+        .collect();
+    let owner = v
+        .wait_single_holder(Duration::from_secs(15), None)
+        .unwrap_or_else(|| panic!("one holder: {:?}\n{}", v.holders(), agents[0].log()));
+    let states = format!("/linkmesh/vips/{}/state/", v.id);
+    let settled = wait_until(Duration::from_secs(10), || {
+        let s = v.get(&states);
+        s.len() == usize::from(v.agents)
+            && s.iter().filter(|(_, st)| st == "STANDBY").count() == usize::from(v.agents) - 1
+    });
+    assert!(
+        settled.is_some(),
+        "every host published its state: {:?}",
+        v.get(&states)
+    );
+    (agents, owner)
+}
+
+fn suspects(v: &VipLab) -> Vec<(String, String)> {
+    v.get(&format!("/linkmesh/vips/{}/suspect/", v.id))
+}
+
+#[test]
+fn peers_are_listed_with_their_last_seen_age() {
+    require_root!();
+    let v = VipLab::new(3, SECRET, &[]);
+    let agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
+    let names: Vec<String> = (2..=3).map(|h| v.lab.host(h).name.clone()).collect();
+    let fresh = wait_until(Duration::from_secs(10), || {
+        let p = peers(&v, 1);
+        names.iter().all(|n| {
+            p.get(n)
+                .is_some_and(|r| r["alive"] == true && age_ms(Some(r)).is_some_and(|a| a < 100.0))
+        })
+    });
+    assert!(
+        fresh.is_some(),
+        "h1 hears h2 and h3: {:?}\n{}",
+        peers(&v, 1),
+        agents[0].log()
+    );
+    let table = in_host(&v, 1, &["peers"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&names[0]) && l.contains("yes")),
+        "{table}"
+    );
+
+    agents[2].kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let first = peers(&v, 1);
+    std::thread::sleep(Duration::from_millis(400));
+    let second = peers(&v, 1);
+    let (a, b) = (
+        age_ms(first.get(&names[1])).expect("h3 was heard"),
+        age_ms(second.get(&names[1])).expect("h3 was heard"),
+    );
+    assert!(
+        a >= 250.0 && b >= a + 350.0,
+        "a dead peer's age grows: {a} then {b}"
+    );
+    assert_eq!(second[&names[1]]["alive"], false, "{:?}", second[&names[1]]);
+    for row in [&first[&names[0]], &second[&names[0]]] {
+        assert!(
+            age_ms(Some(row)).is_some_and(|a| a < 100.0) && row["alive"] == true,
+            "a live peer stays fresh: {row}"
+        );
+    }
+    let loss = second[&names[0]]["loss"].as_f64().expect("a loss figure");
+    assert!(loss < 0.2, "a live peer loses few heartbeats: {loss}");
+}
+
+#[test]
+fn a_dead_owner_is_replaced_through_the_data_plane_well_before_its_lease_expires() {
+    require_root!();
+    let v = VipLab::new(4, SECRET, &[]);
+    // A 10 s lease: the lease path alone would take 10 s.
+    let (agents, owner) = start(&v, "10");
+    std::thread::sleep(Duration::from_millis(500));
+    v.lab.host(owner).cut();
+    agents[usize::from(owner - 1)].kill();
+    let started = Instant::now();
+    let mut successor = None;
+    let took = wait_until(Duration::from_secs(5), || {
+        successor = v.holders().into_iter().find(|h| *h != owner);
+        successor.is_some()
+    });
+    let logs: String = agents.iter().map(Process::log).collect();
+    let took = took.unwrap_or_else(|| panic!("nobody took over:\n{logs}"));
+    assert!(
+        took < Duration::from_secs(1),
+        "replaced in {took:?} (started {:?} ago)\n{logs}",
+        started.elapsed()
+    );
+    let successor = successor.expect("a successor");
+    assert!(
+        logs.contains("suspect quorum"),
+        "the owner was revoked by a suspect quorum:\n{logs}"
+    );
+    assert_eq!(
+        v.owner_key().as_deref(),
+        Some(v.lab.host(successor).name.as_str())
+    );
+    let (tx, rx) = agent::ping(&v.lab.host(v.client()).netns, &v.vip.to_string(), 3, "0.1");
+    assert_eq!((tx, rx), (3, 3), "the client reaches the successor");
+    assert_eq!(v.client_sees(), Some(v.lab.host(successor).mac));
+    // The dead owner's lease is revoked: its state key is gone.
+    let dead = format!("/linkmesh/vips/{}/state/{}", v.id, v.lab.host(owner).name);
+    assert!(v.get(&dead).is_empty(), "{:?}", v.get(&dead));
+    // Suspicions of the old owner are withdrawn once it is replaced.
+    let withdrawn = wait_until(Duration::from_secs(2), || suspects(&v).is_empty());
+    assert!(withdrawn.is_some(), "{:?}", suspects(&v));
+}
+
+#[test]
+fn a_stopped_agent_on_a_live_host_keeps_its_vip_while_its_lease_lives() {
+    require_root!();
+    let v = VipLab::new(4, SECRET, &[]);
+    let (agents, owner) = start(&v, "10");
+    let victim = &agents[usize::from(owner - 1)];
+    victim.signal(libc::SIGSTOP).expect("SIGSTOP");
+    // Twenty suspicion windows: the host's kernel keeps answering probes.
+    std::thread::sleep(Duration::from_secs(2));
+    let holders = v.holders();
+    let owner_key = v.owner_key();
+    let raised = suspects(&v);
+    victim.signal(libc::SIGCONT).expect("SIGCONT");
+    assert_eq!(holders, vec![owner], "the VIP stayed in place");
+    assert_eq!(owner_key.as_deref(), Some(v.lab.host(owner).name.as_str()));
+    let logs: String = agents.iter().map(Process::log).collect();
+    assert!(
+        raised.is_empty(),
+        "nobody suspected a live host: {raised:?}\n{logs}"
+    );
+}
+
+#[test]
+fn an_isolated_standby_suspects_nobody() {
+    require_root!();
+    let v = VipLab::new(4, SECRET, &[]);
+    let (agents, owner) = start(&v, "10");
+    let standby = (1..=4).find(|h| *h != owner).expect("a standby");
+    v.lab.host(standby).cut();
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = agents[usize::from(standby - 1)].log();
+    let holders = v.holders();
+    let raised = suspects(&v);
+    v.lab.host(standby).reconnect();
+    assert!(
+        log.contains("no other peer is heard either") && !log.contains("suspecting it"),
+        "the cut standby saw the owner go silent and held back:\n{log}"
+    );
+    assert_eq!(holders, vec![owner]);
+    assert_eq!(
+        v.owner_key().as_deref(),
+        Some(v.lab.host(owner).name.as_str())
+    );
+    assert!(raised.is_empty(), "{raised:?}");
+}
+
+/// Names of the TCX programs on `host`'s eth0 ingress.
+fn tcx_programs(v: &VipLab, host: u8) -> Vec<String> {
+    v.lab.host(host).run(|| {
+        let (_, programs) =
+            SchedClassifier::query_tcx("eth0", TcAttachType::Ingress).expect("querying TCX");
+        let mut names: Vec<String> = programs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+            .collect();
+        names.sort();
+        names
+    })
+}
+
+#[test]
+fn restarts_never_stack_attachments_and_exit_detaches_them() {
+    require_root!();
+    let v = VipLab::new(1, SECRET, &[]);
+    let expected = vec!["peer_watch".to_owned(), "vip_watch".to_owned()];
+    let first = v.agent(1, "first", &[]);
+    let attached = wait_until(Duration::from_secs(10), || tcx_programs(&v, 1) == expected);
+    assert!(
+        attached.is_some(),
+        "{:?}\n{}",
+        tcx_programs(&v, 1),
+        first.log()
+    );
+    first.kill();
+    let second = v.agent(1, "second", &[]);
+    let reattached = wait_until(Duration::from_secs(10), || {
+        second.log().contains("peer watcher attached") && tcx_programs(&v, 1) == expected
+    });
+    assert!(
+        reattached.is_some(),
+        "{:?}\n{}",
+        tcx_programs(&v, 1),
+        second.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(tcx_programs(&v, 1), expected, "one of each, never stacked");
+    second.signal(libc::SIGTERM).expect("SIGTERM");
+    assert!(
+        second.wait_timeout(Duration::from_secs(10)).is_some(),
+        "the agent exits"
+    );
+    assert_eq!(tcx_programs(&v, 1), Vec::<String>::new(), "exit detaches");
+}
+
+#[test]
+fn a_standby_reports_a_stray_holder_of_a_vip_nobody_owns() {
+    require_root!();
+    // Both agents are excluded: etcd never names an owner.
+    let v = VipLab::new(2, SECRET, &["--exclude", "h1", "--exclude", "h2"]);
+    let agents: Vec<_> = (1..=2).map(|h| v.agent(h, "agent", &[])).collect();
+    let client = v.lab.host(v.client());
+    agent::add_address(&client.netns, "eth0", &format!("{}/24", v.vip));
+    let mac = linkmesh_tests::lab::mac_string(client.mac);
+    let reported = wait_until(Duration::from_secs(8), || {
+        agents
+            .iter()
+            .all(|a| a.log().contains("stray holder") && a.log().contains(&mac))
+    });
+    let logs: String = agents.iter().map(Process::log).collect();
+    assert!(
+        reported.is_some(),
+        "both hosts report the stray {mac}:\n{logs}"
+    );
+    assert_eq!(v.owner_key(), None, "etcd still names nobody");
+    assert_eq!(
+        logs.matches("stray holder").count(),
+        2,
+        "once per host, not once per probe:\n{logs}"
+    );
+}
