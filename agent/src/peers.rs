@@ -141,17 +141,17 @@ impl PeerHealth {
     }
 
     /// Whether any peer other than `except` was heard (heartbeat or VXLAN)
-    /// within `within`: the proof that our own link works.
+    /// after `after` (monotonic time): the proof that our own link worked
+    /// at a time the owner should have answered.
     #[must_use]
-    pub fn any_other_heard(&self, except: Option<IpAddr>, within: Duration) -> bool {
+    pub fn any_other_heard_after(&self, except: Option<IpAddr>, after: Duration) -> bool {
         let inner = self.lock();
-        let now = ktime_now();
         inner
             .peers
             .keys()
             .filter(|ip| except != Some(IpAddr::V4(**ip)))
             .filter_map(|ip| Self::sample(&inner, *ip)?.last_seen())
-            .any(|t| now.saturating_sub(t) <= within)
+            .any(|t| t > after)
     }
 
     /// The liveness table, by host name.

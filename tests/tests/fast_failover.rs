@@ -16,24 +16,30 @@ const SECRET: &str = "fast-failover-secret-0123456789";
 /// Runs `linkmesh ARGS` inside host `host`'s namespace (where its agent's
 /// API listens on 127.0.0.1:1313); returns stdout.
 fn in_host(v: &VipLab, host: u8, args: &[&str]) -> String {
+    try_in_host(v, host, args).unwrap_or_else(|e| panic!("linkmesh {args:?} in h{host}: {e}"))
+}
+
+fn try_in_host(v: &VipLab, host: u8, args: &[&str]) -> Result<String, String> {
     let out = Command::new("ip")
         .args(["netns", "exec", &v.lab.host(host).netns])
         .arg(agent::binary())
         .args(args)
         .output()
         .expect("running linkmesh");
-    assert!(
-        out.status.success(),
-        "linkmesh {args:?} in h{host}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 /// `linkmesh peers --json` on `host`: the row of every peer, by host name.
 fn peers(v: &VipLab, host: u8) -> std::collections::BTreeMap<String, Value> {
-    let report: Value =
-        serde_json::from_str(&in_host(v, host, &["peers", "--json"])).expect("peers JSON");
+    // The API comes up a moment after the agent starts.
+    let Ok(text) = try_in_host(v, host, &["peers", "--json"]) else {
+        return std::collections::BTreeMap::new();
+    };
+    let report: Value = serde_json::from_str(&text).expect("peers JSON");
     if report["watching"] != true {
         // Loading the program takes a moment after the API is up.
         return std::collections::BTreeMap::new();
@@ -60,6 +66,13 @@ fn start(v: &VipLab, lease_secs: &str) -> (Vec<Process>, u8) {
     let owner = v
         .wait_single_holder(Duration::from_secs(15), None)
         .unwrap_or_else(|| panic!("one holder: {:?}\n{}", v.holders(), agents[0].log()));
+    let watching = wait_until(Duration::from_secs(10), || {
+        agents.iter().all(|a| {
+            let log = a.log();
+            log.contains("eBPF VIP watcher loaded") && log.contains("peer watcher attached")
+        })
+    });
+    assert!(watching.is_some(), "every agent loaded its watchers");
     let states = format!("/linkmesh/vips/{}/state/", v.id);
     let settled = wait_until(Duration::from_secs(10), || {
         let s = v.get(&states);

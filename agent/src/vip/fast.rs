@@ -98,6 +98,22 @@ impl Probe {
         }
     }
 
+    /// Other peers must have been heard after this (monotonic) time for a
+    /// silence to count: two probe intervals after the owner's last answer
+    /// (or the start of probing), and within the last `window`. A standby
+    /// whose own link died hears nobody after that point; one whose owner
+    /// died keeps hearing the others.
+    #[must_use]
+    pub fn others_needed_after(
+        &self,
+        now: Duration,
+        window: Duration,
+        interval: Duration,
+    ) -> Duration {
+        let last = self.last_reply.unwrap_or(self.since).max(self.since);
+        (last + interval * 2).max(now.saturating_sub(window))
+    }
+
     /// Whether nothing answered for longer than `window` (counting from the
     /// start of probing, so a new owner gets a full window).
     #[must_use]
@@ -210,5 +226,9 @@ mod tests {
         p.observe(Some((mac, ms(1140))));
         assert_eq!(p.last_reply, Some(ms(1140)));
         assert!(!p.silent(ms(1151), ms(100)));
+        // Others must be heard after the owner's last answer + 2 intervals,
+        // and within the window.
+        assert_eq!(p.others_needed_after(ms(1241), ms(100), ms(20)), ms(1180));
+        assert_eq!(p.others_needed_after(ms(1400), ms(100), ms(20)), ms(1300));
     }
 }

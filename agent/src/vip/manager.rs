@@ -1119,7 +1119,14 @@ impl Manager {
         self.send_probe(ifname, dst, vip).await;
         if silent && !suspected {
             let owner_ip = self.peers.address_of(&owner.0);
-            if self.peers.any_other_heard(owner_ip, window) {
+            let after = self
+                .vips
+                .get(id)
+                .and_then(|v| v.probe.as_ref())
+                .map_or(now, |p| {
+                    p.others_needed_after(now, window, self.settings.fast.probe_interval)
+                });
+            if self.peers.any_other_heard_after(owner_ip, after) {
                 let quiet_ms = self.vips.get(id).and_then(|v| v.probe.as_ref()).map(|p| {
                     now.saturating_sub(p.last_reply.unwrap_or(p.since))
                         .as_millis()
