@@ -136,8 +136,8 @@ impl PeerHealth {
         self.lock().addresses.get(hostname).copied()
     }
 
-    fn sample(inner: &Inner, ip: Ipv4Addr) -> Option<PeerSample> {
-        inner.watcher.as_ref()?.sample(ip)
+    fn sample(inner: &mut Inner, ip: Ipv4Addr) -> Option<PeerSample> {
+        inner.watcher.as_mut()?.sample(ip)
     }
 
     /// Whether any peer other than `except` was heard (heartbeat or VXLAN)
@@ -145,37 +145,44 @@ impl PeerHealth {
     /// at a time the owner should have answered.
     #[must_use]
     pub fn any_other_heard_after(&self, except: Option<IpAddr>, after: Duration) -> bool {
-        let inner = self.lock();
-        inner
+        let mut inner = self.lock();
+        let ips: Vec<Ipv4Addr> = inner
             .peers
             .keys()
             .filter(|ip| except != Some(IpAddr::V4(**ip)))
-            .filter_map(|ip| Self::sample(&inner, *ip)?.last_seen())
+            .copied()
+            .collect();
+        ips.into_iter()
+            .filter_map(|ip| Self::sample(&mut inner, ip)?.last_seen())
             .any(|t| t > after)
     }
 
     /// The liveness table, by host name.
     #[must_use]
     pub fn table(&self) -> Vec<PeerLiveness> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         let now = ktime_now();
         let ms = |t: Option<Duration>| t.map(|t| now.saturating_sub(t).as_secs_f64() * 1000.0);
         let dead_after = self.settings.dead_after();
-        let mut rows: Vec<_> = inner
+        let addresses: Vec<(String, IpAddr)> = inner
             .addresses
             .iter()
+            .map(|(h, a)| (h.clone(), *a))
+            .collect();
+        let mut rows: Vec<_> = addresses
+            .into_iter()
             .map(|(hostname, address)| {
                 let (sample, history) = match address {
                     IpAddr::V4(v4) => (
-                        Self::sample(&inner, *v4).unwrap_or_default(),
-                        inner.peers.get(v4).map(|p| &p.history),
+                        Self::sample(&mut inner, v4).unwrap_or_default(),
+                        inner.peers.get(&v4).map(|p| &p.history),
                     ),
                     IpAddr::V6(_) => (PeerSample::default(), None),
                 };
                 let last = sample.last_seen();
                 PeerLiveness {
-                    hostname: hostname.clone(),
-                    address: *address,
+                    hostname,
+                    address,
                     last_seen_ms: ms(last),
                     heartbeat_age_ms: ms(sample.last_heartbeat),
                     vxlan_age_ms: ms(sample.last_vxlan),
@@ -231,10 +238,10 @@ impl PeerHealth {
     fn record(&self) {
         let mut inner = self.lock();
         let now = ktime_now();
-        let samples: Vec<_> = inner
-            .peers
-            .keys()
-            .map(|ip| (*ip, Self::sample(&inner, *ip).map_or(0, |s| s.heartbeats)))
+        let ips: Vec<Ipv4Addr> = inner.peers.keys().copied().collect();
+        let samples: Vec<_> = ips
+            .into_iter()
+            .map(|ip| (ip, Self::sample(&mut inner, ip).map_or(0, |s| s.heartbeats)))
             .collect();
         for (ip, count) in samples {
             if let Some(p) = inner.peers.get_mut(&ip) {

@@ -5,7 +5,7 @@
 //! `vip_watch` (who answers for each floating IP) and `peer_watch` (when
 //! each peer was last heard on the underlay).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use aya::{Ebpf, EbpfError};
 use linkmesh_common::{
     ARP_EVENT_SIZE, ARP_EVENTS_MAP, ARP_OP_REPLY, ARP_OP_REQUEST, ARP_PROGRAM, ArpEvent,
     CONFLICT_EVENT_SIZE, CONFLICTS_MAP, ConflictEvent, DROP_RING_FULL, DROPS_MAP, PEER_PORTS_MAP,
-    PEER_PROGRAM, PEER_STATS_MAP, PEERS_MAP, PORT_HEARTBEAT, PORT_VXLAN, PeerStats, VIP_PROGRAM,
+    PEER_PROGRAM, PEER_STATS_MAP, PORT_HEARTBEAT, PORT_VXLAN, PeerStats, VIP_PROGRAM,
     VIP_SEEN_MAP, VIP_WHO_HAS_MAP, VIPS_MAP, VipInfo, VipSeen,
 };
 use tokio::io::unix::AsyncFd;
@@ -516,14 +516,98 @@ impl PeerSample {
     }
 }
 
+fn map_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::maps::Map, WatchError> {
+    ebpf.map_mut(name).ok_or(WatchError::MissingMap(name))
+}
+
+fn peer_stats(
+    ebpf: &mut Ebpf,
+) -> Result<aya::maps::PerCpuHashMap<&mut MapData, u32, PeerStats>, WatchError> {
+    aya::maps::PerCpuHashMap::try_from(map_mut(ebpf, PEER_STATS_MAP)?).map_err(|source| {
+        WatchError::Map {
+            map: PEER_STATS_MAP,
+            source,
+        }
+    })
+}
+
+/// Makes `peer_watch`'s peer set exactly `want`: an empty entry for each
+/// new peer, gone ones (and their statistics) removed.
+pub fn set_peers(ebpf: &mut Ebpf, want: &BTreeSet<Ipv4Addr>) -> Result<(), WatchError> {
+    let map_err = |source| WatchError::Map {
+        map: PEER_STATS_MAP,
+        source,
+    };
+    let mut stats = peer_stats(ebpf)?;
+    let have: BTreeSet<u32> = stats.keys().filter_map(Result::ok).collect();
+    for k in &have {
+        if !want.contains(&Ipv4Addr::from(k.to_ne_bytes())) {
+            let _ = stats.remove(k);
+        }
+    }
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| WatchError::Map {
+        map: PEER_STATS_MAP,
+        source: MapError::IoError(e),
+    })?;
+    for ip in want {
+        if !have.contains(&key(*ip)) {
+            let empty = aya::maps::PerCpuValues::try_from(vec![PeerStats::default(); cpus])
+                .map_err(|e| map_err(MapError::IoError(e)))?;
+            stats.insert(key(*ip), empty, 0).map_err(map_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets what `peer_watch` counts on UDP destination `port`: heartbeats,
+/// VXLAN, or (`None`) nothing.
+pub fn set_port(ebpf: &mut Ebpf, port: u16, kind: Option<PortKind>) -> Result<(), WatchError> {
+    let mut ports: aya::maps::Array<&mut MapData, u8> =
+        aya::maps::Array::try_from(map_mut(ebpf, PEER_PORTS_MAP)?).map_err(|source| {
+            WatchError::Map {
+                map: PEER_PORTS_MAP,
+                source,
+            }
+        })?;
+    let value = match kind {
+        Some(PortKind::Heartbeat) => PORT_HEARTBEAT,
+        Some(PortKind::Vxlan) => PORT_VXLAN,
+        None => 0,
+    };
+    ports
+        .set(u32::from(port), value, 0)
+        .map_err(|source| WatchError::Map {
+            map: PEER_PORTS_MAP,
+            source,
+        })
+}
+
+/// What `peer_watch` saw from `ip` (`None`: not a known peer).
+#[must_use]
+pub fn peer_sample(ebpf: &mut Ebpf, ip: Ipv4Addr) -> Option<PeerSample> {
+    let stats = peer_stats(ebpf).ok()?;
+    stats
+        .get(&key(ip), 0)
+        .ok()
+        .map(|v| PeerSample::from_cpus(&v))
+}
+
+/// What a watched UDP port carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortKind {
+    Heartbeat,
+    Vxlan,
+}
+
 /// The peer watcher: `peer_watch` on the underlay, the peers and ports it
 /// counts, and what it saw.
 pub struct PeerWatcher {
     ebpf: Ebpf,
-    peers: aya::maps::HashMap<MapData, u32, u8>,
-    ports: aya::maps::HashMap<MapData, u16, u8>,
-    stats: aya::maps::PerCpuHashMap<MapData, u32, PeerStats>,
-    attached: std::collections::BTreeSet<String>,
+    ports: BTreeMap<u16, PortKind>,
+    attached: BTreeSet<String>,
 }
 
 impl PeerWatcher {
@@ -531,19 +615,10 @@ impl PeerWatcher {
     pub fn new() -> Result<Self, WatchError> {
         let mut ebpf = load()?;
         load_classifier(&mut ebpf, PEER_PROGRAM)?;
-        let map_err = |map: &'static str| move |source| WatchError::Map { map, source };
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(WatchError::MissingMap(name));
-        let peers = aya::maps::HashMap::try_from(take(PEERS_MAP)?).map_err(map_err(PEERS_MAP))?;
-        let ports =
-            aya::maps::HashMap::try_from(take(PEER_PORTS_MAP)?).map_err(map_err(PEER_PORTS_MAP))?;
-        let stats = aya::maps::PerCpuHashMap::try_from(take(PEER_STATS_MAP)?)
-            .map_err(map_err(PEER_STATS_MAP))?;
         Ok(Self {
             ebpf,
-            peers,
-            ports,
-            stats,
-            attached: std::collections::BTreeSet::new(),
+            ports: BTreeMap::new(),
+            attached: BTreeSet::new(),
         })
     }
 
@@ -557,61 +632,34 @@ impl PeerWatcher {
         Ok(())
     }
 
-    /// Makes the peer set exactly `want`; forgets the others' statistics.
-    pub fn set_peers(
-        &mut self,
-        want: &std::collections::BTreeSet<Ipv4Addr>,
-    ) -> Result<(), WatchError> {
-        let have: Vec<u32> = self.peers.keys().filter_map(Result::ok).collect();
-        for k in have {
-            if !want.contains(&Ipv4Addr::from(k.to_ne_bytes())) {
-                let _ = self.peers.remove(&k);
-                let _ = self.stats.remove(&k);
-            }
-        }
-        for ip in want {
-            self.peers
-                .insert(key(*ip), 1, 0)
-                .map_err(|source| WatchError::Map {
-                    map: PEERS_MAP,
-                    source,
-                })?;
-        }
-        Ok(())
+    /// Makes the peer set exactly `want`.
+    pub fn set_peers(&mut self, want: &BTreeSet<Ipv4Addr>) -> Result<(), WatchError> {
+        set_peers(&mut self.ebpf, want)
     }
 
     /// Makes the counted ports exactly the heartbeat port and `vxlan`.
-    pub fn set_ports(
-        &mut self,
-        heartbeat: u16,
-        vxlan: &std::collections::BTreeSet<u16>,
-    ) -> Result<(), WatchError> {
-        let mut want: BTreeMap<u16, u8> = vxlan.iter().map(|p| (*p, PORT_VXLAN)).collect();
-        want.insert(heartbeat, PORT_HEARTBEAT);
-        let have: Vec<u16> = self.ports.keys().filter_map(Result::ok).collect();
-        for port in have {
-            if !want.contains_key(&port) {
-                let _ = self.ports.remove(&port);
+    pub fn set_ports(&mut self, heartbeat: u16, vxlan: &BTreeSet<u16>) -> Result<(), WatchError> {
+        let mut want: BTreeMap<u16, PortKind> =
+            vxlan.iter().map(|p| (*p, PortKind::Vxlan)).collect();
+        want.insert(heartbeat, PortKind::Heartbeat);
+        for port in self.ports.keys() {
+            if !want.contains_key(port) {
+                set_port(&mut self.ebpf, *port, None)?;
             }
         }
-        for (port, kind) in want {
-            self.ports
-                .insert(port, kind, 0)
-                .map_err(|source| WatchError::Map {
-                    map: PEER_PORTS_MAP,
-                    source,
-                })?;
+        for (port, kind) in &want {
+            if self.ports.get(port) != Some(kind) {
+                set_port(&mut self.ebpf, *port, Some(*kind))?;
+            }
         }
+        self.ports = want;
         Ok(())
     }
 
-    /// What the program saw from `ip` (`None`: nothing yet).
+    /// What the program saw from `ip` (`None`: not a known peer).
     #[must_use]
-    pub fn sample(&self, ip: Ipv4Addr) -> Option<PeerSample> {
-        self.stats
-            .get(&key(ip), 0)
-            .ok()
-            .map(|v| PeerSample::from_cpus(&v))
+    pub fn sample(&mut self, ip: Ipv4Addr) -> Option<PeerSample> {
+        peer_sample(&mut self.ebpf, ip)
     }
 }
 

@@ -4,12 +4,10 @@
 
 use std::net::Ipv4Addr;
 
-use aya::maps::{HashMap, MapData, PerCpuHashMap};
 use aya::programs::{TestRun, TestRunOptions};
-use linkmesh::{peers, watch};
-use linkmesh_common::{
-    PEER_PORTS_MAP, PEER_PROGRAM, PEER_STATS_MAP, PEERS_MAP, PORT_HEARTBEAT, PORT_VXLAN, PeerStats,
-};
+use linkmesh::peers;
+use linkmesh::watch::{self, PortKind};
+use linkmesh_common::{PEER_PROGRAM, PeerStats};
 use linkmesh_tests::frame::{self, ETH_P_8021AD, ETH_P_8021Q, IPV4_OFFSET, VXLAN_PORT};
 use linkmesh_tests::require_root;
 
@@ -53,31 +51,20 @@ fn monotonic_ns() -> u64 {
 
 struct Loaded {
     ebpf: aya::Ebpf,
-    stats: PerCpuHashMap<MapData, u32, PeerStats>,
 }
 
 impl Loaded {
-    /// The program with `PEER` known, the heartbeat port and one VXLAN port.
+    /// The program with `PEER` known, the heartbeat port and one VXLAN
+    /// port, set up the way the agent does it.
     fn new() -> Self {
         let mut ebpf = watch::load().expect("loading the object");
         watch::load_classifier(&mut ebpf, PEER_PROGRAM).expect("loading peer_watch");
-        let mut known: HashMap<_, u32, u8> =
-            HashMap::try_from(ebpf.take_map(PEERS_MAP).expect("PEERS")).expect("a hash map");
-        known
-            .insert(u32::from_ne_bytes(PEER.octets()), 1, 0)
-            .expect("adding the peer");
-        let mut ports: HashMap<_, u16, u8> =
-            HashMap::try_from(ebpf.take_map(PEER_PORTS_MAP).expect("PEER_PORTS"))
-                .expect("a hash map");
-        ports
-            .insert(HEARTBEAT_PORT, PORT_HEARTBEAT, 0)
+        watch::set_peers(&mut ebpf, &[PEER].into()).expect("adding the peer");
+        watch::set_port(&mut ebpf, HEARTBEAT_PORT, Some(PortKind::Heartbeat))
             .expect("adding the heartbeat port");
-        ports
-            .insert(VXLAN_PORT, PORT_VXLAN, 0)
+        watch::set_port(&mut ebpf, VXLAN_PORT, Some(PortKind::Vxlan))
             .expect("adding the VXLAN port");
-        let stats = PerCpuHashMap::try_from(ebpf.take_map(PEER_STATS_MAP).expect("PEER_STATS"))
-            .expect("a per-CPU hash map");
-        Self { ebpf, stats }
+        Self { ebpf }
     }
 
     fn run(&mut self, frame: &[u8], repeat: u32) -> u32 {
@@ -92,16 +79,18 @@ impl Loaded {
             .return_value
     }
 
-    /// `peer`'s stats over all CPUs (counters summed, latest times), or
-    /// `None` when the program has no entry for it.
-    fn stats(&self, peer: Ipv4Addr) -> Option<PeerStats> {
-        let per_cpu = self.stats.get(&u32::from_ne_bytes(peer.octets()), 0).ok()?;
-        Some(per_cpu.iter().fold(PeerStats::default(), |a, s| PeerStats {
-            last_heartbeat_ns: a.last_heartbeat_ns.max(s.last_heartbeat_ns),
-            last_vxlan_ns: a.last_vxlan_ns.max(s.last_vxlan_ns),
-            heartbeats: a.heartbeats + s.heartbeats,
-            vxlan_packets: a.vxlan_packets + s.vxlan_packets,
-        }))
+    /// `peer`'s stats over all CPUs (counters summed, latest times), as
+    /// the agent reads them, or `None` for a peer the program does not know.
+    fn stats(&mut self, peer: Ipv4Addr) -> Option<PeerStats> {
+        let ns = |t: Option<std::time::Duration>| {
+            t.map_or(0, |d| u64::try_from(d.as_nanos()).expect("fits"))
+        };
+        watch::peer_sample(&mut self.ebpf, peer).map(|s| PeerStats {
+            last_heartbeat_ns: ns(s.last_heartbeat),
+            last_vxlan_ns: ns(s.last_vxlan),
+            heartbeats: s.heartbeats,
+            vxlan_packets: s.vxlan_packets,
+        })
     }
 }
 
@@ -109,7 +98,12 @@ impl Loaded {
 fn heartbeats_from_a_peer_are_counted_timestamped_and_consumed() {
     require_root!();
     let mut bpf = Loaded::new();
-    assert_eq!(bpf.stats(PEER), None, "nothing before the first packet");
+    assert_eq!(
+        bpf.stats(PEER),
+        Some(PeerStats::default()),
+        "known, nothing counted before the first packet"
+    );
+    assert_eq!(bpf.stats(STRANGER), None, "not a peer");
 
     let before = monotonic_ns();
     assert_eq!(bpf.run(&heartbeat(&[]), 1), TC_ACT_SHOT);

@@ -158,19 +158,21 @@ impl ConflictEvent {
 /// The TC classifier that watches heartbeats and VXLAN traffic from peers
 /// on the underlay.
 pub const PEER_PROGRAM: &str = "peer_watch";
-/// Hash map: a peer's underlay IPv4 address (wire bytes read as a native
-/// `u32`) -> 1. Kept by the agent; traffic from anyone else is ignored.
-pub const PEERS_MAP: &str = "PEERS";
-/// Hash map: UDP destination port (host byte order) -> [`PORT_HEARTBEAT`]
-/// or [`PORT_VXLAN`]. Kept by the agent.
+/// Array of 65536 bytes indexed by UDP destination port (host byte order):
+/// [`PORT_HEARTBEAT`], [`PORT_VXLAN`] or 0. Kept by the agent. An array,
+/// not a hash: the lookup is a bounds check and an add.
 pub const PEER_PORTS_MAP: &str = "PEER_PORTS";
-/// Per-CPU LRU hash map: peer address -> [`PeerStats`] (user space sums
-/// the counters and takes the latest times over CPUs).
+/// Per-CPU LRU hash map: peer underlay IPv4 address (wire bytes read as a
+/// native `u32`) -> [`PeerStats`]. This is also the peer set: the agent
+/// inserts an entry for every registered peer and removes gone ones; the
+/// program only updates entries that exist, so traffic from anyone else is
+/// ignored. User space sums the counters and takes the latest times over
+/// CPUs.
 pub const PEER_STATS_MAP: &str = "PEER_STATS";
 /// Entries the peer maps hold.
 pub const MAX_PEERS: u32 = 8192;
-/// Ports the program tells apart (heartbeat plus each segment's VXLAN port).
-pub const MAX_PEER_PORTS: u32 = 64;
+/// Entries of [`PEER_PORTS_MAP`]: one per UDP port.
+pub const PEER_PORT_SLOTS: u32 = 65536;
 /// [`PEER_PORTS_MAP`] value: the heartbeat port.
 pub const PORT_HEARTBEAT: u8 = 1;
 /// [`PEER_PORTS_MAP`] value: a VXLAN port.

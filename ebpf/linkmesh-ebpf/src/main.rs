@@ -20,12 +20,12 @@ use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TcContext,
 };
 use linkmesh_common::{
     ArpEvent, CONFLICT_INTERVAL_NS, ConflictEvent, DROP_RING_FULL, DROP_SLOTS, HEARTBEAT_MAGIC,
-    MAX_PEER_PORTS, MAX_PEERS, MAX_VIPS, PORT_HEARTBEAT, PeerStats, VipInfo, VipSeen,
+    MAX_PEERS, MAX_VIPS, PEER_PORT_SLOTS, PORT_HEARTBEAT, PeerStats, VipInfo, VipSeen,
 };
 
 /// 256 KiB: about 6,500 events before user space must read.
@@ -51,11 +51,8 @@ static CONFLICT_LAST: HashMap<u32, u64> = HashMap::with_max_entries(MAX_VIPS, 0)
 #[map(name = "CONFLICTS")]
 static CONFLICTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
-#[map(name = "PEERS")]
-static PEERS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PEERS, 0);
-
 #[map(name = "PEER_PORTS")]
-static PEER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PEER_PORTS, 0);
+static PEER_PORTS: Array<u8> = Array::with_max_entries(PEER_PORT_SLOTS, 0);
 
 #[map(name = "PEER_STATS")]
 static PEER_STATS: LruPerCpuHashMap<u32, PeerStats> =
@@ -258,80 +255,99 @@ fn report_conflict(ctx: &TcContext, ip: u32, arp: &ArpIpv4, info: &VipInfo, op: 
 /// heartbeat and its VXLAN traffic, and how many packets of each. Heartbeats
 /// from known peers are consumed here (`TC_ACT_SHOT`): they exist only for
 /// this program, so no socket wakes up for them. Everything else passes.
+///
+/// It runs on every underlay packet, so it reads headers by direct packet
+/// access (no helper call per field), looks the port up in an array and
+/// makes a single hash lookup, for a known peer's packets only.
 #[classifier]
 pub fn peer_watch(ctx: TcContext) -> i32 {
     match try_peer_watch(&ctx) {
-        Ok(true) => TC_ACT_SHOT,
+        Some(true) => TC_ACT_SHOT,
         _ => TC_ACT_UNSPEC,
     }
 }
 
+/// The deepest byte `peer_watch` reads: two VLAN tags, an IPv4 header with
+/// options, the UDP header and the heartbeat magic.
+const PEER_HEADROOM: usize = 14 + 2 * 4 + 60 + 8 + 4;
+
+/// A `T` read from the packet at `offset`, if the linear data holds it.
+#[inline(always)]
+fn read<T: Copy>(start: usize, end: usize, offset: usize) -> Option<T> {
+    let at = start + offset;
+    if at + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: [at, at + size_of::<T>()) lies inside the packet's linear
+    // data (checked above, which is what the verifier checks too);
+    // read_unaligned makes no alignment assumption.
+    Some(unsafe { core::ptr::read_unaligned(at as *const T) })
+}
+
 /// Whether the packet was a heartbeat from a known peer.
 #[inline(always)]
-fn try_peer_watch(ctx: &TcContext) -> Result<bool, i64> {
-    let (proto, offset, _vlan) = ether_payload(ctx)?;
-    if proto != ETH_P_IPV4 {
-        return Ok(false);
+fn try_peer_watch(ctx: &TcContext) -> Option<bool> {
+    let (mut start, mut end) = (ctx.data(), ctx.data_end());
+    let len = ctx.len() as usize;
+    if end - start < PEER_HEADROOM && len > end - start {
+        // Headers outside the linear data (rare): make them linear once.
+        let want = if len < PEER_HEADROOM {
+            len
+        } else {
+            PEER_HEADROOM
+        };
+        ctx.pull_data(want as u32).ok()?;
+        start = ctx.data();
+        end = ctx.data_end();
     }
-    let ip: Ipv4Header = ctx.load(offset)?;
+
+    let mut offset = ETH_TYPE_OFFSET;
+    let mut proto = be16(read(start, end, offset)?);
+    for _ in 0..MAX_VLAN_TAGS {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            break;
+        }
+        offset += 4;
+        proto = be16(read(start, end, offset)?);
+    }
+    if proto != ETH_P_IPV4 {
+        return Some(false);
+    }
+    let ip: Ipv4Header = read(start, end, offset + 2)?;
     let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
     if ip.version_ihl >> 4 != 4 || ihl < 20 || ip.protocol != IPPROTO_UDP {
-        return Ok(false);
+        return Some(false);
     }
     // Only first fragments (or whole datagrams) carry the UDP header.
     if be16(ip.frag_off) & IP_FRAG_OFFSET_MASK != 0 {
-        return Ok(false);
+        return Some(false);
     }
-    let source = u32::from_ne_bytes(ip.saddr);
-    // SAFETY: a map lookup.
-    if unsafe { PEERS.get(&source) }.is_none() {
-        return Ok(false);
+    let udp = offset + 2 + ihl;
+    let port = be16(read(start, end, udp + 2)?);
+    let kind = *PEER_PORTS.get(u32::from(port))?;
+    if kind == 0 {
+        return Some(false);
     }
-    let udp = offset + ihl;
-    let port = be16(ctx.load::<[u8; 2]>(udp + 2)?);
-    // SAFETY: a map lookup; the value is copied out at once.
-    let kind = match unsafe { PEER_PORTS.get(&port) }.copied() {
-        Some(kind) => kind,
-        None => return Ok(false),
-    };
     let heartbeat = kind == PORT_HEARTBEAT;
-    if heartbeat && ctx.load::<[u8; 4]>(udp + 8)? != HEARTBEAT_MAGIC {
-        return Ok(false);
+    if heartbeat && read::<[u8; 4]>(start, end, udp + 8)? != HEARTBEAT_MAGIC {
+        return Some(false);
     }
+    // Known peers have an entry (the agent keeps one per peer).
+    let stats = PEER_STATS.get_ptr_mut(&u32::from_ne_bytes(ip.saddr))?;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    match PEER_STATS.get_ptr_mut(&source) {
-        Some(stats) => {
-            // SAFETY: this CPU's slot of a live map value; only this CPU
-            // writes it while we run.
-            unsafe {
-                if heartbeat {
-                    (*stats).last_heartbeat_ns = now;
-                    (*stats).heartbeats += 1;
-                } else {
-                    (*stats).last_vxlan_ns = now;
-                    (*stats).vxlan_packets += 1;
-                }
-            }
-        }
-        None => {
-            let stats = if heartbeat {
-                PeerStats {
-                    last_heartbeat_ns: now,
-                    heartbeats: 1,
-                    ..PeerStats::default()
-                }
-            } else {
-                PeerStats {
-                    last_vxlan_ns: now,
-                    vxlan_packets: 1,
-                    ..PeerStats::default()
-                }
-            };
-            let _ = PEER_STATS.insert(&source, &stats, 0);
+    // SAFETY: this CPU's slot of a live map value; only this CPU writes it
+    // while we run.
+    unsafe {
+        if heartbeat {
+            (*stats).last_heartbeat_ns = now;
+            (*stats).heartbeats += 1;
+        } else {
+            (*stats).last_vxlan_ns = now;
+            (*stats).vxlan_packets += 1;
         }
     }
-    Ok(heartbeat)
+    Some(heartbeat)
 }
 
 /// The fixed part of an IPv4 header.

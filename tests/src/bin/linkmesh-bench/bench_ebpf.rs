@@ -14,13 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use aya::Ebpf;
-use aya::maps::{HashMap, PerCpuHashMap, RingBuf};
+use aya::maps::{HashMap, RingBuf};
 use aya::programs::{TcAttachType, TestRun, TestRunOptions};
-use linkmesh::{peers, watch};
-use linkmesh_common::{
-    ARP_EVENTS_MAP, ARP_PROGRAM, PEER_PORTS_MAP, PEER_PROGRAM, PEER_STATS_MAP, PEERS_MAP,
-    PORT_HEARTBEAT, PORT_VXLAN, PeerStats, VIP_PROGRAM, VIPS_MAP, VipInfo,
-};
+use linkmesh::peers;
+use linkmesh::watch::{self, PortKind};
+use linkmesh_common::{ARP_EVENTS_MAP, ARP_PROGRAM, PEER_PROGRAM, VIP_PROGRAM, VIPS_MAP, VipInfo};
 use linkmesh_tests::frame::{self, VXLAN_PORT};
 use linkmesh_tests::lab::{Host, Lab};
 use linkmesh_tests::netns;
@@ -46,13 +44,9 @@ const GOAL_RATIO: f64 = 0.98;
 /// Fills the maps the way an agent would: `peer` is a known peer, the
 /// heartbeat port and a VXLAN port are watched, [`VIP`] is a VIP we hold.
 fn configure(ebpf: &mut Ebpf, peer: Ipv4Addr) -> anyhow::Result<()> {
-    let mut peers: HashMap<_, u32, u8> =
-        HashMap::try_from(ebpf.map_mut(PEERS_MAP).context("no PEERS map")?)?;
-    peers.insert(u32::from_ne_bytes(peer.octets()), 1, 0)?;
-    let mut ports: HashMap<_, u16, u8> =
-        HashMap::try_from(ebpf.map_mut(PEER_PORTS_MAP).context("no PEER_PORTS map")?)?;
-    ports.insert(HEARTBEAT_PORT, PORT_HEARTBEAT, 0)?;
-    ports.insert(VXLAN_PORT, PORT_VXLAN, 0)?;
+    watch::set_peers(ebpf, &[peer].into())?;
+    watch::set_port(ebpf, HEARTBEAT_PORT, Some(PortKind::Heartbeat))?;
+    watch::set_port(ebpf, VXLAN_PORT, Some(PortKind::Vxlan))?;
     let mut vips: HashMap<_, u32, VipInfo> =
         HashMap::try_from(ebpf.map_mut(VIPS_MAP).context("no VIPS map")?)?;
     let info = VipInfo {
@@ -75,12 +69,8 @@ fn load(peer: Ipv4Addr) -> anyhow::Result<Ebpf> {
 }
 
 /// The VXLAN packets `peer_watch` counted from `peer`, over all CPUs.
-fn vxlan_packets(ebpf: &Ebpf, peer: Ipv4Addr) -> anyhow::Result<u64> {
-    let stats: PerCpuHashMap<_, u32, PeerStats> =
-        PerCpuHashMap::try_from(ebpf.map(PEER_STATS_MAP).context("no PEER_STATS map")?)?;
-    Ok(stats
-        .get(&u32::from_ne_bytes(peer.octets()), 0)
-        .map_or(0, |per_cpu| per_cpu.iter().map(|s| s.vxlan_packets).sum()))
+fn vxlan_packets(ebpf: &mut Ebpf, peer: Ipv4Addr) -> u64 {
+    watch::peer_sample(ebpf, peer).map_or(0, |s| s.vxlan_packets)
 }
 
 // ---- BPF_PROG_TEST_RUN ------------------------------------------------------
@@ -258,9 +248,9 @@ impl Attached {
             let _ = ready_tx.send(());
             // A stop, or the bench gone: either way detach here.
             let _ = stop_rx.recv();
-            let counted = vxlan_packets(&ebpf, peer);
+            let counted = vxlan_packets(&mut ebpf, peer);
             drop(ebpf);
-            counted
+            Ok(counted)
         });
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(()) => Ok(Self { stop, thread }),
