@@ -17,8 +17,8 @@ use aya::{Ebpf, EbpfError};
 use linkmesh_common::{
     ARP_EVENT_SIZE, ARP_EVENTS_MAP, ARP_OP_REPLY, ARP_OP_REQUEST, ARP_PROGRAM, ArpEvent,
     CONFLICT_EVENT_SIZE, CONFLICTS_MAP, ConflictEvent, DROP_RING_FULL, DROPS_MAP, PEER_PORTS_MAP,
-    PEER_PROGRAM, PEER_STATS_MAP, PORT_HEARTBEAT, PORT_VXLAN, PeerStats, VIP_PROGRAM,
-    VIP_SEEN_MAP, VIP_WHO_HAS_MAP, VIPS_MAP, VipInfo, VipSeen,
+    PEER_PROGRAM, PEER_STATS_MAP, PORT_HEARTBEAT, PORT_VXLAN, PeerStats, VIP_PROGRAM, VIP_SEEN_MAP,
+    VIP_WHO_HAS_MAP, VIPS_MAP, VipInfo, VipSeen,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -487,7 +487,9 @@ pub fn ktime_now() -> Duration {
     )
 }
 
-/// What `peer_watch` saw from one peer, summed over CPUs.
+/// What `peer_watch` saw from one peer, summed over CPUs. Its times come
+/// from the coarse monotonic clock: at most one scheduler tick (4 ms at
+/// HZ=250) behind [`ktime_now`], so ages read up to a tick too old.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerSample {
     /// Monotonic time of the last heartbeat.

@@ -34,7 +34,8 @@ fn vxlan_from_peer() -> Vec<u8> {
     frame::vxlan(PEER, US, 100, &frame::tcp(PEER, US, 80))
 }
 
-/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
+/// `CLOCK_MONOTONIC_COARSE`, the clock of `bpf_ktime_get_coarse_ns`, which
+/// `peer_watch` stamps with.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -42,7 +43,7 @@ fn monotonic_ns() -> u64 {
     };
     // SAFETY: clock_gettime writes only into the timespec we pass.
     assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) },
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) },
         0
     );
     u64::try_from(ts.tv_sec).expect("after boot") * 1_000_000_000

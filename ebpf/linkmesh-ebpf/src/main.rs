@@ -18,7 +18,7 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map},
     maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TcContext,
@@ -335,7 +335,10 @@ fn try_peer_watch(ctx: &TcContext) -> Option<bool> {
     // Known peers have an entry (the agent keeps one per peer).
     let stats = PEER_STATS.get_ptr_mut(&u32::from_ne_bytes(ip.saddr))?;
     // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The coarse clock (CLOCK_MONOTONIC_COARSE, a tick behind at most) is a
+    // plain read of the time the kernel kept at the last tick: a third of
+    // the cost of the exact one, and ages are judged in tens of ms.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: this CPU's slot of a live map value; only this CPU writes it
     // while we run.
     unsafe {
