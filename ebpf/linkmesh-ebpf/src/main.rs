@@ -129,6 +129,14 @@ fn ether_payload(ctx: &TcContext) -> Result<(u16, usize, u16), i64> {
 /// VLAN id (0 when untagged).
 #[inline(always)]
 fn parse_arp(ctx: &TcContext) -> Result<Option<(ArpIpv4, u16)>, i64> {
+    // Most frames are not ARP: tell from the EtherType read in place,
+    // without a helper call (the programs run on every packet).
+    if let Some(proto) = read::<[u8; 2]>(ctx.data(), ctx.data_end(), ETH_TYPE_OFFSET) {
+        let proto = be16(proto);
+        if proto != ETH_P_ARP && proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            return Ok(None);
+        }
+    }
     let (proto, offset, vlan_id) = ether_payload(ctx)?;
     if proto != ETH_P_ARP {
         return Ok(None);

@@ -25,6 +25,9 @@ use linkmesh_tests::netns;
 use linkmesh_tests::process::Process;
 
 const PROGRAMS: [&str; 3] = [ARP_PROGRAM, VIP_PROGRAM, PEER_PROGRAM];
+/// What a running agent attaches to an interface that is both its underlay
+/// and a VIP interface (`arp_watch` only serves `linkmesh watch-arp`).
+const AGENT_PROGRAMS: [&str; 2] = [VIP_PROGRAM, PEER_PROGRAM];
 const TC_ACT_SHOT: u32 = 2;
 /// `TC_ACT_UNSPEC` (-1): on to the next program (`TCX_NEXT`), then the stack.
 const TC_ACT_UNSPEC: u32 = u32::MAX;
@@ -240,7 +243,7 @@ impl Attached {
         let ifname = host.ifname.clone();
         let thread = netns::spawn_in(&host.netns, move || {
             let mut ebpf = load(peer)?;
-            for name in PROGRAMS {
+            for name in AGENT_PROGRAMS {
                 watch::load_classifier(&mut ebpf, name)?
                     .attach(&ifname, TcAttachType::Ingress)
                     .with_context(|| format!("attaching {name} to {ifname}"))?;
@@ -387,7 +390,7 @@ pub fn main() -> anyhow::Result<()> {
     let runs: usize = std::env::var("LINKMESH_BENCH_RUNS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let only = std::env::var("LINKMESH_BENCH_ONLY").ok();
     let wanted = |part: &str| only.as_deref().is_none_or(|o| part.starts_with(o));
 
@@ -432,7 +435,7 @@ pub fn main() -> anyhow::Result<()> {
         println!(
             "ebpf benchmark: iperf3 h1 -> h2 (veth, bridge, veth), {IPERF_SECONDS} s per run, median of {runs}, \
              programs: {} on h2's eth0 ingress",
-            PROGRAMS.join(" + ")
+            AGENT_PROGRAMS.join(" + ")
         );
         println!(
             "{:<22} {:>14} {:>14} {:>8} {:>8}",
@@ -453,7 +456,7 @@ pub fn main() -> anyhow::Result<()> {
             );
         }
         println!(
-            "the receiver's PEERS map holds h1 and PEER_PORTS a VXLAN port ({VXLAN_PORT}); \
+            "the receiver's PEER_STATS map holds h1 and PEER_PORTS a VXLAN port ({VXLAN_PORT}); \
              UDP: 1400-byte datagrams, unlimited rate, rate as received."
         );
     }
