@@ -99,3 +99,24 @@ pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     f.extend_from_slice(&target.octets());
     f
 }
+
+/// `TC_ACT_UNSPEC` (-1) as `BPF_PROG_TEST_RUN` reports it: on to the next
+/// program (`TCX_NEXT`), then the stack.
+pub const TC_ACT_UNSPEC: u32 = u32::MAX;
+/// `TC_ACT_SHOT`: dropped (consumed).
+pub const TC_ACT_SHOT: u32 = 2;
+
+/// Runs the loaded classifier `program` of `ebpf` `repeat` times on `frame`
+/// through `BPF_PROG_TEST_RUN`; returns its return code.
+pub fn test_run(ebpf: &mut aya::Ebpf, program: &'static str, frame: &[u8], repeat: u32) -> u32 {
+    use aya::programs::{TestRun, TestRunOptions};
+    linkmesh::watch::load_classifier(ebpf, program)
+        .unwrap_or_else(|e| panic!("loading {program}: {e}"))
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN")
+        .return_value
+}

@@ -6,15 +6,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use aya::programs::{TestRun, TestRunOptions};
 use linkmesh::addr::MacAddr;
 use linkmesh::watch::{self, ArpOp, ArpPacket, ArpWatcher};
-use linkmesh_common::{ARP_EVENTS_MAP, ArpEvent, DROP_RING_FULL, DROPS_MAP};
+use linkmesh_common::{ARP_EVENTS_MAP, ARP_PROGRAM, ArpEvent, DROP_RING_FULL, DROPS_MAP};
+use linkmesh_tests::frame::{self, TC_ACT_UNSPEC};
 use linkmesh_tests::lab::{Host, Lab};
 use linkmesh_tests::{kernel, netns, require_root};
-
-/// `TC_ACT_UNSPEC` (-1): on to the next program (`TCX_NEXT`), then the stack.
-const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 /// Starts a watcher on `host`'s eth0; returns once it is attached, and a
 /// receiver for the packets it sees in the next `window`.
@@ -162,15 +159,7 @@ impl Loaded {
 
     /// Runs the classifier `repeat` times on `frame`; returns its return code.
     fn run(&mut self, frame: &[u8], repeat: u32) -> u32 {
-        let program = watch::load_arp_classifier(&mut self.ebpf).expect("classifier");
-        program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN")
-            .return_value
+        frame::test_run(&mut self.ebpf, ARP_PROGRAM, frame, repeat)
     }
 
     fn drain(&mut self) -> Vec<ArpEvent> {

@@ -4,16 +4,14 @@
 
 use std::net::Ipv4Addr;
 
-use aya::programs::{TestRun, TestRunOptions};
 use linkmesh::peers;
 use linkmesh::watch::{self, PortKind};
 use linkmesh_common::{PEER_PROGRAM, PeerStats};
-use linkmesh_tests::frame::{self, ETH_P_8021AD, ETH_P_8021Q, IPV4_OFFSET, VXLAN_PORT};
+use linkmesh_tests::frame::{
+    self, ETH_P_8021AD, ETH_P_8021Q, IPV4_OFFSET, TC_ACT_SHOT, TC_ACT_UNSPEC, VXLAN_PORT,
+};
 use linkmesh_tests::require_root;
 
-const TC_ACT_SHOT: u32 = 2;
-/// `TC_ACT_UNSPEC` (-1): on to the next program (`TCX_NEXT`), then the stack.
-const TC_ACT_UNSPEC: u32 = u32::MAX;
 const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const STRANGER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 9);
 const US: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -69,15 +67,7 @@ impl Loaded {
     }
 
     fn run(&mut self, frame: &[u8], repeat: u32) -> u32 {
-        watch::load_classifier(&mut self.ebpf, PEER_PROGRAM)
-            .expect("peer_watch")
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN")
-            .return_value
+        frame::test_run(&mut self.ebpf, PEER_PROGRAM, frame, repeat)
     }
 
     /// `peer`'s stats over all CPUs (counters summed, latest times), as

@@ -2,16 +2,14 @@
 //! VIPs, who answers for others', who-has counts, and the rate limit.
 
 use aya::maps::{HashMap, MapData, PerCpuHashMap, RingBuf};
-use aya::programs::{TestRun, TestRunOptions};
 use linkmesh::watch;
 use linkmesh_common::{
     CONFLICTS_MAP, ConflictEvent, VIP_PROGRAM, VIP_SEEN_MAP, VIP_WHO_HAS_MAP, VIPS_MAP, VipInfo,
     VipSeen,
 };
+use linkmesh_tests::frame::{self, TC_ACT_UNSPEC};
 use linkmesh_tests::require_root;
 
-/// `TC_ACT_UNSPEC` (-1): on to the next program (`TCX_NEXT`), then the stack.
-const TC_ACT_UNSPEC: u32 = u32::MAX;
 const OURS: [u8; 6] = [0x02, 0x18, 0, 0, 0, 1];
 const FOREIGN: [u8; 6] = [0x02, 0x18, 0, 0, 0, 9];
 const VIP: [u8; 4] = [198, 18, 0, 100];
@@ -90,15 +88,7 @@ impl Loaded {
     }
 
     fn run(&mut self, frame: &[u8], repeat: u32) -> u32 {
-        watch::load_classifier(&mut self.ebpf, VIP_PROGRAM)
-            .expect("vip_watch")
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN")
-            .return_value
+        frame::test_run(&mut self.ebpf, VIP_PROGRAM, frame, repeat)
     }
 
     fn drain(&mut self) -> Vec<ConflictEvent> {
