@@ -182,3 +182,54 @@ pub fn ping(ns: &str, target: &str, count: u32, interval: &str) -> (u32, u32) {
     let rx = numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0);
     (tx, rx)
 }
+
+/// The longest gap between replies in `ping -D` output (the client-side
+/// outage when probing every 10 ms); `None` with fewer than two replies.
+#[must_use]
+pub fn longest_gap(output: &str) -> Option<Duration> {
+    let stamps: Vec<f64> = output
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    let gap = stamps
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0_f64, f64::max);
+    (stamps.len() >= 2).then(|| Duration::from_secs_f64(gap))
+}
+
+/// Pings `target` from namespace `ns` every 10 ms for `seconds`, with
+/// timestamps (`ping -D`), on a thread; join it for the output.
+#[must_use]
+pub fn probe_every_10ms(
+    ns: &str,
+    target: &str,
+    seconds: u32,
+) -> std::thread::JoinHandle<std::io::Result<String>> {
+    let (ns, target) = (ns.to_owned(), target.to_owned());
+    std::thread::spawn(move || {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &ns, "ping", "-n", "-D", "-i", "0.01", "-W", "1", "-w",
+            ])
+            .arg(seconds.to_string())
+            .arg(&target)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_read_from_ping_timestamps() {
+        let out = "PING x\n[100.000] 64 bytes from x: icmp_seq=1\n[100.010] 64 bytes from x: icmp_seq=2\n\
+                   [100.350] 64 bytes from x: icmp_seq=30\n[100.360] 64 bytes from x\n";
+        let gap = longest_gap(out).expect("a gap");
+        assert!((gap.as_secs_f64() - 0.34).abs() < 1e-6, "{gap:?}");
+        assert_eq!(longest_gap("[1.0] 64 bytes from x"), None);
+    }
+}

@@ -70,22 +70,27 @@ pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
     step.done();
 
     if root {
-        // The integration tests run the agent binary.
-        step::run(cargo().current_dir(root_dir).args([
-            "build",
-            "--package",
-            "linkmesh",
-            "--bin",
-            "linkmesh",
-        ]))?;
+        // The integration tests run the agent binary; the demo runs last.
+        crate::demo::build(root_dir)?;
         let step = Step::start("integration tests (network namespaces, real etcd, real packets)");
-        let result = step::run_tests(
+        let mut result = step::run_tests(
             cargo()
                 .current_dir(root_dir)
                 .args(["test", "--package", "linkmesh-tests", "--tests", "--"])
                 .args(&args.test_args),
             &mut tally,
         );
+        if result.is_ok() && args.test_args.is_empty() {
+            // The README's first command, one unattended cycle.
+            let demo = Step::start("the demo, one cycle (cargo xtask demo --ci)");
+            result = step::run(&mut crate::demo::command(root_dir, true));
+            if result.is_ok() {
+                tally.passed += 1;
+                demo.done();
+            } else {
+                tally.failed += 1;
+            }
+        }
         // Check for leftovers even when a test failed: a failing test must
         // clean up too.
         let leftovers = leftovers();

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use linkmesh_tests::agent::{self, wait_until};
+use linkmesh_tests::agent::{self, longest_gap, wait_until};
 use linkmesh_tests::etcd::Etcd;
 use linkmesh_tests::lab::Lab;
 use linkmesh_tests::process::Process;
@@ -47,20 +47,6 @@ impl System {
 
 fn holders(lab: &Lab, vip: IpAddr) -> Vec<u8> {
     lab.holders(vip, 1..=3)
-}
-
-/// Longest gap between replies of `ping -D` output (probes every 10 ms).
-fn longest_gap(output: &str) -> Option<Duration> {
-    let stamps: Vec<f64> = output
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect();
-    let gap = stamps
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .fold(0.0_f64, f64::max);
-    (stamps.len() >= 2).then(|| Duration::from_secs_f64(gap))
 }
 
 fn keepalived_conf(lab: &Lab, host: u8, vip: IpAddr, advert_ms: u32) -> String {
@@ -145,27 +131,7 @@ pub fn run(system: System, failure: Failure) -> anyhow::Result<Duration> {
         (System::Keepalived { advert_ms: 1000 }, Failure::HardCrash) => 7,
         _ => 5,
     };
-    let ns = lab.host(CLIENT).netns.clone();
-    let target = vip.to_string();
-    let pinger = std::thread::spawn(move || {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                "ping",
-                "-n",
-                "-D",
-                "-i",
-                "0.01",
-                "-W",
-                "1",
-                "-w",
-                &window.to_string(),
-                &target,
-            ])
-            .output()
-    });
+    let pinger = agent::probe_every_10ms(&lab.host(CLIENT).netns, &vip.to_string(), window);
     std::thread::sleep(Duration::from_secs(1));
     let victim = &procs[usize::from(owner - 1)];
     match failure {
@@ -186,8 +152,7 @@ pub fn run(system: System, failure: Failure) -> anyhow::Result<Duration> {
             eprintln!("---- {}\n{}", p.log_path().display(), p.log());
         }
     }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let gap = longest_gap(&text).context("ping got fewer than two replies")?;
+    let gap = longest_gap(&output).context("ping got fewer than two replies")?;
     let others: Vec<_> = holders(&lab, vip)
         .into_iter()
         .filter(|h| *h != owner)
@@ -199,18 +164,4 @@ pub fn run(system: System, failure: Failure) -> anyhow::Result<Duration> {
         others
     );
     Ok(gap)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gaps_are_read_from_ping_timestamps() {
-        let out = "PING x\n[100.000] 64 bytes from x: icmp_seq=1\n[100.010] 64 bytes from x: icmp_seq=2\n\
-                   [100.350] 64 bytes from x: icmp_seq=30\n[100.360] 64 bytes from x\n";
-        let gap = longest_gap(out).expect("a gap");
-        assert!((gap.as_secs_f64() - 0.34).abs() < 1e-6, "{gap:?}");
-        assert_eq!(longest_gap("[1.0] 64 bytes from x"), None);
-    }
 }

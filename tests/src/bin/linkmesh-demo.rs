@@ -1,0 +1,371 @@
+//! `cargo xtask demo`: linkmesh, live, on this machine.
+//!
+//! etcd plus three hosts and a client in network namespaces (the test lab,
+//! 198.18.0.0/15 only): a segment forms a VXLAN mesh, a floating IP gets an
+//! owner, the owner is hard-killed while the client probes it, and a
+//! survivor shows what it sees. Everything is torn down on exit, Ctrl-C
+//! included. `--ci` runs one cycle unattended and exits 0 only if every
+//! step succeeded; without it the lab stays up, showing peer liveness,
+//! until Ctrl-C.
+
+use std::net::IpAddr;
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use linkmesh_tests::agent::{self, add_address, admin, ping};
+use linkmesh_tests::etcd::Etcd;
+use linkmesh_tests::lab::{Lab, mac_string};
+use linkmesh_tests::process::Process;
+
+const SECRET: &str = "demo-secret-0123456789abcdef";
+const HOSTS: u8 = 3;
+const CLIENT: u8 = 4;
+
+/// Set by SIGINT/SIGTERM: every wait checks it, so the lab is dropped (and
+/// torn down) on the main thread.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    let handler = on_signal as extern "C" fn(libc::c_int);
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+    }
+}
+
+fn interrupted() -> anyhow::Result<()> {
+    if STOP.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Sleeps `d`, returning early with an error on Ctrl-C.
+fn pause(d: Duration) -> anyhow::Result<()> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        interrupted()?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    interrupted()
+}
+
+/// Polls `f` every 20 ms until it holds (its time) or `timeout` passes.
+fn wait(timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<Option<Duration>> {
+    let start = Instant::now();
+    loop {
+        interrupted()?;
+        if f() {
+            return Ok(Some(start.elapsed()));
+        }
+        if start.elapsed() > timeout {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A numbered step: a progress line now, its time when done.
+struct Step {
+    started: Instant,
+}
+
+impl Step {
+    fn start(n: u8, total: u8, what: &str) -> Self {
+        println!("\n==> [{n}/{total}] {what}");
+        Self {
+            started: Instant::now(),
+        }
+    }
+
+    fn done(self) {
+        println!("    ok ({:.1} s)", self.started.elapsed().as_secs_f64());
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// `linkmesh ARGS` inside a host (where its agent's API listens).
+fn in_host(lab: &Lab, host: u8, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.host(host).netns])
+        .arg(agent::binary())
+        .args(args)
+        .output()
+        .context("running linkmesh")?;
+    ensure!(
+        out.status.success(),
+        "linkmesh {args:?} in h{host}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn indent(text: &str) -> String {
+    text.lines().fold(String::new(), |mut out, l| {
+        out.push_str("    ");
+        out.push_str(l);
+        out.push('\n');
+        out
+    })
+}
+
+struct Demo {
+    lab: Lab,
+    etcd: Etcd,
+    secret: std::path::PathBuf,
+    vip: IpAddr,
+    agents: Vec<Option<Process>>,
+}
+
+impl Demo {
+    fn overlay(&self, host: u8) -> String {
+        format!("198.19.{}.{host}", self.lab.slot())
+    }
+
+    fn admin(&self, args: &[&str]) -> String {
+        admin(&self.etcd.endpoint(), &self.secret, args)
+    }
+
+    fn holders(&self) -> Vec<u8> {
+        self.lab.holders(self.vip, 1..=HOSTS)
+    }
+
+    fn logs(&self) -> String {
+        self.agents.iter().flatten().map(Process::log).collect()
+    }
+}
+
+const STEPS: u8 = 6;
+
+fn setup() -> anyhow::Result<Demo> {
+    let step = Step::start(
+        1,
+        STEPS,
+        "lab: etcd, hosts h1-h3 and a client in network namespaces",
+    );
+    let lab = Lab::new(CLIENT);
+    let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
+    let secret = agent::secret_file(&lab, "secret", &[SECRET]);
+    let vip: IpAddr = format!("198.18.{}.100", lab.slot()).parse()?;
+    println!(
+        "    etcd at {}; hosts {}; underlay 198.18.{}.0/24",
+        etcd.endpoint(),
+        lab.namespaces().join(" "),
+        lab.slot()
+    );
+    let demo = Demo {
+        lab,
+        etcd,
+        secret,
+        vip,
+        agents: Vec::new(),
+    };
+    print!(
+        "{}",
+        indent(&demo.admin(&["segment", "add", "blue", "--vni", "100"]))
+    );
+    print!(
+        "{}",
+        indent(&demo.admin(&["ip", "add", &format!("{vip}/24")]))
+    );
+    println!("    segment blue (VNI 100) and floating IP {vip}/24 defined (signed, in etcd)");
+    step.done();
+    Ok(demo)
+}
+
+fn start_agents(d: &mut Demo) -> anyhow::Result<()> {
+    let step = Step::start(2, STEPS, "agents: linkmesh agent on h1, h2, h3");
+    for h in 1..=HOSTS {
+        d.agents.push(Some(agent::start(
+            &d.lab,
+            h,
+            &d.etcd.endpoint(),
+            &d.secret,
+            &["blue"],
+            &["--vip-interface", "eth0", "--keepalive-interval", "2"],
+        )));
+    }
+    let ready = wait(Duration::from_secs(20), || {
+        d.agents.iter().flatten().all(|a| {
+            let log = a.log();
+            log.contains("peer watcher attached") && log.contains("eBPF VIP watcher loaded")
+        })
+    })?;
+    ensure!(ready.is_some(), "the agents did not start:\n{}", d.logs());
+    step.done();
+    Ok(())
+}
+
+fn mesh(d: &Demo) -> anyhow::Result<()> {
+    let step = Step::start(
+        3,
+        STEPS,
+        "the mesh forms: VXLAN device blue and one FDB entry per peer",
+    );
+    for h in 1..=HOSTS {
+        let ns = d.lab.host(h).netns.clone();
+        let mut want: Vec<IpAddr> = (1..=HOSTS)
+            .filter(|o| *o != h)
+            .map(|o| IpAddr::V4(d.lab.host(o).addr))
+            .collect();
+        want.sort();
+        let took = wait(Duration::from_secs(15), || {
+            agent::peers(&ns, "blue").as_deref() == Some(&want[..])
+        })?
+        .with_context(|| format!("h{h} did not program its peers:\n{}", d.logs()))?;
+        let peers: Vec<String> = want.iter().map(ToString::to_string).collect();
+        println!("    h{h} blue -> {} (in {})", peers.join(", "), ms(took));
+        add_address(&ns, "blue", &format!("{}/24", d.overlay(h)));
+    }
+    for from in 1..=HOSTS {
+        for to in (1..=HOSTS).filter(|t| *t != from) {
+            interrupted()?;
+            let (tx, rx) = ping(&d.lab.host(from).netns, &d.overlay(to), 3, "0.2");
+            println!(
+                "    ping h{from} -> h{to} over the overlay ({}): {rx}/{tx}",
+                d.overlay(to)
+            );
+            ensure!(rx == tx, "h{from} -> h{to}: {rx} of {tx} replies");
+        }
+    }
+    step.done();
+    Ok(())
+}
+
+fn owner(d: &Demo) -> anyhow::Result<u8> {
+    let step = Step::start(4, STEPS, "the floating IP: one owner, elected through etcd");
+    let mut owner = 0;
+    wait(Duration::from_secs(15), || {
+        let h = d.holders();
+        owner = h.first().copied().unwrap_or(0);
+        h.len() == 1
+    })?
+    .with_context(|| format!("no single holder: {:?}\n{}", d.holders(), d.logs()))?;
+    let host = d.lab.host(owner);
+    println!(
+        "    {} is held by {} ({}, MAC {})",
+        d.vip,
+        host.name,
+        host.addr,
+        mac_string(host.mac)
+    );
+    let (tx, rx) = ping(&d.lab.host(CLIENT).netns, &d.vip.to_string(), 3, "0.2");
+    println!("    ping client -> {}: {rx}/{tx}", d.vip);
+    ensure!(rx == tx, "the client does not reach the VIP");
+    print!("{}", indent(&d.admin(&["ip", "ls"])));
+    step.done();
+    Ok(owner)
+}
+
+fn crash(d: &mut Demo, owner: u8) -> anyhow::Result<u8> {
+    let step = Step::start(
+        5,
+        STEPS,
+        "hard crash: cut the owner's cable and SIGKILL its agent, the client probing every 10 ms",
+    );
+    // Let the standbys see each other's state (fast failover needs two).
+    pause(Duration::from_millis(1500))?;
+    let pinger = agent::probe_every_10ms(&d.lab.host(CLIENT).netns, &d.vip.to_string(), 4);
+    pause(Duration::from_secs(1))?;
+    d.lab.host(owner).cut();
+    if let Some(agent) = d.agents[usize::from(owner - 1)].take() {
+        agent.kill();
+        d.agents[usize::from(owner - 1)] = Some(agent);
+    }
+    println!("    h{owner} cut off and killed");
+    let output = pinger
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pinger panicked"))?
+        .context("running ping")?;
+    interrupted()?;
+    let gap = agent::longest_gap(&output).context("the client got fewer than two replies")?;
+    let successor = d
+        .holders()
+        .into_iter()
+        .find(|h| *h != owner)
+        .with_context(|| format!("nobody took over:\n{}", d.logs()))?;
+    let revoked = d.logs().contains("suspect quorum");
+    println!(
+        "    h{successor} took over; client outage {} ({})",
+        ms(gap),
+        if revoked {
+            "data-plane confirmed: the standbys' ARP probes went unanswered, a quorum revoked the owner's lease"
+        } else {
+            "the owner's lease expired"
+        }
+    );
+    step.done();
+    Ok(successor)
+}
+
+fn survivor(d: &Demo, survivor: u8) -> anyhow::Result<()> {
+    let step = Step::start(6, STEPS, "what a survivor sees");
+    print!("{}", indent(&d.admin(&["ip", "ls"])));
+    println!("    linkmesh peers (in h{survivor}):");
+    print!("{}", indent(&in_host(&d.lab, survivor, &["peers"])?));
+    step.done();
+    Ok(())
+}
+
+/// Without `--ci`: the peer table every 2 s until Ctrl-C.
+fn live(d: &Demo, survivor: u8) -> anyhow::Result<()> {
+    println!(
+        "\nThe lab is up. Peer liveness from h{survivor} every 2 s; Ctrl-C tears everything down."
+    );
+    loop {
+        pause(Duration::from_secs(2))?;
+        println!();
+        print!("{}", indent(&in_host(&d.lab, survivor, &["peers"])?));
+    }
+}
+
+fn run(ci: bool) -> anyhow::Result<()> {
+    let mut d = setup()?;
+    start_agents(&mut d)?;
+    mesh(&d)?;
+    let owner = owner(&d)?;
+    let successor = crash(&mut d, owner)?;
+    survivor(&d, successor)?;
+    if !ci {
+        live(&d, successor)?;
+    }
+    println!("\n==> tearing down (namespaces, links, etcd, agents)");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    install_signal_handlers();
+    let ci = std::env::args().any(|a| a == "--ci");
+    if !linkmesh_tests::is_root() {
+        eprintln!("the demo creates network namespaces: run it as root");
+        return ExitCode::FAILURE;
+    }
+    match run(ci) {
+        Ok(()) => {
+            println!("demo finished: every step succeeded");
+            ExitCode::SUCCESS
+        }
+        Err(e) if STOP.load(Ordering::SeqCst) => {
+            println!("\n==> {e}: tearing down (namespaces, links, etcd, agents)");
+            if ci {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("\ndemo failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
