@@ -304,3 +304,35 @@ fn a_standby_reports_a_stray_holder_of_a_vip_nobody_owns() {
         "once per host, not once per probe:\n{logs}"
     );
 }
+
+#[test]
+fn a_restarted_agent_removes_the_address_its_crash_left_bound() {
+    require_root!();
+    let v = VipLab::new(3, SECRET, &[]);
+    let mut agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
+    let owner = v
+        .wait_single_holder(Duration::from_secs(15), None)
+        .expect("one holder");
+    // A crash on a live host: the address stays bound, its kernel keeps
+    // answering, so only the lease (2 s) moves the VIP.
+    let i = usize::from(owner - 1);
+    agents[i].kill();
+    let mut successor = None;
+    let moved = wait_until(Duration::from_secs(6), || {
+        successor = v.owner_key().filter(|o| *o != v.lab.host(owner).name);
+        successor.is_some()
+    });
+    assert!(moved.is_some(), "the lease path moved the VIP");
+    agents[i] = v.agent(owner, "restarted", &[]);
+    let single = wait_until(Duration::from_secs(10), || {
+        let h = v.holders();
+        h.len() == 1 && h[0] != owner
+    });
+    let log = agents[i].log();
+    assert!(
+        single.is_some(),
+        "only the successor holds it: {:?}\n{log}",
+        v.holders()
+    );
+    assert!(log.contains("an earlier run left bound"), "{log}");
+}

@@ -658,9 +658,16 @@ impl Manager {
         if ok {
             v.fails = 0;
             if matches!(v.state, State::Booting) || (v.state == State::Failing && !v.fenced) {
+                let booting = v.state == State::Booting;
                 self.transition(id, Event::HealthCheckSuccess, "health check passed");
                 // If the key is already ours (a restart), this takes it up.
                 let owner = self.vips.get(id).and_then(|v| v.owner.clone());
+                if booting
+                    && let Some((host, _)) = &owner
+                    && *host != self.settings.hostname
+                {
+                    self.clear_leftover(id, host).await;
+                }
                 self.set_owner(id, owner).await;
             }
             return;
@@ -801,6 +808,34 @@ impl Manager {
                 Ok(_) => info!(vip = %id, interface = %ifname, "vip unbound"),
                 Err(e) => warn!(vip = %id, error = %e, "unbinding failed"),
             }
+        }
+    }
+
+    /// At start, with another host owning `id`: removes the address if an
+    /// earlier run of this agent left it bound (a crash cannot unbind), so
+    /// this host's kernel stops answering for someone else's VIP.
+    async fn clear_leftover(&mut self, id: &str, owner: &str) {
+        let Some(v) = self.vips.get(id) else { return };
+        let cidr = v.cidr;
+        let Some(ifname) = self.interface_of(v) else {
+            return;
+        };
+        let Ok(Some(link)) = self.nl.link_by_name(&ifname).await else {
+            return;
+        };
+        match self
+            .nl
+            .delete_address(link.index, &ifname, cidr.addr, cidr.prefix_len)
+            .await
+        {
+            Ok(true) => warn!(
+                vip = %id,
+                interface = %ifname,
+                owner,
+                "removed the address an earlier run left bound: another host owns it"
+            ),
+            Ok(false) => {}
+            Err(e) => warn!(vip = %id, error = %e, "removing a leftover address failed"),
         }
     }
 
