@@ -100,6 +100,40 @@ fn host_record(hostname: &str, underlay: &Underlay, segments: &BTreeSet<String>)
     }
 }
 
+/// Starts the heartbeats and the peer table; returns the task and what the
+/// API shows besides floating IPs.
+fn start_peers(
+    args: &AgentArgs,
+    local: &LocalConfig,
+    view: watch::Receiver<RegistryView>,
+) -> (tokio::task::JoinHandle<()>, ApiInputs) {
+    let peers = crate::peers::PeerHealth::new(args.peer_settings());
+    let heartbeats = tokio::spawn(crate::peers::run(
+        peers.clone(),
+        local.underlay.clone(),
+        local.hostname.clone(),
+        view.clone(),
+    ));
+    let api = ApiInputs {
+        peers,
+        view,
+        local: crate::api::LocalInfo {
+            hostname: local.hostname.clone(),
+            address: local.underlay.address,
+            device: local.underlay.ifname.clone(),
+            segments: local.segments.iter().cloned().collect(),
+        },
+    };
+    (heartbeats, api)
+}
+
+/// What the API shows besides floating IPs.
+struct ApiInputs {
+    peers: Arc<crate::peers::PeerHealth>,
+    view: watch::Receiver<RegistryView>,
+    local: crate::api::LocalInfo,
+}
+
 /// Starts the floating-IP manager and the API; send `true` to stop both
 /// (the manager releases what it holds first).
 async fn spawn_vips(
@@ -109,8 +143,9 @@ async fn spawn_vips(
     keys: &crate::registry::Keys,
     secrets: &crate::registry::Secrets,
     nl: &Netlink,
-    peers: &Arc<crate::peers::PeerHealth>,
+    api: ApiInputs,
 ) -> anyhow::Result<(watch::Sender<bool>, tokio::task::JoinHandle<()>)> {
+    let ApiInputs { peers, view, local } = api;
     let status: crate::vip::manager::StatusMap = Arc::default();
     let (stop, stop_rx) = watch::channel(false);
     let api_config = args.api_config()?;
@@ -129,6 +164,8 @@ async fn spawn_vips(
             admin,
             status: api_status,
             peers: api_peers,
+            view,
+            local,
         };
         if let Err(e) = crate::api::serve(listener, api_config, state, &api_host, api_stop).await {
             warn!(error = %e, "the API stopped");
@@ -140,7 +177,7 @@ async fn spawn_vips(
         secrets: secrets.clone(),
         nl: nl.clone(),
         status,
-        peers: peers.clone(),
+        peers,
     };
     let task = tokio::spawn(crate::vip::manager::run(
         args.vip_settings(hostname),
@@ -213,15 +250,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .run(),
     );
 
-    let peers = crate::peers::PeerHealth::new(args.peer_settings());
-    let heartbeats = tokio::spawn(crate::peers::run(
-        peers.clone(),
-        underlay.clone(),
-        hostname.clone(),
-        rx.clone(),
-    ));
-    let (vip_stop, vips) =
-        spawn_vips(&args, &hostname, &client, &keys, &secrets, &nl, &peers).await?;
+    let (heartbeats, api) = start_peers(&args, &local, rx.clone());
+    let (vip_stop, vips) = spawn_vips(&args, &hostname, &client, &keys, &secrets, &nl, api).await?;
 
     let reconciler = Reconciler::new(nl.clone(), local.clone());
     let mut events = KernelEvents::subscribe()?;

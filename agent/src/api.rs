@@ -1,6 +1,7 @@
 //! The HTTP API (LinK's paths): `GET/POST /ips`, `GET/DELETE /ips/{id}`,
-//! `POST /ips/{id}/failover`, `GET /healthz`, and `GET /peers` (peer
-//! liveness from the eBPF peer watcher). JSON in and out; optional
+//! `POST /ips/{id}/failover`, `GET /healthz`; and `GET /status` (this host
+//! on one page), `GET /hosts`, `GET /segments`, `GET /peers` (peer liveness
+//! from the eBPF peer watcher). JSON in and out; optional
 //! HTTP basic auth (everything but `/healthz`).
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::mesh::RegistryView;
 use crate::peers::PeerHealth;
 use crate::store::StoreError;
 use crate::vip::admin::{VipEntry, Vips};
@@ -33,6 +35,8 @@ struct App {
     vips: Arc<Vips>,
     shared: StatusMap,
     peers: Arc<PeerHealth>,
+    view: watch::Receiver<RegistryView>,
+    local: Arc<LocalInfo>,
     hostname: Arc<str>,
     /// SHA-256 of `user:password`, compared in constant time.
     auth: Option<[u8; 32]>,
@@ -183,6 +187,108 @@ async fn failover(AxumState(app): AxumState<App>, Path(id): Path<String>) -> Res
     }
 }
 
+/// This host as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct LocalInfo {
+    pub hostname: String,
+    /// Underlay address and device.
+    pub address: std::net::IpAddr,
+    pub device: String,
+    /// Segments this host joins.
+    pub segments: Vec<String>,
+}
+
+/// A registered host, as `GET /hosts` lists it.
+#[derive(Serialize)]
+struct HostView {
+    hostname: String,
+    address: std::net::IpAddr,
+    segments: Vec<String>,
+    agent_version: String,
+}
+
+/// A segment, as `GET /segments` and `GET /status` list it.
+#[derive(Serialize)]
+struct SegmentView {
+    name: String,
+    vni: u32,
+    port: u16,
+    /// Whether this host joins it.
+    joined: bool,
+    /// Registered hosts that join it.
+    members: Vec<String>,
+    /// Members other than this host: the FDB entries it should hold.
+    peers: usize,
+}
+
+impl App {
+    fn hosts(&self) -> Vec<HostView> {
+        self.view
+            .borrow()
+            .hosts
+            .values()
+            .map(|h| HostView {
+                hostname: h.hostname.clone(),
+                address: h.address,
+                segments: h.segments.keys().cloned().collect(),
+                agent_version: h.agent_version.clone(),
+            })
+            .collect()
+    }
+
+    fn segments(&self) -> Vec<SegmentView> {
+        let view = self.view.borrow();
+        view.segments
+            .iter()
+            .map(|(name, spec)| {
+                let members: Vec<String> = view
+                    .hosts
+                    .values()
+                    .filter(|h| h.segments.contains_key(name))
+                    .map(|h| h.hostname.clone())
+                    .collect();
+                let joined = self.local.segments.contains(name);
+                let peers = members
+                    .iter()
+                    .filter(|m| **m != self.local.hostname)
+                    .count();
+                SegmentView {
+                    name: name.clone(),
+                    vni: spec.vni,
+                    port: spec.port,
+                    joined,
+                    members,
+                    peers: if joined { peers } else { 0 },
+                }
+            })
+            .collect()
+    }
+}
+
+async fn hosts(AxumState(app): AxumState<App>) -> Response {
+    Json(app.hosts()).into_response()
+}
+
+async fn segments(AxumState(app): AxumState<App>) -> Response {
+    Json(app.segments()).into_response()
+}
+
+/// Everything `linkmesh status` shows, from this agent's own view.
+async fn status(AxumState(app): AxumState<App>) -> Response {
+    let failures = app.shared.lease_failures.load(Ordering::Relaxed);
+    let vips: Vec<_> = app.shared.vips().into_values().collect();
+    Json(json!({
+        "host": &*app.local,
+        "etcd": if failures > 0 { "unreachable" } else { "ok" },
+        "failed_keepalives": failures,
+        "segments": app.segments(),
+        "vips": vips,
+        "peers": app.peers.table(),
+        "peer_watcher": app.peers.watching(),
+    }))
+    .into_response()
+}
+
 async fn peers(AxumState(app): AxumState<App>) -> Response {
     Json(json!({
         "host": &*app.hostname,
@@ -289,6 +395,8 @@ pub struct Sources {
     pub admin: Vips,
     pub status: StatusMap,
     pub peers: Arc<PeerHealth>,
+    pub view: watch::Receiver<RegistryView>,
+    pub local: LocalInfo,
 }
 
 pub async fn serve(
@@ -302,6 +410,8 @@ pub async fn serve(
         vips: Arc::new(sources.admin),
         shared: sources.status,
         peers: sources.peers,
+        view: sources.view,
+        local: Arc::new(sources.local),
         hostname: Arc::from(hostname),
         auth: config.credentials.as_ref().map(|(u, p)| digest(u, p)),
     };
@@ -310,6 +420,9 @@ pub async fn serve(
         .route("/ips/{id}", get(show).delete(remove))
         .route("/ips/{id}/failover", post(failover))
         .route("/peers", get(peers))
+        .route("/status", get(status))
+        .route("/hosts", get(hosts))
+        .route("/segments", get(segments))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     let router = Router::new()
         .route("/healthz", get(healthz))

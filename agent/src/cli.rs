@@ -1,5 +1,6 @@
 //! Admin commands: `linkmesh segment ...` and `linkmesh ip ...` write to
-//! etcd directly; `linkmesh peers` asks the local agent's API.
+//! etcd directly; `linkmesh status` and `linkmesh peers` ask the local
+//! agent's API.
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
@@ -239,9 +240,9 @@ pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand) -> anyhow::Result
     Ok(())
 }
 
-/// `linkmesh peers`: the local agent's peer liveness table.
+/// How `linkmesh status` and `linkmesh peers` reach the local agent.
 #[derive(clap::Args, Debug)]
-pub struct PeersArgs {
+pub struct ApiArgs {
     /// The agent's API address.
     #[arg(long, env = "LINKMESH_API", default_value = "127.0.0.1:1313")]
     pub api: std::net::SocketAddr,
@@ -257,7 +258,7 @@ pub struct PeersArgs {
 }
 
 /// A `GET` on the local API over HTTP/1.1; returns the body of a 200.
-async fn api_get(args: &PeersArgs, path: &str) -> anyhow::Result<String> {
+async fn api_get(args: &ApiArgs, path: &str) -> anyhow::Result<String> {
     use std::fmt::Write as _;
 
     use base64::Engine as _;
@@ -303,7 +304,7 @@ async fn api_get(args: &PeersArgs, path: &str) -> anyhow::Result<String> {
     Ok(body.to_owned())
 }
 
-pub async fn peers(args: &PeersArgs) -> anyhow::Result<()> {
+pub async fn peers(args: &ApiArgs) -> anyhow::Result<()> {
     let body = api_get(args, "/peers").await?;
     if args.json {
         println!("{body}");
@@ -313,4 +314,126 @@ pub async fn peers(args: &PeersArgs) -> anyhow::Result<()> {
         serde_json::from_str(&body).context("reading the agent's peer table")?;
     print!("{}", crate::peers::render_table(&report));
     Ok(())
+}
+
+/// `linkmesh status`: this host on one screen.
+pub async fn status(args: &ApiArgs) -> anyhow::Result<()> {
+    let body = api_get(args, "/status").await?;
+    if args.json {
+        println!("{body}");
+        return Ok(());
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&body).context("reading the agent's status")?;
+    print!("{}", render_status(&report)?);
+    Ok(())
+}
+
+/// The screen `linkmesh status` prints from `GET /status`.
+pub fn render_status(r: &serde_json::Value) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    let host = &r["host"];
+    let mut out = format!(
+        "host {}  underlay {} on {}  etcd {}\n",
+        text(&host["hostname"]),
+        text(&host["address"]),
+        text(&host["device"]),
+        text(&r["etcd"])
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:>9} {:>6} {:<7} {:>6}",
+        "SEGMENT", "VNI", "PORT", "JOINED", "PEERS"
+    );
+    for seg in r["segments"]
+        .as_array()
+        .context("no segments in the status")?
+    {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>9} {:>6} {:<7} {:>6}",
+            text(&seg["name"]),
+            text(&seg["vni"]),
+            text(&seg["port"]),
+            if seg["joined"] == true { "yes" } else { "no" },
+            text(&seg["peers"])
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<20} {:<16} {:<10} {:>9}",
+        "VIP", "OWNER", "THIS HOST", "CONFLICTS"
+    );
+    for vip in r["vips"].as_array().context("no vips in the status")? {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<16} {:<10} {:>9}",
+            text(&vip["address"]),
+            text(&vip["owner"]),
+            text(&vip["state"]),
+            text(&vip["conflicts"])
+        );
+    }
+    let peers: crate::peers::PeersReport = serde_json::from_value(serde_json::json!({
+        "host": host["hostname"],
+        "watching": r["peer_watcher"],
+        "heartbeat_interval_ms": 0.0,
+        "peers": r["peers"],
+    }))
+    .context("reading the peers of the status")?;
+    out.push('\n');
+    out.push_str(&crate::peers::render_table(&peers));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_screen_shows_every_part() {
+        let r = serde_json::json!({
+            "host": {"hostname": "h1", "address": "198.18.0.1", "device": "eth0", "segments": ["blue"]},
+            "etcd": "ok",
+            "failed_keepalives": 0,
+            "segments": [{"name": "blue", "vni": 100, "port": 4789, "joined": true, "members": ["h1", "h2"], "peers": 1}],
+            "vips": [{"id": "198.18.0.100_24", "address": "198.18.0.100/24", "owner": "h2", "state": "STANDBY",
+                      "interface": "eth0", "conflicts": 0, "strays": 0, "fast_failover": false, "suspects_owner": false}],
+            "peers": [{"hostname": "h2", "address": "198.18.0.2", "last_seen_ms": 12.0, "heartbeat_age_ms": 12.0,
+                       "vxlan_age_ms": null, "heartbeats": 10, "vxlan_packets": 0, "loss": 0.0, "alive": true}],
+            "peer_watcher": true,
+        });
+        let screen = render_status(&r).expect("renders");
+        assert!(
+            screen.starts_with("host h1  underlay 198.18.0.1 on eth0  etcd ok"),
+            "{screen}"
+        );
+        assert!(
+            screen
+                .lines()
+                .any(|l| l.starts_with("blue") && l.contains("100") && l.ends_with('1')),
+            "{screen}"
+        );
+        assert!(
+            screen.lines().any(|l| l.starts_with("198.18.0.100/24")
+                && l.contains("h2")
+                && l.contains("STANDBY")),
+            "{screen}"
+        );
+        assert!(
+            screen
+                .lines()
+                .any(|l| l.starts_with("h2") && l.contains("yes")),
+            "{screen}"
+        );
+        assert!(
+            render_status(&serde_json::json!({})).is_err(),
+            "a malformed status is an error"
+        );
+    }
 }

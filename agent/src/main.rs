@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use linkmesh::cli::{IpCommand, PeersArgs, SegmentCommand};
+use linkmesh::cli::{ApiArgs, IpCommand, SegmentCommand};
 use linkmesh::config::{AgentArgs, EtcdArgs};
 use linkmesh::watch::ArpWatcher;
 use tracing_subscriber::EnvFilter;
@@ -44,7 +44,11 @@ enum Command {
     },
     /// Show the local agent's peer liveness (heartbeats and VXLAN traffic
     /// seen by the eBPF peer watcher), from its API.
-    Peers(PeersArgs),
+    Peers(ApiArgs),
+    /// This host on one screen: underlay, etcd, segments and their peers,
+    /// floating IPs and this host's state, peer liveness (from the local
+    /// agent's API).
+    Status(ApiArgs),
     /// Attach the ARP watcher (eBPF, TC ingress) to interfaces and print every
     /// ARP packet they receive.
     WatchArp {
@@ -84,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Segment { etcd, command } => linkmesh::cli::segment(&etcd, command).await,
         Command::Ip { etcd, command } => linkmesh::cli::ip(&etcd, command).await,
         Command::Peers(args) => linkmesh::cli::peers(&args).await,
+        Command::Status(args) => linkmesh::cli::status(&args).await,
         Command::WatchArp { interfaces, count } => watch_arp(&interfaces, count).await,
     }
 }

@@ -220,6 +220,22 @@ pub fn probe_every_10ms(
     })
 }
 
+/// Runs `linkmesh ARGS` inside host `host`'s namespace (where its agent's
+/// API listens on 127.0.0.1:1313); stdout, or stderr as the error.
+pub fn in_host(lab: &Lab, host: u8, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.host(host).netns])
+        .arg(binary())
+        .args(args)
+        .output()
+        .map_err(|e| format!("running linkmesh: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

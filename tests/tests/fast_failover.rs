@@ -1,7 +1,6 @@
 //! Peer health and data-plane-confirmed fast failover: agents in the lab,
 //! a real etcd, real heartbeats and ARP probes.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aya::programs::{SchedClassifier, TcAttachType};
@@ -13,30 +12,15 @@ use serde_json::Value;
 
 const SECRET: &str = "fast-failover-secret-0123456789";
 
-/// Runs `linkmesh ARGS` inside host `host`'s namespace (where its agent's
-/// API listens on 127.0.0.1:1313); returns stdout.
 fn in_host(v: &VipLab, host: u8, args: &[&str]) -> String {
-    try_in_host(v, host, args).unwrap_or_else(|e| panic!("linkmesh {args:?} in h{host}: {e}"))
-}
-
-fn try_in_host(v: &VipLab, host: u8, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &v.lab.host(host).netns])
-        .arg(agent::binary())
-        .args(args)
-        .output()
-        .expect("running linkmesh");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    agent::in_host(&v.lab, host, args)
+        .unwrap_or_else(|e| panic!("linkmesh {args:?} in h{host}: {e}"))
 }
 
 /// `linkmesh peers --json` on `host`: the row of every peer, by host name.
 fn peers(v: &VipLab, host: u8) -> std::collections::BTreeMap<String, Value> {
     // The API comes up a moment after the agent starts.
-    let Ok(text) = try_in_host(v, host, &["peers", "--json"]) else {
+    let Ok(text) = agent::in_host(&v.lab, host, &["peers", "--json"]) else {
         return std::collections::BTreeMap::new();
     };
     let report: Value = serde_json::from_str(&text).expect("peers JSON");
@@ -335,4 +319,69 @@ fn a_restarted_agent_removes_the_address_its_crash_left_bound() {
         v.holders()
     );
     assert!(log.contains("an earlier run left bound"), "{log}");
+}
+
+#[test]
+fn status_matches_the_kernel() {
+    require_root!();
+    let v = VipLab::new(3, SECRET, &[]);
+    let _ = linkmesh_tests::agent::admin(
+        &v.etcd.endpoint(),
+        &v.secret,
+        &["segment", "add", "blue", "--vni", "100"],
+    );
+    let agents: Vec<_> = (1..=3)
+        .map(|h| {
+            linkmesh_tests::agent::start(
+                &v.lab,
+                h,
+                &v.etcd.endpoint(),
+                &v.secret,
+                &["blue"],
+                &["--vip-interface", "eth0"],
+            )
+        })
+        .collect();
+    let owner = v
+        .wait_single_holder(Duration::from_secs(15), None)
+        .expect("one holder");
+    let ns = v.lab.host(1).netns.clone();
+    let programmed = wait_until(Duration::from_secs(10), || {
+        agent::peers(&ns, "blue").is_some_and(|p| p.len() == 2)
+    });
+    assert!(programmed.is_some(), "{}", agents[0].log());
+    let mut status = Value::Null;
+    let settled = wait_until(Duration::from_secs(10), || {
+        status = agent::in_host(&v.lab, 1, &["status", "--json"])
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        status["peers"]
+            .as_array()
+            .is_some_and(|p| p.len() == 2 && p.iter().all(|r| r["alive"] == true))
+    });
+    assert!(settled.is_some(), "{status}");
+    assert_eq!(status["host"]["hostname"], "h1");
+    assert_eq!(status["host"]["address"], v.lab.host(1).addr.to_string());
+    assert_eq!(status["etcd"], "ok");
+    let blue = &status["segments"][0];
+    assert_eq!(blue["name"], "blue");
+    assert_eq!(blue["vni"], 100);
+    let kernel_peers = agent::peers(&ns, "blue").expect("blue exists").len();
+    assert_eq!(
+        blue["peers"], kernel_peers,
+        "peer count = FDB entries in the kernel"
+    );
+    let vip = &status["vips"][0];
+    assert_eq!(vip["address"], format!("{}/24", v.vip));
+    assert_eq!(vip["owner"], v.lab.host(owner).name);
+    let state = if owner == 1 { "ACTIVATED" } else { "STANDBY" };
+    assert_eq!(
+        vip["state"],
+        state,
+        "h1's state matches who holds it: {:?}",
+        v.holders()
+    );
+    let screen = agent::in_host(&v.lab, 1, &["status"]).expect("status");
+    assert!(screen.starts_with("host h1"), "{screen}");
 }

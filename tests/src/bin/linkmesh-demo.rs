@@ -9,7 +9,7 @@
 //! until Ctrl-C.
 
 use std::net::IpAddr;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -96,18 +96,8 @@ fn ms(d: Duration) -> String {
 
 /// `linkmesh ARGS` inside a host (where its agent's API listens).
 fn in_host(lab: &Lab, host: u8, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.host(host).netns])
-        .arg(agent::binary())
-        .args(args)
-        .output()
-        .context("running linkmesh")?;
-    ensure!(
-        out.status.success(),
-        "linkmesh {args:?} in h{host}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    agent::in_host(lab, host, args)
+        .map_err(|e| anyhow::anyhow!("linkmesh {args:?} in h{host}: {}", e.trim()))
 }
 
 fn indent(text: &str) -> String {
@@ -310,9 +300,8 @@ fn crash(d: &mut Demo, owner: u8) -> anyhow::Result<u8> {
 
 fn survivor(d: &Demo, survivor: u8) -> anyhow::Result<()> {
     let step = Step::start(6, STEPS, "what a survivor sees");
-    print!("{}", indent(&d.admin(&["ip", "ls"])));
-    println!("    linkmesh peers (in h{survivor}):");
-    print!("{}", indent(&in_host(&d.lab, survivor, &["peers"])?));
+    println!("    linkmesh status (in h{survivor}):");
+    print!("{}", indent(&in_host(&d.lab, survivor, &["status"])?));
     step.done();
     Ok(())
 }
