@@ -20,6 +20,16 @@ struct Cli {
     /// Debug logging (same as -v).
     #[arg(short = 'D', long, global = true)]
     debug: bool,
+    /// Log lines as text or as JSON objects (one per line, with every
+    /// structured field), on standard error.
+    #[arg(
+        long,
+        global = true,
+        env = "LINKMESH_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,7 +71,13 @@ enum Command {
     },
 }
 
-fn init_tracing(verbose: u8) {
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_tracing(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "info",
         1 => "debug",
@@ -69,20 +85,26 @@ fn init_tracing(verbose: u8) {
     };
     let filter =
         EnvFilter::try_from_env("LINKMESH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(if cli.debug {
-        cli.verbose.max(1)
-    } else {
-        cli.verbose
-    });
+    init_tracing(
+        if cli.debug {
+            cli.verbose.max(1)
+        } else {
+            cli.verbose
+        },
+        cli.log_format,
+    );
     match cli.command {
         Command::Agent(args) => linkmesh::agent::run(*args).await,
         Command::Segment { etcd, command } => linkmesh::cli::segment(&etcd, command).await,

@@ -385,3 +385,25 @@ fn status_matches_the_kernel() {
     let screen = agent::in_host(&v.lab, 1, &["status"]).expect("status");
     assert!(screen.starts_with("host h1"), "{screen}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_structured_fields() {
+    require_root!();
+    let v = VipLab::new(1, SECRET, &[]);
+    let a = v.agent(1, "json", &["--log-format", "json"]);
+    let bound = v.wait_single_holder(Duration::from_secs(15), None);
+    assert_eq!(bound, Some(1), "{}", a.log());
+    let lines: Vec<Value> = a
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let bind = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "vip bound")
+        .unwrap_or_else(|| panic!("a vip bound event: {lines:?}"));
+    assert_eq!(bind["level"], "INFO");
+    assert_eq!(bind["fields"]["vip"], v.id, "structured fields are kept");
+    assert_eq!(bind["fields"]["interface"], "eth0");
+    assert!(bind["timestamp"].is_string());
+}
