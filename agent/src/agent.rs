@@ -106,6 +106,7 @@ fn start_peers(
     args: &AgentArgs,
     local: &LocalConfig,
     view: watch::Receiver<RegistryView>,
+    counters: crate::api::Counters,
 ) -> (tokio::task::JoinHandle<()>, ApiInputs) {
     let peers = crate::peers::PeerHealth::new(args.peer_settings());
     let heartbeats = tokio::spawn(crate::peers::run(
@@ -123,6 +124,7 @@ fn start_peers(
             device: local.underlay.ifname.clone(),
             segments: local.segments.iter().cloned().collect(),
         },
+        counters,
     };
     (heartbeats, api)
 }
@@ -132,6 +134,7 @@ struct ApiInputs {
     peers: Arc<crate::peers::PeerHealth>,
     view: watch::Receiver<RegistryView>,
     local: crate::api::LocalInfo,
+    counters: crate::api::Counters,
 }
 
 /// Starts the floating-IP manager and the API; send `true` to stop both
@@ -145,7 +148,12 @@ async fn spawn_vips(
     nl: &Netlink,
     api: ApiInputs,
 ) -> anyhow::Result<(watch::Sender<bool>, tokio::task::JoinHandle<()>)> {
-    let ApiInputs { peers, view, local } = api;
+    let ApiInputs {
+        peers,
+        view,
+        local,
+        counters,
+    } = api;
     let status: crate::vip::manager::StatusMap = Arc::default();
     let (stop, stop_rx) = watch::channel(false);
     let api_config = args.api_config()?;
@@ -166,6 +174,7 @@ async fn spawn_vips(
             peers: api_peers,
             view,
             local,
+            counters,
         };
         if let Err(e) = crate::api::serve(listener, api_config, state, &api_host, api_stop).await {
             warn!(error = %e, "the API stopped");
@@ -250,7 +259,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .run(),
     );
 
-    let (heartbeats, api) = start_peers(&args, &local, rx.clone());
+    let counters = crate::api::Counters {
+        store: stats.clone(),
+        netlink: nl.clone(),
+        cache: cache.clone(),
+    };
+    let (heartbeats, api) = start_peers(&args, &local, rx.clone(), counters);
     let (vip_stop, vips) = spawn_vips(&args, &hostname, &client, &keys, &secrets, &nl, api).await?;
 
     let reconciler = Reconciler::new(nl.clone(), local.clone());

@@ -37,6 +37,7 @@ struct App {
     peers: Arc<PeerHealth>,
     view: watch::Receiver<RegistryView>,
     local: Arc<LocalInfo>,
+    counters: Arc<Counters>,
     hostname: Arc<str>,
     /// SHA-256 of `user:password`, compared in constant time.
     auth: Option<[u8; 32]>,
@@ -289,6 +290,53 @@ async fn status(AxumState(app): AxumState<App>) -> Response {
     .into_response()
 }
 
+/// Prometheus text format.
+async fn metrics(AxumState(app): AxumState<App>) -> Response {
+    let rejected = app
+        .counters
+        .cache
+        .lock()
+        .await
+        .rejections
+        .counts()
+        .iter()
+        .map(|(reason, n)| ((*reason).to_owned(), *n))
+        .collect();
+    let store = &app.counters.store;
+    let snapshot = crate::metrics::Snapshot {
+        vips: app.shared.vips().into_values().collect(),
+        segments: app
+            .segments()
+            .into_iter()
+            .map(|s| (s.name, (s.joined, s.peers)))
+            .collect(),
+        peers: app.peers.table(),
+        netlink_writes: app.counters.netlink.writes(),
+        netlink_errors: app.counters.netlink.write_errors(),
+        rejected,
+        registry_watch_restarts: store.watch_restarts.load(Ordering::Relaxed),
+        vip_watch_restarts: app.shared.watch_restarts.load(Ordering::Relaxed),
+        etcd_revision: store.revision.load(Ordering::Relaxed),
+        etcd_errors: app.shared.etcd_errors.load(Ordering::Relaxed),
+        lease_failures: app.shared.lease_failures.load(Ordering::Relaxed),
+    };
+    let body = crate::metrics::render(
+        &snapshot,
+        &crate::metrics::Histograms {
+            keepalive_seconds: &app.shared.keepalive_seconds,
+            health_check_seconds: &app.shared.health_check_seconds,
+        },
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
 async fn peers(AxumState(app): AxumState<App>) -> Response {
     Json(json!({
         "host": &*app.hostname,
@@ -397,6 +445,14 @@ pub struct Sources {
     pub peers: Arc<PeerHealth>,
     pub view: watch::Receiver<RegistryView>,
     pub local: LocalInfo,
+    pub counters: Counters,
+}
+
+/// The mesh's counters, for `GET /metrics`.
+pub struct Counters {
+    pub store: Arc<crate::store::StoreStats>,
+    pub netlink: crate::kernel::Netlink,
+    pub cache: Arc<tokio::sync::Mutex<crate::registry::cache::RegistryCache>>,
 }
 
 pub async fn serve(
@@ -412,6 +468,7 @@ pub async fn serve(
         peers: sources.peers,
         view: sources.view,
         local: Arc::new(sources.local),
+        counters: Arc::new(sources.counters),
         hostname: Arc::from(hostname),
         auth: config.credentials.as_ref().map(|(u, p)| digest(u, p)),
     };
@@ -420,6 +477,7 @@ pub async fn serve(
         .route("/ips/{id}", get(show).delete(remove))
         .route("/ips/{id}/failover", post(failover))
         .route("/peers", get(peers))
+        .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/hosts", get(hosts))
         .route("/segments", get(segments))

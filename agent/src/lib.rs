@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod kernel;
 pub mod mesh;
+pub mod metrics;
 pub mod peers;
 pub mod registry;
 pub mod store;

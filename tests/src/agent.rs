@@ -236,6 +236,48 @@ pub fn in_host(lab: &Lab, host: u8, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// An HTTP/1.1 request to the agent API inside namespace `ns`
+/// (127.0.0.1:1313); returns the status code and the body.
+#[must_use]
+pub fn http(
+    ns: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    auth: Option<&str>,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let request = {
+        use base64::Engine as _;
+        let body = body.unwrap_or("");
+        let auth = auth.map_or_else(String::new, |a| {
+            let enc = base64::engine::general_purpose::STANDARD.encode(a);
+            format!("Authorization: Basic {enc}\r\n")
+        });
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    crate::netns::run_in(ns, move || {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:1313").expect("connecting to the API");
+        s.write_all(request.as_bytes()).expect("sending");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("reading");
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -407,3 +407,73 @@ fn json_logs_are_one_object_per_line_with_the_structured_fields() {
     assert_eq!(bind["fields"]["interface"], "eth0");
     assert!(bind["timestamp"].is_string());
 }
+
+/// The value of the series `name{labels}` in a scrape (`labels` exactly as
+/// printed, e.g. `vip="x",state="ACTIVATED"`).
+fn series(scrape: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn metrics_after_a_failover_show_one_owner_and_moving_counters() {
+    require_root!();
+    let v = VipLab::new(3, SECRET, &[]);
+    let agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
+    let first = v
+        .wait_single_holder(Duration::from_secs(15), None)
+        .expect("one holder");
+    let _ = linkmesh_tests::agent::admin(&v.etcd.endpoint(), &v.secret, &["ip", "failover", &v.id]);
+    let second = v
+        .wait_single_holder(Duration::from_secs(10), Some(first))
+        .unwrap_or_else(|| panic!("moved: {:?}\n{}", v.holders(), agents[0].log()));
+    let activated = format!("vip=\"{}\",state=\"ACTIVATED\"", v.id);
+    let vip = format!("vip=\"{}\"", v.id);
+    let mut scrapes = Vec::new();
+    let settled = wait_until(Duration::from_secs(5), || {
+        scrapes = (1..=3u8)
+            .map(|h| agent::http(&v.lab.host(h).netns, "GET", "/metrics", None, None))
+            .collect();
+        let owners: Vec<_> = scrapes
+            .iter()
+            .map(|(_, body)| series(body, "linkmesh_vip_state", &activated))
+            .collect();
+        let alive = scrapes.iter().all(|(_, body)| {
+            body.lines()
+                .filter(|l| l.starts_with("linkmesh_peer_alive{") && l.ends_with(" 1"))
+                .count()
+                == 2
+        });
+        owners.iter().filter(|o| **o == Some(1.0)).count() == 1
+            && owners.iter().filter(|o| **o == Some(0.0)).count() == 2
+            && alive
+    });
+    assert!(
+        settled.is_some(),
+        "exactly one ACTIVATED gauge: {scrapes:?}"
+    );
+    for (status, _) in &scrapes {
+        assert_eq!(*status, 200);
+    }
+    let scrape = |h: u8| scrapes[usize::from(h - 1)].1.as_str();
+    assert_eq!(
+        series(scrape(second), "linkmesh_vip_state", &activated),
+        Some(1.0),
+        "the gauge names the host that holds it"
+    );
+    // BOOTING -> STANDBY -> ACTIVATED -> STANDBY on the first owner.
+    let moved = series(scrape(first), "linkmesh_vip_transitions_total", &vip).expect("transitions");
+    assert!(moved >= 3.0, "{}", scrape(first));
+    let sent =
+        series(scrape(second), "linkmesh_vip_announcements_total", &vip).expect("announcements");
+    assert!(sent >= 1.0, "the new owner announced: {}", scrape(second));
+    let rtt = series(scrape(second), "linkmesh_etcd_keepalive_seconds_count", "").expect("rtt");
+    assert!(rtt >= 1.0, "keepalives were timed: {}", scrape(second));
+}

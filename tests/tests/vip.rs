@@ -238,45 +238,6 @@ fn an_owner_cut_off_from_etcd_unbinds_before_anyone_else_binds() {
 }
 
 /// One HTTP/1.1 request to the agent API inside `ns` (127.0.0.1:1313).
-fn http(
-    ns: &str,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-    auth: Option<&str>,
-) -> (u16, String) {
-    use std::io::{Read, Write};
-    let request = {
-        use base64::Engine as _;
-        let body = body.unwrap_or("");
-        let auth = auth.map_or_else(String::new, |a| {
-            let enc = base64::engine::general_purpose::STANDARD.encode(a);
-            format!("Authorization: Basic {enc}\r\n")
-        });
-        format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    };
-    linkmesh_tests::netns::run_in(ns, move || {
-        let mut s = std::net::TcpStream::connect("127.0.0.1:1313").expect("connecting to the API");
-        s.write_all(request.as_bytes()).expect("sending");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("reading");
-        let status = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = out
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
-    })
-}
-
 #[test]
 #[expect(clippy::too_many_lines, reason = "one API scenario, step by step")]
 fn the_api_validates_authenticates_and_fails_over() {
@@ -302,24 +263,24 @@ fn the_api_validates_authenticates_and_fails_over() {
     let creds = Some("admin:hunter2-but-longer");
 
     assert_eq!(
-        http(&standby_ns, "GET", "/healthz", None, None).0,
+        agent::http(&standby_ns, "GET", "/healthz", None, None).0,
         200,
         "health needs no credentials"
     );
     assert_eq!(
-        http(&standby_ns, "GET", "/ips", None, None).0,
+        agent::http(&standby_ns, "GET", "/ips", None, None).0,
         401,
         "no credentials"
     );
     assert_eq!(
-        http(&standby_ns, "GET", "/ips", None, Some("admin:wrong")).0,
+        agent::http(&standby_ns, "GET", "/ips", None, Some("admin:wrong")).0,
         401,
         "wrong password"
     );
     // The standby reports its own state once it has seen the VIP.
     let mut listing = (0, String::new());
     wait_until(Duration::from_secs(5), || {
-        listing = http(&standby_ns, "GET", "/ips", None, creds);
+        listing = agent::http(&standby_ns, "GET", "/ips", None, creds);
         listing.1.contains("\"state\":\"STANDBY\"")
     });
     let (status, body) = listing;
@@ -328,7 +289,7 @@ fn the_api_validates_authenticates_and_fails_over() {
         body.contains(&v.id) && body.contains("\"state\":\"STANDBY\""),
         "{body}"
     );
-    let (status, body) = http(&owner_ns, "GET", &format!("/ips/{}", v.id), None, creds);
+    let (status, body) = agent::http(&owner_ns, "GET", &format!("/ips/{}", v.id), None, creds);
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains("\"state\":\"ACTIVATED\"")
@@ -336,7 +297,7 @@ fn the_api_validates_authenticates_and_fails_over() {
         "{body}"
     );
 
-    let (status, body) = http(
+    let (status, body) = agent::http(
         &standby_ns,
         "POST",
         "/ips",
@@ -345,7 +306,7 @@ fn the_api_validates_authenticates_and_fails_over() {
     );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("error"), "{body}");
-    let (status, _) = http(
+    let (status, _) = agent::http(
         &standby_ns,
         "POST",
         "/ips",
@@ -353,7 +314,7 @@ fn the_api_validates_authenticates_and_fails_over() {
         creds,
     );
     assert_eq!(status, 400, "unknown field");
-    let (status, _) = http(&standby_ns, "POST", "/ips", Some("not json"), creds);
+    let (status, _) = agent::http(&standby_ns, "POST", "/ips", Some("not json"), creds);
     assert_eq!(status, 400);
     let listed = admin(&v.etcd.endpoint(), &v.secret, &["ip", "ls", "--json"]);
     assert_eq!(
@@ -362,7 +323,7 @@ fn the_api_validates_authenticates_and_fails_over() {
         "nothing was written: {listed}"
     );
 
-    let (status, body) = http(
+    let (status, body) = agent::http(
         &standby_ns,
         "POST",
         &format!("/ips/{}/failover", v.id),
@@ -374,7 +335,7 @@ fn the_api_validates_authenticates_and_fails_over() {
         body.contains(&format!("\"owner\":\"h{owner}\"")),
         "409 names the owner: {body}"
     );
-    let (status, body) = http(
+    let (status, body) = agent::http(
         &owner_ns,
         "POST",
         &format!("/ips/{}/failover", v.id),
@@ -616,7 +577,7 @@ fn a_stray_claim_is_seen_in_the_data_plane_and_answered() {
         back.is_some(),
         "the client's neighbour entry returned to the owner"
     );
-    let (status, body) = http(
+    let (status, body) = agent::http(
         &v.lab.host(owner).netns,
         "GET",
         &format!("/ips/{}", v.id),

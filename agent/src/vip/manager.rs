@@ -10,6 +10,7 @@ use std::time::Duration;
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -81,18 +82,48 @@ pub struct VipStatus {
     pub strays: u64,
     /// Whether fast failover protects this VIP (enough eligible standbys).
     pub fast_failover: bool,
-    /// Whether this host suspects the owner (its probes go unanswered).
+    /// Whether this host suspects the owner right now.
     pub suspects_owner: bool,
+    /// State changes of this VIP on this host.
+    pub transitions: u64,
+    /// Announcements sent (a GARP request + reply pair, or one NA).
+    pub announcements: u64,
+    pub health_checks_passed: u64,
+    pub health_checks_failed: u64,
 }
 
 /// What the manager shares with the API: every VIP's status on this host,
 /// and how the ownership lease is doing.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Shared {
     pub vips: std::sync::Mutex<BTreeMap<String, VipStatus>>,
     /// Consecutive failed keepalives (0: etcd answers).
     pub lease_failures: std::sync::atomic::AtomicU32,
     pub loss_policy: std::sync::OnceLock<LossPolicy>,
+    /// Round trip of acknowledged ownership-lease keepalives.
+    pub keepalive_seconds: Histogram,
+    /// Failed keepalives and lease grants.
+    pub etcd_errors: std::sync::atomic::AtomicU64,
+    /// Restarts of the floating-IP watch.
+    pub watch_restarts: std::sync::atomic::AtomicU64,
+    /// Duration of passed health checks.
+    pub health_check_seconds: Histogram,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        // 1 ms to ~4 s.
+        let buckets = || Histogram::new(exponential_buckets(0.001, 2.0, 13));
+        Self {
+            vips: std::sync::Mutex::default(),
+            lease_failures: std::sync::atomic::AtomicU32::default(),
+            loss_policy: std::sync::OnceLock::default(),
+            keepalive_seconds: buckets(),
+            etcd_errors: std::sync::atomic::AtomicU64::default(),
+            watch_restarts: std::sync::atomic::AtomicU64::default(),
+            health_check_seconds: buckets(),
+        }
+    }
 }
 
 impl Shared {
@@ -180,6 +211,11 @@ struct Vip {
     /// The owner lease this host last tried to revoke.
     revoked: Option<i64>,
     stray: Stray,
+    transitions: u64,
+    /// Announcements sent, counted by the announcer tasks.
+    announcements: Arc<std::sync::atomic::AtomicU64>,
+    health_passed: u64,
+    health_failed: u64,
 }
 
 /// Looking for a host that answers for a VIP nobody owns.
@@ -219,13 +255,19 @@ pub async fn run(settings: VipSettings, services: Services, mut stop: watch::Rec
         deadline: Instant::now(),
         failures: 0,
     });
-    let lease_task = tokio::spawn(keep_lease(client.clone(), settings.clone(), lease_tx));
+    let lease_task = tokio::spawn(keep_lease(
+        client.clone(),
+        settings.clone(),
+        lease_tx,
+        status.clone(),
+    ));
     let (tx, mut rx) = mpsc::channel(1024);
     let watch_task = tokio::spawn(watch_vips(
         client.clone(),
         keys.clone(),
         secrets,
         tx.clone(),
+        status.clone(),
     ));
     let (state_writes, state_rx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(write_states(client.clone(), state_rx));
@@ -385,6 +427,10 @@ impl Manager {
                         strays: v.stray.count,
                         fast_failover: self.fast_active(id),
                         suspects_owner: v.probe.as_ref().is_some_and(|p| p.suspected),
+                        transitions: v.transitions,
+                        announcements: v.announcements.load(std::sync::atomic::Ordering::Relaxed),
+                        health_checks_passed: v.health_passed,
+                        health_checks_failed: v.health_failed,
                     },
                 )
             })
@@ -408,6 +454,7 @@ impl Manager {
             Some(to) => {
                 info!(vip = %id, from = %v.state, to = %to, ?event, cause, "vip state");
                 v.state = to;
+                v.transitions += 1;
                 true
             }
             None => {
@@ -482,7 +529,13 @@ impl Manager {
                 // Checks, exclusions or priority changed: keep the binding.
                 v.record = record;
                 v.checker.abort();
-                v.checker = spawn_checker(id, checks, &self.settings, self.tx.clone());
+                v.checker = spawn_checker(
+                    id,
+                    checks,
+                    &self.settings,
+                    self.tx.clone(),
+                    self.status.health_check_seconds.clone(),
+                );
                 self.evaluate(id);
                 return;
             }
@@ -494,7 +547,13 @@ impl Manager {
             // Known, not ours: the program records who answers for it.
             let _ = w.set(v4, MacAddr::default(), false);
         }
-        let checker = spawn_checker(id, checks, &self.settings, self.tx.clone());
+        let checker = spawn_checker(
+            id,
+            checks,
+            &self.settings,
+            self.tx.clone(),
+            self.status.health_check_seconds.clone(),
+        );
         self.vips.insert(
             id.to_owned(),
             Vip {
@@ -513,6 +572,10 @@ impl Manager {
                 probe: None,
                 revoked: None,
                 stray: Stray::default(),
+                transitions: 0,
+                announcements: Arc::default(),
+                health_passed: 0,
+                health_failed: 0,
             },
         );
     }
@@ -656,6 +719,11 @@ impl Manager {
             return;
         };
         if ok {
+            v.health_passed += 1;
+        } else {
+            v.health_failed += 1;
+        }
+        if ok {
             v.fails = 0;
             if matches!(v.state, State::Booting) || (v.state == State::Failing && !v.fenced) {
                 let booting = v.state == State::Booting;
@@ -756,7 +824,9 @@ impl Manager {
         info!(vip = %id, interface = %ifname, new = added, took_us = t0.elapsed().as_micros(), "vip bound");
         let mac = link.mac.unwrap_or_default();
         // Announce first: attaching the watcher can take milliseconds.
-        let announcer = added.then(|| spawn_announcer(id, &ifname, mac, cidr.addr, &self.settings));
+        let sent = v.announcements.clone();
+        let announcer =
+            added.then(|| spawn_announcer(id, &ifname, mac, cidr.addr, &self.settings, sent));
         if let (Some(w), IpAddr::V4(v4)) = (self.watcher.as_mut(), cidr.addr) {
             // Watch for anyone else claiming it (the data plane is the truth).
             if let Err(e) = w.attach(&ifname).and_then(|()| w.set(v4, mac, true)) {
@@ -911,10 +981,14 @@ impl Manager {
         if let Some((_, ifname)) = &v.bound {
             let mut once = self.settings.clone();
             once.garp_count = 1;
-            if let Some(old) = v
-                .announcer
-                .replace(spawn_announcer(id, ifname, c.our_mac, ip, &once))
-            {
+            if let Some(old) = v.announcer.replace(spawn_announcer(
+                id,
+                ifname,
+                c.our_mac,
+                ip,
+                &once,
+                v.announcements.clone(),
+            )) {
                 old.abort();
             }
         }
@@ -1354,6 +1428,7 @@ fn spawn_checker(
     checks: Vec<Check>,
     s: &VipSettings,
     tx: mpsc::Sender<Msg>,
+    seconds: Histogram,
 ) -> JoinHandle<()> {
     let id = id.to_owned();
     let (interval, timeout) = (s.health_interval, s.health_timeout);
@@ -1365,7 +1440,10 @@ fn spawn_checker(
             let mut detail = String::from("no checks");
             for check in &checks {
                 match health::run(check, timeout).await {
-                    Ok(took) => detail = format!("ok in {took:?}"),
+                    Ok(took) => {
+                        seconds.observe(took.as_secs_f64());
+                        detail = format!("ok in {took:?}");
+                    }
                     Err(e) => {
                         ok = false;
                         detail = e;
@@ -1390,6 +1468,7 @@ fn spawn_announcer(
     mac: crate::addr::MacAddr,
     ip: IpAddr,
     s: &VipSettings,
+    sent: Arc<std::sync::atomic::AtomicU64>,
 ) -> JoinHandle<()> {
     let (id, ifname) = (id.to_owned(), ifname.to_owned());
     let (count, interval) = (s.garp_count.max(1), s.garp_interval);
@@ -1403,8 +1482,11 @@ fn spawn_announcer(
             }
         };
         for i in 0..count {
-            if let Err(e) = announcer.announce(mac, ip) {
-                warn!(vip = %id, error = %e, "announcing failed");
+            match announcer.announce(mac, ip) {
+                Ok(()) => {
+                    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => warn!(vip = %id, error = %e, "announcing failed"),
             }
             if i + 1 < count {
                 tokio::time::sleep(interval).await;
@@ -1420,7 +1502,17 @@ fn lease_file(s: &VipSettings) -> Option<PathBuf> {
 
 /// Grants (or, after a restart, re-attaches to) the ownership lease and
 /// keeps it alive every TTL/3, publishing the fencing deadline.
-async fn keep_lease(client: Client, s: VipSettings, tx: watch::Sender<LeaseInfo>) {
+async fn keep_lease(
+    client: Client,
+    s: VipSettings,
+    tx: watch::Sender<LeaseInfo>,
+    shared: StatusMap,
+) {
+    let failed = || {
+        shared
+            .etcd_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    };
     let ttl_secs = i64::try_from(s.ttl.as_secs()).unwrap_or(2).max(2);
     let margin = fence_margin(s.ttl);
     let mut lease_client = client.lease_client();
@@ -1431,15 +1523,7 @@ async fn keep_lease(client: Client, s: VipSettings, tx: watch::Sender<LeaseInfo>
         .unwrap_or(0);
     loop {
         if id != 0 {
-            let alive = tokio::time::timeout(s.ttl, lease_client.time_to_live(id, None)).await;
-            match alive {
-                Ok(Ok(r)) if r.ttl() > 0 => info!(
-                    lease = format!("{id:x}"),
-                    "re-attached to the ownership lease"
-                ),
-                Ok(Ok(_)) => id = 0,
-                _ => {}
-            }
+            id = reattach(&mut lease_client, id, s.ttl).await;
         }
         if id == 0 {
             let sent = Instant::now();
@@ -1466,6 +1550,7 @@ async fn keep_lease(client: Client, s: VipSettings, tx: watch::Sender<LeaseInfo>
                 }
                 _ => {
                     failures += 1;
+                    failed();
                     tx.send_modify(|l| l.failures = failures);
                     tokio::time::sleep(s.ttl / 3).await;
                     continue;
@@ -1476,6 +1561,7 @@ async fn keep_lease(client: Client, s: VipSettings, tx: watch::Sender<LeaseInfo>
             tokio::time::timeout(s.ttl, lease_client.keep_alive(id)).await
         else {
             failures += 1;
+            failed();
             tx.send_modify(|l| l.failures = failures);
             tokio::time::sleep(s.ttl / 3).await;
             continue;
@@ -1491,6 +1577,9 @@ async fn keep_lease(client: Client, s: VipSettings, tx: watch::Sender<LeaseInfo>
             .await;
             match answer {
                 Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    shared
+                        .keepalive_seconds
+                        .observe(sent.elapsed().as_secs_f64());
                     failures = 0;
                     tx.send_replace(LeaseInfo {
                         id,
@@ -1505,6 +1594,7 @@ async fn keep_lease(client: Client, s: VipSettings, tx: watch::Sender<LeaseInfo>
                 }
                 _ => {
                     failures += 1;
+                    failed();
                     tx.send_modify(|l| l.failures = failures);
                     if failures.is_power_of_two() {
                         warn!(failures, "ownership lease keepalive failed");
@@ -1516,13 +1606,37 @@ async fn keep_lease(client: Client, s: VipSettings, tx: watch::Sender<LeaseInfo>
     }
 }
 
+/// The lease `id` if etcd still has it (or cannot say), else 0.
+async fn reattach(leases: &mut etcd_client::LeaseClient, id: i64, ttl: Duration) -> i64 {
+    match tokio::time::timeout(ttl, leases.time_to_live(id, None)).await {
+        Ok(Ok(r)) if r.ttl() > 0 => {
+            info!(
+                lease = format!("{id:x}"),
+                "re-attached to the ownership lease"
+            );
+            id
+        }
+        Ok(Ok(_)) => 0,
+        _ => id,
+    }
+}
+
 /// Reads `<prefix>/vips/` (snapshot, then watch; again on any failure) and
 /// forwards verified records, owners and failover requests.
-async fn watch_vips(client: Client, keys: Keys, secrets: Secrets, tx: mpsc::Sender<Msg>) {
+async fn watch_vips(
+    client: Client,
+    keys: Keys,
+    secrets: Secrets,
+    tx: mpsc::Sender<Msg>,
+    shared: StatusMap,
+) {
     let mut rejected: BTreeMap<String, i64> = BTreeMap::new();
     loop {
         if let Err(e) = watch_once(&client, &keys, &secrets, &tx, &mut rejected).await {
             debug!(error = %e, "vip watch restarting");
+            shared
+                .watch_restarts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         if tx.is_closed() {
