@@ -78,8 +78,18 @@ pub enum WatchError {
 }
 
 /// Loads the embedded object into the kernel (maps created, programs not yet).
+///
+/// The programs use no CO-RE relocations, so the kernel's BTF (several MB
+/// to parse, and the agent's largest allocation by far) is not read.
+/// Afterwards the allocator hands what loading took back to the system.
 pub fn load() -> Result<Ebpf, WatchError> {
-    Ebpf::load(OBJECT).map_err(WatchError::Load)
+    let ebpf = aya::EbpfLoader::new()
+        .btf(None)
+        .load(OBJECT)
+        .map_err(WatchError::Load);
+    // SAFETY: malloc_trim only returns free heap pages to the system.
+    unsafe { libc::malloc_trim(0) };
+    ebpf
 }
 
 /// Loads the ARP classifier into the kernel without attaching it (for

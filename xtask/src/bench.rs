@@ -8,8 +8,8 @@ use crate::step::{self, Step, cargo, is_root};
 use crate::{deps, ebpf};
 
 pub fn run(root_dir: &Path, what: &str) -> anyhow::Result<()> {
-    if !["mesh", "vip", "ebpf"].contains(&what) {
-        bail!("unknown benchmark {what:?}; known: mesh, vip, ebpf");
+    if !["mesh", "vip", "ebpf", "idle"].contains(&what) {
+        bail!("unknown benchmark {what:?}; known: mesh, vip, ebpf, idle");
     }
     if !is_root() {
         bail!("benchmarks run in network namespaces: run `cargo xtask bench {what}` as root");

@@ -24,7 +24,7 @@ enum Command {
     /// Install what is missing, build, lint, and run every test (root runs the
     /// network-namespace integration tests too).
     Test(test::TestArgs),
-    /// Benchmarks in the lab (as root): `mesh`, `vip` or `ebpf`.
+    /// Benchmarks in the lab (as root): `mesh`, `vip`, `ebpf` or `idle`.
     Bench {
         /// Which benchmark.
         #[arg(default_value = "mesh")]

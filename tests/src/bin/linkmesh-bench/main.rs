@@ -6,6 +6,7 @@
 //! see `bench_ebpf.rs`.
 
 mod bench_ebpf;
+mod bench_idle;
 mod bench_vip;
 
 use std::fmt::Write as _;
@@ -261,7 +262,8 @@ fn main() -> anyhow::Result<()> {
         "mesh" => {}
         "vip" => return vip_main(),
         "ebpf" => return bench_ebpf::main(),
-        other => anyhow::bail!("unknown benchmark {other:?} (known: mesh, vip, ebpf)"),
+        "idle" => return bench_idle::main(),
+        other => anyhow::bail!("unknown benchmark {other:?} (known: mesh, vip, ebpf, idle)"),
     }
     let sizes: Vec<usize> = std::env::var("LINKMESH_BENCH_SIZES")
         .unwrap_or_else(|_| "100,1000,5000".into())
