@@ -1166,30 +1166,33 @@ impl Manager {
         let window = self.settings.fast.window();
         let ids: Vec<String> = self.vips.keys().cloned().collect();
         for id in ids {
-            let active = self.fast_active(&id);
             let Some(v) = self.vips.get(&id) else {
                 continue;
             };
             let (IpAddr::V4(v4), Some(ifname)) = (v.cidr.addr, self.interface_of(v)) else {
                 continue;
             };
-            let seen = self.watcher.as_ref().and_then(|w| w.seen(v4));
             let owner = v.owner.clone();
             let standby = v.state == State::Standby;
-            match owner {
-                Some(owner) if standby && active && owner.0 != self.settings.hostname => {
-                    self.probe_owner(&id, &ifname, v4, owner, seen, now, window)
-                        .await;
-                }
-                None => self.probe_stray(&id, &ifname, v4, seen, now).await,
-                _ => {
-                    let Some(v) = self.vips.get_mut(&id) else {
-                        continue;
-                    };
-                    if v.probe.take().is_some_and(|p| p.suspected) {
-                        self.withdraw_suspicion(&id);
+            let others = owner
+                .as_ref()
+                .is_some_and(|(h, _)| *h != self.settings.hostname);
+            // The cheap tests first: an owner, or a standby of an
+            // unprotected VIP, makes no syscall here.
+            let probing = standby && others && self.fast_active(&id);
+            if probing || owner.is_none() {
+                let seen = self.watcher.as_ref().and_then(|w| w.seen(v4));
+                match owner {
+                    Some(owner) => {
+                        self.probe_owner(&id, &ifname, v4, owner, seen, now, window)
+                            .await;
                     }
+                    None => self.probe_stray(&id, &ifname, v4, seen, now).await,
                 }
+            } else if let Some(v) = self.vips.get_mut(&id)
+                && v.probe.take().is_some_and(|p| p.suspected)
+            {
+                self.withdraw_suspicion(&id);
             }
         }
     }
