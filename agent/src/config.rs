@@ -177,6 +177,14 @@ pub struct AgentArgs {
     /// Where the ownership lease id is kept across restarts.
     #[arg(long, env = "LINKMESH_STATE_DIR", default_value = "/var/lib/linkmesh")]
     pub state_dir: PathBuf,
+    /// A TOML file with any of these options (keys: the long option names);
+    /// flags and set variables override it.
+    #[arg(long, env = "LINKMESH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration, print the effective one (secrets
+    /// redacted, each value's source named) and exit.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 impl AgentArgs {

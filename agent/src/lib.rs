@@ -10,6 +10,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod kernel;
 pub mod mesh;
 pub mod metrics;

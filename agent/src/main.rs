@@ -1,7 +1,7 @@
 //! The `linkmesh` command.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use linkmesh::cli::{ApiArgs, IpCommand, SegmentCommand};
 use linkmesh::config::{AgentArgs, EtcdArgs};
 use linkmesh::watch::ArpWatcher;
@@ -37,6 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent: register this host, keep the mesh programmed.
+    #[command(args_override_self = true)]
     Agent(Box<AgentArgs>),
     /// Declare, list, remove and fail over floating IPs (writes to etcd directly).
     Ip {
@@ -94,9 +95,48 @@ fn init_tracing(verbose: u8, format: LogFormat) {
     }
 }
 
+/// Parses the command line. For `linkmesh agent --config FILE`, the file's
+/// options go ahead of the command line (flag > environment > file >
+/// default). With `--check-config`, also returns the effective
+/// configuration, described.
+fn parse() -> anyhow::Result<(Cli, Option<String>)> {
+    let mut words: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut command = Cli::command();
+    command.build();
+    let mut from_file = std::collections::BTreeSet::new();
+    if words.get(1).is_some_and(|a| a == "agent")
+        && let Some(agent) = command.find_subcommand("agent")
+    {
+        let env = |name: &str| std::env::var(name).ok();
+        let expanded = linkmesh::config_file::expand(&words[2..], agent, &env)?;
+        words.truncate(2);
+        words.extend(expanded.args);
+        from_file = expanded.from_file;
+    }
+    let matches = command.clone().get_matches_from(words);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let effective = match (&cli.command, matches.subcommand_matches("agent")) {
+        (Command::Agent(a), Some(sub)) if a.check_config => {
+            let agent = command
+                .find_subcommand("agent")
+                .context("no agent command")?;
+            Some(linkmesh::config_file::describe(agent, sub, &from_file))
+        }
+        _ => None,
+    };
+    Ok((cli, effective))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let (cli, effective) = parse()?;
+    if let (Command::Agent(args), Some(effective)) = (&cli.command, effective) {
+        print!("{effective}");
+        args.validate()?;
+        args.etcd.secrets()?;
+        println!("# valid");
+        return Ok(());
+    }
     init_tracing(
         if cli.debug {
             cli.verbose.max(1)
