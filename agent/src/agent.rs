@@ -227,7 +227,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let record = host_record(&hostname, &underlay, &segments);
     let max_age = Duration::from_secs(args.max_record_age);
 
-    let client = store::connect(&args.etcd.etcd_servers).await?;
+    let client = store::connect(&args.etcd.access()?).await?;
     let stats = Arc::new(StoreStats::default());
     let cache = Arc::new(Mutex::new(RegistryCache::new(
         keys.clone(),

@@ -79,7 +79,7 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand) -> anyhow::Result<()> {
     use crate::vip::VipRecord;
     use crate::vip::admin::Vips;
     let vips = Vips {
-        client: store::connect(&etcd.etcd_servers).await?,
+        client: store::connect(&etcd.access()?).await?,
         keys: etcd.keys(),
         secrets: etcd.secrets()?,
     };
@@ -169,7 +169,7 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand) -> anyhow::Result<()> {
 
 pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand) -> anyhow::Result<()> {
     let secrets = etcd.secrets()?;
-    let client = store::connect(&etcd.etcd_servers).await?;
+    let client = store::connect(&etcd.access()?).await?;
     let segments = Segments {
         client,
         keys: etcd.keys(),

@@ -42,6 +42,33 @@ pub struct EtcdArgs {
     /// The shared secret itself (prefer --secret-file: arguments are visible in ps).
     #[arg(long, global = true, env = "LINKMESH_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// CA certificate (PEM) that signed etcd's server certificate (use
+    /// https:// endpoints). LinK's ETCD_CACERT.
+    #[arg(long, global = true, env = "LINKMESH_ETCD_CACERT")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's client-certificate auth. LinK's
+    /// ETCD_TLS_CERT.
+    #[arg(long, global = true, env = "LINKMESH_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM). LinK's ETCD_TLS_KEY.
+    #[arg(long, global = true, env = "LINKMESH_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user (etcd's auth; the token is refreshed when it expires).
+    #[arg(
+        long,
+        global = true,
+        env = "LINKMESH_ETCD_USER",
+        requires = "etcd_password_file"
+    )]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password (first line).
+    #[arg(
+        long,
+        global = true,
+        env = "LINKMESH_ETCD_PASSWORD_FILE",
+        requires = "etcd_user"
+    )]
+    pub etcd_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +95,49 @@ impl EtcdArgs {
     #[must_use]
     pub fn keys(&self) -> Keys {
         Keys::new(&self.prefix)
+    }
+
+    /// Endpoints plus the TLS files and user, read.
+    pub fn access(&self) -> Result<crate::store::EtcdAccess, ConfigError> {
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| ConfigError::Invalid(format!("{flag} {}: {e}", path.display())))
+        };
+        let ca = self
+            .etcd_cacert
+            .as_ref()
+            .map(|p| read("--etcd-cacert", p))
+            .transpose()?;
+        let identity = match (&self.etcd_cert, &self.etcd_key) {
+            (Some(cert), Some(key)) => Some((read("--etcd-cert", cert)?, read("--etcd-key", key)?)),
+            _ => None,
+        };
+        let user = match (&self.etcd_user, &self.etcd_password_file) {
+            (Some(user), Some(file)) => {
+                let text =
+                    String::from_utf8(read("--etcd-password-file", file)?).map_err(|_| {
+                        ConfigError::Invalid(format!(
+                            "--etcd-password-file {}: not UTF-8",
+                            file.display()
+                        ))
+                    })?;
+                let password = text.lines().next().unwrap_or_default().to_owned();
+                if password.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "--etcd-password-file {}: empty",
+                        file.display()
+                    )));
+                }
+                Some((user.clone(), password))
+            }
+            _ => None,
+        };
+        Ok(crate::store::EtcdAccess {
+            endpoints: self.etcd_servers.clone(),
+            ca,
+            identity,
+            user,
+        })
     }
 }
 

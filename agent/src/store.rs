@@ -22,11 +22,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("connecting to etcd at {endpoints}: {source}")]
+    #[error("connecting to etcd at {endpoints}: {detail}")]
     Connect {
         endpoints: String,
-        #[source]
-        source: etcd_client::Error,
+        /// The error and its causes, on one line (TLS and auth failures
+        /// say what is wrong only in the causes).
+        detail: String,
     },
     #[error("{what}: {source}")]
     Etcd {
@@ -69,17 +70,91 @@ async fn timed<T>(
 
 /// Connects to every endpoint (requests are balanced and fail over between
 /// them). Does not wait for etcd to be up.
-pub async fn connect(endpoints: &[String]) -> Result<Client, StoreError> {
-    let options = ConnectOptions::new()
+/// How to reach etcd: endpoints, and optionally TLS (a CA for the server's
+/// certificate, a client certificate) and a user.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdAccess {
+    pub endpoints: Vec<String>,
+    /// PEM of the CA that signed etcd's certificate.
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate and key (PEM), for etcd's `--client-cert-auth`.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// User and password, for etcd's auth (tokens refreshed on expiry).
+    pub user: Option<(String, String)>,
+}
+
+impl EtcdAccess {
+    /// Plain endpoints, no TLS, no user.
+    #[must_use]
+    pub fn plain(endpoints: &[String]) -> Self {
+        Self {
+            endpoints: endpoints.to_vec(),
+            ..Self::default()
+        }
+    }
+
+    fn secured(&self) -> bool {
+        self.ca.is_some() || self.identity.is_some() || self.user.is_some()
+    }
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+/// Connects. With TLS or a user, one request is made at once, so a wrong
+/// CA, a missing client certificate or a bad password is a clear error at
+/// start, not a retry loop later.
+pub async fn connect(access: &EtcdAccess) -> Result<Client, StoreError> {
+    let failed = |e: &dyn std::error::Error| StoreError::Connect {
+        endpoints: access.endpoints.join(","),
+        detail: chain(e),
+    };
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
         .with_keep_alive_while_idle(true);
-    Client::connect(endpoints, Some(options))
-        .await
-        .map_err(|source| StoreError::Connect {
-            endpoints: endpoints.join(","),
-            source,
-        })
+    if access.ca.is_some() || access.identity.is_some() {
+        let mut tls = etcd_client::TlsOptions::new();
+        if let Some(ca) = &access.ca {
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &access.identity {
+            tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+        }
+        options = options.with_tls(tls);
+    }
+    if let Some((user, password)) = &access.user {
+        options = options
+            .with_user(user.clone(), password.clone())
+            .with_auto_token_refresh(true);
+    }
+    let client = tokio::time::timeout(
+        Duration::from_secs(5),
+        Client::connect(&access.endpoints, Some(options)),
+    )
+    .await
+    .map_err(|e| failed(&e))?
+    .map_err(|e| failed(&e))?;
+    if access.secured() {
+        let mut m = client.maintenance_client();
+        tokio::time::timeout(Duration::from_secs(5), m.status())
+            .await
+            .map_err(|e| failed(&e))?
+            .map_err(|e| failed(&e))?;
+    }
+    Ok(client)
 }
 
 /// Shared counters of the etcd side.

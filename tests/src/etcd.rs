@@ -25,11 +25,33 @@ struct MemberSpec {
     peer_port: u16,
     data_dir: PathBuf,
     log: PathBuf,
+    /// Serve clients over TLS (then health is read from a plain metrics port).
+    tls: Option<ServerTls>,
+    metrics_port: u16,
+}
+
+/// What a TLS etcd serves with (PEM files).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With it, etcd demands client certificates signed by this CA.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl MemberSpec {
+    /// The port `/health` answers on.
+    fn health_port(&self) -> u16 {
+        if self.tls.is_some() {
+            self.metrics_port
+        } else {
+            self.client_port
+        }
+    }
+
     fn client_url(&self) -> String {
-        format!("http://{}", SocketAddr::new(self.ip, self.client_port))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", SocketAddr::new(self.ip, self.client_port))
     }
 
     fn peer_url(&self) -> String {
@@ -50,6 +72,18 @@ impl MemberSpec {
             .arg(format!("--initial-cluster-token={}", self.cluster_token))
             .arg("--log-outputs=stderr")
             .arg("--logger=zap");
+        if let Some(tls) = &self.tls {
+            cmd.arg(format!("--cert-file={}", tls.cert.display()))
+                .arg(format!("--key-file={}", tls.key.display()))
+                .arg(format!(
+                    "--listen-metrics-urls=http://{}",
+                    SocketAddr::new(self.ip, self.metrics_port)
+                ));
+            if let Some(ca) = &tls.client_ca {
+                cmd.arg("--client-cert-auth")
+                    .arg(format!("--trusted-ca-file={}", ca.display()));
+            }
+        }
         cmd
     }
 }
@@ -103,6 +137,16 @@ impl Etcd {
     /// so agents inside the lab's namespaces reach it). Waits until healthy.
     #[must_use]
     pub fn start_on(ip: IpAddr) -> Self {
+        Self::start_with(ip, None)
+    }
+
+    /// Like [`Etcd::start_on`], serving clients over TLS.
+    #[must_use]
+    pub fn start_tls_on(ip: IpAddr, tls: &ServerTls) -> Self {
+        Self::start_with(ip, Some(tls))
+    }
+
+    fn start_with(ip: IpAddr, tls: Option<&ServerTls>) -> Self {
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
             let dir = tempfile::Builder::new()
@@ -122,6 +166,8 @@ impl Etcd {
                 peer_port: free_port(ip),
                 data_dir: dir.path().join("data"),
                 log: dir.path().join("etcd.log"),
+                tls: tls.cloned(),
+                metrics_port: free_port(ip),
             };
             let initial = format!("{}={}", spec.name, spec.peer_url());
             let mut etcd = Self {
@@ -149,7 +195,7 @@ impl Etcd {
     fn wait_healthy(&self) -> Result<(), String> {
         let deadline = Instant::now() + HEALTH_TIMEOUT;
         while Instant::now() < deadline {
-            if healthy(self.spec.ip, self.spec.client_port) {
+            if healthy(self.spec.ip, self.spec.health_port()) {
                 return Ok(());
             }
             if !self.is_running() {
@@ -196,7 +242,7 @@ impl Etcd {
     /// Whether the member answers its health check now.
     #[must_use]
     pub fn is_healthy(&self) -> bool {
-        healthy(self.spec.ip, self.spec.client_port)
+        healthy(self.spec.ip, self.spec.health_port())
     }
 
     /// The data and log directory (removed on drop).
@@ -277,6 +323,8 @@ impl EtcdCluster {
                     peer_port: free_port(ip),
                     data_dir: dir.path().join("data"),
                     log: dir.path().join("etcd.log"),
+                    tls: None,
+                    metrics_port: 0,
                 };
                 members.push(Etcd {
                     spec,

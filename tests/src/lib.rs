@@ -14,6 +14,7 @@ pub mod frame;
 pub mod kernel;
 pub mod lab;
 pub mod netns;
+pub mod pki;
 pub mod process;
 pub mod vip_lab;
 

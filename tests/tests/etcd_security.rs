@@ -1,0 +1,145 @@
+//! etcd over TLS with client certificates (certificates made by the test),
+//! and etcd's user/password auth: the admin CLI and an agent connect with
+//! the right material, and fail with a clear error otherwise.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use linkmesh_tests::agent::{self, wait_until};
+use linkmesh_tests::etcd::Etcd;
+use linkmesh_tests::lab::Lab;
+use linkmesh_tests::pki::Pki;
+use linkmesh_tests::require_root;
+
+const SECRET: &str = "etcd-security-secret-0123456789";
+
+/// `linkmesh ARGS --etcd-server ENDPOINT --secret-file ...`: (ok, stdout, stderr).
+fn cli(endpoint: &str, secret: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(agent::binary())
+        .args(args)
+        .args(["--etcd-server", endpoint, "--secret-file"])
+        .arg(secret)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("running linkmesh");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn mutual_tls_works_with_the_right_ca_and_fails_clearly_otherwise() {
+    require_root!();
+    let lab = Lab::new(1);
+    let gateway = IpAddr::V4(lab.gateway());
+    let pki = Pki::new(lab.dir(), gateway);
+    let etcd = Etcd::start_tls_on(gateway, &pki.etcd_mtls());
+    let endpoint = etcd.endpoint();
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+    let secret = agent::secret_file(&lab, "secret", &[SECRET]);
+    let good = [
+        "--etcd-cacert",
+        path(&pki.ca),
+        "--etcd-cert",
+        path(&pki.client_cert),
+        "--etcd-key",
+        path(&pki.client_key),
+    ];
+
+    let mut args = vec!["segment", "add", "blue", "--vni", "100"];
+    args.extend_from_slice(&good);
+    let (ok, out, err) = cli(&endpoint, &secret, &args);
+    assert!(ok, "with the right CA and a client certificate: {out}{err}");
+    let mut args = vec!["segment", "ls", "--json"];
+    args.extend_from_slice(&good);
+    let (ok, out, err) = cli(&endpoint, &secret, &args);
+    assert!(ok && out.contains("\"blue\""), "{out}{err}");
+
+    let mut args = vec!["segment", "ls"];
+    args.extend_from_slice(&[
+        "--etcd-cacert",
+        path(&pki.other_ca),
+        "--etcd-cert",
+        path(&pki.client_cert),
+        "--etcd-key",
+        path(&pki.client_key),
+    ]);
+    let (ok, _, err) = cli(&endpoint, &secret, &args);
+    assert!(!ok, "a wrong CA is refused");
+    assert!(
+        err.contains("connecting to etcd at") && err.to_lowercase().contains("certificate"),
+        "the error says it is about the certificate: {err}"
+    );
+
+    let (ok, _, err) = cli(
+        &endpoint,
+        &secret,
+        &["segment", "ls", "--etcd-cacert", path(&pki.ca)],
+    );
+    assert!(!ok, "no client certificate is refused");
+    assert!(err.contains("connecting to etcd at"), "{err}");
+
+    // An agent over mutual TLS registers and programs its segment.
+    let mut extra: Vec<&str> = good.to_vec();
+    extra.extend_from_slice(&["--vip-interface", "eth0"]);
+    let a = agent::start(&lab, 1, &endpoint, &secret, &["blue"], &extra);
+    let registered = wait_until(Duration::from_secs(10), || {
+        a.log().contains("registered host=h1")
+            && linkmesh_tests::kernel::link(&lab.host(1).netns, "blue").is_some()
+    });
+    assert!(registered.is_some(), "{}", a.log());
+}
+
+#[test]
+fn etcd_users_authenticate_and_a_wrong_password_is_a_clear_error() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etcd = Etcd::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let endpoint = etcd.endpoint();
+    let setup = endpoint.clone();
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async move {
+            let mut c = etcd_client::Client::connect([setup], None)
+                .await
+                .expect("etcd");
+            c.user_add("root", "root-password", None)
+                .await
+                .expect("user");
+            let _ = c.role_add("root").await;
+            c.user_grant_role("root", "root").await.expect("grant");
+            c.auth_enable().await.expect("auth enable");
+        });
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).expect("secret");
+    let password = dir.path().join("password");
+    std::fs::write(&password, "root-password\n").expect("password");
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-the-password\n").expect("password");
+
+    let (ok, _, err) = cli(&endpoint, &secret, &["segment", "ls"]);
+    assert!(!ok, "auth is on: anonymous requests fail: {err}");
+    let user = ["--etcd-user", "root", "--etcd-password-file"];
+    let mut args = vec!["segment", "add", "blue", "--vni", "100"];
+    args.extend_from_slice(&user);
+    args.push(path(&password));
+    let (ok, out, err) = cli(&endpoint, &secret, &args);
+    assert!(ok, "{out}{err}");
+    let mut args = vec!["segment", "ls"];
+    args.extend_from_slice(&user);
+    args.push(path(&wrong));
+    let (ok, _, err) = cli(&endpoint, &secret, &args);
+    assert!(!ok, "a wrong password is refused");
+    assert!(
+        err.contains("connecting to etcd at") && err.contains("authentication failed"),
+        "the error names the cause: {err}"
+    );
+}
