@@ -220,6 +220,21 @@ pub fn probe_every_10ms(
     })
 }
 
+/// Runs `cmd` (a `linkmesh` command) to the end without a backtrace on
+/// errors; returns (success, stdout, stderr).
+#[must_use]
+pub fn outcome(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("running linkmesh");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs `linkmesh ARGS` inside host `host`'s namespace (where its agent's
 /// API listens on 127.0.0.1:1313); stdout, or stderr as the error.
 pub fn in_host(lab: &Lab, host: u8, args: &[&str]) -> Result<String, String> {

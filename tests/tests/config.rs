@@ -8,20 +8,14 @@ use std::process::Command;
 use linkmesh_tests::agent;
 
 fn check_config(config: &Path, env: &[(&str, &str)], extra: &[&str]) -> (bool, String, String) {
-    let out = Command::new(agent::binary())
-        .args(["agent", "--config"])
-        .arg(config)
-        .arg("--check-config")
-        .args(extra)
-        .envs(env.iter().copied())
-        .env_remove("LINKMESH_SECRET")
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("running linkmesh");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    agent::outcome(
+        Command::new(agent::binary())
+            .args(["agent", "--config"])
+            .arg(config)
+            .arg("--check-config")
+            .args(extra)
+            .envs(env.iter().copied())
+            .env_remove("LINKMESH_SECRET"),
     )
 }
 

@@ -17,17 +17,11 @@ const SECRET: &str = "etcd-security-secret-0123456789";
 
 /// `linkmesh ARGS --etcd-server ENDPOINT --secret-file ...`: (ok, stdout, stderr).
 fn cli(endpoint: &str, secret: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(agent::binary())
-        .args(args)
-        .args(["--etcd-server", endpoint, "--secret-file"])
-        .arg(secret)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("running linkmesh");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    agent::outcome(
+        Command::new(agent::binary())
+            .args(args)
+            .args(["--etcd-server", endpoint, "--secret-file"])
+            .arg(secret),
     )
 }
 
