@@ -308,17 +308,17 @@ fn a_restarted_agent_removes_the_address_its_crash_left_bound() {
     });
     assert!(moved.is_some(), "the lease path moved the VIP");
     agents[i] = v.agent(owner, "restarted", &[]);
+    // The log line follows the removal: wait for both.
     let single = wait_until(Duration::from_secs(10), || {
         let h = v.holders();
-        h.len() == 1 && h[0] != owner
+        h.len() == 1 && h[0] != owner && agents[i].log().contains("an earlier run left bound")
     });
-    let log = agents[i].log();
     assert!(
         single.is_some(),
-        "only the successor holds it: {:?}\n{log}",
-        v.holders()
+        "only the successor holds it, and the restarted agent says why: {:?}\n{}",
+        v.holders(),
+        agents[i].log()
     );
-    assert!(log.contains("an earlier run left bound"), "{log}");
 }
 
 #[test]
