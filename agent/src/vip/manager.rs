@@ -542,11 +542,7 @@ impl Manager {
             self.remove(id).await;
         }
         info!(vip = %id, address = %cidr, "vip defined");
-        self.watch_interface_of(&record);
-        if let (Some(w), IpAddr::V4(v4)) = (self.watcher.as_mut(), cidr.addr) {
-            // Known, not ours: the program records who answers for it.
-            let _ = w.set(v4, MacAddr::default(), false);
-        }
+        self.watch(&record, cidr.addr, false);
         let checker = spawn_checker(
             id,
             checks,
@@ -852,74 +848,75 @@ impl Manager {
         if let (Some(w), IpAddr::V4(v4)) = (self.watcher.as_mut(), cidr.addr) {
             let _ = w.set(v4, MacAddr::default(), false);
         }
-        // Unbind what we bound, or (after a restart) whatever is there.
-        let target = match v.bound.take() {
-            Some(b) => Some(b),
-            None => {
-                let name = self.interface_of(self.vips.get(id).expect("present"));
-                match name {
-                    Some(n) => self
-                        .nl
-                        .link_by_name(&n)
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|l| (l.index, n)),
-                    None => None,
-                }
-            }
-        };
-        if let Some((index, ifname)) = target {
-            match self
-                .nl
-                .delete_address(index, &ifname, cidr.addr, cidr.prefix_len)
-                .await
-            {
+        if let Some((ifname, result)) = self.remove_address(id).await {
+            match result {
                 Ok(_) => info!(vip = %id, interface = %ifname, "vip unbound"),
                 Err(e) => warn!(vip = %id, error = %e, "unbinding failed"),
             }
         }
     }
 
+    /// Deletes `id`'s address from where we bound it, or (after a restart)
+    /// from its interface, whatever is there. `None` when there is no
+    /// interface to look at; `Ok(false)` when the address was not there.
+    async fn remove_address(
+        &mut self,
+        id: &str,
+    ) -> Option<(String, Result<bool, crate::kernel::KernelError>)> {
+        let v = self.vips.get_mut(id)?;
+        let cidr = v.cidr;
+        let (index, ifname) = match v.bound.take() {
+            Some(bound) => bound,
+            None => {
+                let name = self.interface_of(self.vips.get(id)?)?;
+                let link = self.nl.link_by_name(&name).await.ok().flatten()?;
+                (link.index, name)
+            }
+        };
+        let result = self
+            .nl
+            .delete_address(index, &ifname, cidr.addr, cidr.prefix_len)
+            .await;
+        Some((ifname, result))
+    }
+
     /// At start, with another host owning `id`: removes the address if an
     /// earlier run of this agent left it bound (a crash cannot unbind), so
     /// this host's kernel stops answering for someone else's VIP.
     async fn clear_leftover(&mut self, id: &str, owner: &str) {
-        let Some(v) = self.vips.get(id) else { return };
-        let cidr = v.cidr;
-        let Some(ifname) = self.interface_of(v) else {
-            return;
-        };
-        let Ok(Some(link)) = self.nl.link_by_name(&ifname).await else {
-            return;
-        };
-        match self
-            .nl
-            .delete_address(link.index, &ifname, cidr.addr, cidr.prefix_len)
-            .await
-        {
-            Ok(true) => warn!(
+        match self.remove_address(id).await {
+            Some((ifname, Ok(true))) => warn!(
                 vip = %id,
                 interface = %ifname,
                 owner,
                 "removed the address an earlier run left bound: another host owns it"
             ),
-            Ok(false) => {}
-            Err(e) => warn!(vip = %id, error = %e, "removing a leftover address failed"),
+            Some((_, Err(e))) => {
+                warn!(vip = %id, error = %e, "removing a leftover address failed");
+            }
+            _ => {}
         }
     }
 
     /// Attaches the watcher to `record`'s interface ahead of any election,
-    /// so binding only has to update a map.
-    fn watch_interface_of(&mut self, record: &VipRecord) {
+    /// so binding only has to update a map, and (unless this host holds
+    /// `addr`) tells the program the VIP is known but not ours, so it
+    /// records who answers for it.
+    fn watch(&mut self, record: &VipRecord, addr: IpAddr, held: bool) {
         let ifname = record
             .interface
             .clone()
             .or_else(|| self.settings.default_interface.clone());
-        if let (Some(w), Some(ifname)) = (self.watcher.as_mut(), ifname)
+        let Some(w) = self.watcher.as_mut() else {
+            return;
+        };
+        if let Some(ifname) = ifname
             && let Err(e) = w.attach(&ifname)
         {
             debug!(interface = %ifname, error = %e, "cannot attach the VIP watcher yet");
+        }
+        if let (IpAddr::V4(v4), false) = (addr, held) {
+            let _ = w.set(v4, MacAddr::default(), false);
         }
     }
 
@@ -948,16 +945,15 @@ impl Manager {
                 warn!(vip = %addr, error = %e, "cannot watch the VIP for conflicts");
             }
         }
-        for v in self.vips.values() {
-            if let (IpAddr::V4(v4), false) = (v.cidr.addr, v.state == State::Activated) {
-                let _ = watcher.set(v4, MacAddr::default(), false);
-            }
-        }
         info!("eBPF VIP watcher loaded");
         self.watcher = Some(watcher);
-        let records: Vec<_> = self.vips.values().map(|v| v.record.clone()).collect();
-        for record in &records {
-            self.watch_interface_of(record);
+        let known: Vec<_> = self
+            .vips
+            .values()
+            .map(|v| (v.record.clone(), v.cidr.addr, v.state == State::Activated))
+            .collect();
+        for (record, addr, held) in &known {
+            self.watch(record, *addr, *held);
         }
     }
 
