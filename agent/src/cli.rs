@@ -379,13 +379,8 @@ pub fn render_status(r: &serde_json::Value) -> anyhow::Result<String> {
             text(&vip["conflicts"])
         );
     }
-    let peers: crate::peers::PeersReport = serde_json::from_value(serde_json::json!({
-        "host": host["hostname"],
-        "watching": r["peer_watcher"],
-        "heartbeat_interval_ms": 0.0,
-        "peers": r["peers"],
-    }))
-    .context("reading the peers of the status")?;
+    let peers: crate::peers::PeersReport =
+        serde_json::from_value(r.clone()).context("reading the peers of the status")?;
     out.push('\n');
     out.push_str(&crate::peers::render_table(&peers));
     Ok(out)

@@ -342,12 +342,13 @@ pub async fn run(
     }
 }
 
-/// What `GET /peers` returns.
+/// What `linkmesh peers` and `linkmesh status` read of `GET /peers` and
+/// `GET /status` (the other fields are ignored).
 #[derive(Debug, serde::Deserialize)]
 pub struct PeersReport {
-    pub host: String,
+    /// Whether the eBPF peer watcher runs (`peer_watcher` in the status).
+    #[serde(alias = "peer_watcher")]
     pub watching: bool,
-    pub heartbeat_interval_ms: f64,
     pub peers: Vec<PeerLiveness>,
 }
 
@@ -420,9 +421,7 @@ mod tests {
     #[test]
     fn the_table_shows_ages_and_loss() {
         let report = PeersReport {
-            host: "h1".into(),
             watching: true,
-            heartbeat_interval_ms: 20.0,
             peers: vec![
                 PeerLiveness {
                     hostname: "h2".into(),

@@ -72,6 +72,29 @@ impl VipLab {
         )
     }
 
+    /// Defines segment `name` with `vni`.
+    pub fn add_segment(&self, name: &str, vni: u32) {
+        let _ = admin(
+            &self.etcd.endpoint(),
+            &self.secret,
+            &["segment", "add", name, "--vni", &vni.to_string()],
+        );
+    }
+
+    /// Starts an agent on `host` that joins `segments` too, with the VIP
+    /// interface eth0 and the default lease.
+    #[must_use]
+    pub fn mesh_agent(&self, host: u8, segments: &[&str]) -> Process {
+        agent::start(
+            &self.lab,
+            host,
+            &self.etcd.endpoint(),
+            &self.secret,
+            segments,
+            &["--vip-interface", "eth0"],
+        )
+    }
+
     /// Agent hosts with the VIP bound right now.
     #[must_use]
     pub fn holders(&self) -> Vec<u8> {

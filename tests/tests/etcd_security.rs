@@ -15,14 +15,28 @@ use linkmesh_tests::require_root;
 
 const SECRET: &str = "etcd-security-secret-0123456789";
 
-/// `linkmesh ARGS --etcd-server ENDPOINT --secret-file ...`: (ok, stdout, stderr).
-fn cli(endpoint: &str, secret: &Path, args: &[&str]) -> (bool, String, String) {
+/// `linkmesh ARGS ACCESS --etcd-server ENDPOINT --secret-file ...`, where
+/// ACCESS are the TLS or user options: (ok, stdout, stderr).
+fn cli(endpoint: &str, secret: &Path, args: &[&str], access: &[&str]) -> (bool, String, String) {
     agent::outcome(
         Command::new(agent::binary())
             .args(args)
+            .args(access)
             .args(["--etcd-server", endpoint, "--secret-file"])
             .arg(secret),
     )
+}
+
+/// The TLS options: `ca` for etcd's certificate, plus the client's.
+fn tls<'a>(pki: &'a Pki, ca: &'a Path) -> [&'a str; 6] {
+    [
+        "--etcd-cacert",
+        path(ca),
+        "--etcd-cert",
+        path(&pki.client_cert),
+        "--etcd-key",
+        path(&pki.client_key),
+    ]
 }
 
 fn path(p: &Path) -> &str {
@@ -39,45 +53,24 @@ fn mutual_tls_works_with_the_right_ca_and_fails_clearly_otherwise() {
     let endpoint = etcd.endpoint();
     assert!(endpoint.starts_with("https://"), "{endpoint}");
     let secret = agent::secret_file(&lab, "secret", &[SECRET]);
-    let good = [
-        "--etcd-cacert",
-        path(&pki.ca),
-        "--etcd-cert",
-        path(&pki.client_cert),
-        "--etcd-key",
-        path(&pki.client_key),
-    ];
+    let good = tls(&pki, &pki.ca);
 
-    let mut args = vec!["segment", "add", "blue", "--vni", "100"];
-    args.extend_from_slice(&good);
-    let (ok, out, err) = cli(&endpoint, &secret, &args);
+    let add = ["segment", "add", "blue", "--vni", "100"];
+    let (ok, out, err) = cli(&endpoint, &secret, &add, &good);
     assert!(ok, "with the right CA and a client certificate: {out}{err}");
-    let mut args = vec!["segment", "ls", "--json"];
-    args.extend_from_slice(&good);
-    let (ok, out, err) = cli(&endpoint, &secret, &args);
+    let (ok, out, err) = cli(&endpoint, &secret, &["segment", "ls", "--json"], &good);
     assert!(ok && out.contains("\"blue\""), "{out}{err}");
 
-    let mut args = vec!["segment", "ls"];
-    args.extend_from_slice(&[
-        "--etcd-cacert",
-        path(&pki.other_ca),
-        "--etcd-cert",
-        path(&pki.client_cert),
-        "--etcd-key",
-        path(&pki.client_key),
-    ]);
-    let (ok, _, err) = cli(&endpoint, &secret, &args);
+    let wrong_ca = tls(&pki, &pki.other_ca);
+    let (ok, _, err) = cli(&endpoint, &secret, &["segment", "ls"], &wrong_ca);
     assert!(!ok, "a wrong CA is refused");
     assert!(
         err.contains("connecting to etcd at") && err.to_lowercase().contains("certificate"),
         "the error says it is about the certificate: {err}"
     );
 
-    let (ok, _, err) = cli(
-        &endpoint,
-        &secret,
-        &["segment", "ls", "--etcd-cacert", path(&pki.ca)],
-    );
+    let ca_only = ["--etcd-cacert", path(&pki.ca)];
+    let (ok, _, err) = cli(&endpoint, &secret, &["segment", "ls"], &ca_only);
     assert!(!ok, "no client certificate is refused");
     assert!(err.contains("connecting to etcd at"), "{err}");
 
@@ -119,18 +112,14 @@ fn etcd_users_authenticate_and_a_wrong_password_is_a_clear_error() {
     let wrong = dir.path().join("wrong");
     std::fs::write(&wrong, "not-the-password\n").expect("password");
 
-    let (ok, _, err) = cli(&endpoint, &secret, &["segment", "ls"]);
+    let (ok, _, err) = cli(&endpoint, &secret, &["segment", "ls"], &[]);
     assert!(!ok, "auth is on: anonymous requests fail: {err}");
-    let user = ["--etcd-user", "root", "--etcd-password-file"];
-    let mut args = vec!["segment", "add", "blue", "--vni", "100"];
-    args.extend_from_slice(&user);
-    args.push(path(&password));
-    let (ok, out, err) = cli(&endpoint, &secret, &args);
+    let user = |file| ["--etcd-user", "root", "--etcd-password-file", file];
+    let (good, bad) = (user(path(&password)), user(path(&wrong)));
+    let add = ["segment", "add", "blue", "--vni", "100"];
+    let (ok, out, err) = cli(&endpoint, &secret, &add, &good);
     assert!(ok, "{out}{err}");
-    let mut args = vec!["segment", "ls"];
-    args.extend_from_slice(&user);
-    args.push(path(&wrong));
-    let (ok, _, err) = cli(&endpoint, &secret, &args);
+    let (ok, _, err) = cli(&endpoint, &secret, &["segment", "ls"], &bad);
     assert!(!ok, "a wrong password is refused");
     assert!(
         err.contains("connecting to etcd at") && err.contains("authentication failed"),

@@ -325,23 +325,8 @@ fn a_restarted_agent_removes_the_address_its_crash_left_bound() {
 fn status_matches_the_kernel() {
     require_root!();
     let v = VipLab::new(3, SECRET, &[]);
-    let _ = linkmesh_tests::agent::admin(
-        &v.etcd.endpoint(),
-        &v.secret,
-        &["segment", "add", "blue", "--vni", "100"],
-    );
-    let agents: Vec<_> = (1..=3)
-        .map(|h| {
-            linkmesh_tests::agent::start(
-                &v.lab,
-                h,
-                &v.etcd.endpoint(),
-                &v.secret,
-                &["blue"],
-                &["--vip-interface", "eth0"],
-            )
-        })
-        .collect();
+    v.add_segment("blue", 100);
+    let agents: Vec<_> = (1..=3).map(|h| v.mesh_agent(h, &["blue"])).collect();
     let owner = v
         .wait_single_holder(Duration::from_secs(15), None)
         .expect("one holder");

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use linkmesh_tests::agent::{self, admin, ping, wait_until};
+use linkmesh_tests::agent::{self, ping, wait_until};
 use linkmesh_tests::require_root;
 use linkmesh_tests::vip_lab::VipLab;
 
@@ -113,11 +113,7 @@ fn the_agent_works_as_nobody_with_only_the_units_capabilities() {
     require_root!();
     // Only h1 may hold the VIP, so the unprivileged agent must bind it.
     let v = VipLab::new(3, SECRET, &["--exclude", "h2", "--exclude", "h3"]);
-    let _ = admin(
-        &v.etcd.endpoint(),
-        &v.secret,
-        &["segment", "add", "blue", "--vni", "100"],
-    );
+    v.add_segment("blue", 100);
     // Files the unprivileged agent reads and writes.
     let home = v.lab.dir().join("nobody");
     std::fs::create_dir_all(home.join("state")).expect("mkdir");
@@ -131,18 +127,7 @@ fn the_agent_works_as_nobody_with_only_the_units_capabilities() {
     let cmd = unprivileged_agent(&v, &home, &secret);
     let host = v.lab.host(1);
     let unprivileged = v.lab.spawn(1, "nobody", cmd);
-    let others: Vec<_> = (2..=3)
-        .map(|h| {
-            agent::start(
-                &v.lab,
-                h,
-                &v.etcd.endpoint(),
-                &v.secret,
-                &["blue"],
-                &["--vip-interface", "eth0"],
-            )
-        })
-        .collect();
+    let others: Vec<_> = (2..=3).map(|h| v.mesh_agent(h, &["blue"])).collect();
 
     let bound = v.wait_single_holder(Duration::from_secs(15), None);
     let log = unprivileged.log();

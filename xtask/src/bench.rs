@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::bail;
 
-use crate::step::{self, Step, cargo, is_root};
+use crate::step::{self, is_root};
 use crate::{deps, ebpf};
 
 pub fn run(root_dir: &Path, what: &str) -> anyhow::Result<()> {
@@ -23,20 +23,7 @@ pub fn run(root_dir: &Path, what: &str) -> anyhow::Result<()> {
         deps::ensure_extra("iperf3", "the throughput half of the ebpf benchmark")?;
     }
     ebpf::build(root_dir)?;
-    let step = Step::start("building the agent and the benchmark (release)");
-    step::run(cargo().current_dir(root_dir).args([
-        "build",
-        "--release",
-        "--package",
-        "linkmesh",
-        "--bin",
-        "linkmesh",
-        "--package",
-        "linkmesh-tests",
-        "--bin",
-        "linkmesh-bench",
-    ]))?;
-    step.done();
+    step::build_agent_and(root_dir, "linkmesh-bench", true)?;
     let release = root_dir.join("target/release");
     step::run(
         std::process::Command::new(release.join("linkmesh-bench"))

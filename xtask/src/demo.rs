@@ -7,25 +7,12 @@ use std::process::Command;
 
 use anyhow::bail;
 
-use crate::step::{self, Step, cargo, is_root};
+use crate::step::{self, is_root};
 use crate::{deps, ebpf};
 
 /// Builds the agent and the demo (debug, the same build the tests use).
 pub fn build(root_dir: &Path) -> anyhow::Result<()> {
-    let step = Step::start("building the agent and the demo");
-    step::run(cargo().current_dir(root_dir).args([
-        "build",
-        "--package",
-        "linkmesh",
-        "--bin",
-        "linkmesh",
-        "--package",
-        "linkmesh-tests",
-        "--bin",
-        "linkmesh-demo",
-    ]))?;
-    step.done();
-    Ok(())
+    step::build_agent_and(root_dir, "linkmesh-demo", false)
 }
 
 /// The demo, ready to run (after [`build`]).

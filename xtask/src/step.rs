@@ -133,6 +133,34 @@ pub fn describe(cmd: &Command) -> String {
 
 /// A `cargo` command with the variables that an outer `cargo run` sets for
 /// xtask removed, so the inner build picks its own toolchain and flags.
+/// Builds the agent binary and the `linkmesh-tests` binary `tool`
+/// (debug or release), as one progress step.
+pub fn build_agent_and(
+    root_dir: &std::path::Path,
+    tool: &str,
+    release: bool,
+) -> anyhow::Result<()> {
+    let profile = if release { "release" } else { "debug" };
+    let step = Step::start(format!("building the agent and {tool} ({profile})"));
+    let mut cmd = cargo();
+    cmd.current_dir(root_dir).arg("build");
+    if release {
+        cmd.arg("--release");
+    }
+    run(cmd.args([
+        "--package",
+        "linkmesh",
+        "--bin",
+        "linkmesh",
+        "--package",
+        "linkmesh-tests",
+        "--bin",
+        tool,
+    ]))?;
+    step.done();
+    Ok(())
+}
+
 pub fn cargo() -> Command {
     let mut cmd = Command::new("cargo");
     for var in [
