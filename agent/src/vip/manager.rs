@@ -975,14 +975,20 @@ impl Manager {
             "vip conflict: another host claims our address; re-announcing"
         );
         if let Some((_, ifname)) = &v.bound {
-            let mut once = self.settings.clone();
-            once.garp_count = 1;
+            // Now, and once more after the program's per-VIP rate limit:
+            // a claim that came in right behind this one (a GARP request
+            // and its reply) raised no event of its own, and must not
+            // have the last word with the clients.
+            let mut answer = self.settings.clone();
+            answer.garp_count = 2;
+            answer.garp_interval = Duration::from_nanos(linkmesh_common::CONFLICT_INTERVAL_NS)
+                + Duration::from_millis(10);
             if let Some(old) = v.announcer.replace(spawn_announcer(
                 id,
                 ifname,
                 c.our_mac,
                 ip,
-                &once,
+                &answer,
                 v.announcements.clone(),
             )) {
                 old.abort();
