@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use axum::body::Bytes;
@@ -41,6 +41,8 @@ struct App {
     hostname: Arc<str>,
     /// SHA-256 of `user:password`, compared in constant time.
     auth: Option<[u8; 32]>,
+    /// HTTPS handshakes that failed or timed out.
+    tls_failures: Arc<AtomicU64>,
 }
 
 /// A VIP as the API shows it: the record, its owner, this host's state.
@@ -115,13 +117,10 @@ async fn list(AxumState(app): AxumState<App>) -> Response {
 }
 
 async fn create(AxumState(app): AxumState<App>, body: Bytes) -> Response {
-    let record: VipRecord = match serde_json::from_slice(&body) {
+    let record = match VipRecord::parse_request(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid floating IP: {e}")),
     };
-    if let Err(e) = record.validate() {
-        return error(StatusCode::BAD_REQUEST, format!("invalid floating IP: {e}"));
-    }
     match app.vips.add(&record).await {
         Ok(id) => {
             info!(vip = %id, "floating IP added through the API");
@@ -319,6 +318,9 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
         etcd_revision: store.revision.load(Ordering::Relaxed),
         etcd_errors: app.shared.etcd_errors.load(Ordering::Relaxed),
         lease_failures: app.shared.lease_failures.load(Ordering::Relaxed),
+        ebpf_events: app.shared.ebpf_events.load(Ordering::Relaxed),
+        ebpf_ring_drops: app.shared.ebpf_ring_drops.load(Ordering::Relaxed),
+        api_tls_failures: app.tls_failures.load(Ordering::Relaxed),
     };
     let body = crate::metrics::render(
         &snapshot,
@@ -428,6 +430,8 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// Basic-auth user and password; `None` leaves the API open.
     pub credentials: Option<(String, String)>,
+    /// Serve HTTPS with this configuration; `None` serves plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Binds the API's socket (so a taken port fails the agent's start).
@@ -471,7 +475,9 @@ pub async fn serve(
         counters: Arc::new(sources.counters),
         hostname: Arc::from(hostname),
         auth: config.credentials.as_ref().map(|(u, p)| digest(u, p)),
+        tls_failures: Arc::new(AtomicU64::new(0)),
     };
+    let tls_failures = Arc::clone(&app.tls_failures);
     let protected = Router::new()
         .route("/ips", get(list).post(create))
         .route("/ips/{id}", get(show).delete(remove))
@@ -486,13 +492,30 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .merge(protected)
         .with_state(app);
-    info!(listen = %config.listen, auth = config.credentials.is_some(), "API listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-        .context("serving the API")
+    info!(
+        listen = %config.listen,
+        auth = config.credentials.is_some(),
+        https = config.tls.is_some(),
+        "API listening"
+    );
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    match config.tls {
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls, tls_failures)
+                .context("serving the API over HTTPS")?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+    }
+    .context("serving the API")
 }
 
 #[cfg(test)]

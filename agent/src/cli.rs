@@ -252,9 +252,65 @@ pub struct ApiArgs {
     /// File holding the basic-auth password (first line).
     #[arg(long, env = "LINKMESH_API_PASSWORD_FILE", requires = "api_user")]
     pub api_password_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) of an API served over HTTPS: with it the CLI
+    /// speaks HTTPS and verifies the agent's certificate against it.
+    #[arg(long, env = "LINKMESH_API_CACERT")]
+    pub api_cacert: Option<std::path::PathBuf>,
+    /// The name the agent's certificate must carry (default: the --api
+    /// address, as an IP subject alternative name).
+    #[arg(long, env = "LINKMESH_API_SERVER_NAME", requires = "api_cacert")]
+    pub api_server_name: Option<String>,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Sends `request` and reads the whole response, over TLS when the CLI
+/// was given the API's CA.
+async fn exchange(args: &ApiArgs, request: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(args.api)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to the agent API at {} (is the agent running?)",
+                args.api
+            )
+        })?;
+    let mut response = Vec::new();
+    let Some(ca) = &args.api_cacert else {
+        stream.write_all(request).await?;
+        stream.read_to_end(&mut response).await?;
+        return Ok(response);
+    };
+    let config = crate::tls::client_config(ca)?;
+    let name = match &args.api_server_name {
+        Some(name) => rustls::pki_types::ServerName::try_from(name.clone())
+            .with_context(|| format!("--api-server-name {name} is not a DNS name or an IP"))?,
+        None => rustls::pki_types::ServerName::IpAddress(args.api.ip().into()),
+    };
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+        .with_context(|| {
+            format!(
+                "TLS handshake with the agent API at {} failed; is {} the CA that signed the \
+                 agent's --api-tls-cert, and does the certificate name {}?",
+                args.api,
+                ca.display(),
+                args.api_server_name
+                    .clone()
+                    .unwrap_or_else(|| args.api.ip().to_string())
+            )
+        })?;
+    tls.write_all(request).await?;
+    // Some servers close without a TLS close_notify; what was read counts.
+    match tls.read_to_end(&mut response).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(response)
 }
 
 /// A `GET` on the local API over HTTP/1.1; returns the body of a 200.
@@ -262,7 +318,6 @@ async fn api_get(args: &ApiArgs, path: &str) -> anyhow::Result<String> {
     use std::fmt::Write as _;
 
     use base64::Engine as _;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
         args.api
@@ -275,22 +330,24 @@ async fn api_get(args: &ApiArgs, path: &str) -> anyhow::Result<String> {
         let _ = write!(request, "Authorization: Basic {token}\r\n");
     }
     request.push_str("\r\n");
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(args.api).await?;
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(response)
-    };
-    let response = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
-        .await
-        .with_context(|| format!("the agent API at {} did not answer in 5 s", args.api))?
-        .with_context(|| {
-            format!(
-                "asking the agent API at {} (is the agent running?)",
-                args.api
-            )
-        })?;
+    let response = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        exchange(args, request.as_bytes()),
+    )
+    .await
+    .with_context(|| format!("the agent API at {} did not answer in 5 s", args.api))??;
+    anyhow::ensure!(
+        !response.is_empty(),
+        "the agent API at {} closed the connection without answering (if it serves HTTPS, \
+         pass --api-cacert)",
+        args.api
+    );
+    // A TLS record (an alert, 0x15, or a handshake, 0x16) to plain HTTP.
+    anyhow::ensure!(
+        !matches!(response.first(), Some(0x15 | 0x16)),
+        "the agent API at {} speaks HTTPS; pass --api-cacert with the CA of its certificate",
+        args.api
+    );
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text
         .split_once("\r\n\r\n")

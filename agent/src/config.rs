@@ -244,6 +244,13 @@ pub struct AgentArgs {
     /// File holding the basic-auth password (first line).
     #[arg(long, env = "LINKMESH_API_PASSWORD_FILE", requires = "api_user")]
     pub api_password_file: Option<PathBuf>,
+    /// PEM certificate chain for serving the API over HTTPS (with
+    /// --api-tls-key); without both the API speaks plain HTTP.
+    #[arg(long, env = "LINKMESH_API_TLS_CERT", requires = "api_tls_key")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// PEM private key of --api-tls-cert.
+    #[arg(long, env = "LINKMESH_API_TLS_KEY", requires = "api_tls_cert")]
+    pub api_tls_key: Option<PathBuf>,
     /// Where the ownership lease id is kept across restarts.
     #[arg(long, env = "LINKMESH_STATE_DIR", default_value = "/var/lib/linkmesh")]
     pub state_dir: PathBuf,
@@ -275,6 +282,9 @@ impl AgentArgs {
         for s in &self.segments {
             crate::registry::segment::validate_segment_name(s).map_err(ConfigError::Invalid)?;
         }
+        // Reads the password, certificate and key, so --check-config catches
+        // an unreadable or mismatched file.
+        self.api_config()?;
         if let Some(b) = &self.bridge {
             crate::registry::segment::validate_segment_name(b)
                 .map_err(|e| ConfigError::Invalid(format!("--bridge: {e}")))?;
@@ -349,9 +359,17 @@ impl AgentArgs {
             }
             _ => None,
         };
+        let tls = match (&self.api_tls_cert, &self.api_tls_key) {
+            (Some(cert), Some(key)) => Some(
+                crate::tls::server_config(cert, key)
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            ),
+            _ => None,
+        };
         Ok(crate::api::ApiConfig {
             listen: self.api_listen,
             credentials,
+            tls,
         })
     }
 

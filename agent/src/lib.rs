@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod peers;
 pub mod registry;
 pub mod store;
+pub mod tls;
 pub mod vip;
 pub mod watch;

@@ -34,6 +34,11 @@ pub struct Snapshot {
     pub etcd_revision: i64,
     pub etcd_errors: u64,
     pub lease_failures: u32,
+    /// Conflict events read from the eBPF ring, and those dropped full.
+    pub ebpf_events: u64,
+    pub ebpf_ring_drops: u64,
+    /// API connections whose TLS handshake failed.
+    pub api_tls_failures: u64,
 }
 
 /// Histograms that live across scrapes.
@@ -218,6 +223,32 @@ fn register_etcd(r: &mut Registry, s: &Snapshot, h: &Histograms<'_>) {
     );
 }
 
+fn register_ebpf_and_api(r: &mut Registry, s: &Snapshot) {
+    let events = Family::<Labels, Counter>::default();
+    events
+        .get_or_create(&labels(&[("ring", "conflicts")]))
+        .inc_by(s.ebpf_events);
+    r.register(
+        "linkmesh_ebpf_events",
+        "Events read from the eBPF programs' ring buffers",
+        events,
+    );
+    let drops = Family::<Labels, Counter>::default();
+    drops
+        .get_or_create(&labels(&[("ring", "conflicts")]))
+        .inc_by(s.ebpf_ring_drops);
+    r.register(
+        "linkmesh_ebpf_ring_drops",
+        "Events an eBPF program dropped because its ring buffer was full",
+        drops,
+    );
+    r.register(
+        "linkmesh_api_tls_handshake_failures",
+        "API connections whose TLS handshake failed or timed out",
+        counter(s.api_tls_failures),
+    );
+}
+
 fn register_peers(r: &mut Registry, s: &Snapshot) {
     let age = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     let alive = Family::<Labels, Gauge>::default();
@@ -262,6 +293,7 @@ pub fn render(s: &Snapshot, h: &Histograms<'_>) -> String {
     register_mesh(&mut r, s);
     register_etcd(&mut r, s, h);
     register_peers(&mut r, s);
+    register_ebpf_and_api(&mut r, s);
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &r);

@@ -16,9 +16,9 @@ use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfError};
 use linkmesh_common::{
     ARP_EVENT_SIZE, ARP_EVENTS_MAP, ARP_OP_REPLY, ARP_OP_REQUEST, ARP_PROGRAM, ArpEvent,
-    CONFLICT_EVENT_SIZE, CONFLICTS_MAP, ConflictEvent, DROP_RING_FULL, DROPS_MAP, PEER_PORTS_MAP,
-    PEER_PROGRAM, PEER_STATS_MAP, PORT_HEARTBEAT, PORT_VXLAN, PeerStats, VIP_PROGRAM, VIP_SEEN_MAP,
-    VIP_WHO_HAS_MAP, VIPS_MAP, VipInfo, VipSeen,
+    CONFLICT_EVENT_SIZE, CONFLICTS_MAP, ConflictEvent, DROP_CONFLICT_RING_FULL, DROP_RING_FULL,
+    DROPS_MAP, PEER_PORTS_MAP, PEER_PROGRAM, PEER_STATS_MAP, PORT_HEARTBEAT, PORT_VXLAN, PeerStats,
+    VIP_PROGRAM, VIP_SEEN_MAP, VIP_WHO_HAS_MAP, VIPS_MAP, VipInfo, VipSeen,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -353,9 +353,11 @@ pub struct VipWatcher {
     attached: std::collections::BTreeSet<String>,
 }
 
-/// Conflict events of a [`VipWatcher`], read on their own task.
+/// Conflict events of a [`VipWatcher`], read on their own task, and the
+/// count of those the program dropped because the ring was full.
 pub struct ConflictStream {
     events: AsyncFd<RingBuf<MapData>>,
+    drops: PerCpuArray<MapData, u64>,
 }
 
 fn key(ip: Ipv4Addr) -> u32 {
@@ -384,6 +386,8 @@ impl VipWatcher {
             map: CONFLICTS_MAP,
             source: e.into(),
         })?;
+        let drops =
+            PerCpuArray::try_from(take(&mut ebpf, DROPS_MAP)?).map_err(map_err(DROPS_MAP))?;
         Ok((
             Self {
                 ebpf,
@@ -392,7 +396,7 @@ impl VipWatcher {
                 who_has,
                 attached: std::collections::BTreeSet::new(),
             },
-            ConflictStream { events },
+            ConflictStream { events, drops },
         ))
     }
 
@@ -454,6 +458,19 @@ impl ConflictStream {
         )
         .await
         .map(Conflict::from)
+    }
+
+    /// Conflict events the program could not deliver because the ring was
+    /// full, summed over CPUs.
+    pub fn dropped(&self) -> Result<u64, WatchError> {
+        let values = self
+            .drops
+            .get(&DROP_CONFLICT_RING_FULL, 0)
+            .map_err(|source| WatchError::Map {
+                map: DROPS_MAP,
+                source,
+            })?;
+        Ok(values.iter().sum())
     }
 }
 

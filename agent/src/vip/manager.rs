@@ -108,6 +108,10 @@ pub struct Shared {
     pub watch_restarts: std::sync::atomic::AtomicU64,
     /// Duration of passed health checks.
     pub health_check_seconds: Histogram,
+    /// Conflict events read from the eBPF watcher's ring.
+    pub ebpf_events: std::sync::atomic::AtomicU64,
+    /// Conflict events the eBPF program dropped because the ring was full.
+    pub ebpf_ring_drops: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Shared {
@@ -122,6 +126,8 @@ impl Default for Shared {
             etcd_errors: std::sync::atomic::AtomicU64::default(),
             watch_restarts: std::sync::atomic::AtomicU64::default(),
             health_check_seconds: buckets(),
+            ebpf_events: std::sync::atomic::AtomicU64::default(),
+            ebpf_ring_drops: std::sync::atomic::AtomicU64::default(),
         }
     }
 }
@@ -271,7 +277,7 @@ pub async fn run(settings: VipSettings, services: Services, mut stop: watch::Rec
     ));
     let (state_writes, state_rx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(write_states(client.clone(), state_rx));
-    start_watcher(tx.clone());
+    start_watcher(tx.clone(), status.clone());
     let mut m = Manager {
         settings,
         client: client.clone(),
@@ -1811,7 +1817,7 @@ fn member_msg(keys: &Keys, key: &str, value: Option<&[u8]>) -> Option<Msg> {
 /// verifying takes a moment, elections must not wait for it), then hands it
 /// over and forwards its conflicts. Without it (no CAP_BPF, an old kernel)
 /// floating IPs still work, unwatched.
-fn start_watcher(tx: mpsc::Sender<Msg>) {
+fn start_watcher(tx: mpsc::Sender<Msg>, status: StatusMap) {
     tokio::task::spawn_blocking(move || match crate::watch::VipWatcher::new() {
         Ok((watcher, mut conflicts)) => {
             if tx
@@ -1824,6 +1830,14 @@ fn start_watcher(tx: mpsc::Sender<Msg>) {
                 loop {
                     match conflicts.next().await {
                         Ok(c) => {
+                            status
+                                .ebpf_events
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if let Ok(n) = conflicts.dropped() {
+                                status
+                                    .ebpf_ring_drops
+                                    .store(n, std::sync::atomic::Ordering::Relaxed);
+                            }
                             if tx.send(Msg::Conflict(c)).await.is_err() {
                                 return;
                             }

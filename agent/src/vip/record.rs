@@ -143,6 +143,15 @@ impl FromStr for Check {
 }
 
 impl VipRecord {
+    /// Parses and checks a definition as `POST /ips` receives it: JSON with
+    /// no unknown fields, then [`VipRecord::validate`]. Pure, so the API
+    /// and the `api_body` fuzz target run the same code.
+    pub fn parse_request(body: &[u8]) -> Result<Self, String> {
+        let record: Self = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        record.validate()?;
+        Ok(record)
+    }
+
     /// Parses the address and checks every field.
     pub fn validate(&self) -> Result<(Cidr, Vec<Check>), String> {
         let cidr: Cidr = self.address.parse()?;

@@ -12,10 +12,12 @@ pub const DROPS_MAP: &str = "DROPS";
 /// Name of the TC classifier that watches ARP.
 pub const ARP_PROGRAM: &str = "arp_watch";
 
-/// Slot of [`DROPS_MAP`]: events dropped because the ring buffer was full.
+/// Slot of [`DROPS_MAP`]: ARP events dropped because their ring was full.
 pub const DROP_RING_FULL: u32 = 0;
+/// Slot of [`DROPS_MAP`]: conflict events dropped because their ring was full.
+pub const DROP_CONFLICT_RING_FULL: u32 = 1;
 /// Number of slots in [`DROPS_MAP`].
-pub const DROP_SLOTS: u32 = 1;
+pub const DROP_SLOTS: u32 = 2;
 
 /// ARP operation codes (RFC 826).
 pub const ARP_OP_REQUEST: u16 = 1;

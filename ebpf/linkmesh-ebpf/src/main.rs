@@ -24,8 +24,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use linkmesh_common::{
-    ArpEvent, CONFLICT_INTERVAL_NS, ConflictEvent, DROP_RING_FULL, DROP_SLOTS, HEARTBEAT_MAGIC,
-    MAX_PEERS, MAX_VIPS, PEER_PORT_SLOTS, PORT_HEARTBEAT, PeerStats, VipInfo, VipSeen,
+    ArpEvent, CONFLICT_INTERVAL_NS, ConflictEvent, DROP_CONFLICT_RING_FULL, DROP_RING_FULL,
+    DROP_SLOTS, HEARTBEAT_MAGIC, MAX_PEERS, MAX_VIPS, PEER_PORT_SLOTS, PORT_HEARTBEAT, PeerStats,
+    VipInfo, VipSeen,
 };
 
 /// 256 KiB: about 6,500 events before user space must read.
@@ -256,6 +257,9 @@ fn report_conflict(ctx: &TcContext, ip: u32, arp: &ArpIpv4, info: &VipInfo, op: 
             _pad: [0; 2],
         });
         entry.submit(0);
+    } else if let Some(slot) = DROPS.get_ptr_mut(DROP_CONFLICT_RING_FULL) {
+        // SAFETY: a per-CPU slot; no other program touches it on this CPU now.
+        unsafe { *slot += 1 };
     }
 }
 
