@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod config_file;
 pub mod kernel;
+pub mod logs;
 pub mod mesh;
 pub mod metrics;
 pub mod peers;

@@ -6,6 +6,8 @@ use linkmesh::cli::{ApiArgs, IpCommand, SegmentCommand};
 use linkmesh::config::{AgentArgs, EtcdArgs};
 use linkmesh::watch::ArpWatcher;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 #[derive(Parser)]
 #[command(
@@ -89,10 +91,24 @@ fn init_tracing(verbose: u8, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // Repeated identical failures are held back and summarised.
+    let repeats = linkmesh::logs::RepeatsLayer;
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => builder.finish().with(repeats).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .finish()
+            .with(repeats)
+            .init(),
     }
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            linkmesh::logs::flush();
+        }
+    });
 }
 
 /// Parses the command line. For `linkmesh agent --config FILE`, the file's

@@ -187,10 +187,8 @@ pub async fn sync_registry(
             }
             Err(e) => {
                 failures += 1;
-                // One line per failure streak step, not per retry storm.
-                if failures.is_power_of_two() {
-                    warn!(error = %e, failures, "registry sync failed; retrying");
-                }
+                // Identical repeats are summarised by `logs`.
+                warn!(error = %e, failures, "registry sync failed; retrying");
                 stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -361,9 +359,7 @@ impl Registration {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
-                    if failures.is_power_of_two() {
-                        warn!(error = %e, failures, "registration failed; retrying");
-                    }
+                    warn!(error = %e, failures, "registration failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }

@@ -1607,9 +1607,7 @@ async fn keep_lease(
                     failures += 1;
                     failed();
                     tx.send_modify(|l| l.failures = failures);
-                    if failures.is_power_of_two() {
-                        warn!(failures, "ownership lease keepalive failed");
-                    }
+                    warn!(failures, "ownership lease keepalive failed");
                     break;
                 }
             }
