@@ -36,10 +36,7 @@ pub enum SegmentCommand {
         netns: Option<String>,
     },
     /// List segments.
-    Ls {
-        #[arg(long)]
-        json: bool,
-    },
+    Ls,
     /// Remove a segment.
     Rm { name: String },
 }
@@ -63,11 +60,8 @@ pub enum IpCommand {
         priority: Option<String>,
     },
     /// List floating IPs and their owners.
-    Ls {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show one floating IP (JSON).
+    Ls,
+    /// Show one floating IP.
     Get { id: String },
     /// Remove a floating IP.
     Rm { id: String },
@@ -75,7 +69,17 @@ pub enum IpCommand {
     Failover { id: String },
 }
 
-pub async fn ip(etcd: &EtcdArgs, command: IpCommand) -> anyhow::Result<()> {
+/// Prints `value` as pretty JSON.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).context("encoding JSON")?
+    );
+    Ok(())
+}
+
+/// `linkmesh ip ...`; `json` prints every answer as JSON instead of text.
+pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Result<()> {
     use crate::vip::VipRecord;
     use crate::vip::admin::Vips;
     let vips = Vips {
@@ -100,47 +104,18 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand) -> anyhow::Result<()> {
                 ports: None,
             };
             let id = vips.add(&record).await?;
-            println!("floating IP {} added (id {id})", record.address);
+            if json {
+                print_json(&serde_json::json!({"id": id, "added": true, "record": record}))?;
+            } else {
+                println!("floating IP {} added (id {id})", record.address);
+            }
         }
-        IpCommand::Ls { json } => {
+        IpCommand::Ls => {
             let list = vips.list().await?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).context("encoding JSON")?
-                );
+                print_json(&list)?;
             } else {
-                println!(
-                    "{:<24} {:<28} {:<16} {:<10} {:<24} STATES",
-                    "ADDRESS", "ID", "OWNER", "INTERFACE", "CHECKS"
-                );
-                for e in &list {
-                    match &e.record {
-                        Some(r) => println!(
-                            "{:<24} {:<28} {:<16} {:<10} {:<24} {}",
-                            r.address,
-                            e.id,
-                            e.owner.as_deref().unwrap_or("-"),
-                            r.interface.as_deref().unwrap_or("default"),
-                            if r.checks.is_empty() {
-                                "-".to_owned()
-                            } else {
-                                r.checks.join(",")
-                            },
-                            e.states
-                                .iter()
-                                .map(|(h, s)| format!("{h}={s}"))
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        ),
-                        None => println!(
-                            "{:<24} {:<28} rejected: {}",
-                            "?",
-                            e.id,
-                            e.error.as_deref().unwrap_or("")
-                        ),
-                    }
-                }
+                print!("{}", render_vip_list(&list));
             }
         }
         IpCommand::Get { id } => {
@@ -148,26 +123,108 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand) -> anyhow::Result<()> {
                 .get(&id)
                 .await?
                 .with_context(|| format!("no floating IP {id}"))?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&entry).context("encoding JSON")?
-            );
+            if json {
+                print_json(&entry)?;
+            } else {
+                print!("{}", render_vip(&entry));
+            }
         }
         IpCommand::Rm { id } => {
             if !vips.remove(&id).await? {
                 anyhow::bail!("no floating IP {id}");
             }
-            println!("floating IP {id} removed");
+            if json {
+                print_json(&serde_json::json!({"id": id, "removed": true}))?;
+            } else {
+                println!("floating IP {id} removed");
+            }
         }
         IpCommand::Failover { id } => {
             let owner = vips.failover(&id).await?;
-            println!("asked {owner} to release {id}");
+            if json {
+                print_json(&serde_json::json!({"id": id, "asked": owner}))?;
+            } else {
+                println!("asked {owner} to release {id}");
+            }
         }
     }
     Ok(())
 }
 
-pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand) -> anyhow::Result<()> {
+/// Floating IPs as a table.
+#[must_use]
+pub fn render_vip_list(list: &[crate::vip::admin::VipEntry]) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{:<24} {:<28} {:<16} {:<10} {:<24} STATES\n",
+        "ADDRESS", "ID", "OWNER", "INTERFACE", "CHECKS"
+    );
+    for e in list {
+        let _ = match &e.record {
+            Some(r) => writeln!(
+                out,
+                "{:<24} {:<28} {:<16} {:<10} {:<24} {}",
+                r.address,
+                e.id,
+                e.owner.as_deref().unwrap_or("-"),
+                r.interface.as_deref().unwrap_or("default"),
+                if r.checks.is_empty() {
+                    "-".to_owned()
+                } else {
+                    r.checks.join(",")
+                },
+                e.states
+                    .iter()
+                    .map(|(h, s)| format!("{h}={s}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            None => writeln!(
+                out,
+                "{:<24} {:<28} rejected: {}",
+                "?",
+                e.id,
+                e.error.as_deref().unwrap_or("")
+            ),
+        };
+    }
+    out
+}
+
+/// One floating IP as `name: value` lines.
+#[must_use]
+pub fn render_vip(e: &crate::vip::admin::VipEntry) -> String {
+    use std::fmt::Write as _;
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let mut out = String::new();
+    let mut line = |name: &str, value: &str| {
+        let _ = writeln!(out, "{name:<10} {value}");
+    };
+    line("id", &e.id);
+    match &e.record {
+        Some(r) => {
+            line("address", &r.address);
+            line("interface", r.interface.as_deref().unwrap_or("default"));
+            line("checks", &list(&r.checks));
+            line("excluded", &list(&r.excluded_nodes));
+            line("priority", r.priority.as_deref().unwrap_or("-"));
+        }
+        None => line("rejected", e.error.as_deref().unwrap_or("")),
+    }
+    line("owner", e.owner.as_deref().unwrap_or("-"));
+    let states: Vec<String> = e.states.iter().map(|(h, s)| format!("{h}={s}")).collect();
+    line("states", &list(&states));
+    out
+}
+
+/// `linkmesh segment ...`; `json` prints every answer as JSON instead of text.
+pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand, json: bool) -> anyhow::Result<()> {
     let secrets = etcd.secrets()?;
     let client = store::connect(&etcd.access()?).await?;
     let segments = Segments {
@@ -192,16 +249,26 @@ pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand) -> anyhow::Result
                 netns,
             };
             segments.add(&name, &spec).await?;
-            println!("segment {name} added (vni {vni}, port {port})");
-        }
-        SegmentCommand::Rm { name } => {
-            if segments.remove(&name).await? {
-                println!("segment {name} removed");
+            if json {
+                print_json(&serde_json::json!({
+                    "name": name, "added": true, "vni": spec.vni, "port": spec.port,
+                    "learning": spec.learning, "mtu": spec.mtu, "netns": spec.netns,
+                }))?;
             } else {
-                anyhow::bail!("segment {name} does not exist");
+                println!("segment {name} added (vni {vni}, port {port})");
             }
         }
-        SegmentCommand::Ls { json } => {
+        SegmentCommand::Rm { name } => {
+            if !segments.remove(&name).await? {
+                anyhow::bail!("segment {name} does not exist");
+            }
+            if json {
+                print_json(&serde_json::json!({"name": name, "removed": true}))?;
+            } else {
+                println!("segment {name} removed");
+            }
+        }
+        SegmentCommand::Ls => {
             let list = segments.list().await?;
             if json {
                 let items: Vec<_> = list

@@ -45,6 +45,9 @@ enum Command {
     Ip {
         #[command(flatten)]
         etcd: EtcdArgs,
+        /// Print every answer as JSON instead of a table or a line.
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         command: IpCommand,
     },
@@ -52,6 +55,9 @@ enum Command {
     Segment {
         #[command(flatten)]
         etcd: EtcdArgs,
+        /// Print every answer as JSON instead of a table or a line.
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         command: SegmentCommand,
     },
@@ -163,8 +169,16 @@ async fn main() -> anyhow::Result<()> {
     );
     match cli.command {
         Command::Agent(args) => linkmesh::agent::run(*args).await,
-        Command::Segment { etcd, command } => linkmesh::cli::segment(&etcd, command).await,
-        Command::Ip { etcd, command } => linkmesh::cli::ip(&etcd, command).await,
+        Command::Segment {
+            etcd,
+            json,
+            command,
+        } => linkmesh::cli::segment(&etcd, command, json).await,
+        Command::Ip {
+            etcd,
+            json,
+            command,
+        } => linkmesh::cli::ip(&etcd, command, json).await,
         Command::Peers(args) => linkmesh::cli::peers(&args).await,
         Command::Status(args) => linkmesh::cli::status(&args).await,
         Command::WatchArp { interfaces, count } => watch_arp(&interfaces, count).await,
