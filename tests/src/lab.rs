@@ -247,6 +247,33 @@ impl Lab {
         all
     }
 
+    /// Every namespace the lab made: the hosts', the underlay's and the
+    /// extra ones.
+    #[must_use]
+    pub fn all_namespaces(&self) -> Vec<String> {
+        let mut all = self.namespaces();
+        all.extend(
+            self.extra
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .cloned(),
+        );
+        all
+    }
+
+    /// PIDs of the processes started with [`Lab::spawn`] that still run.
+    #[must_use]
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|p| p.is_running())
+            .map(Process::pid)
+            .collect()
+    }
+
     /// Creates an extra, empty namespace `lmt-S-<suffix>` (a workload's, say),
     /// removed with the lab.
     pub fn add_namespace(&self, suffix: &str) -> String {

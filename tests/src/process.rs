@@ -7,10 +7,22 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::netns;
+
+/// Set by [`detach_children`].
+static DETACHED: AtomicBool = AtomicBool::new(false);
+
+/// From now on, children may outlive this process: they start in a session
+/// of their own (so a terminal's Ctrl-C does not reach them) and without
+/// `PR_SET_PDEATHSIG`. For `cargo xtask demo --keep`, which leaves its lab
+/// up on purpose; `--down` takes it away.
+pub fn detach_children() {
+    DETACHED.store(true, Ordering::SeqCst);
+}
 
 /// A process that is killed (SIGKILL) and reaped when the last handle drops.
 #[derive(Clone)]
@@ -30,7 +42,8 @@ impl Process {
     /// the child enters that namespace before exec. Either way it gets
     /// SIGKILL when the spawning thread exits (`PR_SET_PDEATHSIG`), so a
     /// killed test leaves no process behind: spawn from the test's own
-    /// thread, not from a short-lived helper thread.
+    /// thread, not from a short-lived helper thread. (Not after
+    /// [`detach_children`].)
     pub fn spawn(mut cmd: Command, netns: Option<&str>, log: &Path) -> io::Result<Self> {
         let out = File::options().create(true).append(true).open(log)?;
         cmd.stdin(Stdio::null())
@@ -40,12 +53,17 @@ impl Process {
             .map(|name| File::open(netns::path(name)))
             .transpose()?;
         let ns_fd = ns_file.as_ref().map(AsRawFd::as_raw_fd);
+        let detached = DETACHED.load(Ordering::SeqCst);
         // SAFETY: between fork and exec the closure only makes the
-        // async-signal-safe syscalls prctl and setns on an fd opened before
-        // the fork.
+        // async-signal-safe syscalls setsid, prctl and setns (on an fd
+        // opened before the fork).
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                if detached {
+                    if libc::setsid() < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(io::Error::last_os_error());
                 }
                 if let Some(fd) = ns_fd

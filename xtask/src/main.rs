@@ -32,12 +32,8 @@ enum Command {
     },
     /// The demo lab, live (as root): etcd and hosts in network namespaces, a
     /// VXLAN mesh, a floating IP and its owner's hard crash. Ctrl-C tears it
-    /// down.
-    Demo {
-        /// Run one cycle unattended; exit 0 only if every step succeeded.
-        #[arg(long)]
-        ci: bool,
-    },
+    /// down; `--keep` leaves it up, `--down` removes it.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +43,6 @@ fn main() -> anyhow::Result<()> {
         Command::BuildEbpf => ebpf::build(&root).map(|_| ()),
         Command::Test(args) => test::run(&root, &args),
         Command::Bench { what } => bench::run(&root, &what),
-        Command::Demo { ci } => demo::run(&root, ci),
+        Command::Demo(args) => demo::run(&root, &args),
     }
 }

@@ -72,6 +72,14 @@ pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
     if root {
         // The integration tests run the agent binary; the demo runs last.
         crate::demo::build(root_dir)?;
+        if Path::new("/run/linkmesh-demo.json").exists() {
+            eprintln!("==> a demo lab kept with --keep is up: taking it down first");
+            let down = crate::demo::DemoArgs {
+                down: true,
+                ..Default::default()
+            };
+            step::run(&mut crate::demo::command(root_dir, &down))?;
+        }
         let step = Step::start("integration tests (network namespaces, real etcd, real packets)");
         let mut result = step::run_tests(
             cargo()
@@ -81,9 +89,12 @@ pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
             &mut tally,
         );
         if result.is_ok() && args.test_args.is_empty() {
-            // The README's first command, one unattended cycle.
-            let demo = Step::start("the demo, one cycle (cargo xtask demo --ci)");
-            result = step::run(&mut crate::demo::command(root_dir, true));
+            // The README's first command, one unattended cycle, kept up and
+            // then taken down the way a reader would.
+            let demo = Step::start(
+                "the demo, one cycle, kept and taken down (demo --ci --keep, demo --down)",
+            );
+            result = kept_demo(root_dir);
             if result.is_ok() {
                 tally.passed += 1;
                 demo.done();
@@ -109,6 +120,31 @@ pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
         tally.passed, tally.failed, tally.ignored
     );
     Ok(())
+}
+
+/// `demo --ci --keep`, a check that the kept lab answers, and `demo --down`
+/// (which runs even when the rest failed).
+fn kept_demo(root_dir: &Path) -> anyhow::Result<()> {
+    let keep = crate::demo::DemoArgs {
+        ci: true,
+        keep: true,
+        down: false,
+    };
+    let down = crate::demo::DemoArgs {
+        down: true,
+        ..Default::default()
+    };
+    let result = step::run(&mut crate::demo::command(root_dir, &keep)).and_then(|()| {
+        let up = leftovers();
+        if up.iter().filter(|l| l.starts_with("namespace")).count() < 4
+            || !up.iter().any(|l| l.starts_with("etcd"))
+        {
+            bail!("--keep left no lab up: {up:?}");
+        }
+        Ok(())
+    });
+    step::run(&mut crate::demo::command(root_dir, &down))?;
+    result
 }
 
 /// Lab namespaces and lab etcd processes still present.

@@ -6,7 +6,8 @@
 //! survivor shows what it sees. Everything is torn down on exit, Ctrl-C
 //! included. `--ci` runs one cycle unattended and exits 0 only if every
 //! step succeeded; without it the lab stays up, showing peer liveness,
-//! until Ctrl-C.
+//! until Ctrl-C. `--keep` leaves the lab up after the last step (and
+//! exits), `--down` removes a kept lab.
 
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -318,13 +319,137 @@ fn live(d: &Demo, survivor: u8) -> anyhow::Result<()> {
     }
 }
 
-fn run(ci: bool) -> anyhow::Result<()> {
+/// Where `--keep` records what it left up, for `--down`.
+const KEPT: &str = "/run/linkmesh-demo.json";
+
+/// `--keep`: the crashed host rejoins, the lab's parts are recorded in
+/// [`KEPT`], and the demo exits without tearing anything down.
+fn keep(mut d: Demo, crashed: u8) -> anyhow::Result<()> {
+    d.lab.host(crashed).reconnect();
+    d.agents[usize::from(crashed - 1)] = Some(agent::start(
+        &d.lab,
+        crashed,
+        &d.etcd.endpoint(),
+        &d.secret,
+        &["blue"],
+        &["--vip-interface", "eth0", "--keepalive-interval", "2"],
+    ));
+    let back = wait(Duration::from_secs(15), || {
+        in_host(&d.lab, crashed, &["status", "--json"]).is_ok()
+    })?;
+    ensure!(
+        back.is_some(),
+        "h{crashed}'s agent did not come back:\n{}",
+        d.logs()
+    );
+    let mut pids = d.lab.pids();
+    pids.extend(d.etcd.pid());
+    let state = serde_json::json!({
+        "pids": pids,
+        "namespaces": d.lab.all_namespaces(),
+        "links": [d.lab.root_interface()],
+        "dirs": [d.lab.dir(), d.etcd.dir()],
+    });
+    std::fs::write(KEPT, serde_json::to_string_pretty(&state)?)
+        .with_context(|| format!("writing {KEPT}"))?;
+    let ns = |h: u8| d.lab.host(h).netns.clone();
+    let bin = agent::binary();
+    println!(
+        "\n==> the lab stays up (--keep); h{crashed} reconnected and its agent restarted\n\
+         \n    a shell on a host:      ip netns exec {} bash   (h2: {}, h3: {}, client: {})\
+         \n    what a host sees:       ip netns exec {} {} status\
+         \n    the floating IP:        {} ip ls --etcd-server {} --secret-file {}\
+         \n    the agents' logs:       {}/h*-agent.log\
+         \n    tear it all down:       cargo xtask demo --down",
+        ns(1),
+        ns(2),
+        ns(3),
+        ns(CLIENT),
+        ns(1),
+        bin.display(),
+        bin.display(),
+        d.etcd.endpoint(),
+        d.secret.display(),
+        d.lab.dir().display(),
+    );
+    // No destructor runs: the processes, namespaces and files stay.
+    std::mem::forget(d);
+    Ok(())
+}
+
+/// `--down`: removes what `--keep` left up.
+fn down() -> anyhow::Result<()> {
+    let text = match std::fs::read_to_string(KEPT) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("no kept demo lab ({KEPT} does not exist)");
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {KEPT}")),
+    };
+    let state: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("reading {KEPT}"))?;
+    let strings = |key: &str| -> Vec<String> {
+        state[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut stopped = 0;
+    for pid in state["pids"].as_array().into_iter().flatten() {
+        let Some(pid) = pid.as_i64().and_then(|p| i32::try_from(p).ok()) else {
+            continue;
+        };
+        // Only a lab process: an etcd or a linkmesh agent (PIDs get reused).
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if !(cmdline.contains("linkmesh") || cmdline.contains("--name=lmt-")) {
+            continue;
+        }
+        // SAFETY: kill(2) with a PID read from our own record.
+        if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+            stopped += 1;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let namespaces = strings("namespaces");
+    for ns in &namespaces {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", ns])
+            .output();
+    }
+    for link in strings("links") {
+        if std::path::Path::new("/sys/class/net").join(&link).exists() {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &link])
+                .output();
+        }
+    }
+    for dir in strings("dirs") {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    std::fs::remove_file(KEPT).with_context(|| format!("removing {KEPT}"))?;
+    println!(
+        "demo lab down: {stopped} processes stopped, {} namespaces removed",
+        namespaces.len()
+    );
+    Ok(())
+}
+
+fn run(ci: bool, kept: bool) -> anyhow::Result<()> {
     let mut d = setup()?;
     start_agents(&mut d)?;
     mesh(&d)?;
     let owner = owner(&d)?;
     let successor = crash(&mut d, owner)?;
     survivor(&d, successor)?;
+    if kept {
+        return keep(d, owner);
+    }
     if !ci {
         live(&d, successor)?;
     }
@@ -334,12 +459,29 @@ fn run(ci: bool) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     install_signal_handlers();
-    let ci = std::env::args().any(|a| a == "--ci");
+    let has = |flag: &str| std::env::args().any(|a| a == flag);
+    let (ci, kept) = (has("--ci"), has("--keep"));
     if !linkmesh_tests::is_root() {
         eprintln!("the demo creates network namespaces: run it as root");
         return ExitCode::FAILURE;
     }
-    match run(ci) {
+    if has("--down") {
+        return match down() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("demo --down failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if kept {
+        if std::path::Path::new(KEPT).exists() {
+            eprintln!("a kept demo lab is up already: cargo xtask demo --down first");
+            return ExitCode::FAILURE;
+        }
+        linkmesh_tests::process::detach_children();
+    }
+    match run(ci, kept) {
         Ok(()) => {
             println!("demo finished: every step succeeded");
             ExitCode::SUCCESS
