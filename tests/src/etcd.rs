@@ -28,6 +28,8 @@ struct MemberSpec {
     /// Serve clients over TLS (then health is read from a plain metrics port).
     tls: Option<ServerTls>,
     metrics_port: u16,
+    /// More etcd flags (e.g. `--auth-token-ttl=2`).
+    extra: Vec<String>,
 }
 
 /// What a TLS etcd serves with (PEM files).
@@ -71,7 +73,8 @@ impl MemberSpec {
             .arg(format!("--initial-cluster-state={state}"))
             .arg(format!("--initial-cluster-token={}", self.cluster_token))
             .arg("--log-outputs=stderr")
-            .arg("--logger=zap");
+            .arg("--logger=zap")
+            .args(&self.extra);
         if let Some(tls) = &self.tls {
             cmd.arg(format!("--cert-file={}", tls.cert.display()))
                 .arg(format!("--key-file={}", tls.key.display()))
@@ -137,16 +140,22 @@ impl Etcd {
     /// so agents inside the lab's namespaces reach it). Waits until healthy.
     #[must_use]
     pub fn start_on(ip: IpAddr) -> Self {
-        Self::start_with(ip, None)
+        Self::start_with(ip, None, &[])
     }
 
     /// Like [`Etcd::start_on`], serving clients over TLS.
     #[must_use]
     pub fn start_tls_on(ip: IpAddr, tls: &ServerTls) -> Self {
-        Self::start_with(ip, Some(tls))
+        Self::start_with(ip, Some(tls), &[])
     }
 
-    fn start_with(ip: IpAddr, tls: Option<&ServerTls>) -> Self {
+    /// Like [`Etcd::start_on`], with more etcd flags.
+    #[must_use]
+    pub fn start_with_flags(ip: IpAddr, flags: &[&str]) -> Self {
+        Self::start_with(ip, None, flags)
+    }
+
+    fn start_with(ip: IpAddr, tls: Option<&ServerTls>, flags: &[&str]) -> Self {
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
             let dir = tempfile::Builder::new()
@@ -168,6 +177,7 @@ impl Etcd {
                 log: dir.path().join("etcd.log"),
                 tls: tls.cloned(),
                 metrics_port: free_port(ip),
+                extra: flags.iter().map(|f| (*f).to_owned()).collect(),
             };
             let initial = format!("{}={}", spec.name, spec.peer_url());
             let mut etcd = Self {
@@ -325,6 +335,7 @@ impl EtcdCluster {
                     log: dir.path().join("etcd.log"),
                     tls: None,
                     metrics_port: 0,
+                    extra: Vec::new(),
                 };
                 members.push(Etcd {
                     spec,
