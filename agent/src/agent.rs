@@ -203,6 +203,7 @@ fn relevant(event: &KernelEvent, segments: &BTreeSet<String>) -> bool {
         KernelEvent::LinkChanged { name, .. } => {
             name.as_ref().is_some_and(|n| segments.contains(n))
         }
+        KernelEvent::AddressRemoved { .. } => false,
     }
 }
 

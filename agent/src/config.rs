@@ -390,6 +390,7 @@ impl AgentArgs {
             contend_delay: Duration::from_millis(50),
             cooldown: Duration::from_secs(5),
             state_dir: Some(self.state_dir.clone()),
+            resync: Duration::from_secs(self.resync_interval),
             fast: crate::vip::manager::FastSettings {
                 mode: self.fast_failover,
                 probe_interval: Duration::from_secs_f64(self.probe_interval),
@@ -405,6 +406,7 @@ impl AgentArgs {
         crate::peers::PeerSettings {
             port: self.heartbeat_port,
             interval: Duration::from_secs_f64(self.heartbeat_interval),
+            resync: Duration::from_secs(self.resync_interval),
         }
     }
 }

@@ -77,6 +77,7 @@ fn register_vips(r: &mut Registry, vips: &[VipStatus]) {
     let conflicts = Family::<Labels, Counter>::default();
     let strays = Family::<Labels, Counter>::default();
     let checks = Family::<Labels, Counter>::default();
+    let restores = Family::<Labels, Counter>::default();
     for v in vips {
         let vip = v.id.as_str();
         for s in [
@@ -102,6 +103,9 @@ fn register_vips(r: &mut Registry, vips: &[VipStatus]) {
         strays
             .get_or_create(&labels(&[("vip", vip)]))
             .inc_by(v.strays);
+        restores
+            .get_or_create(&labels(&[("vip", vip)]))
+            .inc_by(v.restores);
         for (result, n) in [
             ("pass", v.health_checks_passed),
             ("fail", v.health_checks_failed),
@@ -135,6 +139,11 @@ fn register_vips(r: &mut Registry, vips: &[VipStatus]) {
         "linkmesh_vip_strays",
         "Hosts seen answering for a floating IP nobody owned",
         strays,
+    );
+    r.register(
+        "linkmesh_vip_restores",
+        "Times this host put back a held address someone else removed",
+        restores,
     );
     r.register(
         "linkmesh_vip_health_checks",
@@ -319,6 +328,7 @@ mod tests {
             announcements: 5,
             health_checks_passed: 7,
             health_checks_failed: 1,
+            restores: 0,
         }
     }
 

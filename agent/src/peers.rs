@@ -30,6 +30,8 @@ pub struct PeerSettings {
     pub port: u16,
     /// Time between two heartbeats to each peer.
     pub interval: Duration,
+    /// How often `peer_watch`'s attachment is checked (and restored).
+    pub resync: Duration,
 }
 
 impl PeerSettings {
@@ -320,6 +322,8 @@ pub async fn run(
     let mut beat = tokio::time::interval(health.settings.interval);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sample = tokio::time::interval(SAMPLE_EVERY);
+    let mut resync = tokio::time::interval(health.settings.resync);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0u64;
     loop {
         tokio::select! {
@@ -334,6 +338,11 @@ pub async fn run(
                 }
             }
             _ = sample.tick() => health.record(),
+            _ = resync.tick() => {
+                if let Some(w) = health.lock().watcher.as_mut() {
+                    w.reattach_missing();
+                }
+            }
             r = view.changed() => {
                 if r.is_err() { return; }
                 health.update(&view.borrow_and_update(), &hostname);
@@ -466,6 +475,7 @@ mod tests {
         let s = |i| PeerSettings {
             port: 1,
             interval: ms(i),
+            resync: ms(30_000),
         };
         assert_eq!(s(20).dead_after(), ms(100));
         assert_eq!(s(100).dead_after(), ms(500));

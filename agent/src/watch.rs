@@ -311,6 +311,48 @@ impl ArpWatcher {
     }
 }
 
+/// Attaches `name` again wherever in `attached` it no longer runs: its TCX
+/// link was detached by someone, or the interface was re-created. Logs
+/// each, and returns how many it attached again. Only TCX (kernel >= 6.6)
+/// attachments can be checked; on older kernels nothing is done.
+fn reattach_missing(ebpf: &mut Ebpf, name: &'static str, attached: &BTreeSet<String>) -> usize {
+    if !KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+        return 0;
+    }
+    let Ok(ours) = load_classifier(ebpf, name).and_then(|p| {
+        p.info()
+            .map(|i| i.id())
+            .map_err(|source| WatchError::Program {
+                action: "reading the info of",
+                program: name,
+                source,
+            })
+    }) else {
+        return 0;
+    };
+    let mut restored = 0;
+    for interface in attached {
+        // A missing interface cannot be attached to; it is tried again at
+        // the next check.
+        let Ok((_, programs)) = SchedClassifier::query_tcx(interface, TcAttachType::Ingress) else {
+            continue;
+        };
+        if programs.iter().any(|p| p.id() == ours) {
+            continue;
+        }
+        match attach_classifier(ebpf, name, interface) {
+            Ok(()) => {
+                restored += 1;
+                tracing::warn!(program = name, %interface, "the program was detached (by hand?): attached again");
+            }
+            Err(e) => {
+                tracing::warn!(program = name, %interface, error = %e, "the program was detached and cannot be attached again");
+            }
+        }
+    }
+    restored
+}
+
 /// The index of a network interface in the current namespace.
 #[must_use]
 pub fn interface_index(name: &str) -> Option<u32> {
@@ -408,6 +450,12 @@ impl VipWatcher {
         attach_classifier(&mut self.ebpf, VIP_PROGRAM, interface)?;
         self.attached.insert(interface.to_owned());
         Ok(())
+    }
+
+    /// Attaches `vip_watch` again where it was detached (see
+    /// [`reattach_missing`]).
+    pub fn reattach_missing(&mut self) -> usize {
+        reattach_missing(&mut self.ebpf, VIP_PROGRAM, &self.attached)
     }
 
     /// Tells the program about a VIP: our MAC, and whether we hold it.
@@ -659,6 +707,12 @@ impl PeerWatcher {
         attach_classifier(&mut self.ebpf, PEER_PROGRAM, interface)?;
         self.attached.insert(interface.to_owned());
         Ok(())
+    }
+
+    /// Attaches `peer_watch` again where it was detached (see
+    /// [`reattach_missing`]).
+    pub fn reattach_missing(&mut self) -> usize {
+        reattach_missing(&mut self.ebpf, PEER_PROGRAM, &self.attached)
     }
 
     /// Makes the peer set exactly `want`.

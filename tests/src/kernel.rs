@@ -219,3 +219,94 @@ pub fn neighbours(ns: &str) -> Vec<Neighbour> {
             .collect()
     })
 }
+
+/// `BPF_PROG_QUERY`, `BPF_LINK_GET_FD_BY_ID`, `BPF_LINK_DETACH` (bpf(2)).
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_LINK_DETACH: libc::c_long = 34;
+/// `enum bpf_attach_type`: `BPF_TCX_INGRESS`.
+const BPF_TCX_INGRESS: u32 = 46;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is a zero-padded `union bpf_attr` prefix of 64 bytes,
+    // the size passed; the kernel writes only within it and the buffers it
+    // points to, which outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of::<[u64; 8]>(),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Detaches, "by hand", the TCX links of program `program` on `ifname`'s
+/// ingress in namespace `ns` (as `bpftool link detach` would): the owner's
+/// links turn defunct. Returns how many were detached.
+#[must_use]
+pub fn detach_tcx(ns: &str, ifname: &str, program: &str) -> usize {
+    let (ifname, program) = (ifname.to_owned(), program.to_owned());
+    netns::run_in(ns, move || {
+        use aya::programs::{SchedClassifier, TcAttachType};
+        let (_, programs) =
+            SchedClassifier::query_tcx(&ifname, TcAttachType::Ingress).expect("querying TCX");
+        let wanted: Vec<u32> = programs
+            .iter()
+            .filter(|p| p.name_as_str() == Some(program.as_str()))
+            .map(aya::programs::ProgramInfo::id)
+            .collect();
+        let name = std::ffi::CString::new(ifname.clone()).expect("name");
+        // SAFETY: a valid NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(ifindex, 0, "no interface {ifname}");
+        let mut prog_ids = [0u32; 64];
+        let mut link_ids = [0u32; 64];
+        // union bpf_attr, query: target_ifindex, attach_type | query_flags,
+        // attach_flags | prog_ids | count, pad | prog_attach_flags |
+        // link_ids | link_attach_flags | revision.
+        let mut attr = [0u64; 8];
+        attr[0] = u64::from(ifindex) | (u64::from(BPF_TCX_INGRESS) << 32);
+        attr[2] = prog_ids.as_mut_ptr() as u64;
+        attr[3] = 64;
+        attr[5] = link_ids.as_mut_ptr() as u64;
+        bpf(BPF_PROG_QUERY, &mut attr).expect("BPF_PROG_QUERY");
+        let count = usize::try_from(attr[3] & 0xffff_ffff).expect("count");
+        let mut detached = 0;
+        for i in 0..count.min(64) {
+            if !wanted.contains(&prog_ids[i]) || link_ids[i] == 0 {
+                continue;
+            }
+            let mut attr = [0u64; 8];
+            attr[0] = u64::from(link_ids[i]);
+            let fd = bpf(BPF_LINK_GET_FD_BY_ID, &mut attr).expect("BPF_LINK_GET_FD_BY_ID");
+            let mut attr = [0u64; 8];
+            attr[0] = u64::try_from(fd).expect("fd");
+            bpf(BPF_LINK_DETACH, &mut attr).expect("BPF_LINK_DETACH");
+            // SAFETY: the fd was just returned by the kernel and is ours.
+            unsafe { libc::close(i32::try_from(fd).expect("fd")) };
+            detached += 1;
+        }
+        detached
+    })
+}
+
+/// Names of the TCX programs on `ifname`'s ingress in namespace `ns`.
+#[must_use]
+pub fn tcx_programs(ns: &str, ifname: &str) -> Vec<String> {
+    let ifname = ifname.to_owned();
+    netns::run_in(ns, move || {
+        use aya::programs::{SchedClassifier, TcAttachType};
+        let (_, programs) =
+            SchedClassifier::query_tcx(&ifname, TcAttachType::Ingress).expect("querying TCX");
+        programs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+            .collect()
+    })
+}

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use aya::programs::{SchedClassifier, TcAttachType};
 use linkmesh_tests::agent::{self, wait_until};
 use linkmesh_tests::process::Process;
 use linkmesh_tests::require_root;
@@ -216,16 +215,9 @@ fn an_isolated_standby_suspects_nobody() {
 
 /// Names of the TCX programs on `host`'s eth0 ingress.
 fn tcx_programs(v: &VipLab, host: u8) -> Vec<String> {
-    v.lab.host(host).run(|| {
-        let (_, programs) =
-            SchedClassifier::query_tcx("eth0", TcAttachType::Ingress).expect("querying TCX");
-        let mut names: Vec<String> = programs
-            .iter()
-            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
-            .collect();
-        names.sort();
-        names
-    })
+    let mut names = linkmesh_tests::kernel::tcx_programs(&v.lab.host(host).netns, "eth0");
+    names.sort();
+    names
 }
 
 #[test]

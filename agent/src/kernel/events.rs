@@ -1,9 +1,13 @@
-//! Kernel change notifications (links and neighbours), so the agent notices
-//! a device or an FDB entry removed by hand and restores it.
+//! Kernel change notifications (links, neighbours, addresses), so the agent
+//! notices a device, an FDB entry or a floating IP's address removed by
+//! hand and restores it.
+
+use std::net::IpAddr;
 
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::SocketAddr;
@@ -20,6 +24,8 @@ pub enum KernelEvent {
     LinkRemoved { index: u32, name: Option<String> },
     /// A bridge/VXLAN forwarding entry of `ifindex` was deleted.
     FdbRemoved { ifindex: u32 },
+    /// An address was deleted from link `ifindex`.
+    AddressRemoved { ifindex: u32, addr: IpAddr },
 }
 
 /// A subscription to link and neighbour notifications.
@@ -33,6 +39,19 @@ impl KernelEvents {
         let (connection, _handle, messages) =
             rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Neigh])
                 .map_err(KernelError::Connect)?;
+        tokio::spawn(connection);
+        Ok(Self { messages })
+    }
+
+    /// Subscribes to link and address notifications (for the floating IPs).
+    /// Must run inside a tokio runtime.
+    pub fn subscribe_addresses() -> Result<Self, KernelError> {
+        let (connection, _handle, messages) = rtnetlink::new_multicast_connection(&[
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
+        ])
+        .map_err(KernelError::Connect)?;
         tokio::spawn(connection);
         Ok(Self { messages })
     }
@@ -67,6 +86,16 @@ fn classify(m: RouteNetlinkMessage) -> Option<KernelEvent> {
             index: l.header.index,
             name: link_name(&l.attributes),
         }),
+        RouteNetlinkMessage::DelAddress(a) => {
+            let addr = a.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })?;
+            Some(KernelEvent::AddressRemoved {
+                ifindex: a.header.index,
+                addr,
+            })
+        }
         RouteNetlinkMessage::DelNeighbour(n) if n.header.family == AddressFamily::Bridge => {
             Some(KernelEvent::FdbRemoved {
                 ifindex: n.header.ifindex,

@@ -60,6 +60,9 @@ pub struct VipSettings {
     pub cooldown: Duration,
     /// Where the lease id is kept, so a restart within the TTL keeps the VIPs.
     pub state_dir: Option<PathBuf>,
+    /// How often held addresses are checked against the kernel, besides the
+    /// address notifications (which can be lost when the socket overflows).
+    pub resync: Duration,
     pub fast: FastSettings,
 }
 
@@ -90,6 +93,8 @@ pub struct VipStatus {
     pub announcements: u64,
     pub health_checks_passed: u64,
     pub health_checks_failed: u64,
+    /// Times this host put its address back after someone removed it.
+    pub restores: u64,
 }
 
 /// What the manager shares with the API: every VIP's status on this host,
@@ -222,6 +227,7 @@ struct Vip {
     announcements: Arc<std::sync::atomic::AtomicU64>,
     health_passed: u64,
     health_failed: u64,
+    restores: u64,
 }
 
 /// Looking for a host that answers for a VIP nobody owns.
@@ -295,6 +301,15 @@ pub async fn run(settings: VipSettings, services: Services, mut stop: watch::Rec
         probers: BTreeMap::new(),
     };
     let mut fence_tick = tokio::time::interval(Duration::from_millis(50));
+    let mut addresses = match crate::kernel::events::KernelEvents::subscribe_addresses() {
+        Ok(events) => Some(events),
+        Err(e) => {
+            warn!(error = %e, "no address notifications: a removed VIP address is restored only at the resync");
+            None
+        }
+    };
+    let mut resync_tick = tokio::time::interval(m.settings.resync);
+    resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probe_tick = tokio::time::interval(m.settings.fast.probe_interval);
     probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -310,6 +325,19 @@ pub async fn run(settings: VipSettings, services: Services, mut stop: watch::Rec
                 m.contend_due().await;
             }
             _ = fence_tick.tick() => m.fence().await,
+            event = async {
+                match addresses.as_mut() {
+                    Some(a) => a.next().await,
+                    None => std::future::pending().await,
+                }
+            } => match event {
+                Some(event) => m.kernel_changed(&event).await,
+                None => {
+                    warn!("address notifications ended: a removed VIP address is restored only at the resync");
+                    addresses = None;
+                }
+            },
+            _ = resync_tick.tick() => m.resync().await,
             _ = probe_tick.tick() => m.probe_tick().await,
             _ = stop.changed() => break,
         }
@@ -437,6 +465,7 @@ impl Manager {
                         announcements: v.announcements.load(std::sync::atomic::Ordering::Relaxed),
                         health_checks_passed: v.health_passed,
                         health_checks_failed: v.health_failed,
+                        restores: v.restores,
                     },
                 )
             })
@@ -578,6 +607,7 @@ impl Manager {
                 announcements: Arc::default(),
                 health_passed: 0,
                 health_failed: 0,
+                restores: 0,
             },
         );
     }
@@ -884,6 +914,86 @@ impl Manager {
             .delete_address(index, &ifname, cidr.addr, cidr.prefix_len)
             .await;
         Some((ifname, result))
+    }
+
+    /// A link or address changed: if it may concern an address we hold,
+    /// check it.
+    async fn kernel_changed(&mut self, event: &crate::kernel::events::KernelEvent) {
+        use crate::kernel::events::KernelEvent;
+        let concerned: Vec<String> = self
+            .vips
+            .iter()
+            .filter(|(_, v)| {
+                let Some((index, ifname)) = &v.bound else {
+                    return false;
+                };
+                match event {
+                    KernelEvent::AddressRemoved { ifindex, addr } => {
+                        ifindex == index && *addr == v.cidr.addr
+                    }
+                    KernelEvent::LinkRemoved { index: i, name }
+                    | KernelEvent::LinkChanged { index: i, name } => {
+                        i == index || name.as_deref() == Some(ifname.as_str())
+                    }
+                    KernelEvent::FdbRemoved { .. } => false,
+                }
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !concerned.is_empty() {
+            self.verify_bound(Some(&concerned)).await;
+        }
+    }
+
+    /// The periodic check: held addresses, and `vip_watch`'s attachments.
+    async fn resync(&mut self) {
+        self.verify_bound(None).await;
+        if let Some(w) = self.watcher.as_mut() {
+            w.reattach_missing();
+        }
+    }
+
+    /// Puts back the address of every VIP we hold (or of `only`) that is no
+    /// longer in the kernel: removed by hand, or with its interface.
+    async fn verify_bound(&mut self, only: Option<&[String]>) {
+        let held: Vec<(String, u32, String)> = self
+            .vips
+            .iter()
+            .filter(|(id, v)| v.state == State::Activated && only.is_none_or(|o| o.contains(id)))
+            .filter_map(|(id, v)| {
+                let (index, ifname) = v.bound.clone()?;
+                Some((id.clone(), index, ifname))
+            })
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let present = match self.nl.addresses().await {
+            Ok(present) => present,
+            Err(e) => {
+                warn!(error = %e, "reading addresses to check the VIPs failed");
+                return;
+            }
+        };
+        for (id, index, ifname) in held {
+            let Some(v) = self.vips.get_mut(&id) else {
+                continue;
+            };
+            let cidr = v.cidr;
+            if present
+                .iter()
+                .any(|a| a.ifindex == index && a.addr == cidr.addr)
+            {
+                continue;
+            }
+            v.restores += 1;
+            warn!(vip = %id, interface = %ifname, restores = v.restores, "the VIP's address is gone from the kernel (removed by hand or with its interface): restoring");
+            // `bind` finds the interface by name again (it may be a new one),
+            // adds the address and announces it.
+            v.bound = None;
+            self.bind(&id).await;
+        }
+        self.publish();
     }
 
     /// At start, with another host owning `id`: removes the address if an
