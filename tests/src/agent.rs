@@ -79,6 +79,23 @@ pub fn start_labeled(
     segments: &[&str],
     extra: &[&str],
 ) -> Process {
+    lab.spawn(
+        index,
+        label,
+        command(lab, index, etcd, secret, segments, extra),
+    )
+}
+
+/// The command [`start`] runs (to add to it, e.g. environment variables).
+#[must_use]
+pub fn command(
+    lab: &Lab,
+    index: u8,
+    etcd: &str,
+    secret: &Path,
+    segments: &[&str],
+    extra: &[&str],
+) -> Command {
     let host = lab.host(index);
     let mut cmd = Command::new(binary());
     cmd.args([
@@ -103,7 +120,7 @@ pub fn start_labeled(
     .args(extra)
     .env("LINKMESH_LOG", "info,linkmesh=debug")
     .env("NO_COLOR", "1");
-    lab.spawn(index, label, cmd)
+    cmd
 }
 
 /// Polls `f` every 20 ms until it is true or `timeout` passes; returns the

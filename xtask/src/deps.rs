@@ -12,6 +12,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("protobuf-compiler", "protoc, for etcd-client's build"),
     ("iproute2", "`ip netns` for the test lab's namespaces"),
     ("iputils-ping", "ping, the tests' probe across the overlay"),
+    (
+        "faketime",
+        "libfaketime: steps one agent's wall clock in the clock-jump test",
+    ),
 ];
 
 fn installed(package: &str) -> bool {
