@@ -228,7 +228,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let record = host_record(&hostname, &underlay, &segments);
     let max_age = Duration::from_secs(args.max_record_age);
 
-    let client = store::connect(&args.etcd.access()?).await?;
+    let access = args.etcd.access()?;
+    let client = store::connect(&access).await?;
+    let members = tokio::spawn(store::keep_endpoints(client.clone(), access));
     let stats = Arc::new(StoreStats::default());
     let cache = Arc::new(Mutex::new(RegistryCache::new(
         keys.clone(),
@@ -311,6 +313,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     heartbeats.abort();
     registration.abort();
     sync.abort();
+    members.abort();
     shutdown(&client, &lease, args.cleanup_on_exit.then_some(&reconciler)).await
 }
 

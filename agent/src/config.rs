@@ -178,8 +178,10 @@ pub struct AgentArgs {
     /// Default interface for floating IPs (a VIP record may name its own).
     #[arg(long, env = "LINKMESH_VIP_INTERFACE")]
     pub vip_interface: Option<String>,
-    /// Ownership lease TTL in seconds (minimum 2); renewed every third of it.
-    #[arg(long, env = "LINKMESH_KEEPALIVE_INTERVAL", default_value_t = 2)]
+    /// Ownership lease TTL in seconds (minimum 2); renewed every third of it,
+    /// at most every second. 5 s lets the owner ride out an etcd leader
+    /// election (see the README); fast failover does not depend on it.
+    #[arg(long, env = "LINKMESH_KEEPALIVE_INTERVAL", default_value_t = 5)]
     pub keepalive_interval: u64,
     /// Failed keepalives before the `claim` loss policy binds.
     #[arg(long, env = "LINKMESH_KEEPALIVE_RETRY", default_value_t = 3)]

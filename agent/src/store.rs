@@ -2,6 +2,7 @@
 //! any failure), this host's registration (lease + keepalive + re-signing),
 //! and the admin operations on segments.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -209,6 +210,87 @@ pub async fn connect(access: &EtcdAccess) -> Result<Client, StoreError> {
             .map_err(|e| failed(&e))?;
     }
     Ok(client)
+}
+
+/// How often [`keep_endpoints`] asks each member for its status, and how
+/// long it waits for an answer.
+const ENDPOINT_CHECK: Duration = Duration::from_millis(500);
+
+/// With several endpoints, keeps `client`'s balancer to the members that
+/// answer. tonic's balancer goes on picking a member that died (each
+/// request sent there fails with "connection refused" or times out), so
+/// every [`ENDPOINT_CHECK`] each member is asked for its status on a
+/// connection of its own; one that does not answer is taken out of the
+/// balancer, and put back once it answers again. If none answers, all are
+/// kept in. Runs until aborted.
+pub async fn keep_endpoints(client: Client, access: EtcdAccess) {
+    if access.endpoints.len() < 2 {
+        return;
+    }
+    let mut probes: BTreeMap<String, Client> = BTreeMap::new();
+    let mut removed: BTreeSet<String> = BTreeSet::new();
+    let mut tick = tokio::time::interval(ENDPOINT_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let checks = access.endpoints.iter().map(|endpoint| {
+            let probe = probes.get(endpoint).cloned();
+            let single = EtcdAccess {
+                endpoints: vec![endpoint.clone()],
+                ..access.clone()
+            };
+            async move {
+                let answered = tokio::time::timeout(ENDPOINT_CHECK, async {
+                    let probe = match probe {
+                        Some(p) => p,
+                        None => connect(&single).await.ok()?,
+                    };
+                    probe.maintenance_client().status().await.ok()?;
+                    Some(probe)
+                })
+                .await
+                .ok()
+                .flatten();
+                (endpoint.clone(), answered)
+            }
+        });
+        let results = futures::future::join_all(checks).await;
+        let alive: BTreeSet<String> = results
+            .iter()
+            .filter(|(_, p)| p.is_some())
+            .map(|(e, _)| e.clone())
+            .collect();
+        for (endpoint, probe) in results {
+            match probe {
+                Some(p) => {
+                    probes.insert(endpoint, p);
+                }
+                None => {
+                    probes.remove(&endpoint);
+                }
+            }
+        }
+        for endpoint in &access.endpoints {
+            let answers = alive.contains(endpoint) || alive.is_empty();
+            if answers && removed.remove(endpoint) {
+                match client.add_endpoint(endpoint).await {
+                    Ok(()) => info!(%endpoint, "etcd member answers again: back in the balancer"),
+                    Err(e) => {
+                        warn!(%endpoint, error = %e, "putting an etcd member back failed");
+                        removed.insert(endpoint.clone());
+                    }
+                }
+            } else if !answers && !removed.contains(endpoint) {
+                match client.remove_endpoint(endpoint).await {
+                    Ok(()) => {
+                        warn!(%endpoint, "etcd member does not answer: out of the balancer");
+                        removed.insert(endpoint.clone());
+                    }
+                    Err(e) => warn!(%endpoint, error = %e, "taking an etcd member out failed"),
+                }
+            }
+        }
+    }
 }
 
 /// Shared counters of the etcd side.

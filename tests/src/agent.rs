@@ -152,6 +152,20 @@ pub fn peers(ns: &str, device: &str) -> Option<Vec<std::net::IpAddr>> {
     Some(out)
 }
 
+/// Waits until `device` in `ns` has exactly `want` as peers; returns the
+/// time it took, or `None`.
+#[must_use]
+pub fn wait_peers(
+    ns: &str,
+    device: &str,
+    want: &[std::net::IpAddr],
+    timeout: Duration,
+) -> Option<Duration> {
+    let mut want = want.to_vec();
+    want.sort();
+    wait_until(timeout, || peers(ns, device).as_deref() == Some(&want[..]))
+}
+
 /// Adds `addr/prefix` to `device` in `ns` (test plumbing).
 pub fn add_address(ns: &str, device: &str, cidr: &str) {
     let out = Command::new("ip")
@@ -188,16 +202,19 @@ pub fn ping(ns: &str, target: &str, count: u32, interval: &str) -> (u32, u32) {
         .output()
         .expect("running ping");
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("ping printed no summary: {text}"));
+    ping_summary(&text).unwrap_or_else(|| panic!("ping printed no summary: {text}"))
+}
+
+/// (transmitted, received) from ping's closing summary, if it printed one.
+#[must_use]
+pub fn ping_summary(output: &str) -> Option<(u32, u32)> {
+    let line = output.lines().find(|l| l.contains("packets transmitted"))?;
     let mut numbers = line
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty());
     let tx = numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0);
     let rx = numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-    (tx, rx)
+    Some((tx, rx))
 }
 
 /// The longest gap between replies in `ping -D` output (the client-side
@@ -216,6 +233,16 @@ pub fn longest_gap(output: &str) -> Option<Duration> {
     (stamps.len() >= 2).then(|| Duration::from_secs_f64(gap))
 }
 
+/// ping's arguments for a probe of `target` every 10 ms for `seconds`, with
+/// timestamps (`-D`).
+fn probe_args(target: &str, seconds: u32) -> Vec<String> {
+    ["-n", "-D", "-i", "0.01", "-W", "1", "-w"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain([seconds.to_string(), target.to_owned()])
+        .collect()
+}
+
 /// Pings `target` from namespace `ns` every 10 ms for `seconds`, with
 /// timestamps (`ping -D`), on a thread; join it for the output.
 #[must_use]
@@ -227,14 +254,20 @@ pub fn probe_every_10ms(
     let (ns, target) = (ns.to_owned(), target.to_owned());
     std::thread::spawn(move || {
         let out = Command::new("ip")
-            .args([
-                "netns", "exec", &ns, "ping", "-n", "-D", "-i", "0.01", "-W", "1", "-w",
-            ])
-            .arg(seconds.to_string())
-            .arg(&target)
+            .args(["netns", "exec", &ns, "ping"])
+            .args(probe_args(&target, seconds))
             .output()?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     })
+}
+
+/// Like [`probe_every_10ms`], as a process of the lab in host `host`
+/// (killed with the lab, so a failing test leaves no ping behind); its
+/// output is the process's log (`<host>-<label>.log`).
+pub fn start_probe(lab: &Lab, host: u8, label: &str, target: &str, seconds: u32) -> Process {
+    let mut cmd = Command::new("ping");
+    cmd.args(probe_args(target, seconds));
+    lab.spawn(host, label, cmd)
 }
 
 /// Runs `cmd` (a `linkmesh` command) to the end without a backtrace on

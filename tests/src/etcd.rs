@@ -290,6 +290,29 @@ impl Drop for Etcd {
     }
 }
 
+/// What clients are pointed at: one member or a whole cluster.
+pub trait Endpoints {
+    /// Every member's client URL.
+    fn client_urls(&self) -> Vec<String>;
+
+    /// The `--etcd-server` value: every client URL, comma-separated.
+    fn server_arg(&self) -> String {
+        self.client_urls().join(",")
+    }
+}
+
+impl Endpoints for Etcd {
+    fn client_urls(&self) -> Vec<String> {
+        vec![self.endpoint()]
+    }
+}
+
+impl Endpoints for EtcdCluster {
+    fn client_urls(&self) -> Vec<String> {
+        self.endpoints()
+    }
+}
+
 /// A 3-member (or N-member) etcd cluster on loopback.
 pub struct EtcdCluster {
     members: Vec<Etcd>,
@@ -379,6 +402,16 @@ impl EtcdCluster {
     #[must_use]
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(Etcd::endpoint).collect()
+    }
+
+    /// The client URLs of the members running now.
+    #[must_use]
+    pub fn live_endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(Etcd::endpoint)
+            .collect()
     }
 
     /// SIGKILLs member `i`.

@@ -2,6 +2,7 @@
 //! bridge FDB entries and neighbours. Tests assert on these, not on the
 //! agent's own idea of what it programmed.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
@@ -309,4 +310,84 @@ pub fn tcx_programs(ns: &str, ifname: &str) -> Vec<String> {
             .map(|p| p.name_as_str().unwrap_or("?").to_owned())
             .collect()
     })
+}
+
+/// IDs of every BPF program and map on the machine (`BPF_PROG_GET_NEXT_ID`,
+/// `BPF_MAP_GET_NEXT_ID`).
+#[must_use]
+pub fn bpf_ids() -> (BTreeSet<u32>, BTreeSet<u32>) {
+    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+    const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
+    let ids = |cmd| {
+        let mut all = BTreeSet::new();
+        let mut id = 0u32;
+        loop {
+            let mut attr = [0u64; 8];
+            attr[0] = u64::from(id);
+            if bpf(cmd, &mut attr).is_err() {
+                return all;
+            }
+            id = u32::try_from(attr[0] >> 32).expect("next id");
+            all.insert(id);
+        }
+    };
+    (ids(BPF_PROG_GET_NEXT_ID), ids(BPF_MAP_GET_NEXT_ID))
+}
+
+/// IDs of the BPF programs and maps some process holds a descriptor to
+/// (directly, or through a link: `/proc/*/fdinfo/*`).
+#[must_use]
+pub fn bpf_ids_held() -> (BTreeSet<u32>, BTreeSet<u32>) {
+    let (mut progs, mut maps) = (BTreeSet::new(), BTreeSet::new());
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return (progs, maps);
+    };
+    for p in processes.flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(text) = std::fs::read_to_string(fd.path()) else {
+                continue;
+            };
+            for line in text.lines() {
+                let mut parts = line.split_whitespace();
+                let (Some(key), Some(value)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let Ok(id) = value.parse::<u32>() else {
+                    continue;
+                };
+                match key {
+                    "prog_id:" => {
+                        progs.insert(id);
+                    }
+                    "map_id:" => {
+                        maps.insert(id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    (progs, maps)
+}
+
+/// BPF programs and maps that appeared since `before` (from [`bpf_ids`])
+/// and that no process holds: objects a dead owner left behind (attached
+/// with nobody to detach them, or pinned). Objects other tests create
+/// meanwhile are held by their processes, so they do not count.
+#[must_use]
+pub fn bpf_orphans(before: &(BTreeSet<u32>, BTreeSet<u32>)) -> (Vec<u32>, Vec<u32>) {
+    let (progs, maps) = bpf_ids();
+    let (held_progs, held_maps) = bpf_ids_held();
+    let orphans = |now: BTreeSet<u32>, before: &BTreeSet<u32>, held: &BTreeSet<u32>| {
+        now.into_iter()
+            .filter(|id| !before.contains(id) && !held.contains(id))
+            .collect::<Vec<_>>()
+    };
+    (
+        orphans(progs, &before.0, &held_progs),
+        orphans(maps, &before.1, &held_maps),
+    )
 }

@@ -5,7 +5,9 @@
 //! - namespace `lmt-S-hI` is host I (1-based): `eth0` with 198.18.S.I/24 and
 //!   MAC 02:18:S:00:00:I, a default route via the root namespace's address;
 //! - the root namespace gets one veth, `lmtS`, with 198.18.S.254/24 on the
-//!   same underlay, where the harness's etcd listens.
+//!   same underlay, where the harness's etcd listens;
+//! - overlay (segment device) addresses come from 198.19.S.0/24
+//!   ([`Lab::overlay_address`]).
 //!
 //! Only addresses from 198.18.0.0/15 are used; nothing touches the machine's
 //! own interfaces.
@@ -223,6 +225,13 @@ impl Lab {
     #[must_use]
     pub fn gateway(&self) -> Ipv4Addr {
         Ipv4Addr::new(198, 18, self.slot.number, 254)
+    }
+
+    /// Host `index`'s overlay address 198.19.S.(offset + index), for a
+    /// segment device (`offset` splits the range between segments).
+    #[must_use]
+    pub fn overlay_address(&self, index: u8, offset: u8) -> Ipv4Addr {
+        Ipv4Addr::new(198, 19, self.slot.number, offset + index)
     }
 
     #[must_use]

@@ -9,6 +9,7 @@
 //! by a killed test process is swept by the next user of that slot.
 
 pub mod agent;
+pub mod chaos;
 pub mod etcd;
 pub mod frame;
 pub mod kernel;

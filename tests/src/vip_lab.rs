@@ -1,18 +1,19 @@
 //! A floating-IP lab: `agents` hosts that may hold a VIP, one client host
-//! after them, a real etcd on the lab's gateway and the VIP defined.
+//! after them, a real etcd (one member, or a cluster) on the lab's gateway
+//! and the VIP defined.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::agent::{self, admin, wait_until};
-use crate::etcd::Etcd;
+use crate::etcd::{Endpoints, Etcd, EtcdCluster};
 use crate::kernel;
 use crate::lab::Lab;
 use crate::process::Process;
 
-pub struct VipLab {
+pub struct VipLab<E = Etcd> {
     pub lab: Lab,
-    pub etcd: Etcd,
+    pub etcd: E,
     pub secret: std::path::PathBuf,
     pub vip: IpAddr,
     pub id: String,
@@ -27,12 +28,29 @@ impl VipLab {
     pub fn new(agents: u8, secret: &str, extra_record: &[&str]) -> Self {
         let lab = Lab::new(agents + 1);
         let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
+        Self::on(lab, etcd, agents, secret, extra_record)
+    }
+}
+
+impl VipLab<EtcdCluster> {
+    /// Like [`VipLab::new`], on an etcd cluster of `members` members (every
+    /// agent gets every member's URL).
+    #[must_use]
+    pub fn with_cluster(agents: u8, members: usize, secret: &str, extra_record: &[&str]) -> Self {
+        let lab = Lab::new(agents + 1);
+        let etcd = EtcdCluster::start_on(IpAddr::V4(lab.gateway()), members);
+        Self::on(lab, etcd, agents, secret, extra_record)
+    }
+}
+
+impl<E: Endpoints> VipLab<E> {
+    fn on(lab: Lab, etcd: E, agents: u8, secret: &str, extra_record: &[&str]) -> Self {
         let secret = agent::secret_file(&lab, "secret", &[secret]);
         let vip: IpAddr = format!("198.18.{}.100", lab.slot()).parse().expect("ip");
         let cidr = format!("{vip}/24");
         let mut args = vec!["ip", "add", cidr.as_str()];
         args.extend_from_slice(extra_record);
-        let _ = admin(&etcd.endpoint(), &secret, &args);
+        let _ = admin(&etcd.server_arg(), &secret, &args);
         let id = format!("{vip}_24");
         Self {
             lab,
@@ -42,6 +60,12 @@ impl VipLab {
             id,
             agents,
         }
+    }
+
+    /// The `--etcd-server` value agents and admin commands get.
+    #[must_use]
+    pub fn endpoints(&self) -> String {
+        self.etcd.server_arg()
     }
 
     /// The client host's index.
@@ -54,6 +78,12 @@ impl VipLab {
     /// ownership lease (`extra` can override both).
     #[must_use]
     pub fn agent(&self, host: u8, label: &str, extra: &[&str]) -> Process {
+        self.agent_with(host, label, &[], extra)
+    }
+
+    /// Like [`VipLab::agent`], joining `segments` too.
+    #[must_use]
+    pub fn agent_with(&self, host: u8, label: &str, segments: &[&str], extra: &[&str]) -> Process {
         // Default announcement interval (1.1 s): a graceful handover must not
         // depend on the second burst.
         let mut args = vec!["--vip-interface", "eth0"];
@@ -65,9 +95,9 @@ impl VipLab {
             &self.lab,
             host,
             label,
-            &self.etcd.endpoint(),
+            &self.endpoints(),
             &self.secret,
-            &[],
+            segments,
             &args,
         )
     }
@@ -75,7 +105,7 @@ impl VipLab {
     /// Defines segment `name` with `vni`.
     pub fn add_segment(&self, name: &str, vni: u32) {
         let _ = admin(
-            &self.etcd.endpoint(),
+            &self.endpoints(),
             &self.secret,
             &["segment", "add", name, "--vni", &vni.to_string()],
         );
@@ -88,7 +118,7 @@ impl VipLab {
         agent::start(
             &self.lab,
             host,
-            &self.etcd.endpoint(),
+            &self.endpoints(),
             &self.secret,
             segments,
             &["--vip-interface", "eth0"],
@@ -138,27 +168,43 @@ impl VipLab {
     /// Keys and values under `prefix` in etcd.
     #[must_use]
     pub fn get(&self, prefix: &str) -> Vec<(String, String)> {
-        let endpoint = self.etcd.endpoint();
+        self.try_get(prefix, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("reading {prefix} from etcd: {e}"))
+    }
+
+    /// Like [`VipLab::get`], giving up after `timeout` (while etcd is
+    /// electing a leader, say) with the error.
+    pub fn try_get(
+        &self,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Vec<(String, String)>, String> {
+        let endpoints = self.etcd.client_urls();
         let key = prefix.to_owned();
+        let read = async move {
+            let mut c = etcd_client::Client::connect(endpoints, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let r = c
+                .get(key, Some(etcd_client::GetOptions::new().with_prefix()))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(r.kvs()
+                .iter()
+                .map(|kv| {
+                    (
+                        String::from_utf8_lossy(kv.key()).into_owned(),
+                        String::from_utf8_lossy(kv.value()).into_owned(),
+                    )
+                })
+                .collect())
+        };
         tokio::runtime::Runtime::new()
             .expect("runtime")
             .block_on(async move {
-                let mut c = etcd_client::Client::connect([endpoint], None)
+                tokio::time::timeout(timeout, read)
                     .await
-                    .expect("etcd");
-                let r = c
-                    .get(key, Some(etcd_client::GetOptions::new().with_prefix()))
-                    .await
-                    .expect("get");
-                r.kvs()
-                    .iter()
-                    .map(|kv| {
-                        (
-                            String::from_utf8_lossy(kv.key()).into_owned(),
-                            String::from_utf8_lossy(kv.value()).into_owned(),
-                        )
-                    })
-                    .collect()
+                    .map_err(|_| format!("no answer within {timeout:?}"))?
             })
     }
 }

@@ -56,14 +56,11 @@ impl Mesh {
         want: &[IpAddr],
         timeout: Duration,
     ) -> Option<Duration> {
-        let mut want = want.to_vec();
-        want.sort();
-        let ns = self.lab.host(host).netns.clone();
-        wait_until(timeout, || peers(&ns, device).as_deref() == Some(&want[..]))
+        agent::wait_peers(&self.lab.host(host).netns, device, want, timeout)
     }
 
     fn overlay(&self, host: u8, segment_octet: u8) -> String {
-        format!("198.19.{}.{}", self.lab.slot(), segment_octet + host)
+        self.lab.overlay_address(host, segment_octet).to_string()
     }
 }
 
@@ -622,9 +619,7 @@ fn agents_fail_over_between_etcd_members() {
     let (h1, h2, h3) = (lab.host(1), lab.host(2), lab.host(3));
     let t = Duration::from_secs(10);
     let wait = |h: &linkmesh_tests::lab::Host, want: &[IpAddr], t: Duration| {
-        let mut want = want.to_vec();
-        want.sort();
-        wait_until(t, || peers(&h.netns, "blue").as_deref() == Some(&want[..]))
+        agent::wait_peers(&h.netns, "blue", want, t)
     };
     assert!(wait(h1, &[ip(h2)], t).is_some());
 

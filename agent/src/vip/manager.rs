@@ -162,12 +162,27 @@ struct LeaseInfo {
 
 /// The self-fencing margin. The deadline starts from when the acknowledged
 /// keepalive was *sent*, so it is never later than etcd's own expiry (which
-/// counts from when the leader received it; a leader change only extends
-/// leases, by the election timeout). The margin then covers unbinding
-/// itself (a netlink request, about a millisecond) and the fence tick, with
-/// room to spare: a tenth of the TTL, at least 200 ms.
+/// counts from when the leader received it). The margin then covers
+/// unbinding itself (a netlink request, about a millisecond) and the fence
+/// tick (50 ms), with room to spare: a tenth of the TTL, at least 200 ms.
+///
+/// An etcd leader change must not trip it. The new leader extends every
+/// lease (to its TTL plus the election timeout), so the lease is never at
+/// risk then, but the owner cannot tell an election from being cut off and
+/// fences at its deadline unless a keepalive gets through first. The time
+/// it has is TTL - renewal interval - margin after the last acknowledged
+/// renewal: with the default 5 s lease renewed every second, 3.5 s, against
+/// etcd's default election (1-2 s after the leader's death, plus ~100 ms to
+/// reconnect, retried every 100-400 ms). With a 2 s lease it is 1.1 s, and
+/// an election may cost a fence and a failover.
 fn fence_margin(ttl: Duration) -> Duration {
     (ttl / 10).max(Duration::from_millis(200))
+}
+
+/// How often the ownership lease is renewed: a third of the TTL, at most
+/// every second (see [`fence_margin`]).
+fn renew_interval(ttl: Duration) -> Duration {
+    (ttl / 3).min(Duration::from_secs(1))
 }
 
 enum Msg {
@@ -378,24 +393,104 @@ struct Members {
 }
 
 /// Writes this host's per-VIP keys in order, each within 2 s.
+/// Whether the failed branch of a contend txn shows the owner key held by
+/// `host` on `lease`.
+fn holds_key(r: &etcd_client::TxnResponse, host: &str, lease: i64) -> bool {
+    r.op_responses().iter().any(|op| match op {
+        etcd_client::TxnOpResponse::Get(g) => g
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.value() == host.as_bytes() && kv.lease() == lease),
+        _ => false,
+    })
+}
+
+impl Write {
+    fn key(&self) -> &str {
+        match self {
+            Write::Put { key, .. } | Write::Delete { key } => key,
+        }
+    }
+}
+
+/// Writes the state and suspect keys in order. A write that fails is kept
+/// and retried (200 ms, doubling to 2 s) until it succeeds or a newer write
+/// of the same key replaces it: a lost suspect key would stall a quorum, a
+/// lost state key would show a stale state. A put on a lease etcd no longer
+/// has is dropped (a newer write on the new lease follows).
 async fn write_states(client: Client, mut rx: mpsc::UnboundedReceiver<Write>) {
     let mut kv = client.kv_client();
-    while let Some(w) = rx.recv().await {
-        let r = match w {
-            Write::Put { key, value, lease } => {
-                let put = kv.put(key, value, Some(PutOptions::new().with_lease(lease)));
-                tokio::time::timeout(Duration::from_secs(2), put)
-                    .await
-                    .map(|r| r.map(drop))
+    // Latest write per key, in arrival order of keys.
+    let mut pending: Vec<Write> = Vec::new();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(w) => pending.push(w),
+                None => return,
             }
-            Write::Delete { key } => {
-                tokio::time::timeout(Duration::from_secs(2), kv.delete(key, None))
-                    .await
-                    .map(|r| r.map(drop))
+        }
+        while let Ok(w) = rx.try_recv() {
+            pending.retain(|p| p.key() != w.key());
+            pending.push(w);
+        }
+        let mut failed = false;
+        while let Some(w) = pending.first() {
+            let r = match w {
+                Write::Put { key, value, lease } => {
+                    let put = kv.put(
+                        key.clone(),
+                        value.clone(),
+                        Some(PutOptions::new().with_lease(*lease)),
+                    );
+                    tokio::time::timeout(Duration::from_secs(2), put)
+                        .await
+                        .map(|r| r.map(drop))
+                }
+                Write::Delete { key } => {
+                    tokio::time::timeout(Duration::from_secs(2), kv.delete(key.clone(), None))
+                        .await
+                        .map(|r| r.map(drop))
+                }
+            };
+            match r {
+                Ok(Ok(())) => {
+                    pending.remove(0);
+                }
+                Ok(Err(e)) if e.to_string().contains("lease not found") => {
+                    debug!(
+                        key = w.key(),
+                        "dropping a write on a lease etcd no longer has"
+                    );
+                    pending.remove(0);
+                }
+                Ok(Err(e)) => {
+                    warn!(key = w.key(), error = %e, "writing a vip key failed; retrying");
+                    failed = true;
+                    break;
+                }
+                Err(_) => {
+                    warn!(key = w.key(), "writing a vip key timed out; retrying");
+                    failed = true;
+                    break;
+                }
             }
-        };
-        if let Ok(Err(e)) = r {
-            debug!(error = %e, "writing a vip key failed");
+        }
+        if failed {
+            // Wait, but take newer writes meanwhile (they may replace ours).
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                w = rx.recv() => match w {
+                    Some(w) => {
+                        pending.retain(|p| p.key() != w.key());
+                        pending.push(w);
+                    }
+                    None => return,
+                },
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        } else {
+            backoff = Duration::from_millis(200);
         }
     }
 }
@@ -703,12 +798,21 @@ impl Manager {
                 key.clone(),
                 self.settings.hostname.clone(),
                 Some(PutOptions::new().with_lease(lease)),
-            )]);
+            )])
+            .or_else([TxnOp::get(key.clone(), None)]);
         let mut kv = self.client.kv_client();
         let t_txn = std::time::Instant::now();
         match tokio::time::timeout(self.settings.ttl, kv.txn(txn)).await {
             Ok(Ok(r)) if r.succeeded() => {
                 info!(vip = %id, txn_us = t_txn.elapsed().as_micros(), "won the election");
+                let me = self.settings.hostname.clone();
+                self.set_owner(id, Some((me, lease))).await;
+            }
+            Ok(Ok(r)) if lease != 0 && holds_key(&r, &self.settings.hostname, lease) => {
+                // Our key, on our live lease: we self-fenced while etcd could
+                // not confirm the lease (a leader election, say), and etcd
+                // kept it. The VIP is still ours; nobody else may take it.
+                info!(vip = %id, "the owner key is still ours (the lease outlived the fence): taking the VIP up again");
                 let me = self.settings.hostname.clone();
                 self.set_owner(id, Some((me, lease))).await;
             }
@@ -1622,7 +1726,7 @@ fn lease_file(s: &VipSettings) -> Option<PathBuf> {
 }
 
 /// Grants (or, after a restart, re-attaches to) the ownership lease and
-/// keeps it alive every TTL/3, publishing the fencing deadline.
+/// keeps it alive (see [`renew_interval`]), publishing the fencing deadline.
 async fn keep_lease(
     client: Client,
     s: VipSettings,
@@ -1642,13 +1746,19 @@ async fn keep_lease(
         .and_then(|f| std::fs::read_to_string(f).ok())
         .and_then(|t| t.trim().parse::<i64>().ok())
         .unwrap_or(0);
+    // Every attempt is bounded by a third of the TTL, and a failed one is
+    // retried after 100 ms (doubling up to a third of the TTL): a request
+    // that lands on a dead or leaderless member must not use up the time
+    // left before the fencing deadline.
+    let attempt = renew_interval(s.ttl);
+    let pause = |failures: u32| retry_pause(failures, attempt);
     loop {
         if id != 0 {
-            id = reattach(&mut lease_client, id, s.ttl).await;
+            id = reattach(&mut lease_client, id, attempt).await;
         }
         if id == 0 {
             let sent = Instant::now();
-            match tokio::time::timeout(s.ttl, lease_client.grant(ttl_secs, None)).await {
+            match tokio::time::timeout(attempt, lease_client.grant(ttl_secs, None)).await {
                 Ok(Ok(r)) => {
                     id = r.id();
                     failures = 0;
@@ -1657,12 +1767,7 @@ async fn keep_lease(
                         ttl = ttl_secs,
                         "ownership lease granted"
                     );
-                    if let Some(f) = lease_file(&s) {
-                        let _ = std::fs::create_dir_all(
-                            f.parent().unwrap_or(std::path::Path::new("/")),
-                        );
-                        let _ = std::fs::write(f, id.to_string());
-                    }
+                    save_lease(&s, id);
                     tx.send_replace(LeaseInfo {
                         id,
                         deadline: sent + s.ttl.saturating_sub(margin),
@@ -1673,25 +1778,25 @@ async fn keep_lease(
                     failures += 1;
                     failed();
                     tx.send_modify(|l| l.failures = failures);
-                    tokio::time::sleep(s.ttl / 3).await;
+                    tokio::time::sleep(pause(failures)).await;
                     continue;
                 }
             }
         }
         let Ok(Ok((mut keeper, mut stream))) =
-            tokio::time::timeout(s.ttl, lease_client.keep_alive(id)).await
+            tokio::time::timeout(attempt, lease_client.keep_alive(id)).await
         else {
             failures += 1;
             failed();
             tx.send_modify(|l| l.failures = failures);
-            tokio::time::sleep(s.ttl / 3).await;
+            tokio::time::sleep(pause(failures)).await;
             continue;
         };
-        let mut tick = tokio::time::interval(s.ttl / 3);
+        let mut tick = tokio::time::interval(attempt);
         loop {
             tick.tick().await;
             let sent = Instant::now();
-            let answer = tokio::time::timeout(s.ttl / 3, async {
+            let answer = tokio::time::timeout(attempt, async {
                 keeper.keep_alive().await?;
                 stream.message().await
             })
@@ -1718,10 +1823,24 @@ async fn keep_lease(
                     failed();
                     tx.send_modify(|l| l.failures = failures);
                     warn!(failures, "ownership lease keepalive failed");
+                    tokio::time::sleep(pause(failures)).await;
                     break;
                 }
             }
         }
+    }
+}
+
+/// 100 ms after the first failure, doubling, at most `cap`.
+fn retry_pause(failures: u32, cap: Duration) -> Duration {
+    (Duration::from_millis(100) * 2u32.saturating_pow(failures.saturating_sub(1).min(8))).min(cap)
+}
+
+/// Keeps the lease id in the state directory, for a restart within the TTL.
+fn save_lease(s: &VipSettings, id: i64) {
+    if let Some(f) = lease_file(s) {
+        let _ = std::fs::create_dir_all(f.parent().unwrap_or(std::path::Path::new("/")));
+        let _ = std::fs::write(f, id.to_string());
     }
 }
 
@@ -1965,6 +2084,36 @@ fn start_watcher(tx: mpsc::Sender<Msg>, status: StatusMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lease_is_renewed_every_third_of_the_ttl_and_at_least_every_second() {
+        assert_eq!(
+            renew_interval(Duration::from_secs(3)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            renew_interval(Duration::from_secs(5)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            renew_interval(Duration::from_secs(2)),
+            Duration::from_secs(2) / 3
+        );
+        // The default lease leaves an election 3.5 s before the fence.
+        let ttl = Duration::from_secs(5);
+        assert_eq!(
+            ttl.saturating_sub(renew_interval(ttl) + fence_margin(ttl)),
+            Duration::from_millis(3500)
+        );
+    }
+
+    #[test]
+    fn lease_retries_start_at_100_ms_and_double_up_to_a_third_of_the_ttl() {
+        let cap = Duration::from_millis(666);
+        let pauses: Vec<u128> = (1..=5).map(|f| retry_pause(f, cap).as_millis()).collect();
+        assert_eq!(pauses, vec![100, 200, 400, 666, 666]);
+        assert_eq!(retry_pause(u32::MAX, cap), cap);
+    }
 
     #[test]
     fn fence_margin_is_a_tenth_with_a_floor() {
