@@ -90,6 +90,8 @@ pub fn loss(history: &VecDeque<(Duration, u64)>, interval: Duration) -> Option<f
 struct Peer {
     hostname: String,
     history: VecDeque<(Duration, u64)>,
+    /// Heard within `dead_after` at the last sample.
+    alive: bool,
 }
 
 #[derive(Default)]
@@ -241,13 +243,17 @@ impl PeerHealth {
         let mut inner = self.lock();
         let now = ktime_now();
         let ips: Vec<Ipv4Addr> = inner.peers.keys().copied().collect();
+        let dead_after = self.settings.dead_after();
         let samples: Vec<_> = ips
             .into_iter()
-            .map(|ip| (ip, Self::sample(&mut inner, ip).map_or(0, |s| s.heartbeats)))
+            .map(|ip| (ip, Self::sample(&mut inner, ip).unwrap_or_default()))
             .collect();
-        for (ip, count) in samples {
+        for (ip, sample) in samples {
             if let Some(p) = inner.peers.get_mut(&ip) {
-                p.history.push_back((now, count));
+                p.alive = sample
+                    .last_seen()
+                    .is_some_and(|t| now.saturating_sub(t) <= dead_after);
+                p.history.push_back((now, sample.heartbeats));
                 while p
                     .history
                     .front()
@@ -259,14 +265,76 @@ impl PeerHealth {
         }
     }
 
-    /// The addresses heartbeats go to.
-    fn targets(&self) -> Vec<SocketAddr> {
+    /// The addresses heartbeats go to, and whether each peer was alive at
+    /// the last sample.
+    fn targets(&self) -> Vec<(SocketAddr, bool)> {
         self.lock()
             .peers
-            .keys()
-            .map(|ip| SocketAddr::new(IpAddr::V4(*ip), self.settings.port))
+            .iter()
+            .map(|(ip, p)| {
+                (
+                    SocketAddr::new(IpAddr::V4(*ip), self.settings.port),
+                    p.alive,
+                )
+            })
             .collect()
     }
+}
+
+/// Quiet peers (not heard lately) with a socket of their own; more share one.
+const QUIET_SOCKETS: usize = 64;
+
+/// The sockets heartbeats leave from. A datagram to a host whose address
+/// does not resolve waits in the kernel's ARP queue, charged to the socket
+/// that sent it, until resolution fails (about 3 s); a few such hosts fill
+/// a socket's send buffer, and from then on every send on it fails with
+/// EAGAIN. So only live peers share the main socket, and each quiet peer
+/// (crashed, cut off, or not heard yet) gets a socket of its own (up to
+/// [`QUIET_SOCKETS`], then a shared one): a dead host's queue only ever
+/// blocks heartbeats to itself.
+struct Senders {
+    main: UdpSocket,
+    address: IpAddr,
+    quiet: BTreeMap<SocketAddr, UdpSocket>,
+    overflow: Option<UdpSocket>,
+    failures: u64,
+}
+
+impl Senders {
+    fn send(&mut self, payload: &[u8], targets: &[(SocketAddr, bool)]) {
+        self.quiet
+            .retain(|t, _| targets.iter().any(|(a, alive)| a == t && !alive));
+        for &(target, alive) in targets {
+            let socket = if alive {
+                Some(&self.main)
+            } else if let Some(s) = self.quiet.get(&target) {
+                Some(s)
+            } else if self.quiet.len() < QUIET_SOCKETS {
+                quiet_socket(self.address)
+                    .ok()
+                    .map(|s| &*self.quiet.entry(target).or_insert(s))
+            } else {
+                if self.overflow.is_none() {
+                    self.overflow = quiet_socket(self.address).ok();
+                }
+                self.overflow.as_ref()
+            };
+            let Some(socket) = socket else { continue };
+            if let Err(e) = socket.send_to(payload, target) {
+                self.failures += 1;
+                if self.failures.is_power_of_two() {
+                    debug!(peer = %target, alive, error = %e, failures = self.failures, "sending a heartbeat failed");
+                }
+            }
+        }
+    }
+}
+
+/// A non-blocking socket on an ephemeral port of `address`.
+fn quiet_socket(address: IpAddr) -> std::io::Result<UdpSocket> {
+    let socket = UdpSocket::bind((address, 0))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
 }
 
 /// Opens the heartbeat socket on the heartbeat port, so that (with the
@@ -310,12 +378,19 @@ pub async fn run(
         }
         Err(e) => warn!(error = %e, "loading the eBPF peer watcher failed"),
     }
-    let socket = match heartbeat_socket(underlay.address, health.settings.port) {
+    let main = match heartbeat_socket(underlay.address, health.settings.port) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "cannot open a heartbeat socket; heartbeats are off");
             return;
         }
+    };
+    let mut senders = Senders {
+        main,
+        address: underlay.address,
+        quiet: BTreeMap::new(),
+        overflow: None,
+        failures: 0,
     };
     let payload = heartbeat_payload(&hostname);
     health.update(&view.borrow_and_update(), &hostname);
@@ -324,19 +399,9 @@ pub async fn run(
     let mut sample = tokio::time::interval(SAMPLE_EVERY);
     let mut resync = tokio::time::interval(health.settings.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failures = 0u64;
     loop {
         tokio::select! {
-            _ = beat.tick() => {
-                for target in health.targets() {
-                    if let Err(e) = socket.send_to(&payload, target) {
-                        failures += 1;
-                        if failures.is_power_of_two() {
-                            debug!(peer = %target, error = %e, failures, "sending a heartbeat failed");
-                        }
-                    }
-                }
-            }
+            _ = beat.tick() => senders.send(&payload, &health.targets()),
             _ = sample.tick() => health.record(),
             _ = resync.tick() => {
                 if let Some(w) = health.lock().watcher.as_mut() {

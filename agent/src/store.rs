@@ -363,7 +363,6 @@ async fn sync_once(
     let revision = snapshot
         .header()
         .map_or(0, etcd_client::ResponseHeader::revision);
-    stats.snapshots.fetch_add(1, Ordering::Relaxed);
     stats.revision.store(revision, Ordering::Relaxed);
     {
         let mut c = cache.lock().await;
@@ -378,6 +377,9 @@ async fn sync_once(
         c.snapshot(entries, unix_now());
     }
     publish(cache, tx).await;
+    // Counted once published: the mesh waits for it before its first
+    // reconcile (an earlier one would see no segment and no peer).
+    stats.snapshots.fetch_add(1, Ordering::Relaxed);
     debug!(revision, keys = snapshot.kvs().len(), "registry snapshot");
 
     let mut watch_client = client.watch_client();

@@ -17,6 +17,7 @@ pub mod lab;
 pub mod netns;
 pub mod pki;
 pub mod process;
+pub mod synthetic;
 pub mod vip_lab;
 
 /// Prefix of every namespace, link and etcd member the lab creates.

@@ -29,10 +29,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use linkmesh::registry::{HostRecord, Keys, Secrets, seal};
 use linkmesh_tests::agent::{self, admin, peers, wait_until};
 use linkmesh_tests::etcd::Etcd;
 use linkmesh_tests::lab::Lab;
+use linkmesh_tests::synthetic::{SyntheticPeers, peer_name};
 use linkmesh_tests::{kernel, netns, require_root};
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::neighbour::NeighbourAttribute;
@@ -54,8 +54,6 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// below its gateway (.254).
 const FIRST_HOST: u8 = 20;
 const _: () = assert!(FIRST_HOST as usize + PEERS < 254);
-/// The one lease every synthetic record is on: longer than the whole test.
-const LEASE_TTL: i64 = 600;
 /// Two consecutive changes of one peer this close together (from the first
 /// returning to the second being sent) may cancel out before the agent acts
 /// on the first: it reconciles the registry's latest state, not every step
@@ -105,105 +103,10 @@ impl Rng {
     }
 }
 
-fn peer_name(i: usize) -> String {
-    format!("syn-{i:03}")
-}
-
+/// Peer `i`'s underlay address in lab slot `slot`.
 fn peer_addr(slot: u8, i: usize) -> IpAddr {
     let host = FIRST_HOST + u8::try_from(i).expect("a peer index below 234");
     IpAddr::V4(Ipv4Addr::new(198, 18, slot, host))
-}
-
-/// Writes the synthetic peers' records from the root namespace.
-struct Registry {
-    kv: etcd_client::KvClient,
-    secrets: Secrets,
-    keys: Keys,
-    lease: i64,
-    slot: u8,
-}
-
-impl Registry {
-    async fn connect(endpoint: &str, slot: u8) -> Self {
-        let client = etcd_client::Client::connect([endpoint], None)
-            .await
-            .unwrap_or_else(|e| panic!("connecting to etcd at {endpoint}: {e}"));
-        let lease = client
-            .lease_client()
-            .grant(LEASE_TTL, None)
-            .await
-            .expect("granting the synthetic peers' lease")
-            .id();
-        Self {
-            kv: client.kv_client(),
-            secrets: Secrets::from_text(SECRET).expect("the lab secret"),
-            keys: Keys::new("/linkmesh"),
-            lease,
-            slot,
-        }
-    }
-
-    async fn join(&mut self, i: usize) {
-        let name = peer_name(i);
-        let key = self.keys.host(&name);
-        let record = HostRecord {
-            segments: [(
-                "blue".to_owned(),
-                linkmesh::mesh::desired::device_mac(&name, "blue"),
-            )]
-            .into(),
-            hostname: name,
-            address: peer_addr(self.slot, i),
-            agent_version: "churn".into(),
-        };
-        let value = seal(
-            &self.secrets,
-            &key,
-            self.lease,
-            linkmesh::store::unix_now(),
-            &record,
-        )
-        .expect("sealing a synthetic record");
-        self.kv
-            .put(
-                key.clone(),
-                value,
-                Some(etcd_client::PutOptions::new().with_lease(self.lease)),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("putting {key}: {e}"));
-    }
-
-    async fn leave(&mut self, i: usize) {
-        let key = self.keys.host(&peer_name(i));
-        self.kv
-            .delete(key.clone(), None)
-            .await
-            .unwrap_or_else(|e| panic!("deleting {key}: {e}"));
-    }
-
-    /// The underlay addresses of the synthetic peers registered now, read
-    /// from the records themselves.
-    async fn registered(&mut self) -> BTreeSet<IpAddr> {
-        let prefix = self.keys.host("syn-");
-        let response = self
-            .kv
-            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-            .await
-            .expect("reading the synthetic records");
-        response
-            .kvs()
-            .iter()
-            .map(|kv| {
-                let envelope: serde_json::Value =
-                    serde_json::from_slice(kv.value()).expect("a record is JSON");
-                envelope["body"]["address"]
-                    .as_str()
-                    .and_then(|a| a.parse().ok())
-                    .unwrap_or_else(|| panic!("a record without an address: {envelope}"))
-            })
-            .collect()
-    }
 }
 
 /// One put (join) or delete (leave) of one peer's key.
@@ -523,7 +426,7 @@ impl Matching {
 /// by `rng`: a joined peer leaves, another joins. Samples the agent's
 /// memory every 10 s.
 async fn churn(
-    registry: &mut Registry,
+    registry: &mut SyntheticPeers,
     rng: &mut Rng,
     joined: &mut BTreeSet<usize>,
     count: u32,
@@ -620,7 +523,12 @@ fn run(lab: &Lab, etcd: &Etcd) -> Outcome {
         .build()
         .expect("building a tokio runtime");
     let mut rng = Rng::new();
-    let mut registry = rt.block_on(Registry::connect(&etcd.endpoint(), slot));
+    let mut registry = rt.block_on(SyntheticPeers::connect(
+        &etcd.endpoint(),
+        slot,
+        SECRET,
+        FIRST_HOST,
+    ));
     let addresses = |set: &BTreeSet<usize>| -> Vec<IpAddr> {
         set.iter().map(|&i| peer_addr(slot, i)).collect()
     };

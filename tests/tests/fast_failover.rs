@@ -454,3 +454,42 @@ fn metrics_after_a_failover_show_one_owner_and_moving_counters() {
     let rtt = series(scrape(second), "linkmesh_etcd_keepalive_seconds_count", "").expect("rtt");
     assert!(rtt >= 1.0, "keepalives were timed: {}", scrape(second));
 }
+
+#[test]
+fn unreachable_registered_hosts_do_not_silence_heartbeats_to_live_ones() {
+    require_root!();
+    let v = VipLab::new(2, SECRET, &[]);
+    // Eight registered hosts that do not exist (inside the lab's /24): the
+    // kernel queues heartbeats to them while ARP fails, charged to the
+    // socket that sent them.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let endpoint = v.etcd.endpoint();
+    let slot = v.lab.slot();
+    rt.block_on(async {
+        let mut ghosts =
+            linkmesh_tests::synthetic::SyntheticPeers::connect(&endpoint, slot, SECRET, 40).await;
+        for i in 0..8 {
+            ghosts.join(i).await;
+        }
+    });
+    let _agents: Vec<Process> = (1..=2).map(|h| v.agent(h, "agent", &[])).collect();
+    // Past ARP's first failures (about 3 s), the loss over the last second
+    // between the two live hosts stays low both ways.
+    let heard = wait_until(Duration::from_secs(15), || {
+        (1..=2).all(|h| peers(&v, h).len() == 9)
+    });
+    assert!(heard.is_some(), "both see 9 peers");
+    std::thread::sleep(Duration::from_secs(5));
+    for (host, other) in [(1, "h2"), (2, "h1")] {
+        let table = peers(&v, host);
+        let row = table.get(other).expect("the live peer's row");
+        let loss = row["loss"].as_f64().unwrap_or(1.0);
+        eprintln!(
+            "heartbeat figure: h{host} hears {other} with loss {loss:.2} beside 8 unreachable peers"
+        );
+        assert!(
+            row["alive"] == true && loss < 0.2,
+            "h{host} hears {other} despite 8 unreachable registered hosts: {row}"
+        );
+    }
+}
