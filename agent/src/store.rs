@@ -212,6 +212,68 @@ pub async fn connect(access: &EtcdAccess) -> Result<Client, StoreError> {
     Ok(client)
 }
 
+/// The largest gRPC reply the agent reads (etcd-client's default is
+/// 4 MiB, and a registry with more than that under the prefix, hostile or
+/// not, would stop every sync): a page of [`PAGE`] values of etcd's default
+/// largest request (1.5 MiB) fits.
+pub const MAX_REPLY: usize = 256 << 20;
+/// Keys per page when reading a prefix.
+const PAGE: i64 = 128;
+
+/// The key right after every key that starts with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Reads every key under `prefix` at one revision, [`PAGE`] keys a
+/// request, each bounded by [`REQUEST_TIMEOUT`]. Returns the revision and
+/// the keys.
+pub async fn read_prefix(
+    client: &Client,
+    prefix: &str,
+) -> Result<(i64, Vec<etcd_client::KeyValue>), StoreError> {
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_REPLY);
+    let end = prefix_end(prefix);
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    let mut all = Vec::new();
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if revision != 0 {
+            options = options.with_revision(revision);
+        }
+        let page = timed(
+            || format!("reading {prefix} (after {} keys)", all.len()),
+            kv.get(from.clone(), Some(options)),
+        )
+        .await?;
+        if revision == 0 {
+            revision = page
+                .header()
+                .map_or(0, etcd_client::ResponseHeader::revision);
+        }
+        let more = page.more();
+        let mut page = page;
+        let kvs = page.take_kvs();
+        if let Some(last) = kvs.last() {
+            from = last.key().to_vec();
+            from.push(0);
+        }
+        let got = kvs.len();
+        all.extend(kvs);
+        if !more || got == 0 {
+            return Ok((revision, all));
+        }
+    }
+}
+
 /// How often [`keep_endpoints`] asks each member for its status, and how
 /// long it waits for an answer.
 const ENDPOINT_CHECK: Duration = Duration::from_millis(500);
@@ -353,20 +415,12 @@ async fn sync_once(
     resync: Duration,
     stats: &StoreStats,
 ) -> Result<(), StoreError> {
-    let mut kv = client.kv_client();
     let prefix = format!("{}/", keys.prefix());
-    let snapshot = timed(
-        || format!("reading the registry under {prefix}"),
-        kv.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-    )
-    .await?;
-    let revision = snapshot
-        .header()
-        .map_or(0, etcd_client::ResponseHeader::revision);
+    let (revision, snapshot) = read_prefix(client, &prefix).await?;
     stats.revision.store(revision, Ordering::Relaxed);
     {
         let mut c = cache.lock().await;
-        let entries = snapshot.kvs().iter().filter_map(|kv| {
+        let entries = snapshot.iter().filter_map(|kv| {
             Some(Entry {
                 key: kv.key_str().ok()?,
                 value: kv.value(),
@@ -380,9 +434,10 @@ async fn sync_once(
     // Counted once published: the mesh waits for it before its first
     // reconcile (an earlier one would see no segment and no peer).
     stats.snapshots.fetch_add(1, Ordering::Relaxed);
-    debug!(revision, keys = snapshot.kvs().len(), "registry snapshot");
+    debug!(revision, keys = snapshot.len(), "registry snapshot");
+    drop(snapshot);
 
-    let mut watch_client = client.watch_client();
+    let mut watch_client = client.watch_client().max_decoding_message_size(MAX_REPLY);
     let mut stream = timed(
         || format!("watching {prefix}"),
         watch_client.watch(
@@ -776,6 +831,13 @@ mod tests {
         let mut c = SlewedClock::new(start, t0);
         let v = c.read(start + 1000.2, at(1000));
         assert!((v - (start + 1000.2)).abs() < 1e-6, "{}", v - start);
+    }
+
+    #[test]
+    fn a_prefix_ends_at_its_last_byte_plus_one() {
+        assert_eq!(prefix_end("/linkmesh/"), b"/linkmesh0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+        assert_eq!(prefix_end(""), vec![0]);
     }
 
     #[test]

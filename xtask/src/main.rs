@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod deps;
 mod ebpf;
+mod fuzz;
 mod step;
 mod test;
 
@@ -34,6 +35,10 @@ enum Command {
     /// VXLAN mesh, a floating IP and its owner's hard crash. Ctrl-C tears it
     /// down; `--keep` leaves it up, `--down` removes it.
     Demo(demo::DemoArgs),
+    /// Run the cargo-fuzz targets (fuzz/: host records, segment and VIP
+    /// records, API bodies) for --seconds each (default 60), installing
+    /// cargo-fuzz on the nightly; fails if any target crashes.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +49,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&root, &args),
         Command::Bench { what } => bench::run(&root, &what),
         Command::Demo(args) => demo::run(&root, &args),
+        Command::Fuzz(args) => fuzz::run(&root, &args),
     }
 }

@@ -17,9 +17,13 @@ pub struct TestArgs {
     /// Skip `cargo fmt --check` and clippy.
     #[arg(long)]
     no_lint: bool,
+    /// Seconds per fuzz target, run after every other test (0 skips them;
+    /// longer runs: `cargo xtask fuzz --seconds 600`).
+    #[arg(long, default_value_t = crate::fuzz::TEST_SECONDS)]
+    fuzz_seconds: u32,
     /// Passed to the integration test binary (a name filter, `--nocapture`, ...).
     #[arg(last = true)]
-    test_args: Vec<String>,
+    libtest_args: Vec<String>,
 }
 
 pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
@@ -57,6 +61,7 @@ pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
             "warnings",
         ]))?;
         step.done();
+        crate::fuzz::lint(root_dir)?;
     }
 
     let mut tally = step::Tally::default();
@@ -85,10 +90,10 @@ pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
             cargo()
                 .current_dir(root_dir)
                 .args(["test", "--package", "linkmesh-tests", "--tests", "--"])
-                .args(&args.test_args),
+                .args(&args.libtest_args),
             &mut tally,
         );
-        if result.is_ok() && args.test_args.is_empty() {
+        if result.is_ok() && args.libtest_args.is_empty() {
             // The README's first command, one unattended cycle, kept up and
             // then taken down the way a reader would.
             let demo = Step::start(
@@ -113,6 +118,15 @@ pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
         eprintln!("==> nothing left behind: no {LAB_PREFIX}-* namespace, no lab etcd running");
     } else {
         eprintln!("==> skipped: integration tests (they need root)");
+    }
+    // Last, and bounded: longer runs are `cargo xtask fuzz --seconds 600`.
+    if args.libtest_args.is_empty() && args.fuzz_seconds > 0 {
+        crate::fuzz::fuzz(
+            root_dir,
+            crate::fuzz::TARGETS,
+            args.fuzz_seconds,
+            &mut tally,
+        )?;
     }
     // One closing line for the whole run (libtest prints one per binary).
     println!(

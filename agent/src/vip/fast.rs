@@ -70,6 +70,8 @@ pub struct Probe {
     pub suspected: bool,
     /// Whether "silent but isolated" was logged for this silence.
     pub isolated_logged: bool,
+    /// Probes sent since the last reply.
+    pub unanswered: u32,
 }
 
 impl Probe {
@@ -82,7 +84,13 @@ impl Probe {
             mac: None,
             suspected: false,
             isolated_logged: false,
+            unanswered: 0,
         }
+    }
+
+    /// A probe went out.
+    pub fn sent(&mut self) {
+        self.unanswered = self.unanswered.saturating_add(1);
     }
 
     /// Takes the data plane's last reply for the VIP (who, when). Replies
@@ -95,6 +103,7 @@ impl Probe {
             self.last_reply = Some(at);
             self.mac = Some(mac);
             self.isolated_logged = false;
+            self.unanswered = 0;
         }
     }
 
@@ -115,11 +124,14 @@ impl Probe {
     }
 
     /// Whether nothing answered for longer than `window` (counting from the
-    /// start of probing, so a new owner gets a full window).
+    /// start of probing, so a new owner gets a full window) *and* at least
+    /// `misses` probes went out meanwhile. Time alone is not enough: when
+    /// this host is too busy to probe (a burst of etcd events, a CPU stall),
+    /// the owner was not asked, so its silence says nothing.
     #[must_use]
-    pub fn silent(&self, now: Duration, window: Duration) -> bool {
+    pub fn silent(&self, now: Duration, window: Duration, misses: u32) -> bool {
         let last = self.last_reply.unwrap_or(self.since).max(self.since);
-        now.saturating_sub(last) > window
+        now.saturating_sub(last) > window && self.unanswered >= misses
     }
 }
 
@@ -211,24 +223,50 @@ mod tests {
     fn a_probe_is_silent_after_a_window_without_replies() {
         let mac = MacAddr([2, 0, 0, 0, 0, 1]);
         let mut p = Probe::new(("h1".into(), 7), ms(1000));
+        for _ in 0..5 {
+            p.sent();
+        }
         assert!(
-            !p.silent(ms(1100), ms(100)),
+            !p.silent(ms(1100), ms(100), 5),
             "a new owner gets a full window"
         );
-        assert!(p.silent(ms(1101), ms(100)));
+        assert!(p.silent(ms(1101), ms(100), 5));
         // A reply from before this owner is someone else's.
         p.observe(Some((mac, ms(900))));
         assert_eq!(p.mac, None);
+        assert_eq!(p.unanswered, 5);
         p.observe(Some((mac, ms(1050))));
         assert_eq!(p.mac, Some(mac));
-        assert!(!p.silent(ms(1150), ms(100)));
-        assert!(p.silent(ms(1151), ms(100)));
+        assert_eq!(p.unanswered, 0, "answered");
+        for _ in 0..5 {
+            p.sent();
+        }
+        assert!(!p.silent(ms(1150), ms(100), 5));
+        assert!(p.silent(ms(1151), ms(100), 5));
         p.observe(Some((mac, ms(1140))));
         assert_eq!(p.last_reply, Some(ms(1140)));
-        assert!(!p.silent(ms(1151), ms(100)));
+        assert!(!p.silent(ms(1151), ms(100), 5));
         // Others must be heard after the owner's last answer + 2 intervals,
         // and within the window.
         assert_eq!(p.others_needed_after(ms(1241), ms(100), ms(20)), ms(1180));
         assert_eq!(p.others_needed_after(ms(1400), ms(100), ms(20)), ms(1300));
+    }
+
+    #[test]
+    fn a_stall_without_probes_is_no_silence() {
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let mut p = Probe::new(("h1".into(), 7), ms(0));
+        p.sent();
+        p.observe(Some((mac, ms(1))));
+        p.sent();
+        // This host was busy for 300 ms: one probe out, none answered yet.
+        assert!(
+            !p.silent(ms(320), ms(100), 5),
+            "the owner was asked once, not five times"
+        );
+        for _ in 0..4 {
+            p.sent();
+        }
+        assert!(p.silent(ms(400), ms(100), 5), "five probes, no answer");
     }
 }

@@ -7,9 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-};
+use etcd_client::{Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -1367,11 +1365,22 @@ impl Manager {
         self.probers.get_mut(ifname)
     }
 
-    async fn send_probe(&mut self, ifname: &str, dst: Option<MacAddr>, vip: std::net::Ipv4Addr) {
-        if let Some((sender, mac)) = self.prober(ifname).await {
-            let frame = arp_probe(*mac, dst, vip);
-            if let Err(e) = sender.send(&frame) {
+    /// Sends one ARP probe; whether it went out.
+    async fn send_probe(
+        &mut self,
+        ifname: &str,
+        dst: Option<MacAddr>,
+        vip: std::net::Ipv4Addr,
+    ) -> bool {
+        let Some((sender, mac)) = self.prober(ifname).await else {
+            return false;
+        };
+        let frame = arp_probe(*mac, dst, vip);
+        match sender.send(&frame) {
+            Ok(()) => true,
+            Err(e) => {
                 debug!(interface = %ifname, error = %e, "sending a probe failed");
+                false
             }
         }
     }
@@ -1445,12 +1454,17 @@ impl Manager {
         let Some(p) = v.probe.as_mut() else { return };
         p.observe(seen);
         let dst = p.mac;
-        let silent = p.silent(now, window);
+        let silent = p.silent(now, window, self.settings.fast.probe_misses);
         let suspected = p.suspected;
         if withdraw {
             self.withdraw_suspicion(id);
         }
-        self.send_probe(ifname, dst, vip).await;
+        // Only probes that went out count towards a silence.
+        if self.send_probe(ifname, dst, vip).await
+            && let Some(p) = self.vips.get_mut(id).and_then(|v| v.probe.as_mut())
+        {
+            p.sent();
+        }
         if silent && !suspected {
             let owner_ip = self.peers.address_of(&owner.0);
             let after = self
@@ -1908,17 +1922,9 @@ async fn watch_once(
     rejected: &mut BTreeMap<String, i64>,
 ) -> Result<(), String> {
     let dir = keys.vips();
-    let mut kv = client.kv_client();
-    let snapshot = tokio::time::timeout(
-        Duration::from_secs(3),
-        kv.get(dir.clone(), Some(GetOptions::new().with_prefix())),
-    )
-    .await
-    .map_err(|_| "reading vips timed out".to_owned())?
-    .map_err(|e| e.to_string())?;
-    let revision = snapshot
-        .header()
-        .map_or(0, etcd_client::ResponseHeader::revision);
+    let (revision, snapshot) = crate::store::read_prefix(client, &dir)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut records = BTreeMap::new();
     let mut owners = BTreeMap::new();
     let mut members = Vec::new();
@@ -1928,7 +1934,7 @@ async fn watch_once(
             rejected.insert(key.to_owned(), rev);
         }
     };
-    for kv in snapshot.kvs() {
+    for kv in &snapshot {
         let Ok(key) = kv.key_str() else { continue };
         match keys.vip_of(key) {
             Some((id, None)) => match parse_record(secrets, key, kv.value(), kv.lease()) {
@@ -1964,7 +1970,10 @@ async fn watch_once(
     for m in members {
         tx.send(m).await.map_err(|_| "closed".to_owned())?;
     }
-    let mut watch_client = client.watch_client();
+    drop(snapshot);
+    let mut watch_client = client
+        .watch_client()
+        .max_decoding_message_size(crate::store::MAX_REPLY);
     let mut stream = watch_client
         .watch(
             dir,
