@@ -321,6 +321,7 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
         ebpf_events: app.shared.ebpf_events.load(Ordering::Relaxed),
         ebpf_ring_drops: app.shared.ebpf_ring_drops.load(Ordering::Relaxed),
         api_tls_failures: app.tls_failures.load(Ordering::Relaxed),
+        vip_records_rejected: app.shared.vip_records_rejected.load(Ordering::Relaxed),
     };
     let body = crate::metrics::render(
         &snapshot,

@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub ebpf_ring_drops: u64,
     /// API connections whose TLS handshake failed.
     pub api_tls_failures: u64,
+    /// VIP records that did not verify.
+    pub vip_records_rejected: u64,
 }
 
 /// Histograms that live across scrapes.
@@ -250,6 +252,11 @@ fn register_ebpf_and_api(r: &mut Registry, s: &Snapshot) {
         "linkmesh_ebpf_ring_drops",
         "Events an eBPF program dropped because its ring buffer was full",
         drops,
+    );
+    r.register(
+        "linkmesh_vip_records_rejected",
+        "VIP records that did not verify (forged, malformed, copied), each revision once",
+        counter(s.vip_records_rejected),
     );
     r.register(
         "linkmesh_api_tls_handshake_failures",

@@ -590,3 +590,63 @@ fn a_stray_claim_is_seen_in_the_data_plane_and_answered() {
         "GET /ips/{{id}} counts it: {body}"
     );
 }
+
+#[test]
+fn a_vip_record_overwritten_with_junk_stays_in_force_across_a_watch_restart() {
+    require_root!();
+    let v = VipLab::new(2, SECRET, &[]);
+    let agents: Vec<_> = (1..=2)
+        .map(|h| v.agent(h, "agent", &["--etcd-loss-policy", "keep"]))
+        .collect();
+    let owner = v
+        .wait_single_holder(Duration::from_secs(10), None)
+        .expect("an owner");
+    // Someone writes junk over the signed record.
+    let key = format!("/linkmesh/vips/{}", v.id);
+    let endpoint = v.etcd.endpoint();
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async move {
+            let mut c = etcd_client::Client::connect([endpoint], None)
+                .await
+                .expect("etcd");
+            c.put(key, "{\"not\": \"a record\"}", None)
+                .await
+                .expect("put");
+        });
+    let logged = wait_until(Duration::from_secs(5), || {
+        agents
+            .iter()
+            .all(|a| a.log().contains("vip record rejected"))
+    });
+    assert!(logged.is_some(), "the junk is rejected");
+    // etcd stalls long enough for every VIP watch to give up and start
+    // again from a snapshot, which reads the junk.
+    let restarts = |a: &Process| a.log().matches("vip watch restarting").count();
+    let before: Vec<usize> = agents.iter().map(restarts).collect();
+    v.etcd.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(6));
+    v.etcd.signal(libc::SIGCONT);
+    let restarted = wait_until(Duration::from_secs(15), || {
+        agents
+            .iter()
+            .zip(&before)
+            .all(|(a, b)| restarts(a) > *b && a.log().contains("registered host"))
+    });
+    assert!(restarted.is_some(), "the VIP watches restarted");
+    std::thread::sleep(Duration::from_secs(2));
+    let logs: String = agents.iter().map(Process::log).collect();
+    assert_eq!(
+        v.holders(),
+        vec![owner],
+        "the VIP stays with its owner: the last verified record stays in force\n{logs}"
+    );
+    assert!(!logs.contains("vip removed"), "{logs}");
+    let (_, metrics) = agent::http(&v.lab.host(1).netns, "GET", "/metrics", None, None);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("linkmesh_vip_records_rejected_total") && !l.ends_with(" 0")),
+        "counted: {metrics}"
+    );
+}

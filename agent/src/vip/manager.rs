@@ -1,7 +1,7 @@
 //! The floating-IP manager: one etcd lease per agent for all its VIPs,
 //! elections by transaction, bind + announce, health checks, self-fencing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -109,6 +109,8 @@ pub struct Shared {
     pub etcd_errors: std::sync::atomic::AtomicU64,
     /// Restarts of the floating-IP watch.
     pub watch_restarts: std::sync::atomic::AtomicU64,
+    /// VIP records that did not verify (each key and revision once).
+    pub vip_records_rejected: std::sync::atomic::AtomicU64,
     /// Duration of passed health checks.
     pub health_check_seconds: Histogram,
     /// Conflict events read from the eBPF watcher's ring.
@@ -128,6 +130,7 @@ impl Default for Shared {
             keepalive_seconds: buckets(),
             etcd_errors: std::sync::atomic::AtomicU64::default(),
             watch_restarts: std::sync::atomic::AtomicU64::default(),
+            vip_records_rejected: std::sync::atomic::AtomicU64::default(),
             health_check_seconds: buckets(),
             ebpf_events: std::sync::atomic::AtomicU64::default(),
             ebpf_ring_drops: std::sync::atomic::AtomicU64::default(),
@@ -187,6 +190,9 @@ enum Msg {
     Snapshot {
         records: BTreeMap<String, VipRecord>,
         owners: BTreeMap<String, (String, i64)>,
+        /// VIPs whose record key holds something that does not verify:
+        /// their last verified record stays in force.
+        unreadable: BTreeSet<String>,
     },
     Record(String, Option<VipRecord>),
     Owner(String, Option<(String, i64)>),
@@ -594,13 +600,19 @@ impl Manager {
 
     async fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Snapshot { records, owners } => {
+            Msg::Snapshot {
+                records,
+                owners,
+                unreadable,
+            } => {
                 // The member keys follow the snapshot, one message each.
                 self.members.clear();
+                // A record overwritten with junk keeps its last verified
+                // version, as the watch does (and the registry cache).
                 let gone: Vec<_> = self
                     .vips
                     .keys()
-                    .filter(|id| !records.contains_key(*id))
+                    .filter(|id| !records.contains_key(*id) && !unreadable.contains(*id))
                     .cloned()
                     .collect();
                 for id in gone {
@@ -1884,7 +1896,7 @@ async fn watch_vips(
 ) {
     let mut rejected: BTreeMap<String, i64> = BTreeMap::new();
     loop {
-        if let Err(e) = watch_once(&client, &keys, &secrets, &tx, &mut rejected).await {
+        if let Err(e) = watch_once(&client, &keys, &secrets, &tx, &mut rejected, &shared).await {
             debug!(error = %e, "vip watch restarting");
             shared
                 .watch_restarts
@@ -1920,6 +1932,7 @@ async fn watch_once(
     secrets: &Secrets,
     tx: &mpsc::Sender<Msg>,
     rejected: &mut BTreeMap<String, i64>,
+    shared: &Shared,
 ) -> Result<(), String> {
     let dir = keys.vips();
     let (revision, snapshot) = crate::store::read_prefix(client, &dir)
@@ -1927,10 +1940,14 @@ async fn watch_once(
         .map_err(|e| e.to_string())?;
     let mut records = BTreeMap::new();
     let mut owners = BTreeMap::new();
+    let mut unreadable = BTreeSet::new();
     let mut members = Vec::new();
     let mut log_rejection = |key: &str, rev: i64, why: &str| {
         if rejected.get(key) != Some(&rev) {
             warn!(key, reason = why, "vip record rejected");
+            shared
+                .vip_records_rejected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             rejected.insert(key.to_owned(), rev);
         }
     };
@@ -1941,7 +1958,10 @@ async fn watch_once(
                 Ok(r) => {
                     records.insert(id.to_owned(), r);
                 }
-                Err(e) => log_rejection(key, kv.mod_revision(), &e),
+                Err(e) => {
+                    unreadable.insert(id.to_owned());
+                    log_rejection(key, kv.mod_revision(), &e);
+                }
             },
             Some((id, Some("owner"))) => {
                 owners.insert(
@@ -1964,9 +1984,13 @@ async fn watch_once(
             }
         }
     }
-    tx.send(Msg::Snapshot { records, owners })
-        .await
-        .map_err(|_| "closed".to_owned())?;
+    tx.send(Msg::Snapshot {
+        records,
+        owners,
+        unreadable,
+    })
+    .await
+    .map_err(|_| "closed".to_owned())?;
     for m in members {
         tx.send(m).await.map_err(|_| "closed".to_owned())?;
     }
