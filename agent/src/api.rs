@@ -78,6 +78,8 @@ fn store_error(e: &StoreError) -> Response {
     match e {
         StoreError::Invalid(m) => error(StatusCode::BAD_REQUEST, m.clone()),
         StoreError::Conflict(m) => error(StatusCode::CONFLICT, m.clone()),
+        // The record could not be sealed (too large): the request's fault.
+        StoreError::Seal(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
         other => error(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
     }
 }
@@ -522,6 +524,16 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_too_large_to_seal_is_the_request_s_fault() {
+        let e = StoreError::Seal(crate::registry::record::SealError::TooLarge {
+            kind: "vip",
+            key: "/linkmesh/vips/x".into(),
+            len: 70_000,
+        });
+        assert_eq!(store_error(&e).status(), StatusCode::BAD_REQUEST);
+    }
 
     #[test]
     fn basic_auth_is_checked() {
