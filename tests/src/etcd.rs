@@ -276,6 +276,36 @@ impl Etcd {
         }
     }
 
+    /// Turns etcd's auth on with user `root` (role `root`) and `password`.
+    pub fn enable_root_auth(&self, password: &str) {
+        let endpoint = self.endpoint();
+        let password = password.to_owned();
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async move {
+                let mut c = etcd_client::Client::connect([endpoint], None)
+                    .await
+                    .expect("etcd");
+                c.user_add("root", password, None).await.expect("user");
+                let _ = c.role_add("root").await;
+                c.user_grant_role("root", "root").await.expect("grant");
+                c.auth_enable().await.expect("auth enable");
+            });
+    }
+
+    /// Puts `value` at `key` (no lease), from the root namespace.
+    pub fn put(&self, key: &str, value: &str) {
+        let (endpoint, key, value) = (self.endpoint(), key.to_owned(), value.to_owned());
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async move {
+                let mut c = etcd_client::Client::connect([endpoint], None)
+                    .await
+                    .expect("etcd");
+                c.put(key, value, None).await.expect("put");
+            });
+    }
+
     /// A client connected to this member.
     pub async fn client(&self) -> etcd_client::Client {
         etcd_client::Client::connect([self.endpoint()], None)

@@ -17,6 +17,7 @@ pub mod lab;
 pub mod netns;
 pub mod pki;
 pub mod process;
+pub mod rng;
 pub mod synthetic;
 pub mod vip_lab;
 
@@ -41,4 +42,20 @@ macro_rules! require_root {
             return;
         }
     };
+}
+
+/// The `p`-quantile (0..=1, nearest rank) of `sorted`; zero when empty.
+#[must_use]
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    if sorted.is_empty() {
+        return std::time::Duration::ZERO;
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index into a short list"
+    )]
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }

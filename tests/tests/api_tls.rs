@@ -74,27 +74,23 @@ fn the_api_serves_https_that_the_cli_verifies() {
     .expect("still serving after failed handshakes");
     assert!(again.contains("\"h1\""), "{again}");
 
-    // A key that does not match is named before the agent starts.
-    let (ok, out, err) = agent::outcome(
-        Command::new(agent::binary())
-            .args(["agent", "--check-config", "--etcd-server"])
-            .arg(v.etcd.endpoint())
-            .arg("--secret-file")
-            .arg(&v.secret)
-            .args(["--api-tls-cert", path(&pki.server_cert), "--api-tls-key"])
-            .arg(&pki.client_key),
-    );
+    // A key that does not match, or none at all, is named before the agent
+    // starts.
+    let check = |key: &Path| {
+        agent::outcome(
+            Command::new(agent::binary())
+                .args(["agent", "--check-config", "--etcd-server"])
+                .arg(v.etcd.endpoint())
+                .arg("--secret-file")
+                .arg(&v.secret)
+                .args(["--api-tls-cert", path(&pki.server_cert), "--api-tls-key"])
+                .arg(key),
+        )
+    };
+    let (ok, out, err) = check(&pki.client_key);
     assert!(!ok, "a mismatched key is refused: {out}");
     assert!(err.contains("TLS"), "{err}");
-    let (ok, out, err) = agent::outcome(
-        Command::new(agent::binary())
-            .args(["agent", "--check-config", "--etcd-server"])
-            .arg(v.etcd.endpoint())
-            .arg("--secret-file")
-            .arg(&v.secret)
-            .args(["--api-tls-cert", path(&pki.server_cert), "--api-tls-key"])
-            .arg(dir.join("missing-key.pem")),
-    );
+    let (ok, out, err) = check(&dir.join("missing-key.pem"));
     assert!(!ok, "a missing key is refused: {out}");
     assert!(
         err.contains("--api-tls-key") && err.contains("missing-key.pem"),

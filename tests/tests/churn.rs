@@ -32,6 +32,8 @@ use futures::StreamExt;
 use linkmesh_tests::agent::{self, admin, peers, wait_until};
 use linkmesh_tests::etcd::Etcd;
 use linkmesh_tests::lab::Lab;
+use linkmesh_tests::percentile;
+use linkmesh_tests::rng::Rng;
 use linkmesh_tests::synthetic::{SyntheticPeers, peer_name};
 use linkmesh_tests::{kernel, netns, require_root};
 use netlink_packet_core::NetlinkPayload;
@@ -65,43 +67,6 @@ const FLIP_WINDOW: Duration = Duration::from_millis(250);
 /// Of the changes the kernel was expected to see, at least this share must
 /// be seen.
 const MIN_MATCH_RATE: f64 = 0.99;
-
-/// SplitMix64: which peer changes next, reproducible from the printed seed
-/// (`LINKMESH_CHURN_SEED` replays the same sequence of choices; the timing
-/// is the machine's).
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Self {
-        let seed = std::env::var("LINKMESH_CHURN_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos());
-                #[expect(clippy::cast_possible_truncation, reason = "only the low bits matter")]
-                let low = nanos as u64;
-                low ^ u64::from(std::process::id())
-            });
-        eprintln!("churn figure: seed {seed} (LINKMESH_CHURN_SEED={seed} replays the choices)");
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n`.
-    fn below(&mut self, n: usize) -> usize {
-        let n = u64::try_from(n).expect("a small bound");
-        usize::try_from(self.next() % n).expect("below a usize bound")
-    }
-}
 
 /// Peer `i`'s underlay address in lab slot `slot`.
 fn peer_addr(slot: u8, i: usize) -> IpAddr {
@@ -299,20 +264,6 @@ impl Usage {
 }
 
 /// Nearest-rank percentile of a sorted list.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "an index into a short list"
-    )]
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
@@ -441,7 +392,7 @@ async fn churn(
         if k % (10 * RATE) == 0 {
             samples.push(Usage::of(agent_pid));
         }
-        let peer = rng.below(PEERS);
+        let peer = rng.index(PEERS);
         let join = !joined.contains(&peer);
         let issued = Instant::now();
         if join {
@@ -522,7 +473,7 @@ fn run(lab: &Lab, etcd: &Etcd) -> Outcome {
         .enable_all()
         .build()
         .expect("building a tokio runtime");
-    let mut rng = Rng::new();
+    let mut rng = Rng::from_env("LINKMESH_CHURN_SEED", "churn");
     let mut registry = rt.block_on(SyntheticPeers::connect(
         &etcd.endpoint(),
         slot,
@@ -536,7 +487,7 @@ fn run(lab: &Lab, etcd: &Etcd) -> Outcome {
     // INITIAL peers picked at random, registered before the agent starts.
     let mut joined = BTreeSet::new();
     while joined.len() < INITIAL {
-        joined.insert(rng.below(PEERS));
+        joined.insert(rng.index(PEERS));
     }
     rt.block_on(async {
         for &i in &joined {

@@ -14,6 +14,7 @@ use linkmesh_tests::agent::{self, add_address, wait_until};
 use linkmesh_tests::kernel;
 use linkmesh_tests::process::Process;
 use linkmesh_tests::require_root;
+use linkmesh_tests::rng::Rng;
 use linkmesh_tests::vip_lab::VipLab;
 
 const SECRET: &str = "crash-loop-secret-0123456789abcdef";
@@ -112,14 +113,6 @@ fn counts(v: &VipLab, crasher: u8) -> Counts {
     }
 }
 
-/// A small xorshift PRNG: the run prints its seed.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
 #[test]
 fn fifty_crashes_lose_no_overlay_ping_and_leak_nothing() {
     require_root!();
@@ -157,15 +150,11 @@ fn fifty_crashes_lose_no_overlay_ping_and_leak_nothing() {
     let between = Pinger::start(&ns(others[0]), &overlay(others[1]));
     let from_crasher = Pinger::start(&ns(crasher), &overlay(others[0]));
     let client = Pinger::start(&ns(v.client()), &v.vip.to_string());
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0x9e37_79b9, |d| d.subsec_nanos().into())
-        | 1;
-    eprintln!("crash loop seed {seed}");
+    let mut rng = Rng::from_env("LINKMESH_CRASH_SEED", "crash loop");
     let began = Instant::now();
     let index = usize::from(crasher - 1);
     for i in 0..RESTARTS {
-        let wait_ms = 200 + next(&mut seed) % 2801;
+        let wait_ms = 200 + rng.below(2801);
         std::thread::sleep(Duration::from_millis(wait_ms));
         agents[index].kill();
         agents[index] = agent::start_labeled(

@@ -92,20 +92,7 @@ fn etcd_users_authenticate_and_a_wrong_password_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let etcd = Etcd::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let endpoint = etcd.endpoint();
-    let setup = endpoint.clone();
-    tokio::runtime::Runtime::new()
-        .expect("runtime")
-        .block_on(async move {
-            let mut c = etcd_client::Client::connect([setup], None)
-                .await
-                .expect("etcd");
-            c.user_add("root", "root-password", None)
-                .await
-                .expect("user");
-            let _ = c.role_add("root").await;
-            c.user_grant_role("root", "root").await.expect("grant");
-            c.auth_enable().await.expect("auth enable");
-        });
+    etcd.enable_root_auth("root-password");
     let secret = dir.path().join("secret");
     std::fs::write(&secret, SECRET).expect("secret");
     let password = dir.path().join("password");
@@ -136,20 +123,7 @@ fn an_expired_etcd_token_is_refreshed_and_the_agent_keeps_writing() {
     // Simple tokens that expire after 2 s without use.
     let etcd = Etcd::start_with_flags(gateway, &["--auth-token-ttl=2"]);
     let endpoint = etcd.endpoint();
-    let setup = endpoint.clone();
-    tokio::runtime::Runtime::new()
-        .expect("runtime")
-        .block_on(async move {
-            let mut c = etcd_client::Client::connect([setup], None)
-                .await
-                .expect("etcd");
-            c.user_add("root", "root-password", None)
-                .await
-                .expect("user");
-            let _ = c.role_add("root").await;
-            c.user_grant_role("root", "root").await.expect("grant");
-            c.auth_enable().await.expect("auth enable");
-        });
+    etcd.enable_root_auth("root-password");
     let secret = agent::secret_file(&lab, "secret", &[SECRET]);
     let password = lab.dir().join("password");
     std::fs::write(&password, "root-password\n").expect("password");

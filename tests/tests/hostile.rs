@@ -25,6 +25,7 @@ use linkmesh::vip::VipRecord;
 use linkmesh_tests::agent::{self, http, peers, wait_until};
 use linkmesh_tests::process::Process;
 use linkmesh_tests::require_root;
+use linkmesh_tests::rng::Rng;
 use linkmesh_tests::vip_lab::VipLab;
 
 const SECRET: &str = "hostile-lab-secret-0123456789";
@@ -40,45 +41,6 @@ const RESYNC_SECS: u64 = 3;
 /// build, baseline about 31 MiB): +9 to +17 MiB, nearly all of it after the
 /// 1 MiB values; see the `hostile figure: ... rss` lines.
 const RSS_SLACK_KIB: u64 = 32 * 1024;
-
-/// xorshift64*: junk that is random but reproducible from the printed seed
-/// (`LINKMESH_HOSTILE_SEED` replays a run).
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Self {
-        let seed = std::env::var("LINKMESH_HOSTILE_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos());
-                // The low 64 bits are the ones that change.
-                #[expect(clippy::cast_possible_truncation, reason = "only the low bits matter")]
-                let low = nanos as u64;
-                low ^ u64::from(std::process::id())
-            })
-            | 1;
-        eprintln!("hostile figure: seed {seed} (LINKMESH_HOSTILE_SEED={seed} replays it)");
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next().to_le_bytes()[0]).collect()
-    }
-}
 
 /// The lab, its agents, and a client for writing junk from the root
 /// namespace (where the lab's etcd listens).
@@ -441,7 +403,7 @@ fn junk(rng: &mut Rng, count: usize, vip_id: &str) -> Junk {
     let now = linkmesh::store::unix_now();
     let mut j = Junk::default();
     for i in 0..count {
-        let name = format!("junk-{:016x}", rng.next());
+        let name = format!("junk-{:016x}", rng.next_u64());
         assert_ne!(name, vip_id);
         let dir = ["hosts", "segments", "vips", "junk"][i % 4];
         let nested = rng.below(4) == 0;
@@ -505,7 +467,7 @@ fn huge_values_junk_keys_and_replays_move_nothing_and_are_counted() {
     // Fast failover on, as deployed: the junk must not move the VIP either
     // (`junk_bursts_do_not_make_standbys_suspect_a_live_owner` repeats it).
     let mut h = Hostile::start(true);
-    let mut rng = Rng::new();
+    let mut rng = Rng::from_env("LINKMESH_HOSTILE_SEED", "hostile");
     // Settled: registrations written, the VIP announced, a resync done.
     settle();
     let baseline = h.observe();
@@ -694,7 +656,7 @@ fn replays(h: &mut Hostile) {
 fn more_than_4_mib_under_the_prefix_leaves_the_agents_following_etcd() {
     require_root!();
     let mut h = Hostile::start(false);
-    let mut rng = Rng::new();
+    let mut rng = Rng::from_env("LINKMESH_HOSTILE_SEED", "hostile");
     let bulk: Vec<_> = (0..5)
         .map(|i| (Hostile::key("vips", &format!("bulk-{i}")), rng.bytes(HUGE)))
         .collect();
@@ -721,7 +683,7 @@ fn more_than_4_mib_under_the_prefix_leaves_the_agents_following_etcd() {
 fn junk_bursts_do_not_make_standbys_suspect_a_live_owner() {
     require_root!();
     let mut h = Hostile::start(true);
-    let mut rng = Rng::new();
+    let mut rng = Rng::from_env("LINKMESH_HOSTILE_SEED", "hostile");
     settle();
     let baseline = h.observe();
     for round in 1..=3 {

@@ -602,18 +602,10 @@ fn a_vip_record_overwritten_with_junk_stays_in_force_across_a_watch_restart() {
         .wait_single_holder(Duration::from_secs(10), None)
         .expect("an owner");
     // Someone writes junk over the signed record.
-    let key = format!("/linkmesh/vips/{}", v.id);
-    let endpoint = v.etcd.endpoint();
-    tokio::runtime::Runtime::new()
-        .expect("runtime")
-        .block_on(async move {
-            let mut c = etcd_client::Client::connect([endpoint], None)
-                .await
-                .expect("etcd");
-            c.put(key, "{\"not\": \"a record\"}", None)
-                .await
-                .expect("put");
-        });
+    v.etcd.put(
+        &format!("/linkmesh/vips/{}", v.id),
+        "{\"not\": \"a record\"}",
+    );
     let logged = wait_until(Duration::from_secs(5), || {
         agents
             .iter()
