@@ -276,34 +276,38 @@ impl Etcd {
         }
     }
 
-    /// Turns etcd's auth on with user `root` (role `root`) and `password`.
-    pub fn enable_root_auth(&self, password: &str) {
+    /// Runs `f` with a client of this member, from the root namespace.
+    fn with_client<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(etcd_client::Client) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let endpoint = self.endpoint();
-        let password = password.to_owned();
         tokio::runtime::Runtime::new()
             .expect("runtime")
             .block_on(async move {
-                let mut c = etcd_client::Client::connect([endpoint], None)
+                let c = etcd_client::Client::connect([endpoint], None)
                     .await
                     .expect("etcd");
-                c.user_add("root", password, None).await.expect("user");
-                let _ = c.role_add("root").await;
-                c.user_grant_role("root", "root").await.expect("grant");
-                c.auth_enable().await.expect("auth enable");
+                f(c).await;
             });
     }
 
-    /// Puts `value` at `key` (no lease), from the root namespace.
+    /// Turns etcd's auth on with user `root` (role `root`) and `password`.
+    pub fn enable_root_auth(&self, password: &str) {
+        self.with_client(|mut c| async move {
+            c.user_add("root", password, None).await.expect("user");
+            let _ = c.role_add("root").await;
+            c.user_grant_role("root", "root").await.expect("grant");
+            c.auth_enable().await.expect("auth enable");
+        });
+    }
+
+    /// Puts `value` at `key` (no lease).
     pub fn put(&self, key: &str, value: &str) {
-        let (endpoint, key, value) = (self.endpoint(), key.to_owned(), value.to_owned());
-        tokio::runtime::Runtime::new()
-            .expect("runtime")
-            .block_on(async move {
-                let mut c = etcd_client::Client::connect([endpoint], None)
-                    .await
-                    .expect("etcd");
-                c.put(key, value, None).await.expect("put");
-            });
+        self.with_client(|mut c| async move {
+            c.put(key, value, None).await.expect("put");
+        });
     }
 
     /// A client connected to this member.
