@@ -596,7 +596,15 @@ fn a_vip_record_overwritten_with_junk_stays_in_force_across_a_watch_restart() {
     require_root!();
     let v = VipLab::new(2, SECRET, &[]);
     let agents: Vec<_> = (1..=2)
-        .map(|h| v.agent(h, "agent", &["--etcd-loss-policy", "keep"]))
+        // A lease that outlives the stall below: the VIP must not move for
+        // any other reason.
+        .map(|h| {
+            v.agent(
+                h,
+                "agent",
+                &["--etcd-loss-policy", "keep", "--keepalive-interval", "30"],
+            )
+        })
         .collect();
     let owner = v
         .wait_single_holder(Duration::from_secs(10), None)
