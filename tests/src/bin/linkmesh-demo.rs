@@ -183,7 +183,7 @@ fn start_agents(d: &mut Demo) -> anyhow::Result<()> {
             &d.etcd.endpoint(),
             &d.secret,
             &["blue"],
-            &["--vip-interface", "eth0", "--keepalive-interval", "2"],
+            &["--vip-interface", "eth0"],
         )));
     }
     let ready = wait(Duration::from_secs(20), || {
@@ -332,7 +332,7 @@ fn keep(mut d: Demo, crashed: u8) -> anyhow::Result<()> {
         &d.etcd.endpoint(),
         &d.secret,
         &["blue"],
-        &["--vip-interface", "eth0", "--keepalive-interval", "2"],
+        &["--vip-interface", "eth0"],
     ));
     let back = wait(Duration::from_secs(15), || {
         in_host(&d.lab, crashed, &["status", "--json"]).is_ok()
