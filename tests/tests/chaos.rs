@@ -374,7 +374,11 @@ fn release_policy_unbinds_at_the_deadline_and_nobody_binds_without_etcd() {
         "the owner logged its fence:\n{}",
         rig.events()
     );
-    assert!(report.most_holders() <= 1, "never two holders: {timeline}");
+    assert!(
+        report.most_holders() <= 1,
+        "never two holders: {timeline}\n{}",
+        rig.events()
+    );
 }
 
 #[test]

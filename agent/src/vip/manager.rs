@@ -215,6 +215,9 @@ enum Write {
         key: String,
         value: String,
         lease: i64,
+        /// Not worth writing after this (a suspicion is an observation of
+        /// now: written late, it could revoke an owner that came back).
+        stale_after: Option<std::time::Instant>,
     },
     Delete {
         key: String,
@@ -440,8 +443,24 @@ async fn write_states(client: Client, mut rx: mpsc::UnboundedReceiver<Write>) {
         }
         let mut failed = false;
         while let Some(w) = pending.first() {
+            if let Write::Put {
+                stale_after: Some(t),
+                key,
+                ..
+            } = w
+                && std::time::Instant::now() > *t
+            {
+                debug!(
+                    key,
+                    "dropping a write that went stale while etcd did not answer"
+                );
+                pending.remove(0);
+                continue;
+            }
             let r = match w {
-                Write::Put { key, value, lease } => {
+                Write::Put {
+                    key, value, lease, ..
+                } => {
                     let put = kv.put(
                         key.clone(),
                         value.clone(),
@@ -533,6 +552,7 @@ impl Manager {
                     key,
                     value: state.to_string(),
                     lease: self.lease.id,
+                    stale_after: None,
                 });
             }
         }
@@ -1351,6 +1371,7 @@ impl Manager {
             key: self.keys.vip_suspect(id, &self.settings.hostname),
             value: lease.to_string(),
             lease: self.lease.id,
+            stale_after: Some(std::time::Instant::now() + self.settings.fast.window()),
         });
     }
 
@@ -1477,7 +1498,10 @@ impl Manager {
         {
             p.sent();
         }
-        if silent && !suspected {
+        // While etcd does not answer us, a suspicion could not be written
+        // now, and the owner has likely self-fenced (unbound on purpose):
+        // its silence is no evidence.
+        if silent && !suspected && self.lease.failures == 0 {
             let owner_ip = self.peers.address_of(&owner.0);
             let after = self
                 .vips
@@ -1583,6 +1607,23 @@ impl Manager {
                 .collect();
             for (id, owner) in owners {
                 self.set_owner(&id, owner).await;
+            }
+        }
+        if lease.failures == 0 && old.failures > 0 {
+            // etcd answers again. Silences seen during the outage may be
+            // owners that fenced themselves: every probe starts afresh, and
+            // suspicions are withdrawn, so a returning owner gets a full
+            // window to answer before anyone can revoke it.
+            let ids: Vec<String> = self.vips.keys().cloned().collect();
+            for id in ids {
+                let withdraw = self
+                    .vips
+                    .get_mut(&id)
+                    .and_then(|v| v.probe.take())
+                    .is_some_and(|p| p.suspected);
+                if withdraw {
+                    self.withdraw_suspicion(&id);
+                }
             }
         }
         if lease.failures == 0 && lease.id != 0 {
