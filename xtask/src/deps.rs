@@ -16,6 +16,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "faketime",
         "libfaketime: steps one agent's wall clock in the clock-jump test",
     ),
+    ("g++", "the C++ compiler cargo fuzz builds libFuzzer with"),
 ];
 
 fn installed(package: &str) -> bool {
