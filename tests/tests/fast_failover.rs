@@ -370,6 +370,9 @@ fn json_logs_are_one_object_per_line_with_the_structured_fields() {
     let a = v.agent(1, "json", &["--log-format", "json"]);
     let bound = v.wait_single_holder(Duration::from_secs(15), None);
     assert_eq!(bound, Some(1), "{}", a.log());
+    // The line is written just after the address is added: wait for it.
+    let logged = wait_until(Duration::from_secs(5), || a.log().contains("vip bound"));
+    assert!(logged.is_some(), "{}", a.log());
     let lines: Vec<Value> = a
         .log()
         .lines()
