@@ -120,11 +120,13 @@ fn detached_ebpf_programs_are_attached_again_within_one_resync() {
             restored.is_some_and(|d| d <= Duration::from_secs(RESYNC) + Duration::from_millis(500)),
             "within one resync interval: {restored:?}"
         );
-        assert!(
+        // The line follows the attachment the query just saw.
+        let logged = wait_until(Duration::from_secs(2), || {
+            let log = agents[usize::from(owner - 1)].log();
             log.contains(&format!("program=\"{program}\""))
-                || log.contains(&format!("program={program}")),
-            "the agent logged it:\n{log}"
-        );
+                || log.contains(&format!("program={program}"))
+        });
+        assert!(logged.is_some(), "the agent logged it:\n{log}");
     }
     // Still counting: peer heartbeats are seen after the re-attachment.
     let heard = wait_until(Duration::from_secs(3), || {
