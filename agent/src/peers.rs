@@ -302,8 +302,14 @@ struct Senders {
 
 impl Senders {
     fn send(&mut self, payload: &[u8], targets: &[(SocketAddr, bool)]) {
-        self.quiet
-            .retain(|t, _| targets.iter().any(|(a, alive)| a == t && !alive));
+        // Sockets of peers that are alive again or gone (one pass, not one
+        // scan of the targets per socket: this runs every beat).
+        let quiet: std::collections::BTreeSet<SocketAddr> = targets
+            .iter()
+            .filter(|(_, alive)| !alive)
+            .map(|(a, _)| *a)
+            .collect();
+        self.quiet.retain(|t, _| quiet.contains(t));
         for &(target, alive) in targets {
             let socket = if alive {
                 Some(&self.main)

@@ -300,14 +300,7 @@ impl ArpWatcher {
     /// Events the program could not deliver because the ring was full,
     /// summed over CPUs.
     pub fn dropped(&self) -> Result<u64, WatchError> {
-        let values = self
-            .drops
-            .get(&DROP_RING_FULL, 0)
-            .map_err(|source| WatchError::Map {
-                map: DROPS_MAP,
-                source,
-            })?;
-        Ok(values.iter().sum())
+        drops(&self.drops, DROP_RING_FULL)
     }
 }
 
@@ -511,15 +504,17 @@ impl ConflictStream {
     /// Conflict events the program could not deliver because the ring was
     /// full, summed over CPUs.
     pub fn dropped(&self) -> Result<u64, WatchError> {
-        let values = self
-            .drops
-            .get(&DROP_CONFLICT_RING_FULL, 0)
-            .map_err(|source| WatchError::Map {
-                map: DROPS_MAP,
-                source,
-            })?;
-        Ok(values.iter().sum())
+        drops(&self.drops, DROP_CONFLICT_RING_FULL)
     }
+}
+
+/// Slot `slot` of a `DROPS` map, summed over CPUs.
+fn drops(map: &PerCpuArray<MapData, u64>, slot: u32) -> Result<u64, WatchError> {
+    let values = map.get(&slot, 0).map_err(|source| WatchError::Map {
+        map: DROPS_MAP,
+        source,
+    })?;
+    Ok(values.iter().sum())
 }
 
 /// Waits for the next record of a ring buffer and parses it.

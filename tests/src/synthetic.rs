@@ -16,6 +16,18 @@ pub fn peer_name(i: usize) -> String {
     format!("syn-{i:03}")
 }
 
+/// Peer `i`'s underlay address in lab slot `slot`, peers numbered from
+/// `first_host`.
+#[must_use]
+pub fn address(slot: u8, first_host: u8, i: usize) -> IpAddr {
+    let host = u8::try_from(i)
+        .ok()
+        .and_then(|i| first_host.checked_add(i))
+        .filter(|h| *h < 254)
+        .expect("a peer address inside the lab's /24");
+    IpAddr::V4(Ipv4Addr::new(198, 18, slot, host))
+}
+
 /// Writes the synthetic peers' records from the root namespace.
 pub struct SyntheticPeers {
     kv: etcd_client::KvClient,
@@ -51,12 +63,7 @@ impl SyntheticPeers {
     /// Peer `i`'s underlay address.
     #[must_use]
     pub fn address(&self, i: usize) -> IpAddr {
-        let host = u8::try_from(i)
-            .ok()
-            .and_then(|i| self.first_host.checked_add(i))
-            .filter(|h| *h < 254)
-            .expect("a peer address inside the lab's /24");
-        IpAddr::V4(Ipv4Addr::new(198, 18, self.slot, host))
+        address(self.slot, self.first_host, i)
     }
 
     /// Registers peer `i` (joined to segment `blue`).

@@ -24,7 +24,7 @@
 //! CPU (idle before the churn, and over it), and the lag percentiles.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -70,8 +70,7 @@ const MIN_MATCH_RATE: f64 = 0.99;
 
 /// Peer `i`'s underlay address in lab slot `slot`.
 fn peer_addr(slot: u8, i: usize) -> IpAddr {
-    let host = FIRST_HOST + u8::try_from(i).expect("a peer index below 234");
-    IpAddr::V4(Ipv4Addr::new(198, 18, slot, host))
+    linkmesh_tests::synthetic::address(slot, FIRST_HOST, i)
 }
 
 /// One put (join) or delete (leave) of one peer's key.

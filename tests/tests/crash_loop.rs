@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use linkmesh_tests::agent::{self, add_address, wait_until};
+use linkmesh_tests::chaos::PingRun;
 use linkmesh_tests::kernel;
 use linkmesh_tests::process::Process;
 use linkmesh_tests::require_root;
@@ -49,9 +50,8 @@ impl Pinger {
         }
     }
 
-    /// Stops it; returns (probes up to the last reply, lost among them,
-    /// longest gap between replies).
-    fn finish(mut self) -> (u64, u64, Duration) {
+    /// Stops it and reads what it printed.
+    fn finish(mut self) -> PingRun {
         let mut child = self.child.take().expect("running");
         let pid = i32::try_from(child.id()).expect("pid");
         // SAFETY: our own child, not yet reaped.
@@ -62,18 +62,7 @@ impl Pinger {
             .take()
             .and_then(|r| r.join().ok())
             .unwrap_or_default();
-        let seqs: Vec<u64> = out
-            .lines()
-            .filter(|l| l.contains("bytes from"))
-            .filter_map(|l| l.split("icmp_seq=").nth(1)?.split(' ').next()?.parse().ok())
-            .collect();
-        let highest = seqs.iter().copied().max().unwrap_or(0);
-        let mut replied = seqs.clone();
-        replied.sort_unstable();
-        replied.dedup();
-        let lost = highest - replied.len() as u64;
-        let gap = agent::longest_gap(&out).unwrap_or(Duration::MAX);
-        (highest, lost, gap)
+        PingRun::parse(&out, 0.0)
     }
 }
 
@@ -190,19 +179,24 @@ fn fifty_crashes_lose_no_overlay_ping_and_leak_nothing() {
         elapsed.as_secs_f64(),
         others[0],
         others[1],
-        between.0,
-        between.1,
+        between.sent,
+        between.lost().len(),
         others[0],
-        from_crasher.0,
-        from_crasher.1,
-        client.0,
-        client.1,
-        client.2,
+        from_crasher.sent,
+        from_crasher.lost().len(),
+        client.sent,
+        client.lost().len(),
+        client.longest_gap(),
     );
-    assert!(between.0 > 1000, "the overlay was probed: {between:?}");
-    assert_eq!(between.1, 0, "no overlay ping lost between the others");
+    assert!(between.sent > 1000, "the overlay was probed: {between:?}");
     assert_eq!(
-        from_crasher.1, 0,
+        between.lost(),
+        Vec::<u32>::new(),
+        "no overlay ping lost between the others"
+    );
+    assert_eq!(
+        from_crasher.lost(),
+        Vec::<u32>::new(),
         "no overlay ping lost to and from the crashing host (restarts < TTL)"
     );
     assert_eq!(
