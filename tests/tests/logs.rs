@@ -24,7 +24,10 @@ fn an_etcd_outage_logs_summaries_that_account_for_every_failure() {
     });
     assert!(up.is_some(), "{}", a.log());
     v.etcd.signal(libc::SIGSTOP);
-    std::thread::sleep(Duration::from_secs(20));
+    // Long enough that each kind of failure (broken stream, timeout, HTTP/2
+    // keepalive) repeats: with 20 s, four kinds once or twice each once
+    // gave as many lines as failures.
+    std::thread::sleep(Duration::from_secs(40));
     v.etcd.signal(libc::SIGCONT);
     let ns = &v.lab.host(1).netns;
     let restarts = || {
