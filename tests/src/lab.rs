@@ -13,9 +13,10 @@
 //! own interfaces.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Write as _};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -353,7 +354,13 @@ impl Drop for Lab {
         }
         for host in &self.hosts {
             if let Err(e) = ip(&["netns", "del", &host.netns]) {
-                eprintln!("lab cleanup: deleting namespace {}: {e}", host.netns);
+                // Not eprintln!: stderr may be a closed pipe, and a panic
+                // here would abort the rest of the cleanup.
+                let _ = writeln!(
+                    io::stderr(),
+                    "lab cleanup: deleting namespace {}: {e}",
+                    host.netns
+                );
             }
         }
         for ns in self
@@ -405,8 +412,11 @@ pub fn mac_string(mac: [u8; 6]) -> String {
 }
 
 /// Runs iproute2 (lab plumbing only; the agent itself never shells out).
+/// In a process group of its own, so a terminal's Ctrl-C, which reaches the
+/// whole foreground group, cannot kill it halfway through building or
+/// removing a lab.
 fn ip(args: &[&str]) -> io::Result<()> {
-    let out = Command::new("ip").args(args).output()?;
+    let out = Command::new("ip").args(args).process_group(0).output()?;
     if out.status.success() {
         Ok(())
     } else {

@@ -54,5 +54,27 @@ pub fn run(root_dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         ebpf::build(root_dir)?;
     }
     build(root_dir)?;
-    step::run(&mut command(root_dir, args))
+    run_in_foreground(&mut command(root_dir, args))
+}
+
+/// Runs the demo while this process ignores Ctrl-C: the terminal sends
+/// SIGINT to the demo too, which tears its lab down and exits, and
+/// `cargo xtask demo` returns only then, with the demo's status.
+fn run_in_foreground(cmd: &mut Command) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: between fork and exec, only signal(2), which is
+    // async-signal-safe: the demo gets the default dispositions back.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    let previous = unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let result = step::run(cmd);
+    // SAFETY: restores what was there before.
+    unsafe { libc::signal(libc::SIGINT, previous) };
+    result
 }

@@ -1,4 +1,11 @@
-//! Installing what a fresh Debian machine lacks.
+//! What linkmesh needs from the system, and installing what a fresh Debian
+//! machine lacks.
+//!
+//! [`PACKAGES`] is the only place the project names a Debian package. The
+//! package audit (`audit.rs`) holds every `cargo xtask test` run to it: a
+//! file the build, the tests or the demo open that belongs to a package
+//! this list does not cover fails the run, so a package installed by hand
+//! on a developer's machine cannot hide a missing entry.
 
 use std::process::Command;
 
@@ -6,68 +13,133 @@ use anyhow::bail;
 
 use crate::step::{Step, output, run};
 
-/// Debian packages the build and the tests need, and why.
-pub const PACKAGES: &[(&str, &str)] = &[
-    ("etcd-server", "the real etcd the integration tests start"),
-    ("protobuf-compiler", "protoc, for etcd-client's build"),
-    ("iproute2", "`ip netns` for the test lab's namespaces"),
-    ("iputils-ping", "ping, the tests' probe across the overlay"),
-    (
+/// Which command needs a package.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Need {
+    /// The build, the tests and the demo (every `cargo xtask` command that
+    /// builds).
+    Always,
+    /// One benchmark, `cargo xtask bench <name>`.
+    Bench(&'static str),
+}
+
+/// A Debian package linkmesh's development needs.
+pub struct Package {
+    pub name: &'static str,
+    /// Why: what breaks without it.
+    pub why: &'static str,
+    pub need: Need,
+}
+
+const fn always(name: &'static str, why: &'static str) -> Package {
+    Package {
+        name,
+        why,
+        need: Need::Always,
+    }
+}
+
+/// Every Debian package the build, the tests, the demo and the benchmarks
+/// use, and why. Packages that Debian marks essential (coreutils,
+/// util-linux, ...) and what the listed ones depend on are covered without
+/// being named; the audit checks the rest.
+pub const PACKAGES: &[Package] = &[
+    always(
+        "etcd-server",
+        "the real etcd the integration tests and the demo start",
+    ),
+    always("protobuf-compiler", "protoc, for etcd-client's build"),
+    always(
+        "libprotobuf-dev",
+        "the well-known .proto files (google/protobuf/descriptor.proto) that etcd-client's \
+         protos import; protobuf-compiler only recommends it",
+    ),
+    always(
+        "iproute2",
+        "`ip` and `bridge` for the test lab's namespaces, veths and bridges",
+    ),
+    always("iputils-ping", "ping, the tests' probe across the overlay"),
+    always(
         "faketime",
         "libfaketime: steps one agent's wall clock in the clock-jump test",
     ),
-    ("g++", "the C++ compiler cargo fuzz builds libFuzzer with"),
+    always(
+        "gcc",
+        "cc: the linker rustc calls, and the C compiler of crates with C parts (ring)",
+    ),
+    always(
+        "libc6-dev",
+        "the C library's headers and start files the linker needs; gcc only recommends it",
+    ),
+    always("g++", "the C++ compiler cargo fuzz builds libFuzzer with"),
+    Package {
+        name: "keepalived",
+        why: "the VRRP baseline of the vip benchmark",
+        need: Need::Bench("vip"),
+    },
+    Package {
+        name: "iperf3",
+        why: "the throughput half of the ebpf benchmark",
+        need: Need::Bench("ebpf"),
+    },
 ];
+
+/// Packages whose files programs read when they are there, though nothing
+/// needs them: the audit does not count these, and says why here.
+pub const READ_IF_PRESENT: &[(&str, &str)] = &[(
+    "locales",
+    "glibc's setlocale reads /etc/locale.alias when it exists and does without it",
+)];
 
 fn installed(package: &str) -> bool {
     output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_ok_and(|s| s.contains("install ok installed"))
 }
 
-/// Installs missing packages with apt (`apt-get update` once, only when
-/// something is missing). Without root it names what is missing instead.
-pub fn ensure_packages(root: bool) -> anyhow::Result<()> {
-    let missing: Vec<_> = PACKAGES.iter().filter(|(p, _)| !installed(p)).collect();
+/// Installs the packages `need` calls for ([`Need::Always`] ones always)
+/// with apt: `apt-get update` once, only when something is missing, and
+/// `--no-install-recommends`, so a package that only works with one of its
+/// recommendations must be listed itself. Without root it names what is
+/// missing instead.
+pub fn ensure(need: Need, root: bool) -> anyhow::Result<()> {
+    let wanted: Vec<&Package> = PACKAGES
+        .iter()
+        .filter(|p| p.need == Need::Always || p.need == need)
+        .collect();
+    let missing: Vec<&Package> = wanted
+        .iter()
+        .copied()
+        .filter(|p| !installed(p.name))
+        .collect();
     if missing.is_empty() {
-        eprintln!("==> Debian packages present: {}", names(PACKAGES.iter()));
+        eprintln!("==> Debian packages present: {}", names(&wanted));
         return Ok(());
     }
-    for (package, why) in &missing {
-        eprintln!("    missing: {package} ({why})");
+    for p in &missing {
+        eprintln!("    missing: {} ({})", p.name, p.why);
     }
     if !root {
         bail!(
             "missing Debian packages ({}); run `cargo xtask test` as root to install them, \
-             or `apt-get install` them",
-            names(missing.iter().copied())
+             or `apt-get install --no-install-recommends` them",
+            names(&missing)
         );
     }
     let step = Step::start("apt-get update");
     run(Command::new("apt-get").args(["update", "-q"]))?;
     step.done();
-    let step = Step::start(format!(
-        "apt-get install {}",
-        names(missing.iter().copied())
-    ));
+    let step = Step::start(format!("apt-get install {}", names(&missing)));
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(missing.iter().map(|(p, _)| *p))
+        .args(missing.iter().map(|p| p.name))
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     step.done();
     Ok(())
 }
 
-/// Installs one more package a particular task needs (root only).
-pub fn ensure_extra(package: &str, why: &str) -> anyhow::Result<()> {
-    if installed(package) {
-        return Ok(());
-    }
-    let step = Step::start(format!("apt-get install {package} ({why})"));
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends", package])
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    step.done();
-    Ok(())
+/// [`ensure`] for the build, the tests and the demo.
+pub fn ensure_packages(root: bool) -> anyhow::Result<()> {
+    ensure(Need::Always, root)
 }
 
 /// Adds clippy and rustfmt to the default toolchain when they are missing.
@@ -93,6 +165,28 @@ pub fn ensure_rust_components() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn names<'a>(packages: impl Iterator<Item = &'a (&'a str, &'a str)>) -> String {
-    packages.map(|(p, _)| *p).collect::<Vec<_>>().join(" ")
+fn names(packages: &[&Package]) -> String {
+    packages
+        .iter()
+        .map(|p| p.name)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_package_is_named_once_and_says_why() {
+        let mut seen = std::collections::BTreeSet::new();
+        for p in PACKAGES {
+            assert!(seen.insert(p.name), "{} is listed twice", p.name);
+            assert!(
+                p.why.len() > 10,
+                "{} needs a reason that says what breaks",
+                p.name
+            );
+        }
+    }
 }

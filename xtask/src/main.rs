@@ -1,5 +1,6 @@
 //! Developer tasks for linkmesh: `cargo xtask <command>`.
 
+mod audit;
 mod bench;
 mod demo;
 mod deps;

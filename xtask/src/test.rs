@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::Args;
 
 use crate::step::{self, Step, cargo, is_root};
-use crate::{deps, ebpf};
+use crate::{audit, deps, ebpf};
 
 /// Prefix of every namespace, link and etcd member name the test lab makes.
 const LAB_PREFIX: &str = "lmt";
@@ -17,6 +17,10 @@ pub struct TestArgs {
     /// Skip `cargo fmt --check` and clippy.
     #[arg(long)]
     no_lint: bool,
+    /// Skip the package audit (which, as root, fails the run when it used a
+    /// Debian package that xtask/src/deps.rs does not name).
+    #[arg(long)]
+    no_audit: bool,
     /// Seconds per fuzz target, run after every other test (0 skips them;
     /// longer runs: `cargo xtask fuzz --seconds 600`).
     #[arg(long, default_value_t = crate::fuzz::TEST_SECONDS)]
@@ -36,32 +40,18 @@ pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
     }
     deps::ensure_packages(root)?;
     deps::ensure_rust_components()?;
+    // From here on, every file the build and the tests open is checked
+    // against the package list.
+    let audit = if root && !args.no_audit {
+        Some(audit::Audit::start()?)
+    } else {
+        eprintln!("==> skipped: the package audit (it needs root; --no-audit turns it off)");
+        None
+    };
     ebpf::build(root_dir)?;
 
     if !args.no_lint {
-        let step = Step::start("cargo fmt --check (workspace and eBPF crate)");
-        step::run(
-            cargo()
-                .current_dir(root_dir)
-                .args(["fmt", "--all", "--check"]),
-        )?;
-        step::run(
-            cargo()
-                .current_dir(root_dir.join("ebpf/linkmesh-ebpf"))
-                .args(["fmt", "--check"]),
-        )?;
-        step.done();
-        let step = Step::start("cargo clippy --workspace --all-targets -D warnings");
-        step::run(cargo().current_dir(root_dir).args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))?;
-        step.done();
-        crate::fuzz::lint(root_dir)?;
+        lint(root_dir)?;
     }
 
     let mut tally = step::Tally::default();
@@ -128,11 +118,42 @@ pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
             &mut tally,
         )?;
     }
+    if let Some(audit) = audit {
+        audit.finish(deps::PACKAGES, deps::READ_IF_PRESENT)?;
+    }
     // One closing line for the whole run (libtest prints one per binary).
     println!(
         "summary: {} passed, {} failed, {} skipped",
         tally.passed, tally.failed, tally.ignored
     );
+    Ok(())
+}
+
+/// rustfmt (workspace and eBPF crate), clippy, and the fuzz crate's lints.
+fn lint(root_dir: &Path) -> anyhow::Result<()> {
+    let step = Step::start("cargo fmt --check (workspace and eBPF crate)");
+    step::run(
+        cargo()
+            .current_dir(root_dir)
+            .args(["fmt", "--all", "--check"]),
+    )?;
+    step::run(
+        cargo()
+            .current_dir(root_dir.join("ebpf/linkmesh-ebpf"))
+            .args(["fmt", "--check"]),
+    )?;
+    step.done();
+    let step = Step::start("cargo clippy --workspace --all-targets -D warnings");
+    step::run(cargo().current_dir(root_dir).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step.done();
+    crate::fuzz::lint(root_dir)?;
     Ok(())
 }
 

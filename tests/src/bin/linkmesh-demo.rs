@@ -20,6 +20,32 @@ use linkmesh_tests::etcd::Etcd;
 use linkmesh_tests::lab::{Lab, mac_string};
 use linkmesh_tests::process::Process;
 
+/// `println!` that never fails: stdout may be a pipe whose reader died of
+/// the same Ctrl-C (`cargo xtask demo | tee demo.log`), and the teardown
+/// that follows must still run. Once a write fails, the rest is dropped.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        out(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Writes `text` to stdout, ignoring errors (see [`say!`]).
+fn out(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
+/// `eprintln!` that never fails (see [`say!`]).
+macro_rules! esay {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 const SECRET: &str = "demo-secret-0123456789abcdef";
 const HOSTS: u8 = 3;
 const CLIENT: u8 = 4;
@@ -80,14 +106,14 @@ struct Step {
 
 impl Step {
     fn start(n: u8, total: u8, what: &str) -> Self {
-        println!("\n==> [{n}/{total}] {what}");
+        say!("\n==> [{n}/{total}] {what}");
         Self {
             started: Instant::now(),
         }
     }
 
     fn done(self) {
-        println!("    ok ({:.1} s)", self.started.elapsed().as_secs_f64());
+        say!("    ok ({:.1} s)", self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -148,7 +174,7 @@ fn setup() -> anyhow::Result<Demo> {
     let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
     let secret = agent::secret_file(&lab, "secret", &[SECRET]);
     let vip: IpAddr = format!("198.18.{}.100", lab.slot()).parse()?;
-    println!(
+    say!(
         "    etcd at {}; hosts {}; underlay 198.18.{}.0/24",
         etcd.endpoint(),
         lab.namespaces().join(" "),
@@ -161,15 +187,11 @@ fn setup() -> anyhow::Result<Demo> {
         vip,
         agents: Vec::new(),
     };
-    print!(
-        "{}",
-        indent(&demo.admin(&["segment", "add", "blue", "--vni", "100"]))
-    );
-    print!(
-        "{}",
-        indent(&demo.admin(&["ip", "add", &format!("{vip}/24")]))
-    );
-    println!("    segment blue (VNI 100) and floating IP {vip}/24 defined (signed, in etcd)");
+    out(&indent(
+        &demo.admin(&["segment", "add", "blue", "--vni", "100"]),
+    ));
+    out(&indent(&demo.admin(&["ip", "add", &format!("{vip}/24")])));
+    say!("    segment blue (VNI 100) and floating IP {vip}/24 defined (signed, in etcd)");
     step.done();
     Ok(demo)
 }
@@ -215,14 +237,14 @@ fn mesh(d: &Demo) -> anyhow::Result<()> {
         })?
         .with_context(|| format!("h{h} did not program its peers:\n{}", d.logs()))?;
         let peers: Vec<String> = want.iter().map(ToString::to_string).collect();
-        println!("    h{h} blue -> {} (in {})", peers.join(", "), ms(took));
+        say!("    h{h} blue -> {} (in {})", peers.join(", "), ms(took));
         add_address(&ns, "blue", &format!("{}/24", d.overlay(h)));
     }
     for from in 1..=HOSTS {
         for to in (1..=HOSTS).filter(|t| *t != from) {
             interrupted()?;
             let (tx, rx) = ping(&d.lab.host(from).netns, &d.overlay(to), 3, "0.2");
-            println!(
+            say!(
                 "    ping h{from} -> h{to} over the overlay ({}): {rx}/{tx}",
                 d.overlay(to)
             );
@@ -243,7 +265,7 @@ fn owner(d: &Demo) -> anyhow::Result<u8> {
     })?
     .with_context(|| format!("no single holder: {:?}\n{}", d.holders(), d.logs()))?;
     let host = d.lab.host(owner);
-    println!(
+    say!(
         "    {} is held by {} ({}, MAC {})",
         d.vip,
         host.name,
@@ -251,9 +273,9 @@ fn owner(d: &Demo) -> anyhow::Result<u8> {
         mac_string(host.mac)
     );
     let (tx, rx) = ping(&d.lab.host(CLIENT).netns, &d.vip.to_string(), 3, "0.2");
-    println!("    ping client -> {}: {rx}/{tx}", d.vip);
+    say!("    ping client -> {}: {rx}/{tx}", d.vip);
     ensure!(rx == tx, "the client does not reach the VIP");
-    print!("{}", indent(&d.admin(&["ip", "ls"])));
+    out(&indent(&d.admin(&["ip", "ls"])));
     step.done();
     Ok(owner)
 }
@@ -273,7 +295,7 @@ fn crash(d: &mut Demo, owner: u8) -> anyhow::Result<u8> {
         agent.kill();
         d.agents[usize::from(owner - 1)] = Some(agent);
     }
-    println!("    h{owner} cut off and killed");
+    say!("    h{owner} cut off and killed");
     let output = pinger
         .join()
         .map_err(|_| anyhow::anyhow!("the pinger panicked"))?
@@ -286,7 +308,7 @@ fn crash(d: &mut Demo, owner: u8) -> anyhow::Result<u8> {
         .find(|h| *h != owner)
         .with_context(|| format!("nobody took over:\n{}", d.logs()))?;
     let revoked = d.logs().contains("suspect quorum");
-    println!(
+    say!(
         "    h{successor} took over; client outage {} ({})",
         ms(gap),
         if revoked {
@@ -301,21 +323,21 @@ fn crash(d: &mut Demo, owner: u8) -> anyhow::Result<u8> {
 
 fn survivor(d: &Demo, survivor: u8) -> anyhow::Result<()> {
     let step = Step::start(6, STEPS, "what a survivor sees");
-    println!("    linkmesh status (in h{survivor}):");
-    print!("{}", indent(&in_host(&d.lab, survivor, &["status"])?));
+    say!("    linkmesh status (in h{survivor}):");
+    out(&indent(&in_host(&d.lab, survivor, &["status"])?));
     step.done();
     Ok(())
 }
 
 /// Without `--ci`: the peer table every 2 s until Ctrl-C.
 fn live(d: &Demo, survivor: u8) -> anyhow::Result<()> {
-    println!(
+    say!(
         "\nThe lab is up. Peer liveness from h{survivor} every 2 s; Ctrl-C tears everything down."
     );
     loop {
         pause(Duration::from_secs(2))?;
-        println!();
-        print!("{}", indent(&in_host(&d.lab, survivor, &["peers"])?));
+        say!("");
+        out(&indent(&in_host(&d.lab, survivor, &["peers"])?));
     }
 }
 
@@ -354,7 +376,7 @@ fn keep(mut d: Demo, crashed: u8) -> anyhow::Result<()> {
         .with_context(|| format!("writing {KEPT}"))?;
     let ns = |h: u8| d.lab.host(h).netns.clone();
     let bin = agent::binary();
-    println!(
+    say!(
         "\n==> the lab stays up (--keep); h{crashed} reconnected and its agent restarted\n\
          \n    a shell on a host:      ip netns exec {} bash   (h2: {}, h3: {}, client: {})\
          \n    what a host sees:       ip netns exec {} {} status\
@@ -382,7 +404,7 @@ fn down() -> anyhow::Result<()> {
     let text = match std::fs::read_to_string(KEPT) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!("no kept demo lab ({KEPT} does not exist)");
+            say!("no kept demo lab ({KEPT} does not exist)");
             return Ok(());
         }
         Err(e) => return Err(e).with_context(|| format!("reading {KEPT}")),
@@ -433,27 +455,28 @@ fn down() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(dir);
     }
     std::fs::remove_file(KEPT).with_context(|| format!("removing {KEPT}"))?;
-    println!(
+    say!(
         "demo lab down: {stopped} processes stopped, {} namespaces removed",
         namespaces.len()
     );
     Ok(())
 }
 
-fn run(ci: bool, kept: bool) -> anyhow::Result<()> {
-    let mut d = setup()?;
-    start_agents(&mut d)?;
-    mesh(&d)?;
-    let owner = owner(&d)?;
-    let successor = crash(&mut d, owner)?;
-    survivor(&d, successor)?;
+/// The steps, on the lab in `slot` (which `main` tears down, after saying
+/// so, by dropping it).
+fn run(ci: bool, kept: bool, slot: &mut Option<Demo>) -> anyhow::Result<()> {
+    let d = slot.insert(setup()?);
+    start_agents(d)?;
+    mesh(d)?;
+    let owner = owner(d)?;
+    let successor = crash(d, owner)?;
+    survivor(d, successor)?;
     if kept {
-        return keep(d, owner);
+        return keep(slot.take().context("the demo lab")?, owner);
     }
     if !ci {
-        live(&d, successor)?;
+        live(d, successor)?;
     }
-    println!("\n==> tearing down (namespaces, links, etcd, agents)");
     Ok(())
 }
 
@@ -462,32 +485,31 @@ fn main() -> ExitCode {
     let has = |flag: &str| std::env::args().any(|a| a == flag);
     let (ci, kept) = (has("--ci"), has("--keep"));
     if !linkmesh_tests::is_root() {
-        eprintln!("the demo creates network namespaces: run it as root");
+        esay!("the demo creates network namespaces: run it as root");
         return ExitCode::FAILURE;
     }
     if has("--down") {
         return match down() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("demo --down failed: {e:#}");
+                esay!("demo --down failed: {e:#}");
                 ExitCode::FAILURE
             }
         };
     }
     if kept {
         if std::path::Path::new(KEPT).exists() {
-            eprintln!("a kept demo lab is up already: cargo xtask demo --down first");
+            esay!("a kept demo lab is up already: cargo xtask demo --down first");
             return ExitCode::FAILURE;
         }
         linkmesh_tests::process::detach_children();
     }
-    match run(ci, kept) {
-        Ok(()) => {
-            println!("demo finished: every step succeeded");
-            ExitCode::SUCCESS
-        }
+    let mut lab = None;
+    let result = run(ci, kept, &mut lab);
+    let code = match &result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) if STOP.load(Ordering::SeqCst) => {
-            println!("\n==> {e}: tearing down (namespaces, links, etcd, agents)");
+            say!("\n==> {e}");
             if ci {
                 ExitCode::FAILURE
             } else {
@@ -495,8 +517,17 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("\ndemo failed: {e:#}");
+            esay!("\ndemo failed: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    if let Some(lab) = lab {
+        say!("\n==> tearing down (namespaces, links, etcd, agents)");
+        drop(lab);
+        say!("    done");
     }
+    if result.is_ok() {
+        say!("demo finished: every step succeeded");
+    }
+    code
 }
