@@ -1,83 +1,127 @@
-//! `linkmesh agent`: register, sync the registry, reconcile the mesh.
+//! `linkmesh agent`, the composition root: builds each subsystem's
+//! settings from the options, wires etcd, the registry, the mesh, peer
+//! health, floating IPs and the API together, and stops them in order.
+//! Nothing else wires subsystems.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::{Mutex, watch};
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{info, warn};
 
-use crate::config::AgentArgs;
+use crate::config::{AgentArgs, ConfigError};
+use crate::etcd::lease::{self, LeaseInfo, LeaseSettings, LeaseStats};
+use crate::etcd::registration::Registration;
+use crate::etcd::sync::{self, SyncStats};
+use crate::etcd::{self, Access};
 use crate::kernel::Netlink;
-use crate::kernel::events::{KernelEvent, KernelEvents};
+use crate::kernel::events::KernelEvents;
 use crate::mesh::desired::device_mac;
-use crate::mesh::{LocalConfig, Reconciler, RegistryView, Underlay, desired};
-use crate::registry::HostRecord;
-use crate::registry::cache::RegistryCache;
-use crate::store::{self, Registration, StoreStats};
+use crate::mesh::{LocalConfig, Reconciler, Underlay};
+use crate::registry::{HostRecord, RegistryCache, RegistryView};
+use crate::vip::{FastFailover, FastSettings, LossPolicy};
 
-/// Kernel events are gathered this long before one reconcile pass.
-const EVENT_DEBOUNCE: Duration = Duration::from_millis(50);
+/// The floating-IP subsystem's settings.
+pub fn vip_settings(args: &AgentArgs, hostname: &str) -> Result<crate::vip::Settings, ConfigError> {
+    let loss_policy: LossPolicy = args
+        .etcd_loss_policy
+        .parse()
+        .map_err(ConfigError::Invalid)?;
+    let fast: FastFailover = args.fast_failover.parse().map_err(ConfigError::Invalid)?;
+    Ok(crate::vip::Settings {
+        hostname: hostname.to_owned(),
+        default_interface: args.vip_interface.clone(),
+        ttl: Duration::from_secs(args.keepalive_interval),
+        keepalive_retry: args.keepalive_retry,
+        health_interval: Duration::from_secs_f64(args.health_check_interval),
+        health_timeout: Duration::from_secs_f64(args.health_check_timeout),
+        fail_count: args.fail_count_before_failover,
+        garp_count: args.arp_gratuitous_count,
+        garp_interval: Duration::from_secs_f64(args.arp_gratuitous_interval),
+        loss_policy,
+        contend_delay: Duration::from_millis(50),
+        cooldown: Duration::from_secs(5),
+        state_dir: Some(args.state_dir.clone()),
+        resync: Duration::from_secs(args.resync_interval),
+        fast: FastSettings {
+            mode: fast,
+            probe_interval: Duration::from_secs_f64(args.probe_interval),
+            probe_misses: args.probe_misses,
+            quorum: args.suspect_quorum,
+        },
+    })
+}
 
-/// Finds the underlay: `--address`, else `--device`'s first global IPv4,
-/// else the default route's device's. Says where it came from.
-async fn resolve_underlay(
-    nl: &Netlink,
-    address: Option<IpAddr>,
-    device: Option<&str>,
-) -> anyhow::Result<Underlay> {
-    let links = nl.links().await.context("listing links")?;
-    let addrs = nl.addresses().await.context("listing addresses")?;
-    let (address, ifindex, source) = if let Some(address) = address {
-        let a = addrs
-            .iter()
-            .find(|a| a.addr == address)
-            .with_context(|| format!("--address {address} is not configured on any interface"))?;
-        if let Some(dev) = device
-            && !links.iter().any(|l| l.name == dev && l.index == a.ifindex)
-        {
-            bail!("--address {address} is not on --device {dev}");
-        }
-        (address, a.ifindex, "--address")
-    } else {
-        let (ifindex, source) = if let Some(dev) = device {
-            let link = links
-                .iter()
-                .find(|l| l.name == dev)
-                .with_context(|| format!("--device {dev}: no such interface"))?;
-            (link.index, "--device")
-        } else {
-            let index = nl
-                .default_route_ifindex()
-                .await
-                .context("reading the default route")?
-                .context("no --address or --device given and there is no default route")?;
-            (index, "the default route's device")
-        };
-        let a = addrs
-            .iter()
-            .find(|a| a.ifindex == ifindex && a.global && a.addr.is_ipv4())
-            .with_context(|| {
-                format!("interface {ifindex} ({source}) has no global IPv4 address")
+/// The peer-health settings.
+#[must_use]
+pub fn peer_settings(args: &AgentArgs) -> crate::peers::PeerSettings {
+    crate::peers::PeerSettings {
+        port: args.heartbeat_port,
+        interval: Duration::from_secs_f64(args.heartbeat_interval),
+        resync: Duration::from_secs(args.resync_interval),
+    }
+}
+
+/// The API's settings (reads the password file, the certificate and key).
+pub fn api_settings(args: &AgentArgs) -> Result<crate::api::ApiConfig, ConfigError> {
+    let credentials = match (&args.api_user, &args.api_password_file) {
+        (Some(user), Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "reading --api-password-file {}: {e}",
+                    path.display()
+                ))
             })?;
-        (a.addr, ifindex, source)
+            let password = text.lines().next().unwrap_or_default().trim().to_owned();
+            if password.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "--api-password-file {} is empty",
+                    path.display()
+                )));
+            }
+            Some((user.clone(), password))
+        }
+        _ => None,
     };
-    let link = links
-        .iter()
-        .find(|l| l.index == ifindex)
-        .with_context(|| format!("interface {ifindex} disappeared"))?;
-    let underlay = Underlay {
-        address,
-        ifindex,
-        ifname: link.name.clone(),
-        mtu: link.mtu.unwrap_or(1500),
+    let tls = match (&args.api_tls_cert, &args.api_tls_key) {
+        (Some(cert), Some(key)) => Some(
+            crate::tls::server_config(cert, key)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+        ),
+        _ => None,
     };
-    info!(address = %underlay.address, device = %underlay.ifname, mtu = underlay.mtu, source, "underlay");
-    Ok(underlay)
+    Ok(crate::api::ApiConfig {
+        listen: args.api_listen,
+        credentials,
+        tls,
+    })
+}
+
+/// The registration lease: `--ttl`, renewed every third of it.
+fn registration_lease(args: &AgentArgs) -> LeaseSettings {
+    LeaseSettings {
+        purpose: "registration",
+        ttl: args.ttl(),
+        renew: args.ttl() / 3,
+        attempt: etcd::REQUEST_TIMEOUT,
+        margin: Duration::ZERO,
+        file: None,
+    }
+}
+
+/// Every check `--check-config` makes: the options, the secret, the files
+/// the settings read.
+pub fn check(args: &AgentArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    args.etcd.secrets()?;
+    api_settings(args)?;
+    vip_settings(args, "check")?;
+    Access::from_args(&args.etcd)?;
+    Ok(())
 }
 
 fn system_hostname() -> anyhow::Result<String> {
@@ -100,124 +144,142 @@ fn host_record(hostname: &str, underlay: &Underlay, segments: &BTreeSet<String>)
     }
 }
 
-/// Starts the heartbeats and the peer table; returns the task and what the
-/// API shows besides floating IPs.
-fn start_peers(
-    args: &AgentArgs,
-    local: &LocalConfig,
+/// Where etcd's side of the agent stands.
+struct Etcd {
+    client: etcd_client::Client,
+    keys: crate::registry::Keys,
+    secrets: crate::registry::Secrets,
+    cache: Arc<Mutex<RegistryCache>>,
+    stats: Arc<SyncStats>,
     view: watch::Receiver<RegistryView>,
-    counters: crate::api::Counters,
-) -> (tokio::task::JoinHandle<()>, ApiInputs) {
-    let peers = crate::peers::PeerHealth::new(args.peer_settings());
-    let heartbeats = tokio::spawn(crate::peers::run(
-        peers.clone(),
-        local.underlay.clone(),
-        local.hostname.clone(),
-        view.clone(),
-    ));
-    let api = ApiInputs {
-        peers,
-        view,
-        local: crate::api::LocalInfo {
-            hostname: local.hostname.clone(),
-            address: local.underlay.address,
-            device: local.underlay.ifname.clone(),
-            segments: local.segments.iter().cloned().collect(),
-        },
-        counters,
+    vip_changes: mpsc::UnboundedReceiver<crate::registry::VipChange>,
+    registration: watch::Receiver<LeaseInfo>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Connects, and starts the member checks, the registry sync, the
+/// registration lease and the registration.
+async fn start_etcd(args: &AgentArgs, record: HostRecord) -> anyhow::Result<Etcd> {
+    let secrets = args.etcd.secrets()?;
+    let keys = args.etcd.keys();
+    let access = Access::from_args(&args.etcd)?;
+    let client = etcd::connect(&access).await?;
+    let mut tasks = vec![tokio::spawn(etcd::keep_endpoints(client.clone(), access))];
+    let max_age = Duration::from_secs(args.max_record_age);
+    let cache = Arc::new(Mutex::new(RegistryCache::new(
+        keys.clone(),
+        secrets.clone(),
+        max_age,
+    )));
+    let stats = Arc::new(SyncStats::default());
+    let (view_tx, view) = watch::channel(RegistryView::default());
+    let (vips_tx, vip_changes) = mpsc::unbounded_channel();
+    let outputs = sync::Outputs {
+        cache: cache.clone(),
+        view: view_tx,
+        vips: vips_tx,
+        stats: stats.clone(),
     };
-    (heartbeats, api)
-}
-
-/// What the API shows besides floating IPs.
-struct ApiInputs {
-    peers: Arc<crate::peers::PeerHealth>,
-    view: watch::Receiver<RegistryView>,
-    local: crate::api::LocalInfo,
-    counters: crate::api::Counters,
-}
-
-/// Starts the floating-IP manager and the API; send `true` to stop both
-/// (the manager releases what it holds first).
-async fn spawn_vips(
-    args: &AgentArgs,
-    hostname: &str,
-    client: &etcd_client::Client,
-    keys: &crate::registry::Keys,
-    secrets: &crate::registry::Secrets,
-    nl: &Netlink,
-    api: ApiInputs,
-) -> anyhow::Result<(watch::Sender<bool>, tokio::task::JoinHandle<()>)> {
-    let ApiInputs {
-        peers,
-        view,
-        local,
-        counters,
-    } = api;
-    let status: crate::vip::manager::StatusMap = Arc::default();
-    let (stop, stop_rx) = watch::channel(false);
-    let api_config = args.api_config()?;
-    let listener = crate::api::bind(&api_config).await?;
-    let admin = crate::vip::admin::Vips {
+    let resync = Duration::from_secs(args.resync_interval);
+    tasks.push(tokio::spawn(sync::run(
+        client.clone(),
+        keys.clone(),
+        outputs,
+        resync,
+    )));
+    let (lease_tx, registration) = watch::channel(LeaseInfo::none());
+    tasks.push(tokio::spawn(lease::keep(
+        client.clone(),
+        registration_lease(args),
+        lease_tx,
+        Arc::new(LeaseStats::default()),
+    )));
+    let register = Registration {
         client: client.clone(),
         keys: keys.clone(),
         secrets: secrets.clone(),
+        record,
+        max_age,
+    };
+    tasks.push(tokio::spawn(register.run(registration.clone())));
+    Ok(Etcd {
+        client,
+        keys,
+        secrets,
+        cache,
+        stats,
+        view,
+        vip_changes,
+        registration,
+        tasks,
+    })
+}
+
+/// Starts the floating-IP subsystem and the API; send `true` on the
+/// returned sender to stop both (the VIPs are handed over first).
+async fn start_vips_and_api(
+    etcd: &mut Etcd,
+    vip_settings: crate::vip::Settings,
+    api_config: crate::api::ApiConfig,
+    peers: &Arc<crate::peers::PeerHealth>,
+    nl: &Netlink,
+    local: crate::api::LocalInfo,
+) -> anyhow::Result<(watch::Sender<bool>, tokio::task::JoinHandle<()>)> {
+    let hostname = vip_settings.hostname.clone();
+    let (stop, stop_rx) = watch::channel(false);
+    let status: crate::vip::StatusMap = Arc::default();
+    let listener = crate::api::bind(&api_config).await?;
+    let sources = crate::api::Sources {
+        admin: crate::etcd::admin::Vips {
+            client: etcd.client.clone(),
+            keys: etcd.keys.clone(),
+            secrets: etcd.secrets.clone(),
+        },
+        status: status.clone(),
+        peers: peers.clone(),
+        view: etcd.view.clone(),
+        local,
+        counters: crate::api::Counters {
+            sync: etcd.stats.clone(),
+            netlink: nl.clone(),
+            cache: etcd.cache.clone(),
+        },
     };
     let api_stop = stop_rx.clone();
-    let api_status = status.clone();
-    let api_host = hostname.to_owned();
-    let api_peers = peers.clone();
     tokio::spawn(async move {
-        let state = crate::api::Sources {
-            admin,
-            status: api_status,
-            peers: api_peers,
-            view,
-            local,
-            counters,
-        };
-        if let Err(e) = crate::api::serve(listener, api_config, state, &api_host, api_stop).await {
+        if let Err(e) = crate::api::serve(listener, api_config, sources, &hostname, api_stop).await
+        {
             warn!(error = %e, "the API stopped");
         }
     });
-    let services = crate::vip::manager::Services {
-        client: client.clone(),
-        keys: keys.clone(),
-        secrets: secrets.clone(),
-        nl: nl.clone(),
-        status,
-        peers,
-    };
-    let task = tokio::spawn(crate::vip::manager::run(
-        args.vip_settings(hostname),
-        services,
+    let vip_changes = std::mem::replace(&mut etcd.vip_changes, mpsc::unbounded_channel().1);
+    let vips = tokio::spawn(crate::vip::run(
+        vip_settings,
+        crate::vip::Services {
+            client: etcd.client.clone(),
+            keys: etcd.keys.clone(),
+            nl: nl.clone(),
+            status,
+            peers: peers.clone(),
+            changes: vip_changes,
+        },
         stop_rx,
     ));
-    Ok((stop, task))
-}
-
-/// Whether a kernel event may concern the mesh's devices.
-fn relevant(event: &KernelEvent, segments: &BTreeSet<String>) -> bool {
-    match event {
-        KernelEvent::LinkRemoved { .. } | KernelEvent::FdbRemoved { .. } => true,
-        KernelEvent::LinkChanged { name, .. } => {
-            name.as_ref().is_some_and(|n| segments.contains(n))
-        }
-        KernelEvent::AddressRemoved { .. } => false,
-    }
+    Ok((stop, vips))
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let secrets = args.etcd.secrets()?;
-    let keys = args.etcd.keys();
     let hostname = match &args.hostname {
         Some(h) => h.clone(),
         None => system_hostname()?,
     };
-    crate::registry::host::validate_hostname(&hostname).map_err(anyhow::Error::msg)?;
+    crate::registry::host::validate_hostname(&hostname)?;
+    let vip_settings = vip_settings(&args, &hostname)?;
+    let api_config = api_settings(&args)?;
     let nl = Netlink::connect()?;
-    let underlay = resolve_underlay(&nl, args.address, args.device.as_deref()).await?;
+    let underlay =
+        crate::mesh::underlay::resolve(&nl, args.address, args.device.as_deref()).await?;
     let segments: BTreeSet<String> = args.segments.iter().cloned().collect();
     let local = LocalConfig {
         hostname: hostname.clone(),
@@ -225,85 +287,67 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         segments: segments.clone(),
         bridge: args.bridge.clone(),
     };
-    let record = host_record(&hostname, &underlay, &segments);
-    let max_age = Duration::from_secs(args.max_record_age);
+    let mut etcd = start_etcd(&args, host_record(&hostname, &underlay, &segments)).await?;
 
-    let access = args.etcd.access()?;
-    let client = store::connect(&access).await?;
-    let members = tokio::spawn(store::keep_endpoints(client.clone(), access));
-    let stats = Arc::new(StoreStats::default());
-    let cache = Arc::new(Mutex::new(RegistryCache::new(
-        keys.clone(),
-        secrets.clone(),
-        max_age,
-    )));
-    let (tx, mut rx) = watch::channel(RegistryView::default());
-    let resync = Duration::from_secs(args.resync_interval);
-    let sync = tokio::spawn(store::sync_registry(
-        client.clone(),
-        keys.clone(),
-        cache.clone(),
-        tx,
-        resync,
-        stats.clone(),
+    // Peer health.
+    let peers = crate::peers::PeerHealth::new(peer_settings(&args));
+    let heartbeats = tokio::spawn(crate::peers::run(
+        peers.clone(),
+        underlay.clone(),
+        hostname.clone(),
+        etcd.view.clone(),
     ));
-    let lease = Arc::new(AtomicI64::new(0));
-    let registration = tokio::spawn(
-        Registration {
-            client: client.clone(),
-            keys: keys.clone(),
-            secrets: secrets.clone(),
-            record,
-            ttl: args.ttl(),
-            max_age,
-            lease: lease.clone(),
-            stats: stats.clone(),
-        }
-        .run(),
-    );
 
-    let counters = crate::api::Counters {
-        store: stats.clone(),
-        netlink: nl.clone(),
-        cache: cache.clone(),
-    };
-    let (heartbeats, api) = start_peers(&args, &local, rx.clone(), counters);
-    let (vip_stop, vips) = spawn_vips(&args, &hostname, &client, &keys, &secrets, &nl, api).await?;
+    // Floating IPs and the API; `stop` ends both.
+    let (stop, vips) = start_vips_and_api(
+        &mut etcd,
+        vip_settings,
+        api_config,
+        &peers,
+        &nl,
+        crate::api::LocalInfo {
+            hostname: hostname.clone(),
+            address: underlay.address,
+            device: underlay.ifname.clone(),
+            segments: segments.iter().cloned().collect(),
+        },
+    )
+    .await?;
 
-    let reconciler = Reconciler::new(nl.clone(), local.clone());
+    // The mesh, until a signal.
+    let reconciler = Reconciler::new(nl.clone(), local);
     let mut events = KernelEvents::subscribe()?;
+    let (signalled, mut mesh_stop) = watch::channel(false);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+        let _ = signalled.send(true);
+    });
     // Reconcile only against a registry that was actually read: an empty
     // view before the first snapshot would remove every peer.
     info!(host = %hostname, segments = ?segments, "waiting for the first registry snapshot");
     let synced = loop {
-        if stats.snapshots.load(Ordering::Relaxed) > 0 {
+        if etcd.stats.snapshots.load(Ordering::Relaxed) > 0 {
             break true;
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(20)) => {}
-            _ = sigterm.recv() => break false,
-            _ = sigint.recv() => break false,
+            _ = mesh_stop.wait_for(|s| *s) => break false,
         }
     };
-
     if synced {
-        mesh_loop(
-            &reconciler,
-            &mut rx,
-            &mut events,
-            resync,
-            &mut sigterm,
-            &mut sigint,
-        )
-        .await?;
+        let mut view = etcd.view.clone();
+        let resync = Duration::from_secs(args.resync_interval);
+        crate::mesh::run::run(&reconciler, &mut view, &mut events, resync, &mut mesh_stop).await?;
     }
 
     info!("stopping");
     // Floating IPs first: unbind and hand them over before anything else.
-    let _ = vip_stop.send(true);
+    let _ = stop.send(true);
     if tokio::time::timeout(Duration::from_secs(5), vips)
         .await
         .is_err()
@@ -311,22 +355,27 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         warn!("releasing floating IPs took over 5 s");
     }
     heartbeats.abort();
-    registration.abort();
-    sync.abort();
-    members.abort();
-    shutdown(&client, &lease, args.cleanup_on_exit.then_some(&reconciler)).await
+    for task in &etcd.tasks {
+        task.abort();
+    }
+    let lease_id = etcd.registration.borrow().id;
+    shutdown(
+        &etcd.client,
+        lease_id,
+        args.cleanup_on_exit.then_some(&reconciler),
+    )
+    .await
 }
 
-/// Revokes the lease (peers drop this host at once) and, with
+/// Revokes the registration lease (peers drop this host at once) and, with
 /// `--cleanup-on-exit`, removes the devices this agent owns.
 async fn shutdown(
     client: &etcd_client::Client,
-    lease: &AtomicI64,
+    lease_id: i64,
     cleanup: Option<&Reconciler>,
 ) -> anyhow::Result<()> {
-    let lease_id = lease.load(Ordering::Relaxed);
     if lease_id != 0 {
-        match store::revoke(client, lease_id).await {
+        match lease::revoke(client, lease_id).await {
             Ok(()) => info!(lease = format!("{lease_id:x}"), "lease revoked"),
             Err(e) => {
                 warn!(error = %e, "revoking the lease failed; peers drop this host when it expires");
@@ -341,79 +390,4 @@ async fn shutdown(
         info!(removed, "segment devices removed");
     }
     Ok(())
-}
-
-/// Reconciles on every registry change, relevant kernel event and resync
-/// tick, until SIGTERM or SIGINT.
-async fn mesh_loop(
-    reconciler: &Reconciler,
-    rx: &mut watch::Receiver<RegistryView>,
-    events: &mut KernelEvents,
-    resync: Duration,
-    sigterm: &mut Signal,
-    sigint: &mut Signal,
-) -> anyhow::Result<()> {
-    let segments = &reconciler.local().segments;
-    let mut last_problems: Vec<String> = Vec::new();
-    let mut passes = 0u64;
-    let mut resync_tick = tokio::time::interval(resync);
-    resync_tick.tick().await;
-    loop {
-        let view = rx.borrow_and_update().clone();
-        let want = desired(reconciler.local(), &view);
-        let started = std::time::Instant::now();
-        match reconciler.reconcile(&want).await {
-            Ok(report) => {
-                let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                passes += 1;
-                if report.applied > 0 || !report.errors.is_empty() || passes == 1 {
-                    info!(
-                        applied = report.applied,
-                        failed = report.errors.len(),
-                        netlink_writes = reconciler.netlink().writes(),
-                        elapsed_us,
-                        segments = want.segments.len(),
-                        peers = want.segments.values().map(|s| s.peers.len()).sum::<usize>(),
-                        "mesh reconciled"
-                    );
-                }
-                if report.problems != last_problems {
-                    for p in &report.problems {
-                        warn!(problem = %p, "mesh configuration problem");
-                    }
-                    last_problems = report.problems;
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "reading kernel state failed; retrying at the next change or resync");
-            }
-        }
-        // Registry changes are handled at once; kernel events (including
-        // the echo of our own writes) are gathered for EVENT_DEBOUNCE first,
-        // without holding up registry changes meanwhile.
-        let mut kernel_due: Option<tokio::time::Instant> = None;
-        let stop = loop {
-            let due = kernel_due.unwrap_or_else(|| tokio::time::Instant::now() + resync);
-            tokio::select! {
-                r = rx.changed() => {
-                    if r.is_err() {
-                        bail!("the registry sync task stopped");
-                    }
-                    break false;
-                }
-                Some(event) = events.next() => {
-                    if kernel_due.is_none() && relevant(&event, segments) {
-                        kernel_due = Some(tokio::time::Instant::now() + EVENT_DEBOUNCE);
-                    }
-                }
-                () = tokio::time::sleep_until(due), if kernel_due.is_some() => break false,
-                _ = resync_tick.tick() => break false,
-                _ = sigterm.recv() => break true,
-                _ = sigint.recv() => break true,
-            }
-        };
-        if stop {
-            return Ok(());
-        }
-    }
 }

@@ -23,12 +23,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::mesh::RegistryView;
+use crate::etcd::EtcdError;
+use crate::etcd::admin::{VipEntry, Vips};
 use crate::peers::PeerHealth;
-use crate::store::StoreError;
-use crate::vip::admin::{VipEntry, Vips};
-use crate::vip::manager::{LossPolicy, StatusMap};
-use crate::vip::{State, VipRecord};
+use crate::registry::{RegistryView, VipRecord};
+use crate::vip::{LossPolicy, State, StatusMap};
 
 #[derive(Clone)]
 struct App {
@@ -74,12 +73,13 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn store_error(e: &StoreError) -> Response {
+fn store_error(e: &EtcdError) -> Response {
     match e {
-        StoreError::Invalid(m) => error(StatusCode::BAD_REQUEST, m.clone()),
-        StoreError::Conflict(m) => error(StatusCode::CONFLICT, m.clone()),
+        EtcdError::Invalid(m) => error(StatusCode::BAD_REQUEST, m.to_string()),
+        EtcdError::NotFound(m) => error(StatusCode::NOT_FOUND, m.clone()),
+        EtcdError::Conflict(m) => error(StatusCode::CONFLICT, m.clone()),
         // The record could not be sealed (too large): the request's fault.
-        StoreError::Seal(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        EtcdError::Seal(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
         other => error(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
     }
 }
@@ -119,16 +119,16 @@ async fn list(AxumState(app): AxumState<App>) -> Response {
 }
 
 async fn create(AxumState(app): AxumState<App>, body: Bytes) -> Response {
-    let record = match VipRecord::parse_request(&body) {
-        Ok(r) => r,
+    let vip = match VipRecord::parse_request(&body) {
+        Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid floating IP: {e}")),
     };
-    match app.vips.add(&record).await {
+    match app.vips.add(&vip).await {
         Ok(id) => {
             info!(vip = %id, "floating IP added through the API");
             let entry = VipEntry {
                 id,
-                record: Some(record),
+                record: Some(vip.record),
                 error: None,
                 owner: None,
                 states: std::collections::BTreeMap::new(),
@@ -293,17 +293,17 @@ async fn status(AxumState(app): AxumState<App>) -> Response {
 
 /// Prometheus text format.
 async fn metrics(AxumState(app): AxumState<App>) -> Response {
-    let rejected = app
-        .counters
-        .cache
-        .lock()
-        .await
-        .rejections
-        .counts()
-        .iter()
-        .map(|(reason, n)| ((*reason).to_owned(), *n))
-        .collect();
-    let store = &app.counters.store;
+    let (rejected, vip_records_rejected) = {
+        let cache = app.counters.cache.lock().await;
+        let by_reason = cache
+            .rejections
+            .counts()
+            .iter()
+            .map(|(reason, n)| ((*reason).to_owned(), *n))
+            .collect();
+        (by_reason, cache.rejections.vips())
+    };
+    let sync = &app.counters.sync;
     let snapshot = crate::metrics::Snapshot {
         vips: app.shared.vips().into_values().collect(),
         segments: app
@@ -315,20 +315,19 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
         netlink_writes: app.counters.netlink.writes(),
         netlink_errors: app.counters.netlink.write_errors(),
         rejected,
-        registry_watch_restarts: store.watch_restarts.load(Ordering::Relaxed),
-        vip_watch_restarts: app.shared.watch_restarts.load(Ordering::Relaxed),
-        etcd_revision: store.revision.load(Ordering::Relaxed),
-        etcd_errors: app.shared.etcd_errors.load(Ordering::Relaxed),
+        registry_watch_restarts: sync.watch_restarts.load(Ordering::Relaxed),
+        etcd_revision: sync.revision.load(Ordering::Relaxed),
+        etcd_errors: app.shared.lease.errors.load(Ordering::Relaxed),
         lease_failures: app.shared.lease_failures.load(Ordering::Relaxed),
         ebpf_events: app.shared.ebpf_events.load(Ordering::Relaxed),
         ebpf_ring_drops: app.shared.ebpf_ring_drops.load(Ordering::Relaxed),
         api_tls_failures: app.tls_failures.load(Ordering::Relaxed),
-        vip_records_rejected: app.shared.vip_records_rejected.load(Ordering::Relaxed),
+        vip_records_rejected,
     };
     let body = crate::metrics::render(
         &snapshot,
         &crate::metrics::Histograms {
-            keepalive_seconds: &app.shared.keepalive_seconds,
+            keepalive_seconds: app.shared.lease.keepalive_seconds.as_ref(),
             health_check_seconds: &app.shared.health_check_seconds,
         },
     );
@@ -457,9 +456,9 @@ pub struct Sources {
 
 /// The mesh's counters, for `GET /metrics`.
 pub struct Counters {
-    pub store: Arc<crate::store::StoreStats>,
+    pub sync: Arc<crate::etcd::sync::SyncStats>,
     pub netlink: crate::kernel::Netlink,
-    pub cache: Arc<tokio::sync::Mutex<crate::registry::cache::RegistryCache>>,
+    pub cache: Arc<tokio::sync::Mutex<crate::registry::RegistryCache>>,
 }
 
 pub async fn serve(
@@ -527,7 +526,7 @@ mod tests {
 
     #[test]
     fn a_record_too_large_to_seal_is_the_request_s_fault() {
-        let e = StoreError::Seal(crate::registry::record::SealError::TooLarge {
+        let e = EtcdError::Seal(crate::registry::record::SealError::TooLarge {
             kind: "vip",
             key: "/linkmesh/vips/x".into(),
             len: 70_000,

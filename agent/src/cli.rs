@@ -6,9 +6,10 @@ use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 
 use crate::config::EtcdArgs;
-use crate::registry::SegmentSpec;
+use crate::etcd::admin::{Segments, VipEntry, Vips};
+use crate::etcd::{self, Access};
 use crate::registry::segment::DEFAULT_PORT;
-use crate::store::{self, Segments};
+use crate::registry::{SegmentSpec, VipRecord};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum OnOff {
@@ -80,10 +81,8 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 
 /// `linkmesh ip ...`; `json` prints every answer as JSON instead of text.
 pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Result<()> {
-    use crate::vip::VipRecord;
-    use crate::vip::admin::Vips;
     let vips = Vips {
-        client: store::connect(&etcd.access()?).await?,
+        client: etcd::connect(&Access::from_args(etcd)?).await?,
         keys: etcd.keys(),
         secrets: etcd.secrets()?,
     };
@@ -95,19 +94,20 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Resu
             excluded,
             priority,
         } => {
-            let record = VipRecord {
+            let vip = VipRecord {
                 address: cidr,
                 interface,
                 checks,
                 excluded_nodes: excluded,
                 priority,
                 ports: None,
-            };
-            let id = vips.add(&record).await?;
+            }
+            .validate()?;
+            let id = vips.add(&vip).await?;
             if json {
-                print_json(&serde_json::json!({"id": id, "added": true, "record": record}))?;
+                print_json(&serde_json::json!({"id": id, "added": true, "record": vip.record}))?;
             } else {
-                println!("floating IP {} added (id {id})", record.address);
+                println!("floating IP {} added (id {id})", vip.record.address);
             }
         }
         IpCommand::Ls => {
@@ -153,7 +153,7 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Resu
 
 /// Floating IPs as a table.
 #[must_use]
-pub fn render_vip_list(list: &[crate::vip::admin::VipEntry]) -> String {
+pub fn render_vip_list(list: &[VipEntry]) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
         "{:<24} {:<28} {:<16} {:<10} {:<24} STATES\n",
@@ -193,7 +193,7 @@ pub fn render_vip_list(list: &[crate::vip::admin::VipEntry]) -> String {
 
 /// One floating IP as `name: value` lines.
 #[must_use]
-pub fn render_vip(e: &crate::vip::admin::VipEntry) -> String {
+pub fn render_vip(e: &VipEntry) -> String {
     use std::fmt::Write as _;
     let list = |v: &[String]| {
         if v.is_empty() {
@@ -226,7 +226,7 @@ pub fn render_vip(e: &crate::vip::admin::VipEntry) -> String {
 /// `linkmesh segment ...`; `json` prints every answer as JSON instead of text.
 pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand, json: bool) -> anyhow::Result<()> {
     let secrets = etcd.secrets()?;
-    let client = store::connect(&etcd.access()?).await?;
+    let client = etcd::connect(&Access::from_args(etcd)?).await?;
     let segments = Segments {
         client,
         keys: etcd.keys(),
@@ -275,7 +275,7 @@ pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand, json: bool) -> an
                     .iter()
                     .map(|(name, spec)| match spec {
                         Ok(s) => serde_json::json!({"name": name, "vni": s.vni, "port": s.port, "learning": s.learning, "mtu": s.mtu, "netns": s.netns}),
-                        Err(e) => serde_json::json!({"name": name, "error": e}),
+                        Err(e) => serde_json::json!({"name": name, "error": e.to_string()}),
                     })
                     .collect();
                 println!(

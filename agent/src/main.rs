@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use linkmesh::cli::{ApiArgs, IpCommand, SegmentCommand};
 use linkmesh::config::{AgentArgs, EtcdArgs};
-use linkmesh::watch::ArpWatcher;
+use linkmesh::ebpf::arp::ArpWatcher;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -130,7 +130,7 @@ fn parse() -> anyhow::Result<(Cli, Option<String>)> {
         && let Some(agent) = command.find_subcommand("agent")
     {
         let env = |name: &str| std::env::var(name).ok();
-        let expanded = linkmesh::config_file::expand(&words[2..], agent, &env)?;
+        let expanded = linkmesh::config::file::expand(&words[2..], agent, &env)?;
         words.truncate(2);
         words.extend(expanded.args);
         from_file = expanded.from_file;
@@ -142,7 +142,7 @@ fn parse() -> anyhow::Result<(Cli, Option<String>)> {
             let agent = command
                 .find_subcommand("agent")
                 .context("no agent command")?;
-            Some(linkmesh::config_file::describe(agent, sub, &from_file))
+            Some(linkmesh::config::file::describe(agent, sub, &from_file))
         }
         _ => None,
     };
@@ -154,8 +154,7 @@ async fn main() -> anyhow::Result<()> {
     let (cli, effective) = parse()?;
     if let (Command::Agent(args), Some(effective)) = (&cli.command, effective) {
         print!("{effective}");
-        args.validate()?;
-        args.etcd.secrets()?;
+        linkmesh::agent::check(args)?;
         println!("# valid");
         return Ok(());
     }

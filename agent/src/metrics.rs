@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 
 use crate::peers::PeerLiveness;
 use crate::vip::State;
-use crate::vip::manager::VipStatus;
+use crate::vip::VipStatus;
 
 type Labels = Vec<(String, String)>;
 
@@ -30,7 +30,6 @@ pub struct Snapshot {
     /// Rejected registry records by reason.
     pub rejected: BTreeMap<String, u64>,
     pub registry_watch_restarts: u64,
-    pub vip_watch_restarts: u64,
     pub etcd_revision: i64,
     pub etcd_errors: u64,
     pub lease_failures: u32,
@@ -45,7 +44,8 @@ pub struct Snapshot {
 
 /// Histograms that live across scrapes.
 pub struct Histograms<'a> {
-    pub keepalive_seconds: &'a Histogram,
+    /// `None` when nothing measures it.
+    pub keepalive_seconds: Option<&'a Histogram>,
     pub health_check_seconds: &'a Histogram,
 }
 
@@ -195,11 +195,13 @@ fn register_mesh(r: &mut Registry, s: &Snapshot) {
 }
 
 fn register_etcd(r: &mut Registry, s: &Snapshot, h: &Histograms<'_>) {
-    r.register(
-        "linkmesh_etcd_keepalive_seconds",
-        "Round trip of acknowledged ownership-lease keepalives",
-        h.keepalive_seconds.clone(),
-    );
+    if let Some(keepalive) = h.keepalive_seconds {
+        r.register(
+            "linkmesh_etcd_keepalive_seconds",
+            "Round trip of acknowledged ownership-lease keepalives",
+            keepalive.clone(),
+        );
+    }
     let errors = Family::<Labels, Counter>::default();
     errors
         .get_or_create(&labels(&[("kind", "keepalive")]))
@@ -209,9 +211,6 @@ fn register_etcd(r: &mut Registry, s: &Snapshot, h: &Histograms<'_>) {
     restarts
         .get_or_create(&labels(&[("watch", "registry")]))
         .inc_by(s.registry_watch_restarts);
-    restarts
-        .get_or_create(&labels(&[("watch", "vips")]))
-        .inc_by(s.vip_watch_restarts);
     r.register(
         "linkmesh_etcd_watch_restarts",
         "Watches started again",
@@ -358,7 +357,7 @@ mod tests {
         let text = render(
             &s,
             &Histograms {
-                keepalive_seconds: &keepalive,
+                keepalive_seconds: Some(&keepalive),
                 health_check_seconds: &health,
             },
         );

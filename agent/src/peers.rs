@@ -14,8 +14,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::mesh::{RegistryView, Underlay};
-use crate::watch::{PeerSample, PeerWatcher, ktime_now};
+use crate::clock::mono_now as ktime_now;
+use crate::ebpf::peer::{PeerSample, PeerWatcher};
+use crate::mesh::Underlay;
+use crate::registry::RegistryView;
 
 /// The heartbeat wire format version (the byte after the magic).
 const HEARTBEAT_VERSION: u8 = 1;
@@ -371,7 +373,7 @@ pub async fn run(
     let loaded = tokio::task::spawn_blocking(move || {
         let mut w = PeerWatcher::new()?;
         w.attach(&ifname)?;
-        Ok::<_, crate::watch::WatchError>(w)
+        Ok::<_, crate::ebpf::WatchError>(w)
     })
     .await;
     match loaded {

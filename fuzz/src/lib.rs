@@ -28,10 +28,10 @@ use std::time::Duration;
 use linkmesh::registry::cache::{Entry, RegistryCache};
 use linkmesh::registry::record::{MAX_RECORD_BYTES, RECORD_VERSION, Record, SealError, canonical};
 use linkmesh::registry::segment::validate_segment_name;
+use linkmesh::registry::{Cidr, VipKey, VipRecord, open_vip};
 use linkmesh::registry::{
     Expect, HostRecord, Keys, Rejection, Secrets, SegmentSpec, Verified, open, seal,
 };
-use linkmesh::vip::{Cidr, VipRecord};
 use serde_json::value::RawValue;
 
 /// The secret every target signs and verifies with.
@@ -439,7 +439,7 @@ pub fn segment_vip(data: &[u8]) -> bool {
                     && serde_json::from_slice::<SegmentSpec>(body)
                         .is_ok_and(|s| s.validate().is_ok())
             } else {
-                keys.vip_of(&key).is_some_and(|(_, sub)| sub.is_none())
+                matches!(keys.vip_key(&key), Some(VipKey::Record(_)))
                     && VipRecord::parse_request(body).is_ok()
             };
         if valid {
@@ -494,35 +494,93 @@ fn segment(keys: &Keys, secrets: &Secrets, name: &str, value: &[u8], expect: Exp
     verdict.is_ok()
 }
 
-/// A VIP record as the VIP manager reads it: by its key's shape, then
-/// (for a record key) `open` and `validate`.
+/// A VIP record as the agents read it: through the registry cache (which
+/// holds a known VIP already), whose verdict must be [`open_vip`]'s; keys
+/// below a VIP are not records and must name their VIP back.
 fn vip(keys: &Keys, secrets: &Secrets, value: &[u8], expect: Expect<'_>) -> bool {
     let key = expect.key;
-    // Keys below a VIP (owner, failover, state/<host>, ...) are not records;
-    // they must name their VIP back.
-    if let Some((id, kind, host)) = keys.vip_member_of(key) {
-        assert_eq!(format!("{}{id}/{kind}/{host}", keys.vips()), key);
-    }
-    match keys.vip_of(key) {
-        None => false,
-        Some((id, Some(sub))) => {
-            assert_eq!(format!("{}{id}/{sub}", keys.vips()), key);
-            false
+    let id = match keys.vip_key(key) {
+        None => return false,
+        Some(VipKey::Owner(id)) => {
+            assert_eq!(keys.vip_owner(id), key);
+            return false;
         }
-        Some((id, None)) => {
+        Some(VipKey::Failover(id)) => {
+            assert_eq!(keys.vip_failover(id), key);
+            return false;
+        }
+        Some(VipKey::Member { id, kind, host }) => {
+            assert_eq!(format!("{}{id}/{kind}/{host}", keys.vips()), key);
+            return false;
+        }
+        Some(VipKey::Record(id)) => {
             assert_eq!(keys.vip(id), key);
-            let opened = open::<VipRecord>(secrets, value, expect);
-            if let Ok(v) = &opened {
-                reverify(secrets, expect, v, same_vip);
-            }
-            let Ok(v) = opened else { return false };
-            let Ok((cidr, checks)) = v.body.validate() else {
-                return false;
-            };
-            check_cidr(keys, cidr);
-            assert_eq!(checks.len(), v.body.checks.len());
-            true
+            id
         }
+    };
+    let mut cache = RegistryCache::new(keys.clone(), secrets.clone(), MAX_AGE);
+    let known = keys.vip(KNOWN_VIP);
+    let known_value = seal(secrets, &known, 0, NOW, &known_vip()).expect("sealing the known VIP");
+    let put = |key, value, lease, mod_revision| Entry {
+        key,
+        value,
+        lease,
+        mod_revision,
+    };
+    assert!(
+        cache.put(put(&known, &known_value, 0, 1), NOW),
+        "the known VIP is defined"
+    );
+    let before = cache.vips().clone();
+    let rejected = cache.rejections.vips();
+    let verdict = open_vip(secrets, key, value, expect.lease, NOW);
+    let changed = cache.put(put(key, value, expect.lease, 2), NOW);
+    match &verdict {
+        Ok(valid) => {
+            assert_eq!(
+                cache.vips().get(id),
+                Some(valid),
+                "the cache holds the accepted record"
+            );
+            assert_eq!(
+                changed,
+                before.get(id) != Some(valid),
+                "a change is reported, only then"
+            );
+            assert_eq!(cache.rejections.vips(), rejected, "nothing counted");
+            check_cidr(keys, valid.cidr);
+            assert_eq!(valid.checks.len(), valid.record.checks.len());
+            let verified = open::<VipRecord>(secrets, value, expect).expect("it verified");
+            reverify(secrets, expect, &verified, same_vip);
+        }
+        Err(r) => {
+            assert_eq!(
+                cache.vips(),
+                &before,
+                "a rejected value ({r}) changed the VIPs"
+            );
+            assert!(!changed, "a rejected value ({r}) reported a change");
+            assert_eq!(
+                cache.rejections.vips(),
+                rejected + 1,
+                "the rejection ({r}) is counted once"
+            );
+        }
+    }
+    verdict.is_ok()
+}
+
+/// The VIP the cache holds before each `segment_vip` input.
+const KNOWN_VIP: &str = "198.18.0.99_32";
+
+fn known_vip() -> VipRecord {
+    VipRecord {
+        address: "198.18.0.99/32".into(),
+        interface: None,
+        checks: vec![],
+        excluded_nodes: vec![],
+        priority: None,
+        ports: None,
     }
 }
 
@@ -531,8 +589,8 @@ fn check_cidr(keys: &Keys, cidr: Cidr) {
     assert_eq!(cidr.to_string().parse::<Cidr>(), Ok(cidr));
     let id = cidr.id();
     assert_eq!(
-        keys.vip_of(&keys.vip(&id)),
-        Some((id.as_str(), None)),
+        keys.vip_key(&keys.vip(&id)),
+        Some(VipKey::Record(id.as_str())),
         "the id of {cidr} is not one key"
     );
 }
@@ -541,12 +599,11 @@ fn check_cidr(keys: &Keys, cidr: Cidr) {
 /// calls), then what `Vips::add` would write, read back as the agents do.
 #[must_use]
 pub fn api_body(data: &[u8]) -> bool {
-    let Ok(record) = VipRecord::parse_request(data) else {
+    let Ok(valid) = VipRecord::parse_request(data) else {
         return false;
     };
-    let (cidr, checks) = record
-        .validate()
-        .expect("parse_request returns only valid records");
+    let record = valid.record.clone();
+    let cidr = valid.cidr;
     let keys = Keys::new(PREFIX);
     check_cidr(&keys, cidr);
     let key = keys.vip(&cidr.id());
@@ -561,20 +618,16 @@ pub fn api_body(data: &[u8]) -> bool {
         }
         Err(e) => panic!("sealing an accepted VIP record: {e}"),
     };
-    let expect = Expect {
-        key: &key,
-        lease: 0,
-        now: NOW,
-        max_age: None,
-    };
-    let v = open::<VipRecord>(&secrets, &value, expect)
+    // What every agent does with the key's value.
+    let read = open_vip(&secrets, &key, &value, 0, NOW)
         .unwrap_or_else(|r| panic!("agents refuse what the API accepted: {r}"));
     assert!(
-        same_vip(&v.body, &record),
+        same_vip(&read.record, &record),
         "agents read another record than was posted: {record:?} became {:?}",
-        v.body
+        read.record
     );
-    assert_eq!(v.body.validate(), Ok((cidr, checks)));
+    assert_eq!(read.cidr, valid.cidr);
+    assert_eq!(read.checks, valid.checks);
     // The API answers with the record.
     serde_json::to_vec(&record).expect("an accepted record encodes");
     true
@@ -884,7 +937,7 @@ mod tests {
     fn floats_in_ports_may_move_by_an_ulp_and_nothing_else_may() {
         let body = br#"{"address":"198.18.0.1/32","ports":[-5.791054108416719e-286]}"#;
         assert!(api_body(body), "accepted despite the float drift");
-        let a = VipRecord::parse_request(body).expect("valid");
+        let a = VipRecord::parse_request(body).expect("valid").record;
         let written = serde_json::to_vec(&a).expect("encode");
         let b: VipRecord = serde_json::from_slice(&written).expect("decode");
         assert!(same_vip(&a, &b));

@@ -196,13 +196,16 @@ impl Rig {
         cidr: &str,
         timeout: Duration,
     ) -> Result<Duration, String> {
-        use linkmesh::store::StoreError;
-        use linkmesh::vip::admin::Vips;
+        use linkmesh::etcd::EtcdError;
+        use linkmesh::etcd::admin::Vips;
         let secrets = linkmesh::registry::Secrets::load(&self.v.secret)
             .map_err(|e| format!("reading the secret: {e}"))?;
-        let record: linkmesh::vip::VipRecord =
-            serde_json::from_value(serde_json::json!({ "address": cidr }))
-                .map_err(|e| format!("a VIP record for {cidr}: {e}"))?;
+        let record = linkmesh::registry::VipRecord::parse_request(
+            serde_json::json!({ "address": cidr })
+                .to_string()
+                .as_bytes(),
+        )
+        .map_err(|e| format!("a VIP record for {cidr}: {e}"))?;
         let endpoints = endpoints.to_vec();
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(async move {
@@ -219,7 +222,7 @@ impl Rig {
                 let error =
                     match tokio::time::timeout(Duration::from_millis(250), vips.add(&record)).await
                     {
-                        Ok(Ok(_) | Err(StoreError::Conflict(_))) => return Ok(start.elapsed()),
+                        Ok(Ok(_) | Err(EtcdError::Conflict(_))) => return Ok(start.elapsed()),
                         Ok(Err(e)) => e.to_string(),
                         Err(_) => "no answer within 250 ms".to_owned(),
                     };

@@ -110,7 +110,7 @@ pub const TC_ACT_SHOT: u32 = 2;
 /// through `BPF_PROG_TEST_RUN`; returns its return code.
 pub fn test_run(ebpf: &mut aya::Ebpf, program: &'static str, frame: &[u8], repeat: u32) -> u32 {
     use aya::programs::{TestRun, TestRunOptions};
-    linkmesh::watch::load_classifier(ebpf, program)
+    linkmesh::ebpf::load_classifier(ebpf, program)
         .unwrap_or_else(|e| panic!("loading {program}: {e}"))
         .test_run(TestRunOptions {
             data_in: Some(frame),

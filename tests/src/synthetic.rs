@@ -84,7 +84,7 @@ impl SyntheticPeers {
             &self.secrets,
             &key,
             self.lease,
-            linkmesh::store::unix_now(),
+            linkmesh::clock::unix_now(),
             &record,
         )
         .expect("sealing a synthetic record");

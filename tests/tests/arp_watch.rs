@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use linkmesh::addr::MacAddr;
-use linkmesh::watch::{self, ArpOp, ArpPacket, ArpWatcher};
+use linkmesh::ebpf::{self as watch, ArpOp, ArpPacket, ArpWatcher};
 use linkmesh_common::{ARP_EVENTS_MAP, ARP_PROGRAM, ArpEvent, DROP_RING_FULL, DROPS_MAP};
 use linkmesh_tests::frame::{self, TC_ACT_UNSPEC};
 use linkmesh_tests::lab::{Host, Lab};

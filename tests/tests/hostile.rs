@@ -20,8 +20,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
+use linkmesh::registry::VipRecord;
 use linkmesh::registry::{HostRecord, Secrets, SegmentSpec, open, seal};
-use linkmesh::vip::VipRecord;
 use linkmesh_tests::agent::{self, http, peers, wait_until};
 use linkmesh_tests::process::Process;
 use linkmesh_tests::require_root;
@@ -322,7 +322,7 @@ impl Hostile {
         let lease = self.rt.block_on(async {
             let lease = client.lease_grant(30, None).await.expect("lease").id();
             let value =
-                seal(&secrets, &key, lease, linkmesh::store::unix_now(), &record).expect("seal");
+                seal(&secrets, &key, lease, linkmesh::clock::unix_now(), &record).expect("seal");
             client
                 .put(
                     key.as_str(),
@@ -400,7 +400,7 @@ struct Junk {
 
 fn junk(rng: &mut Rng, count: usize, vip_id: &str) -> Junk {
     let wrong = Secrets::from_text(WRONG_SECRET).expect("a secret");
-    let now = linkmesh::store::unix_now();
+    let now = linkmesh::clock::unix_now();
     let mut j = Junk::default();
     for i in 0..count {
         let name = format!("junk-{:016x}", rng.next_u64());
@@ -571,7 +571,7 @@ fn replays(h: &mut Hostile) {
     let secrets = h.secrets.clone();
     let client = &mut h.client;
     h.rt.block_on(async {
-        let now = linkmesh::store::unix_now();
+        let now = linkmesh::clock::unix_now();
         // A host that died: its lease is gone, its record was kept.
         let dead = client.lease_grant(30, None).await.expect("lease").id();
         let ghost_key = Hostile::key("hosts", "ghost");

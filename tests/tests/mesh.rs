@@ -264,7 +264,7 @@ fn forged_copied_replayed_and_garbage_records_are_ignored() {
             agent_version: "x".into(),
         };
         let wrong = Secrets::from_text("not-the-lab-secret-at-all").expect("secret");
-        let now = linkmesh::store::unix_now();
+        let now = linkmesh::clock::unix_now();
         // 1. Signed with the wrong secret.
         let forged = seal(&wrong, "/linkmesh/hosts/evil", 0, now, &evil).expect("seal");
         c.put("/linkmesh/hosts/evil", forged, None)
@@ -516,7 +516,7 @@ fn a_segment_with_netns_puts_its_device_in_that_namespace() {
                 &Secrets::from_text(SECRET).expect("secret"),
                 key,
                 lease,
-                linkmesh::store::unix_now(),
+                linkmesh::clock::unix_now(),
                 &record,
             )
             .expect("seal");

@@ -4,8 +4,8 @@
 
 use std::net::Ipv4Addr;
 
+use linkmesh::ebpf::{self as watch, PortKind};
 use linkmesh::peers;
-use linkmesh::watch::{self, PortKind};
 use linkmesh_common::{PEER_PROGRAM, PeerStats};
 use linkmesh_tests::frame::{
     self, ETH_P_8021AD, ETH_P_8021Q, IPV4_OFFSET, TC_ACT_SHOT, TC_ACT_UNSPEC, VXLAN_PORT,

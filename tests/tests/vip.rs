@@ -540,9 +540,13 @@ fn a_stray_claim_is_seen_in_the_data_plane_and_answered() {
     };
     let sent = now_seconds_of_day();
     stray_host.run(move || {
-        let mut a = linkmesh::vip::announce::Announcer::open("eth0").expect("raw socket");
-        a.announce(linkmesh::addr::MacAddr(stray_host.mac), IpAddr::V4(vip))
-            .expect("stray GARP");
+        let mut a = linkmesh::kernel::packet::RawSender::open("eth0").expect("raw socket");
+        for frame in linkmesh::vip::frames::announcement(
+            linkmesh::addr::MacAddr(stray_host.mac),
+            IpAddr::V4(vip),
+        ) {
+            a.send(&frame).expect("stray GARP");
+        }
     });
 
     let owner_agent = &agents[usize::from(owner - 1)];
@@ -622,7 +626,7 @@ fn a_vip_record_overwritten_with_junk_stays_in_force_across_a_watch_restart() {
     assert!(logged.is_some(), "the junk is rejected");
     // etcd stalls long enough for every VIP watch to give up and start
     // again from a snapshot, which reads the junk.
-    let restarts = |a: &Process| a.log().matches("vip watch restarting").count();
+    let restarts = |a: &Process| a.log().matches("registry sync failed").count();
     let before: Vec<usize> = agents.iter().map(restarts).collect();
     v.etcd.signal(libc::SIGSTOP);
     std::thread::sleep(Duration::from_secs(6));

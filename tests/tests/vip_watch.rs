@@ -2,7 +2,7 @@
 //! VIPs, who answers for others', who-has counts, and the rate limit.
 
 use aya::maps::{HashMap, MapData, PerCpuHashMap, RingBuf};
-use linkmesh::watch;
+use linkmesh::ebpf as watch;
 use linkmesh_common::{
     CONFLICTS_MAP, ConflictEvent, VIP_PROGRAM, VIP_SEEN_MAP, VIP_WHO_HAS_MAP, VIPS_MAP, VipInfo,
     VipSeen,

@@ -73,7 +73,8 @@ impl Audit {
     }
 
     /// Stops watching and checks every package used against `listed`.
-    /// Packages in `ignored` are read when present but not needed.
+    /// Packages in `ignored` (and what they depend on) are read when
+    /// present but not needed.
     pub fn finish(self, listed: &[Package], ignored: &[(&str, &str)]) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::SeqCst);
         let seen = self
@@ -85,9 +86,12 @@ impl Audit {
             bail!("the package audit lost events (fanotify queue overflow)");
         }
         let status = Status::read().context("reading dpkg's status")?;
-        let roots: Vec<&str> = listed.iter().map(|p| p.name).collect();
-        let mut covered = status.closure(&roots);
-        covered.extend(ignored.iter().map(|(name, _)| (*name).to_owned()));
+        let roots: Vec<&str> = listed
+            .iter()
+            .map(|p| p.name)
+            .chain(ignored.iter().map(|(name, _)| *name))
+            .collect();
+        let covered = status.closure(&roots);
         let mut used: BTreeMap<&str, Vec<(&Path, &str)>> = BTreeMap::new();
         for (path, program) in &seen.files {
             let Some(owners) = seen.index.owners.get(path) else {

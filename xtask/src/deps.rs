@@ -85,11 +85,34 @@ pub const PACKAGES: &[Package] = &[
 ];
 
 /// Packages whose files programs read when they are there, though nothing
-/// needs them: the audit does not count these, and says why here.
-pub const READ_IF_PRESENT: &[(&str, &str)] = &[(
-    "locales",
-    "glibc's setlocale reads /etc/locale.alias when it exists and does without it",
-)];
+/// needs them (each works the same without): the audit does not count
+/// these or what they depend on, and says why here.
+pub const READ_IF_PRESENT: &[(&str, &str)] = &[
+    (
+        "locales",
+        "glibc's setlocale reads /etc/locale.alias when it exists",
+    ),
+    (
+        "tzdata",
+        "cargo and etcd read /etc/localtime's zone file; without it they use UTC",
+    ),
+    (
+        "libnss-systemd",
+        "setpriv looks users up through every NSS module nsswitch.conf names",
+    ),
+    (
+        "libc6-dbg",
+        "a Rust backtrace looks for the C library's split debug info",
+    ),
+    (
+        "llvm-14",
+        "libFuzzer and AddressSanitizer call llvm-symbolizer for readable stacks",
+    ),
+    (
+        "llvm-14-linker-tools",
+        "binutils' ar loads every plugin in /usr/lib/bfd-plugins, LLVMgold among them",
+    ),
+];
 
 fn installed(package: &str) -> bool {
     output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))

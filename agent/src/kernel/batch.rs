@@ -1,73 +1,47 @@
-//! Many FDB peer changes in few system calls.
+//! Many netlink requests in few system calls.
 //!
-//! Programming thousands of peers one request at a time spends most of its
-//! time on per-request overhead. Here each `sendmsg` carries a chunk of
-//! requests and the ACKs are read back together, the way `bridge -batch`
-//! would if it did not wait for each reply. Chunks stay small enough that
-//! their ACKs always fit the socket's receive buffer.
+//! Programming thousands of FDB entries one request at a time spends most
+//! of its time on per-request overhead. Here each `sendmsg` carries a chunk
+//! of requests and the ACKs are read back together, the way `bridge
+//! -batch` would if it did not wait for each reply. Chunks stay small
+//! enough that their ACKs always fit the socket's receive buffer. What the
+//! requests are is the caller's business (`fdb` builds them).
 
 use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
-
-use super::fdb::peer_message;
 
 /// Requests per `sendmsg`; their ACKs (about 768 bytes of buffer each, with
 /// `NETLINK_CAP_ACK`) fit the default 208 KiB receive buffer many times.
 const CHUNK: usize = 64;
 
-/// One peer change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PeerOp {
-    Add,
-    Remove,
-}
-
-fn request(op: PeerOp, ifindex: u32, dst: IpAddr, seq: u32) -> NetlinkMessage<RouteNetlinkMessage> {
-    let msg = peer_message(ifindex, dst);
-    let (inner, flags) = match op {
-        PeerOp::Add => (
-            RouteNetlinkMessage::NewNeighbour(msg),
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
-        ),
-        PeerOp::Remove => (
-            RouteNetlinkMessage::DelNeighbour(msg),
-            NLM_F_REQUEST | NLM_F_ACK,
-        ),
-    };
-    let mut m = NetlinkMessage::from(inner);
-    m.header.flags = flags;
-    m.header.sequence_number = seq;
-    m.finalize();
-    m
-}
-
-/// Applies `ops` (blocking; call from a blocking thread) in the calling
-/// thread's network namespace. Returns one result per op, in order.
-pub fn apply(ops: &[(PeerOp, u32, IpAddr)]) -> io::Result<Vec<io::Result<()>>> {
+/// Sends `requests` (each a message and its flags beyond `NLM_F_REQUEST |
+/// NLM_F_ACK`), blocking (call from a blocking thread), in the calling
+/// thread's network namespace. Returns one result per request, in order.
+pub fn send(requests: &[(RouteNetlinkMessage, u16)]) -> io::Result<Vec<io::Result<()>>> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     // Smaller ACKs (no copy of the request); failure only costs buffer room.
     let _ = socket.set_cap_ack(true);
-    let mut results: Vec<Option<io::Result<()>>> = (0..ops.len()).map(|_| None).collect();
+    let mut results: Vec<Option<io::Result<()>>> = (0..requests.len()).map(|_| None).collect();
     let mut buf = Vec::new();
     let mut rbuf = vec![0u8; 64 * 1024];
-    for (chunk_no, chunk) in ops.chunks(CHUNK).enumerate() {
+    for (chunk_no, chunk) in requests.chunks(CHUNK).enumerate() {
         buf.clear();
         let base = chunk_no * CHUNK;
         let mut pending: HashMap<u32, usize> = HashMap::with_capacity(chunk.len());
-        for (i, (op, ifindex, dst)) in chunk.iter().enumerate() {
+        for (i, (message, flags)) in chunk.iter().enumerate() {
             // Sequence numbers start at 1: 0 is what the kernel uses for
             // notifications.
             let seq = u32::try_from(base + i + 1).map_err(io::Error::other)?;
-            let m = request(*op, *ifindex, *dst, seq);
+            let mut m = NetlinkMessage::from(message.clone());
+            m.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+            m.header.sequence_number = seq;
+            m.finalize();
             let start = buf.len();
             buf.resize(start + m.buffer_len(), 0);
             m.serialize(&mut buf[start..]);

@@ -9,15 +9,22 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use std::sync::atomic::Ordering;
+
+use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use std::sync::atomic::Ordering;
+use super::{KernelError, Netlink, batch};
 
-use super::batch::{self, PeerOp};
-use super::{KernelError, Netlink};
+/// One peer change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerOp {
+    Add,
+    Remove,
+}
 
 fn dst_attr(dst: IpAddr) -> NeighbourAttribute {
     NeighbourAttribute::Destination(match dst {
@@ -26,7 +33,7 @@ fn dst_attr(dst: IpAddr) -> NeighbourAttribute {
     })
 }
 
-pub(super) fn peer_message(ifindex: u32, dst: IpAddr) -> NeighbourMessage {
+fn peer_message(ifindex: u32, dst: IpAddr) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.family = AddressFamily::Bridge;
     msg.header.ifindex = ifindex;
@@ -37,6 +44,19 @@ pub(super) fn peer_message(ifindex: u32, dst: IpAddr) -> NeighbourMessage {
         dst_attr(dst),
     ];
     msg
+}
+
+/// The request for one peer change, with its flags: `NLM_F_APPEND` lets
+/// one zero MAC carry many destinations.
+fn peer_request(op: PeerOp, ifindex: u32, dst: IpAddr) -> (RouteNetlinkMessage, u16) {
+    let msg = peer_message(ifindex, dst);
+    match op {
+        PeerOp::Add => (
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_APPEND,
+        ),
+        PeerOp::Remove => (RouteNetlinkMessage::DelNeighbour(msg), 0),
+    }
 }
 
 /// `NDA_DST` of a neighbour entry (`AF_BRIDGE` dumps carry it as raw bytes).
@@ -112,7 +132,10 @@ impl Netlink {
         ops: Vec<(PeerOp, u32, IpAddr)>,
     ) -> Result<Vec<Result<(), KernelError>>, KernelError> {
         let count = ops.len() as u64;
-        let described: Vec<_> = ops.clone();
+        let requests: Vec<_> = ops
+            .iter()
+            .map(|(op, ifindex, dst)| peer_request(*op, *ifindex, *dst))
+            .collect();
         let failed = |source| KernelError::Request {
             what: "applying FDB changes".into(),
             source,
@@ -124,13 +147,13 @@ impl Netlink {
                 let ns = ns.to_owned();
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 std::thread::spawn(move || {
-                    let result = super::enter_netns(&ns).and_then(|()| batch::apply(&ops));
+                    let result = super::enter_netns(&ns).and_then(|()| batch::send(&requests));
                     let _ = tx.send(result);
                 });
                 rx.await
                     .map_err(|_| failed(std::io::Error::other("the netns thread ended")))?
             }
-            None => tokio::task::spawn_blocking(move || batch::apply(&ops))
+            None => tokio::task::spawn_blocking(move || batch::send(&requests))
                 .await
                 .map_err(|e| failed(std::io::Error::other(e.to_string())))?,
         }
@@ -138,7 +161,7 @@ impl Netlink {
         self.counters.writes.fetch_add(count, Ordering::Relaxed);
         Ok(results
             .into_iter()
-            .zip(described)
+            .zip(ops)
             .map(|(r, (op, ifindex, dst))| {
                 r.map_err(|source| {
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);

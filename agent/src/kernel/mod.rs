@@ -1,7 +1,9 @@
 //! The one place the agent touches the kernel's network configuration:
 //! rtnetlink requests built from `netlink-packet-route` types and sent
 //! through an `rtnetlink` connection. One file per kernel object we own
-//! (`link`, `fdb`, `address`), plus change notifications (`events`).
+//! (`link`, `fdb`, `address`), change notifications (`events`), many
+//! requests per system call (`batch`), and raw frames out of an interface
+//! (`packet`).
 //!
 //! Every request that changes state is counted, so "a restart with nothing
 //! changed makes zero netlink writes" can be checked from outside.
@@ -11,6 +13,7 @@ pub mod batch;
 pub mod events;
 pub mod fdb;
 pub mod link;
+pub mod packet;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use sha2::{Digest, Sha256};
 
 use crate::addr::MacAddr;
-use crate::registry::{HostRecord, SegmentSpec};
+use crate::registry::RegistryView;
 
 /// The underlay this host sends VXLAN from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,13 +36,6 @@ pub struct LocalConfig {
     pub segments: BTreeSet<String>,
     /// Bridge to enslave every segment device to.
     pub bridge: Option<String>,
-}
-
-/// The verified registry, as far as the mesh is concerned.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RegistryView {
-    pub hosts: BTreeMap<String, HostRecord>,
-    pub segments: BTreeMap<String, SegmentSpec>,
 }
 
 /// One segment device as it should be.
@@ -130,6 +123,7 @@ pub fn desired(local: &LocalConfig, registry: &RegistryView) -> Desired {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::{HostRecord, SegmentSpec};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")

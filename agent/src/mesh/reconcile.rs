@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::desired::{Desired, DesiredSegment, LocalConfig};
 use super::plan::{ALIAS_PREFIX, Action, Observed, ObservedDevice, plan};
-use crate::kernel::batch::PeerOp;
+use crate::kernel::fdb::PeerOp;
 use crate::kernel::link::{LinkChange, VxlanSpec};
 use crate::kernel::{KernelError, Netlink, netns_path};
 

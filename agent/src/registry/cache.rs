@@ -1,7 +1,8 @@
-//! The verified registry, kept from etcd snapshots and watch events.
+//! The verified registry, kept from etcd snapshots and watch events: hosts,
+//! segments and floating-IP records.
 //!
 //! A rejected value never replaces a verified one: forging or garbling a key
-//! cannot take a host or a segment away; only a delete (or the lease
+//! cannot take a host, a segment or a VIP away; only a delete (or the lease
 //! expiring) does. Each rejection is logged once per key and revision and
 //! counted by reason.
 
@@ -11,11 +12,18 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::host::HostRecord;
-use super::keys::Keys;
+use super::keys::{Keys, VipKey};
 use super::record::{Expect, Rejection, open};
 use super::secret::Secrets;
 use super::segment::{SegmentSpec, validate_segment_name};
-use crate::mesh::RegistryView;
+use super::vip::{ValidVip, open_vip};
+
+/// The verified registry, as far as the mesh is concerned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegistryView {
+    pub hosts: BTreeMap<String, HostRecord>,
+    pub segments: BTreeMap<String, SegmentSpec>,
+}
 
 /// One value as read from etcd.
 #[derive(Clone, Copy, Debug)]
@@ -26,16 +34,38 @@ pub struct Entry<'a> {
     pub mod_revision: i64,
 }
 
-/// Rejections, counted by reason, logged once per key and revision.
+/// Rejections, logged once per key and revision: host and segment records
+/// counted by reason, VIP records counted apart.
 #[derive(Debug, Default)]
 pub struct RejectionLog {
     logged: HashMap<String, i64>,
     counts: BTreeMap<&'static str, u64>,
+    vips: u64,
 }
 
 impl RejectionLog {
-    /// Records a rejection; returns whether it was new (and so logged).
+    /// Records a rejection of a host or segment record; returns whether it
+    /// was new (and so logged).
     pub fn record(&mut self, key: &str, mod_revision: i64, rejection: &Rejection) -> bool {
+        if !self.first(key, mod_revision) {
+            return false;
+        }
+        *self.counts.entry(rejection.reason()).or_default() += 1;
+        warn!(key, revision = mod_revision, reason = rejection.reason(), error = %rejection, "registry record rejected");
+        true
+    }
+
+    /// Records a rejection of a VIP record; returns whether it was new.
+    pub fn record_vip(&mut self, key: &str, mod_revision: i64, rejection: &Rejection) -> bool {
+        if !self.first(key, mod_revision) {
+            return false;
+        }
+        self.vips += 1;
+        warn!(key, revision = mod_revision, reason = rejection.reason(), error = %rejection, "vip record rejected");
+        true
+    }
+
+    fn first(&mut self, key: &str, mod_revision: i64) -> bool {
         if self.logged.get(key) == Some(&mod_revision) {
             return false;
         }
@@ -45,20 +75,25 @@ impl RejectionLog {
             self.logged.clear();
         }
         self.logged.insert(key.to_owned(), mod_revision);
-        *self.counts.entry(rejection.reason()).or_default() += 1;
-        warn!(key, revision = mod_revision, reason = rejection.reason(), error = %rejection, "registry record rejected");
         true
     }
 
-    /// Rejections so far, by reason.
+    /// Host and segment rejections so far, by reason.
     #[must_use]
     pub fn counts(&self) -> &BTreeMap<&'static str, u64> {
         &self.counts
     }
 
+    /// Host and segment rejections so far.
     #[must_use]
     pub fn total(&self) -> u64 {
         self.counts.values().sum()
+    }
+
+    /// VIP records rejected so far.
+    #[must_use]
+    pub fn vips(&self) -> u64 {
+        self.vips
     }
 }
 
@@ -68,7 +103,7 @@ struct HostEntry {
     issued_at: u64,
 }
 
-/// The verified hosts and segments under one prefix.
+/// The verified hosts, segments and VIP records under one prefix.
 #[derive(Debug)]
 pub struct RegistryCache {
     keys: Keys,
@@ -76,6 +111,7 @@ pub struct RegistryCache {
     max_age: Duration,
     hosts: BTreeMap<String, HostEntry>,
     segments: BTreeMap<String, SegmentSpec>,
+    vips: BTreeMap<String, ValidVip>,
     pub rejections: RejectionLog,
 }
 
@@ -88,6 +124,7 @@ impl RegistryCache {
             max_age,
             hosts: BTreeMap::new(),
             segments: BTreeMap::new(),
+            vips: BTreeMap::new(),
             rejections: RejectionLog::default(),
         }
     }
@@ -97,8 +134,25 @@ impl RegistryCache {
         self.secrets = secrets;
     }
 
-    /// Applies a put; `now` is Unix seconds. Returns whether the view changed.
+    /// The verified VIP records, by id.
+    #[must_use]
+    pub fn vips(&self) -> &BTreeMap<String, ValidVip> {
+        &self.vips
+    }
+
+    /// Applies a put; `now` is Unix seconds. Returns whether the view (or
+    /// the VIP records) changed.
     pub fn put(&mut self, entry: Entry<'_>, now: u64) -> bool {
+        if let Some(VipKey::Record(id)) = self.keys.vip_key(entry.key) {
+            return match open_vip(&self.secrets, entry.key, entry.value, entry.lease, now) {
+                Ok(vip) => self.vips.insert(id.to_owned(), vip.clone()) != Some(vip),
+                Err(r) => {
+                    self.rejections
+                        .record_vip(entry.key, entry.mod_revision, &r);
+                    false
+                }
+            };
+        }
         if let Some(host) = self.keys.host_of(entry.key) {
             let expect = Expect {
                 key: entry.key,
@@ -165,6 +219,9 @@ impl RegistryCache {
         if let Some(name) = self.keys.segment_of(key) {
             return self.segments.remove(name).is_some();
         }
+        if let Some(VipKey::Record(id)) = self.keys.vip_key(key) {
+            return self.vips.remove(id).is_some();
+        }
         false
     }
 
@@ -176,10 +233,11 @@ impl RegistryCache {
             present.insert(entry.key.to_owned());
             self.put(entry, now);
         }
-        let hosts = self.keys.clone();
-        self.hosts.retain(|h, _| present.contains(&hosts.host(h)));
+        let keys = self.keys.clone();
+        self.hosts.retain(|h, _| present.contains(&keys.host(h)));
         self.segments
-            .retain(|s, _| present.contains(&hosts.segment(s)));
+            .retain(|s, _| present.contains(&keys.segment(s)));
+        self.vips.retain(|id, _| present.contains(&keys.vip(id)));
     }
 
     /// The view the mesh uses: hosts whose records are within the maximum

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::invalid::Invalid;
 use super::record::Record;
 use super::segment::validate_segment_name;
 use crate::addr::MacAddr;
@@ -26,19 +27,16 @@ impl Record for HostRecord {
 
 impl HostRecord {
     /// Checks a record read from key `<prefix>/hosts/<key_host>`.
-    pub fn validate(&self, key_host: &str) -> Result<(), String> {
+    pub fn validate(&self, key_host: &str) -> Result<(), Invalid> {
         validate_hostname(&self.hostname)?;
         if self.hostname != key_host {
-            return Err(format!(
-                "record names host {:?} but is stored under host {key_host:?}",
-                self.hostname
-            ));
+            return Err(Invalid::HostElsewhere {
+                record: self.hostname.clone(),
+                key: key_host.to_owned(),
+            });
         }
         if self.address.is_unspecified() || self.address.is_multicast() {
-            return Err(format!(
-                "underlay address {} is not a unicast address",
-                self.address
-            ));
+            return Err(Invalid::NotUnicast(self.address));
         }
         for name in self.segments.keys() {
             validate_segment_name(name)?;
@@ -48,15 +46,18 @@ impl HostRecord {
 }
 
 /// A host name: 1..=253 bytes of letters, digits, `-`, `_` and `.`.
-pub fn validate_hostname(name: &str) -> Result<(), String> {
+pub fn validate_hostname(name: &str) -> Result<(), Invalid> {
     if name.is_empty() || name.len() > 253 {
-        return Err(format!("host name {name:?} must be 1 to 253 bytes"));
+        return Err(Invalid::HostNameLength(name.to_owned()));
     }
-    if let Some(c) = name
+    if let Some(found) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
-        return Err(format!("host name {name:?} contains {c:?}"));
+        return Err(Invalid::HostNameChar {
+            name: name.to_owned(),
+            found,
+        });
     }
     Ok(())
 }

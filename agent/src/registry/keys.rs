@@ -1,7 +1,28 @@
-//! The etcd key layout under the prefix (default `/linkmesh`):
+//! The etcd key layout under the prefix (default `/linkmesh`), built and
+//! parsed here and nowhere else:
 //!
 //! - `<prefix>/hosts/<HOSTNAME>`: a host's registration, on its lease;
-//! - `<prefix>/segments/<NAME>`: a segment definition.
+//! - `<prefix>/segments/<NAME>`: a segment definition;
+//! - `<prefix>/vnis/<VNI>-<PORT>`: which segment uses a VNI (an index the
+//!   admin commands keep, so two segments never share one);
+//! - `<prefix>/vips/<ID>`: a floating IP's record, and under it `owner`
+//!   (the owner's host name, on its lease), `failover` (a request to the
+//!   owner to release it), `state/<HOST>` and `suspect/<HOST>` (each
+//!   host's state, and its suspicion of the owner, on its lease).
+
+/// What a key under `<prefix>/vips/` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VipKey<'a> {
+    Record(&'a str),
+    Owner(&'a str),
+    Failover(&'a str),
+    /// `state/<HOST>`, `suspect/<HOST>` (or another kind, ignored).
+    Member {
+        id: &'a str,
+        kind: &'a str,
+        host: &'a str,
+    },
+}
 
 /// Key builder for one prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +68,12 @@ impl Keys {
         format!("{}{name}", self.segments())
     }
 
+    /// `<prefix>/vnis/<VNI>-<PORT>`: the segment using a VNI on a port.
+    #[must_use]
+    pub fn segment_vni(&self, vni: u32, port: u16) -> String {
+        format!("{}/vnis/{vni}-{port}", self.prefix)
+    }
+
     #[must_use]
     pub fn vips(&self) -> String {
         format!("{}/vips/", self.prefix)
@@ -80,26 +107,25 @@ impl Keys {
         format!("{}{id}/suspect/{host}", self.vips())
     }
 
-    /// A per-host key under a VIP: `(id, kind, host)` for
-    /// `<prefix>/vips/<ID>/<KIND>/<HOST>` (`state`, `suspect`).
+    /// What a key under [`Keys::vips`] is, if it is one of the VIP keys.
     #[must_use]
-    pub fn vip_member_of<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
+    pub fn vip_key<'a>(&self, key: &'a str) -> Option<VipKey<'a>> {
         let rest = key.strip_prefix(&self.vips())?;
         let mut parts = rest.split('/');
-        let (id, kind, host) = (parts.next()?, parts.next()?, parts.next()?);
-        (parts.next().is_none() && !id.is_empty() && !kind.is_empty() && !host.is_empty())
-            .then_some((id, kind, host))
-    }
-
-    /// What a key under [`Keys::vips`] is: `(id, None)` for the record,
-    /// `(id, Some("owner"))` and so on for its sub-keys.
-    #[must_use]
-    pub fn vip_of<'a>(&self, key: &'a str) -> Option<(&'a str, Option<&'a str>)> {
-        let rest = key.strip_prefix(&self.vips()).filter(|r| !r.is_empty())?;
-        match rest.split_once('/') {
-            None => Some((rest, None)),
-            Some((id, sub)) if !id.is_empty() && !sub.contains('/') => Some((id, Some(sub))),
-            Some(_) => None,
+        let id = parts.next().filter(|id| !id.is_empty())?;
+        let kind = parts.next();
+        let host = parts.next();
+        if parts.next().is_some() {
+            return None;
+        }
+        match (kind, host) {
+            (None, _) => Some(VipKey::Record(id)),
+            (Some("owner"), None) => Some(VipKey::Owner(id)),
+            (Some("failover"), None) => Some(VipKey::Failover(id)),
+            (Some(kind), Some(host)) if !kind.is_empty() && !host.is_empty() => {
+                Some(VipKey::Member { id, kind, host })
+            }
+            _ => None,
         }
     }
 
@@ -142,25 +168,42 @@ mod tests {
         assert_eq!(k.host_of("/lm/segments/blue"), None);
         assert_eq!(k.segment_of("/lm/segments/blue"), Some("blue"));
         assert_eq!(
-            k.vip_of("/lm/vips/198.18.0.100_24"),
-            Some(("198.18.0.100_24", None))
+            k.vip_key("/lm/vips/198.18.0.100_24"),
+            Some(VipKey::Record("198.18.0.100_24"))
         );
         assert_eq!(
-            k.vip_of("/lm/vips/198.18.0.100_24/owner"),
-            Some(("198.18.0.100_24", Some("owner")))
+            k.vip_key(&k.vip_owner("198.18.0.100_24")),
+            Some(VipKey::Owner("198.18.0.100_24"))
         );
-        assert_eq!(k.vip_of("/lm/vips/a/b/c"), None);
+        assert_eq!(k.vip_key(&k.vip_failover("x")), Some(VipKey::Failover("x")));
         assert_eq!(k.vip_owner("x"), "/lm/vips/x/owner");
         assert_eq!(
-            k.vip_member_of(&k.vip_suspect("v1", "h2")),
-            Some(("v1", "suspect", "h2"))
+            k.vip_key(&k.vip_suspect("v1", "h2")),
+            Some(VipKey::Member {
+                id: "v1",
+                kind: "suspect",
+                host: "h2"
+            })
         );
         assert_eq!(
-            k.vip_member_of(&k.vip_state("v1", "h3")),
-            Some(("v1", "state", "h3"))
+            k.vip_key(&k.vip_state("v1", "h3")),
+            Some(VipKey::Member {
+                id: "v1",
+                kind: "state",
+                host: "h3"
+            })
         );
-        assert_eq!(k.vip_member_of("/lm/vips/v1/owner"), None);
-        assert_eq!(k.vip_member_of("/lm/vips/v1/state/"), None);
-        assert_eq!(k.vip_member_of("/lm/vips/v1/state/h/x"), None);
+        for not in [
+            "/lm/vips/",
+            "/lm/vips//owner",
+            "/lm/vips/v1/other",
+            "/lm/vips/v1/state/",
+            "/lm/vips/v1/state/h/x",
+            "/lm/vips/a/b/c/d",
+            "/lm/hosts/h1",
+        ] {
+            assert_eq!(k.vip_key(not), None, "{not}");
+        }
+        assert_eq!(k.segment_vni(100, 4789), "/lm/vnis/100-4789");
     }
 }

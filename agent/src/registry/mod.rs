@@ -1,17 +1,25 @@
-//! The registry in etcd: signed records, their keys, and the secret.
+//! The registry in etcd: signed records (hosts, segments, floating IPs),
+//! their keys, the secret, and the verified cache of them all.
 //!
 //! Everything here is pure (no I/O but reading a secret file) so it is
-//! unit-tested without etcd; `crate::store` talks to etcd.
+//! unit-tested without etcd; `crate::etcd` talks to etcd.
 
 pub mod cache;
 pub mod host;
+pub mod invalid;
 pub mod keys;
 pub mod record;
 pub mod secret;
 pub mod segment;
+pub mod vip;
 
+pub use cache::{RegistryCache, RegistryView};
 pub use host::HostRecord;
-pub use keys::Keys;
+pub use invalid::Invalid;
+pub use keys::{Keys, VipKey};
 pub use record::{Expect, Rejection, Verified, open, seal};
 pub use secret::Secrets;
 pub use segment::SegmentSpec;
+pub use vip::{
+    Check, Cidr, MemberKey, Owner, ValidVip, VipChange, VipRecord, VipSnapshot, open_vip,
+};

@@ -71,7 +71,7 @@ pub enum Rejection {
     #[error("issued {ahead_secs} s in the future")]
     FutureDated { ahead_secs: u64 },
     #[error("invalid content: {0}")]
-    Invalid(String),
+    Invalid(super::invalid::Invalid),
 }
 
 impl Rejection {
@@ -243,8 +243,12 @@ pub fn open<T: Record>(
             return Err(Rejection::Expired { age_secs });
         }
     }
-    let body = serde_json::from_str(envelope.body.get())
-        .map_err(|e| Rejection::Invalid(format!("{} body: {e}", T::KIND)))?;
+    let body = serde_json::from_str(envelope.body.get()).map_err(|e| {
+        Rejection::Invalid(super::invalid::Invalid::Decode(format!(
+            "{} body: {e}",
+            T::KIND
+        )))
+    })?;
     Ok(Verified {
         body,
         issued_at: envelope.issued_at,

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::invalid::Invalid;
 use super::record::Record;
 
 /// The IANA VXLAN port.
@@ -51,17 +52,17 @@ impl SegmentSpec {
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if !(1..=MAX_VNI).contains(&self.vni) {
-            return Err(format!("vni {} is outside 1..={MAX_VNI}", self.vni));
+            return Err(Invalid::Vni(self.vni));
         }
         if self.port == 0 {
-            return Err("port 0 is not a UDP port".into());
+            return Err(Invalid::PortZero);
         }
         if let Some(mtu) = self.mtu
             && !(68..=65535).contains(&mtu)
         {
-            return Err(format!("mtu {mtu} is outside 68..=65535"));
+            return Err(Invalid::Mtu(mtu));
         }
         if let Some(ns) = &self.netns {
             validate_netns_name(ns)?;
@@ -72,28 +73,27 @@ impl SegmentSpec {
 
 /// A segment name is also its device's name: 1..=15 bytes, no `/`, `:`,
 /// whitespace or control characters, not `.` or `..`.
-pub fn validate_segment_name(name: &str) -> Result<(), String> {
+pub fn validate_segment_name(name: &str) -> Result<(), Invalid> {
     if name.is_empty() || name.len() > MAX_IFNAME_LEN {
-        return Err(format!(
-            "segment name {name:?} must be 1 to {MAX_IFNAME_LEN} bytes (it names the device)"
-        ));
+        return Err(Invalid::SegmentNameLength(name.to_owned()));
     }
     if name == "." || name == ".." {
-        return Err(format!(
-            "segment name {name:?} is not a valid interface name"
-        ));
+        return Err(Invalid::SegmentNameDots(name.to_owned()));
     }
-    if let Some(c) = name
+    if let Some(found) = name
         .chars()
         .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
     {
-        return Err(format!("segment name {name:?} contains {c:?}"));
+        return Err(Invalid::SegmentNameChar {
+            name: name.to_owned(),
+            found,
+        });
     }
     Ok(())
 }
 
 /// A named network namespace: a file name under `/run/netns`.
-pub fn validate_netns_name(name: &str) -> Result<(), String> {
+pub fn validate_netns_name(name: &str) -> Result<(), Invalid> {
     if name.is_empty()
         || name.len() > 255
         || name == "."
@@ -101,7 +101,7 @@ pub fn validate_netns_name(name: &str) -> Result<(), String> {
         || name.contains('/')
         || name.contains('\0')
     {
-        return Err(format!("netns {name:?} is not a valid namespace name"));
+        return Err(Invalid::Netns(name.to_owned()));
     }
     Ok(())
 }

@@ -15,13 +15,27 @@ use serde::Serialize;
 use crate::addr::MacAddr;
 
 /// Whether fast failover runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FastFailover {
     /// On for every VIP with at least a quorum of eligible standbys.
     Auto,
     /// Only the lease path replaces an owner.
     Off,
+}
+
+impl std::str::FromStr for FastFailover {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "off" => Ok(Self::Off),
+            other => Err(format!(
+                "unknown fast failover mode {other:?} (auto or off)"
+            )),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]

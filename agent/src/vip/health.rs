@@ -5,25 +5,62 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::record::Check;
+use crate::registry::Check;
+
+/// Why a health check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("tcp {host}:{port}: {source}")]
+    Tcp {
+        host: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{url}: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{url}: {why}")]
+    HttpAnswer { url: String, why: String },
+    #[error("exec {command:?}: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("exec {command:?}: {status}")]
+    Exit {
+        command: String,
+        status: std::process::ExitStatus,
+    },
+}
 
 /// Runs one check within `timeout`; `Err` says why it failed.
-pub async fn run(check: &Check, timeout: Duration) -> Result<Duration, String> {
+pub async fn run(check: &Check, timeout: Duration) -> Result<Duration, CheckError> {
     let start = Instant::now();
     let result = tokio::time::timeout(timeout, run_inner(check)).await;
     match result {
         Ok(Ok(())) => Ok(start.elapsed()),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("timed out after {timeout:?}")),
+        Err(_) => Err(CheckError::Timeout(timeout)),
     }
 }
 
-async fn run_inner(check: &Check) -> Result<(), String> {
+async fn run_inner(check: &Check) -> Result<(), CheckError> {
     match check {
         Check::Tcp { host, port } => TcpStream::connect((host.as_str(), *port))
             .await
             .map(drop)
-            .map_err(|e| format!("tcp {host}:{port}: {e}")),
+            .map_err(|source| CheckError::Tcp {
+                host: host.clone(),
+                port: *port,
+                source,
+            }),
         Check::Http { url } => http_get(url).await,
         Check::Exec { command } => {
             // Running the operator's health script is the one place a
@@ -37,21 +74,35 @@ async fn run_inner(check: &Check) -> Result<(), String> {
                 .stderr(std::process::Stdio::null())
                 .status()
                 .await
-                .map_err(|e| format!("exec {command:?}: {e}"))?;
+                .map_err(|source| CheckError::Spawn {
+                    command: command.clone(),
+                    source,
+                })?;
             if status.success() {
                 Ok(())
             } else {
-                Err(format!("exec {command:?}: {status}"))
+                Err(CheckError::Exit {
+                    command: command.clone(),
+                    status,
+                })
             }
         }
     }
 }
 
 /// A minimal HTTP/1.0 GET: 2xx is healthy. HTTPS is not supported yet.
-async fn http_get(url: &str) -> Result<(), String> {
+async fn http_get(url: &str) -> Result<(), CheckError> {
+    let answer = |why: String| CheckError::HttpAnswer {
+        url: url.to_owned(),
+        why,
+    };
+    let io = |source| CheckError::Http {
+        url: url.to_owned(),
+        source,
+    };
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// checks are supported so far"))?;
+        .ok_or_else(|| answer("only http:// checks are supported so far".into()))?;
     let (authority, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
@@ -60,30 +111,22 @@ async fn http_get(url: &str) -> Result<(), String> {
     } else {
         format!("{authority}:80")
     };
-    let mut stream = TcpStream::connect(&addr)
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
+    let mut stream = TcpStream::connect(&addr).await.map_err(io)?;
     let request =
         format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: linkmesh\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
+    stream.write_all(request.as_bytes()).await.map_err(io)?;
     let mut head = vec![0u8; 64];
-    let n = stream
-        .read(&mut head)
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
+    let n = stream.read(&mut head).await.map_err(io)?;
     let line = String::from_utf8_lossy(&head[..n]);
     let code = line
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| format!("{url}: not an HTTP response"))?;
+        .ok_or_else(|| answer("not an HTTP response".into()))?;
     if (200..300).contains(&code) {
         Ok(())
     } else {
-        Err(format!("{url}: status {code}"))
+        Err(answer(format!("status {code}")))
     }
 }
 
@@ -134,7 +177,7 @@ mod tests {
             Duration::from_millis(100),
         )
         .await;
-        assert!(slow.is_err_and(|e| e.contains("timed out")));
+        assert!(slow.is_err_and(|e| e.to_string().contains("timed out")));
     }
 
     #[tokio::test]

@@ -1,12 +1,270 @@
-//! Floating IPs: records, the state machine, announcements (pure parts).
+//! Floating IPs. The decisions are pure ([`core`], [`probe`], [`state`],
+//! [`fast`]): inputs in, [`Effect`]s out. [`run`] is the one place that
+//! carries them out, on etcd, the kernel and the eBPF watcher, and feeds
+//! the results back. [`health`] runs the health checks, [`frames`] builds
+//! the announcements.
 
-pub mod admin;
-pub mod announce;
+pub mod core;
+mod effects;
 pub mod fast;
+pub mod frames;
 pub mod health;
-pub mod manager;
-pub mod record;
+mod holding;
+mod probe;
+mod quorum;
+pub mod run;
+#[cfg(test)]
+mod scenarios;
+#[cfg(test)]
+mod sim;
 pub mod state;
+pub mod status;
 
-pub use record::{Check, Cidr, VipRecord};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use self::core::{Binding, Core, Lease};
+pub use crate::registry::Owner;
+pub use fast::{FastFailover, FastSettings};
+pub use run::{Services, run};
 pub use state::{Event, State};
+pub use status::{Shared, StatusMap, VipStatus};
+
+use crate::addr::MacAddr;
+use crate::registry::{Check, Cidr, VipChange};
+
+/// What a host does with its VIPs when it loses etcd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossPolicy {
+    /// Unbind before the lease can expire, so there are never two owners.
+    Release,
+    /// Keep holding the VIP through an etcd outage.
+    Keep,
+    /// LinK's "at least one host": after `--keepalive-retry` failures, bind.
+    Claim,
+}
+
+impl std::str::FromStr for LossPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "release" => Ok(Self::Release),
+            "keep" => Ok(Self::Keep),
+            "claim" => Ok(Self::Claim),
+            other => Err(format!(
+                "unknown etcd loss policy {other:?} (release, keep or claim)"
+            )),
+        }
+    }
+}
+
+/// The floating-IP subsystem's settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub hostname: String,
+    pub default_interface: Option<String>,
+    /// The ownership lease TTL (renewed every third of it).
+    pub ttl: Duration,
+    pub keepalive_retry: u32,
+    pub health_interval: Duration,
+    pub health_timeout: Duration,
+    pub fail_count: u32,
+    pub garp_count: u32,
+    pub garp_interval: Duration,
+    pub loss_policy: LossPolicy,
+    /// How long non-preferred hosts wait before contending.
+    pub contend_delay: Duration,
+    /// After `failover`, how long this host stays out of that VIP's election.
+    pub cooldown: Duration,
+    /// Where the lease id is kept, so a restart within the TTL keeps the VIPs.
+    pub state_dir: Option<PathBuf>,
+    /// How often held addresses are checked against the kernel, besides the
+    /// address notifications (which can be lost when the socket overflows).
+    pub resync: Duration,
+    pub fast: FastSettings,
+}
+
+/// How a contention went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Won,
+    /// The key is ours, on our lease, from before a fence.
+    StillOurs,
+    Lost,
+    /// etcd did not answer (logged where it happened).
+    Failed,
+}
+
+/// One thing that happened, for [`Core::step`].
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A change under `<prefix>/vips/`, verified by the registry.
+    Registry(VipChange),
+    Health {
+        id: String,
+        ok: bool,
+        detail: String,
+    },
+    /// `vip_watch` saw another MAC claim a VIP we hold.
+    Conflict {
+        ip: Ipv4Addr,
+        foreign_mac: MacAddr,
+        our_mac: MacAddr,
+    },
+    WatcherReady,
+    Lease(Lease),
+    /// The timers: contention due, the fencing deadline.
+    Tick,
+    ProbeTick,
+    /// Results of effects.
+    Bound {
+        id: String,
+        binding: Binding,
+        /// Whether the address was added (not there already).
+        added: bool,
+    },
+    BindFailed {
+        id: String,
+        cause: &'static str,
+    },
+    Contended {
+        id: String,
+        lease: i64,
+        outcome: Outcome,
+    },
+    Revoked {
+        id: String,
+        deleted: bool,
+    },
+    ProbeSent {
+        id: String,
+    },
+    /// The address of a held VIP is not in the kernel any more.
+    AddressGone {
+        id: String,
+    },
+    /// The agent stops: hand everything over.
+    Stop,
+}
+
+/// What this host's own key under a VIP says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteWhy {
+    /// `state/<host>`: this host's state.
+    State(State),
+    /// `suspect/<host>`: the owner lease this host suspects; not worth
+    /// writing after `stale_after` (a suspicion is an observation of now:
+    /// written late, it could revoke an owner that came back).
+    Suspect {
+        owner_lease: i64,
+        stale_after: Duration,
+    },
+}
+
+/// Something to do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Add the VIP's address on `ifname` (answered with `Bound` or
+    /// `BindFailed`).
+    Bind {
+        id: String,
+        cidr: Cidr,
+        ifname: String,
+    },
+    /// Remove the VIP's address from where it is bound, or else from
+    /// `ifname` (after a restart, whatever is there). `leftover_of`: an
+    /// earlier run left it bound while that host owns the VIP.
+    RemoveAddress {
+        id: String,
+        cidr: Cidr,
+        at: Option<Binding>,
+        ifname: Option<String>,
+        leftover_of: Option<String>,
+    },
+    /// Gratuitous ARP / unsolicited NA, `count` times (replacing an
+    /// announcer still running for this VIP).
+    Announce {
+        id: String,
+        ifname: String,
+        mac: MacAddr,
+        ip: IpAddr,
+        count: u32,
+        interval: Duration,
+    },
+    StopAnnouncing {
+        id: String,
+    },
+    /// Attach `vip_watch` to an interface (once).
+    AttachWatcher {
+        ifname: String,
+    },
+    /// Tell `vip_watch` about a VIP: held here with this MAC, or not ours.
+    SetWatched {
+        ip: Ipv4Addr,
+        ours: Option<MacAddr>,
+    },
+    ForgetWatched {
+        ip: Ipv4Addr,
+    },
+    /// (Re)start the VIP's health checks.
+    StartChecks {
+        id: String,
+        checks: Vec<Check>,
+    },
+    StopChecks {
+        id: String,
+    },
+    /// Create the owner key on our lease if nobody has it (answered with
+    /// `Contended`).
+    Contend {
+        id: String,
+        lease: i64,
+    },
+    /// Delete our owner key (and a failover request), guarded by our lease.
+    Release {
+        id: String,
+        lease: i64,
+    },
+    /// A suspect quorum: delete the owner key guarded by its lease, then
+    /// revoke that lease (answered with `Revoked`).
+    Revoke {
+        id: String,
+        owner: String,
+        lease: i64,
+        suspects: Vec<String>,
+    },
+    /// Write this host's own key under a VIP, on `lease`.
+    Write {
+        id: String,
+        why: WriteWhy,
+        lease: i64,
+    },
+    DeleteState {
+        id: String,
+    },
+    /// Delete this host's suspect key.
+    Withdraw {
+        id: String,
+    },
+    /// One ARP probe for `vip` (answered with `ProbeSent` if it went out).
+    Probe {
+        id: String,
+        ifname: String,
+        dst: Option<MacAddr>,
+        vip: Ipv4Addr,
+    },
+}
+
+/// What this host sees of the data plane, read when a probe step needs it.
+pub trait Observe {
+    /// The last host seen answering for `vip` while we did not hold it,
+    /// and when (monotonic).
+    fn seen(&self, vip: Ipv4Addr) -> Option<(MacAddr, Duration)>;
+    /// Whether any peer other than `owner` was heard after `after`
+    /// (monotonic): the proof that our own link worked at a time the owner
+    /// should have answered.
+    fn other_peer_heard_after(&self, owner: &str, after: Duration) -> bool;
+}

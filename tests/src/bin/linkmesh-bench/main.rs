@@ -60,7 +60,7 @@ impl Seeder {
             &self.secrets,
             &key,
             self.lease,
-            linkmesh::store::unix_now(),
+            linkmesh::clock::unix_now(),
             &peer_record(i),
         )?;
         let mut kv = self.client.kv_client();

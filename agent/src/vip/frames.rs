@@ -1,7 +1,8 @@
-//! Gratuitous ARP and unsolicited Neighbour Advertisement frames (pure),
-//! and sending them from a raw socket on an interface.
+//! The frames floating IPs need, built (pure): gratuitous ARP and
+//! unsolicited Neighbour Advertisements to announce a VIP, ARP probes to
+//! ask who holds one. `kernel::packet` sends them.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::addr::MacAddr;
 
@@ -95,80 +96,13 @@ pub fn unsolicited_na(mac: MacAddr, ip: Ipv6Addr) -> Vec<u8> {
     f
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AnnounceError {
-    #[error("interface {0} does not exist")]
-    NoInterface(String),
-    #[error("opening a raw socket on {interface}: {source}")]
-    Open {
-        interface: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("sending on {interface}: {source}")]
-    Send {
-        interface: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("interface {0} is not Ethernet")]
-    NotEthernet(String),
-}
-
-/// A raw (`AF_PACKET`) sender on one interface.
-pub struct Announcer {
-    interface: String,
-    tx: Box<dyn pnet_datalink::DataLinkSender>,
-}
-
-impl Announcer {
-    pub fn open(interface: &str) -> Result<Self, AnnounceError> {
-        let iface = pnet_datalink::interfaces()
-            .into_iter()
-            .find(|i| i.name == interface)
-            .ok_or_else(|| AnnounceError::NoInterface(interface.to_owned()))?;
-        let config = pnet_datalink::Config {
-            read_timeout: Some(std::time::Duration::from_millis(1)),
-            ..pnet_datalink::Config::default()
-        };
-        match pnet_datalink::channel(&iface, config) {
-            Ok(pnet_datalink::Channel::Ethernet(tx, _rx)) => Ok(Self {
-                interface: interface.to_owned(),
-                tx,
-            }),
-            Ok(_) => Err(AnnounceError::NotEthernet(interface.to_owned())),
-            Err(source) => Err(AnnounceError::Open {
-                interface: interface.to_owned(),
-                source,
-            }),
-        }
-    }
-
-    /// Sends one frame.
-    pub fn send(&mut self, frame: &[u8]) -> Result<(), AnnounceError> {
-        match self.tx.send_to(frame, None) {
-            Some(Ok(())) => Ok(()),
-            Some(Err(source)) => Err(AnnounceError::Send {
-                interface: self.interface.clone(),
-                source,
-            }),
-            None => Err(AnnounceError::Send {
-                interface: self.interface.clone(),
-                source: std::io::Error::other("the sender refused the frame"),
-            }),
-        }
-    }
-
-    /// Announces `ip` at `mac`: the GARP request and reply for IPv4, an
-    /// unsolicited NA for IPv6.
-    pub fn announce(&mut self, mac: MacAddr, ip: std::net::IpAddr) -> Result<(), AnnounceError> {
-        match ip {
-            std::net::IpAddr::V4(v4) => {
-                self.send(&garp_request(mac, v4))?;
-                self.send(&garp_reply(mac, v4))
-            }
-            std::net::IpAddr::V6(v6) => self.send(&unsolicited_na(mac, v6)),
-        }
+/// What announces `ip` at `mac`: a gratuitous ARP request and reply, or
+/// one unsolicited NA.
+#[must_use]
+pub fn announcement(mac: MacAddr, ip: IpAddr) -> Vec<Vec<u8>> {
+    match ip {
+        IpAddr::V4(v4) => vec![garp_request(mac, v4), garp_reply(mac, v4)],
+        IpAddr::V6(v6) => vec![unsolicited_na(mac, v6)],
     }
 }
 

@@ -1,5 +1,7 @@
 //! Floating IP (VIP) definitions: `<prefix>/vips/<ID>`, where ID is the
-//! address with `/` replaced by `_` (`198.18.0.100_24`).
+//! address with `/` replaced by `_` (`198.18.0.100_24`); validated once,
+//! into a [`ValidVip`], wherever one is read or written. And what the
+//! registry tells the floating-IP subsystem about the keys under a VIP.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -7,9 +9,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::host::validate_hostname;
-use crate::registry::record::Record;
-use crate::registry::segment::validate_segment_name;
+use super::host::validate_hostname;
+use super::invalid::Invalid;
+use super::record::{Expect, Record, Rejection, open};
+use super::segment::validate_segment_name;
 
 /// A VIP as stored (signed like every record).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,29 +63,28 @@ impl fmt::Display for Cidr {
 }
 
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = Invalid;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, len) = s.split_once('/').ok_or_else(|| {
-            format!("{s:?} is not a CIDR (expected ADDRESS/PREFIX, like 198.18.0.100/24)")
-        })?;
+        let (addr, len) = s
+            .split_once('/')
+            .ok_or_else(|| Invalid::NotCidr(s.to_owned()))?;
         let addr: IpAddr = addr
             .parse()
-            .map_err(|_| format!("{addr:?} is not an IP address"))?;
+            .map_err(|_| Invalid::NotAddress(addr.to_owned()))?;
         let prefix_len: u8 = len
             .parse()
-            .map_err(|_| format!("prefix length {len:?} is not a number"))?;
+            .map_err(|_| Invalid::PrefixNotNumber(len.to_owned()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if prefix_len > max {
-            return Err(format!("prefix length {prefix_len} is over {max}"));
+            return Err(Invalid::PrefixTooLong {
+                len: prefix_len,
+                max,
+            });
         }
-        if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
-            return Err(format!("{addr} cannot be a floating IP"));
-        }
-        if let IpAddr::V4(v4) = addr
-            && v4.is_broadcast()
-        {
-            return Err(format!("{addr} cannot be a floating IP"));
+        let broadcast = matches!(addr, IpAddr::V4(v4) if v4.is_broadcast());
+        if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() || broadcast {
+            return Err(Invalid::NotFloating(addr));
         }
         Ok(Self { addr, prefix_len })
     }
@@ -97,19 +99,23 @@ pub enum Check {
 }
 
 impl FromStr for Check {
-    type Err = String;
+    type Err = Invalid;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: String| Invalid::Check {
+            check: s.to_owned(),
+            why,
+        };
         if let Some(rest) = s.strip_prefix("tcp:") {
             let (host, port) = rest
                 .rsplit_once(':')
-                .ok_or_else(|| format!("check {s:?}: expected tcp:HOST:PORT"))?;
+                .ok_or_else(|| bad("expected tcp:HOST:PORT".into()))?;
             let port: u16 = port
                 .parse()
-                .map_err(|_| format!("check {s:?}: bad port {port:?}"))?;
+                .map_err(|_| bad(format!("bad port {port:?}")))?;
             let host = host.trim_start_matches('[').trim_end_matches(']');
             if host.is_empty() || port == 0 {
-                return Err(format!("check {s:?}: expected tcp:HOST:PORT"));
+                return Err(bad("expected tcp:HOST:PORT".into()));
             }
             return Ok(Self::Tcp {
                 host: host.to_owned(),
@@ -118,45 +124,55 @@ impl FromStr for Check {
         }
         if s.starts_with("https://") {
             // Refused when declared rather than failing on every host later.
-            return Err(format!(
-                "check {s:?}: https:// checks are not supported yet (they arrive with TLS); use http:// or tcp:"
+            return Err(bad(
+                "https:// checks are not supported yet (they arrive with TLS); use http:// or tcp:"
+                    .into(),
             ));
         }
         if s.starts_with("http://") {
             if s.len() <= "http://".len() {
-                return Err(format!("check {s:?}: no host"));
+                return Err(bad("no host".into()));
             }
             return Ok(Self::Http { url: s.to_owned() });
         }
         if let Some(command) = s.strip_prefix("exec:") {
             if command.trim().is_empty() {
-                return Err(format!("check {s:?}: empty command"));
+                return Err(bad("empty command".into()));
             }
             return Ok(Self::Exec {
                 command: command.to_owned(),
             });
         }
-        Err(format!(
-            "check {s:?}: expected tcp:HOST:PORT, http://URL or exec:COMMAND"
+        Err(bad(
+            "expected tcp:HOST:PORT, http://URL or exec:COMMAND".into()
         ))
     }
+}
+
+/// A VIP record that passed validation, with its parsed parts. The only
+/// way to one is [`VipRecord::validate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidVip {
+    pub record: VipRecord,
+    pub cidr: Cidr,
+    pub checks: Vec<Check>,
 }
 
 impl VipRecord {
     /// Parses and checks a definition as `POST /ips` receives it: JSON with
     /// no unknown fields, then [`VipRecord::validate`]. Pure, so the API
     /// and the `api_body` fuzz target run the same code.
-    pub fn parse_request(body: &[u8]) -> Result<Self, String> {
-        let record: Self = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-        record.validate()?;
-        Ok(record)
+    pub fn parse_request(body: &[u8]) -> Result<ValidVip, Invalid> {
+        let record: Self =
+            serde_json::from_slice(body).map_err(|e| Invalid::Decode(e.to_string()))?;
+        record.validate()
     }
 
     /// Parses the address and checks every field.
-    pub fn validate(&self) -> Result<(Cidr, Vec<Check>), String> {
+    pub fn validate(self) -> Result<ValidVip, Invalid> {
         let cidr: Cidr = self.address.parse()?;
         if let Some(i) = &self.interface {
-            validate_segment_name(i).map_err(|e| format!("interface: {e}"))?;
+            validate_segment_name(i).map_err(|e| Invalid::Interface(Box::new(e)))?;
         }
         let checks = self
             .checks
@@ -166,8 +182,68 @@ impl VipRecord {
         for h in self.excluded_nodes.iter().chain(&self.priority) {
             validate_hostname(h)?;
         }
-        Ok((cidr, checks))
+        Ok(ValidVip {
+            record: self,
+            cidr,
+            checks,
+        })
     }
+}
+
+/// Verifies and validates the value of a VIP record key, as every reader
+/// does (the agents' registry cache, `ip ls`, the fuzz targets).
+pub fn open_vip(
+    secrets: &super::Secrets,
+    key: &str,
+    value: &[u8],
+    lease: i64,
+    now: u64,
+) -> Result<ValidVip, Rejection> {
+    let expect = Expect {
+        key,
+        lease,
+        now,
+        max_age: None,
+    };
+    let verified = open::<VipRecord>(secrets, value, expect)?;
+    verified.body.validate().map_err(Rejection::Invalid)
+}
+
+/// An owner key's content: the host named in it, and the lease it is on.
+pub type Owner = (String, i64);
+
+/// A per-host key under a VIP (`<prefix>/vips/<ID>/<KIND>/<HOST>`: `state`,
+/// `suspect`), as read; `value` `None` when deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberKey {
+    pub id: String,
+    pub kind: String,
+    pub host: String,
+    pub value: Option<String>,
+}
+
+/// Everything under `<prefix>/vips/` at one revision: the verified records
+/// (a key overwritten with something that does not verify keeps its last
+/// verified record), the owner keys, failover requests and member keys.
+#[derive(Clone, Debug, Default)]
+pub struct VipSnapshot {
+    pub records: std::collections::BTreeMap<String, ValidVip>,
+    pub owners: std::collections::BTreeMap<String, Owner>,
+    /// VIP id -> the host asked to release it.
+    pub failovers: Vec<(String, String)>,
+    pub members: Vec<MemberKey>,
+}
+
+/// A change under `<prefix>/vips/`.
+#[derive(Clone, Debug)]
+pub enum VipChange {
+    Snapshot(Box<VipSnapshot>),
+    /// A record verified or changed (`None`: deleted).
+    Record(String, Option<Box<ValidVip>>),
+    Owner(String, Option<Owner>),
+    /// `ip failover`: the host asked to release the VIP.
+    Failover(String, String),
+    Member(MemberKey),
 }
 
 #[cfg(test)]
@@ -256,9 +332,9 @@ mod tests {
         v.checks = vec!["tcp:127.0.0.1:22".into()];
         v.excluded_nodes = vec!["h3".into()];
         v.priority = Some("h1".into());
-        let (cidr, checks) = v.validate().expect("valid");
-        assert_eq!(cidr.prefix_len, 24);
-        assert_eq!(checks.len(), 1);
+        let valid = v.clone().validate().expect("valid");
+        assert_eq!(valid.cidr.prefix_len, 24);
+        assert_eq!(valid.checks.len(), 1);
         v.excluded_nodes = vec!["bad host".into()];
         assert!(v.validate().is_err());
         assert!(vip("nope").validate().is_err());

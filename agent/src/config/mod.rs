@@ -1,6 +1,10 @@
-//! Command-line and environment options. Every agent option also has a
-//! `LINKMESH_*` environment variable; bare names like `HOSTNAME` are never
-//! read (every shell sets them).
+//! Command-line and environment options (and, in [`file`], the TOML file
+//! that can hold them). Every agent option also has a `LINKMESH_*`
+//! environment variable; bare names like `HOSTNAME` are never read (every
+//! shell sets them). Parsing and checking only: this module imports no
+//! subsystem; `crate::agent` builds each subsystem's settings from it.
+
+pub mod file;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -81,6 +85,8 @@ pub enum ConfigError {
     TtlTooShort(u64),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Field(#[from] crate::registry::Invalid),
 }
 
 impl EtcdArgs {
@@ -95,49 +101,6 @@ impl EtcdArgs {
     #[must_use]
     pub fn keys(&self) -> Keys {
         Keys::new(&self.prefix)
-    }
-
-    /// Endpoints plus the TLS files and user, read.
-    pub fn access(&self) -> Result<crate::store::EtcdAccess, ConfigError> {
-        let read = |flag: &str, path: &PathBuf| {
-            std::fs::read(path)
-                .map_err(|e| ConfigError::Invalid(format!("{flag} {}: {e}", path.display())))
-        };
-        let ca = self
-            .etcd_cacert
-            .as_ref()
-            .map(|p| read("--etcd-cacert", p))
-            .transpose()?;
-        let identity = match (&self.etcd_cert, &self.etcd_key) {
-            (Some(cert), Some(key)) => Some((read("--etcd-cert", cert)?, read("--etcd-key", key)?)),
-            _ => None,
-        };
-        let user = match (&self.etcd_user, &self.etcd_password_file) {
-            (Some(user), Some(file)) => {
-                let text =
-                    String::from_utf8(read("--etcd-password-file", file)?).map_err(|_| {
-                        ConfigError::Invalid(format!(
-                            "--etcd-password-file {}: not UTF-8",
-                            file.display()
-                        ))
-                    })?;
-                let password = text.lines().next().unwrap_or_default().to_owned();
-                if password.is_empty() {
-                    return Err(ConfigError::Invalid(format!(
-                        "--etcd-password-file {}: empty",
-                        file.display()
-                    )));
-                }
-                Some((user.clone(), password))
-            }
-            _ => None,
-        };
-        Ok(crate::store::EtcdAccess {
-            endpoints: self.etcd_servers.clone(),
-            ca,
-            identity,
-            user,
-        })
     }
 }
 
@@ -205,10 +168,10 @@ pub struct AgentArgs {
     #[arg(
         long,
         env = "LINKMESH_ETCD_LOSS_POLICY",
-        value_enum,
+        value_parser = ["release", "keep", "claim"],
         default_value = "release"
     )]
-    pub etcd_loss_policy: crate::vip::manager::LossPolicy,
+    pub etcd_loss_policy: String,
     /// UDP port of the peer heartbeats (sent over the underlay, counted and
     /// consumed by the eBPF peer watcher).
     #[arg(long, env = "LINKMESH_HEARTBEAT_PORT", default_value_t = 4794)]
@@ -222,10 +185,10 @@ pub struct AgentArgs {
     #[arg(
         long,
         env = "LINKMESH_FAST_FAILOVER",
-        value_enum,
+        value_parser = ["auto", "off"],
         default_value = "auto"
     )]
-    pub fast_failover: crate::vip::manager::FastFailover,
+    pub fast_failover: String,
     /// Seconds between ARP probes a standby sends to the owner of a VIP.
     #[arg(long, env = "LINKMESH_PROBE_INTERVAL", default_value_t = 0.02)]
     pub probe_interval: f64,
@@ -282,11 +245,8 @@ impl AgentArgs {
             ));
         }
         for s in &self.segments {
-            crate::registry::segment::validate_segment_name(s).map_err(ConfigError::Invalid)?;
+            crate::registry::segment::validate_segment_name(s)?;
         }
-        // Reads the password, certificate and key, so --check-config catches
-        // an unreadable or mismatched file.
-        self.api_config()?;
         if let Some(b) = &self.bridge {
             crate::registry::segment::validate_segment_name(b)
                 .map_err(|e| ConfigError::Invalid(format!("--bridge: {e}")))?;
@@ -330,7 +290,7 @@ impl AgentArgs {
                 .map_err(|e| ConfigError::Invalid(format!("--vip-interface: {e}")))?;
         }
         if let Some(h) = &self.hostname {
-            crate::registry::host::validate_hostname(h).map_err(ConfigError::Invalid)?;
+            crate::registry::host::validate_hostname(h)?;
         }
         Ok(())
     }
@@ -338,78 +298,6 @@ impl AgentArgs {
     #[must_use]
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(self.ttl)
-    }
-
-    /// The API's settings (reads the password file).
-    pub fn api_config(&self) -> Result<crate::api::ApiConfig, ConfigError> {
-        let credentials = match (&self.api_user, &self.api_password_file) {
-            (Some(user), Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::Invalid(format!(
-                        "reading --api-password-file {}: {e}",
-                        path.display()
-                    ))
-                })?;
-                let password = text.lines().next().unwrap_or_default().trim().to_owned();
-                if password.is_empty() {
-                    return Err(ConfigError::Invalid(format!(
-                        "--api-password-file {} is empty",
-                        path.display()
-                    )));
-                }
-                Some((user.clone(), password))
-            }
-            _ => None,
-        };
-        let tls = match (&self.api_tls_cert, &self.api_tls_key) {
-            (Some(cert), Some(key)) => Some(
-                crate::tls::server_config(cert, key)
-                    .map_err(|e| ConfigError::Invalid(e.to_string()))?,
-            ),
-            _ => None,
-        };
-        Ok(crate::api::ApiConfig {
-            listen: self.api_listen,
-            credentials,
-            tls,
-        })
-    }
-
-    /// The floating-IP manager's settings.
-    #[must_use]
-    pub fn vip_settings(&self, hostname: &str) -> crate::vip::manager::VipSettings {
-        crate::vip::manager::VipSettings {
-            hostname: hostname.to_owned(),
-            default_interface: self.vip_interface.clone(),
-            ttl: Duration::from_secs(self.keepalive_interval),
-            keepalive_retry: self.keepalive_retry,
-            health_interval: Duration::from_secs_f64(self.health_check_interval),
-            health_timeout: Duration::from_secs_f64(self.health_check_timeout),
-            fail_count: self.fail_count_before_failover,
-            garp_count: self.arp_gratuitous_count,
-            garp_interval: Duration::from_secs_f64(self.arp_gratuitous_interval),
-            loss_policy: self.etcd_loss_policy,
-            contend_delay: Duration::from_millis(50),
-            cooldown: Duration::from_secs(5),
-            state_dir: Some(self.state_dir.clone()),
-            resync: Duration::from_secs(self.resync_interval),
-            fast: crate::vip::manager::FastSettings {
-                mode: self.fast_failover,
-                probe_interval: Duration::from_secs_f64(self.probe_interval),
-                probe_misses: self.probe_misses,
-                quorum: self.suspect_quorum,
-            },
-        }
-    }
-
-    /// The peer-health settings.
-    #[must_use]
-    pub fn peer_settings(&self) -> crate::peers::PeerSettings {
-        crate::peers::PeerSettings {
-            port: self.heartbeat_port,
-            interval: Duration::from_secs_f64(self.heartbeat_interval),
-            resync: Duration::from_secs(self.resync_interval),
-        }
     }
 }
 
@@ -448,10 +336,11 @@ mod tests {
         assert_eq!(a.resync_interval, 30);
         assert_eq!(a.max_record_age, 3600);
         assert!(a.validate().is_ok());
-        let fast = a.vip_settings("h1").fast;
-        assert_eq!(fast.probe_interval, Duration::from_millis(20));
-        assert_eq!(fast.probe_misses, 5);
-        assert_eq!(a.peer_settings().port, 4794);
+        assert!((a.probe_interval - 0.02).abs() < 1e-9);
+        assert_eq!(a.probe_misses, 5);
+        assert_eq!(a.heartbeat_port, 4794);
+        assert_eq!(a.etcd_loss_policy, "release");
+        assert_eq!(a.fast_failover, "auto");
         assert!(parse(&["--probe-misses", "1"]).validate().is_err());
         assert!(parse(&["--probe-interval", "0"]).validate().is_err());
     }

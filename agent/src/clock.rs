@@ -1,0 +1,125 @@
+//! The agent's clocks. [`unix_now`] is wall-clock seconds for record
+//! issue times and ages (compared across hosts), slewed so a step of this
+//! host's clock cannot expire or future-date records. [`mono_now`] is the
+//! monotonic clock every deadline uses, the one the eBPF programs stamp.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Unix seconds now, for record issue times and ages (wall-clock by
+/// nature: they are compared across hosts), read from [`SlewedClock`]: a
+/// step of this host's wall clock (set by hand, or by NTP after a long
+/// outage) moves it by at most 0.5 ms per second, so it neither expires
+/// the records this agent holds nor future-dates the ones it signs. Every
+/// deadline in the agent uses the monotonic clock instead.
+#[must_use]
+pub fn unix_now() -> u64 {
+    static CLOCK: std::sync::Mutex<Option<SlewedClock>> = std::sync::Mutex::new(None);
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let mono = std::time::Instant::now();
+    let mut clock = CLOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = clock
+        .get_or_insert_with(|| SlewedClock::new(wall, mono))
+        .read(wall, mono);
+    // Whole seconds; the value is a few billion at most.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let secs = now.max(0.0) as u64;
+    secs
+}
+
+/// The wall clock as of the first reading, carried forward by the
+/// monotonic clock, and pulled towards the wall clock at most
+/// [`SlewedClock::MAX_SLEW`] seconds per second (the kernel's own adjtime
+/// limit): NTP's small corrections are followed, a step is absorbed slowly.
+#[derive(Debug, Clone, Copy)]
+pub struct SlewedClock {
+    base_wall: f64,
+    base_mono: std::time::Instant,
+    last_mono: std::time::Instant,
+    /// Correction applied so far, seconds.
+    offset: f64,
+}
+
+impl SlewedClock {
+    /// 500 ppm.
+    pub const MAX_SLEW: f64 = 0.0005;
+
+    #[must_use]
+    pub fn new(wall: f64, mono: std::time::Instant) -> Self {
+        Self {
+            base_wall: wall,
+            base_mono: mono,
+            last_mono: mono,
+            offset: 0.0,
+        }
+    }
+
+    /// Unix seconds at monotonic time `mono`, given the wall clock `wall`.
+    pub fn read(&mut self, wall: f64, mono: std::time::Instant) -> f64 {
+        let mono = mono.max(self.last_mono);
+        let carried = self.base_wall + (mono - self.base_mono).as_secs_f64() + self.offset;
+        let room = (mono - self.last_mono).as_secs_f64() * Self::MAX_SLEW;
+        self.offset += (wall - carried).clamp(-room, room);
+        self.last_mono = mono;
+        self.base_wall + (mono - self.base_mono).as_secs_f64() + self.offset
+    }
+}
+
+/// `CLOCK_MONOTONIC` now: the clock `bpf_ktime_get_ns` reads (and
+/// `std::time::Instant`), so it compares with the times the eBPF programs
+/// record.
+#[must_use]
+pub fn mono_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wall_clock_step_moves_the_slewed_clock_by_500_ppm_at_most() {
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let start = 1_800_000_000.0;
+        let mut c = SlewedClock::new(start, t0);
+        // The wall clock runs normally: the clock follows it.
+        assert!((c.read(start + 10.0, at(10)) - (start + 10.0)).abs() < 1e-6);
+        // Two hours forward at t=20 s...
+        let jumped = c.read(start + 20.0 + 7200.0, at(20));
+        assert!((jumped - (start + 20.0)).abs() < 0.01, "{}", jumped - start);
+        let later = c.read(start + 620.0 + 7200.0, at(620));
+        let ahead = later - (start + 620.0);
+        assert!(
+            ahead > 0.0 && ahead <= 620.0 * SlewedClock::MAX_SLEW + 1e-6,
+            "pulled forward by at most 0.31 s over 620 s: {ahead}"
+        );
+        // ...and an hour back: absorbed the same way; it never runs back.
+        let back = c.read(start + 621.0 - 3600.0, at(621));
+        assert!(back >= later, "monotonic: {back} < {later}");
+        // Small, NTP-sized offsets are caught up with.
+        let mut c = SlewedClock::new(start, t0);
+        let v = c.read(start + 1000.2, at(1000));
+        assert!((v - (start + 1000.2)).abs() < 1e-6, "{}", v - start);
+    }
+
+    #[test]
+    fn unix_now_is_close_to_the_wall_clock() {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        assert!(unix_now().abs_diff(wall) <= 1);
+    }
+}

@@ -1,0 +1,293 @@
+//! What the admin commands (`linkmesh segment`, `linkmesh ip`) and the
+//! API change in etcd: segment definitions with their VNI index, floating
+//! IPs, and failover requests.
+
+use std::collections::BTreeMap;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use serde::Serialize;
+
+use super::{EtcdError, read_prefix, timed};
+use crate::clock::unix_now;
+use crate::registry::{
+    Keys, Rejection, Secrets, SegmentSpec, ValidVip, VipKey, VipRecord, open_vip, seal,
+};
+
+/// Segment administration (the `linkmesh segment` commands).
+pub struct Segments {
+    pub client: Client,
+    pub keys: Keys,
+    pub secrets: Secrets,
+}
+
+impl Segments {
+    /// Adds a segment. Fails if the name exists, or if another segment uses
+    /// the VNI (on the same port): both are checked in one transaction on an
+    /// index key per VNI, so two admins cannot race.
+    pub async fn add(&self, name: &str, spec: &SegmentSpec) -> Result<(), EtcdError> {
+        crate::registry::segment::validate_segment_name(name)?;
+        spec.validate()?;
+        let key = self.keys.segment(name);
+        let vni_key = self.keys.segment_vni(spec.vni, spec.port);
+        let value = seal(&self.secrets, &key, 0, unix_now(), spec)?;
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                Compare::create_revision(vni_key.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(key.clone(), value, None),
+                TxnOp::put(vni_key.clone(), name, None),
+            ])
+            .or_else([
+                TxnOp::get(key.clone(), None),
+                TxnOp::get(vni_key.clone(), None),
+            ]);
+        let mut kv = self.client.kv_client();
+        let response = timed(|| format!("adding segment {name}"), kv.txn(txn)).await?;
+        if response.succeeded() {
+            return Ok(());
+        }
+        let mut existing_name = false;
+        let mut vni_owner = None;
+        for op in response.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(g) = op {
+                for kv in g.kvs() {
+                    if kv.key() == key.as_bytes() {
+                        existing_name = true;
+                    } else {
+                        vni_owner = Some(String::from_utf8_lossy(kv.value()).into_owned());
+                    }
+                }
+            }
+        }
+        if existing_name {
+            return Err(EtcdError::Conflict(format!(
+                "segment {name} already exists (remove it first)"
+            )));
+        }
+        Err(EtcdError::Conflict(format!(
+            "vni {} (port {}) is already used by segment {}",
+            spec.vni,
+            spec.port,
+            vni_owner.unwrap_or_else(|| "?".into())
+        )))
+    }
+
+    /// Removes a segment and its VNI index entry.
+    pub async fn remove(&self, name: &str) -> Result<bool, EtcdError> {
+        let key = self.keys.segment(name);
+        let mut kv = self.client.kv_client();
+        let current = timed(
+            || format!("reading segment {name}"),
+            kv.get(key.clone(), None),
+        )
+        .await?;
+        let Some(existing) = current.kvs().first() else {
+            return Ok(false);
+        };
+        let mut ops = vec![TxnOp::delete(key.clone(), None)];
+        // The index key is found from the stored definition (unverified
+        // content is fine here: it only names which index entry to drop).
+        if let Some(spec) = stored_spec(existing.value()) {
+            ops.push(TxnOp::delete(
+                self.keys.segment_vni(spec.vni, spec.port),
+                None,
+            ));
+        }
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                existing.mod_revision(),
+            )])
+            .and_then(ops);
+        let response = timed(|| format!("removing segment {name}"), kv.txn(txn)).await?;
+        if !response.succeeded() {
+            return Err(EtcdError::Conflict(format!(
+                "segment {name} changed while being removed; try again"
+            )));
+        }
+        Ok(true)
+    }
+
+    /// Every segment, verified: `(name, spec)` or `(key, rejection)`.
+    pub async fn list(&self) -> Result<Vec<(String, Result<SegmentSpec, Rejection>)>, EtcdError> {
+        let mut kv = self.client.kv_client();
+        let dir = self.keys.segments();
+        let response = timed(
+            || format!("listing {dir}"),
+            kv.get(dir.clone(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let now = unix_now();
+        Ok(response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let name = self.keys.segment_of(&key).unwrap_or(&key).to_owned();
+                let expect = crate::registry::Expect {
+                    key: &key,
+                    lease: kv.lease(),
+                    now,
+                    max_age: None,
+                };
+                let spec = crate::registry::open::<SegmentSpec>(&self.secrets, kv.value(), expect)
+                    .map(|v| v.body);
+                (name, spec)
+            })
+            .collect())
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct StoredEnvelope {
+    body: SegmentSpec,
+}
+
+fn stored_spec(value: &[u8]) -> Option<SegmentSpec> {
+    serde_json::from_slice::<StoredEnvelope>(value)
+        .ok()
+        .map(|e| e.body)
+}
+
+/// A VIP as listed: its record (or why it was rejected) and its owner.
+#[derive(Clone, Debug, Serialize)]
+pub struct VipEntry {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<VipRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub owner: Option<String>,
+    /// Each host's state for this VIP, as the hosts last wrote it.
+    pub states: BTreeMap<String, String>,
+}
+
+/// Floating-IP administration (the `linkmesh ip` commands and the API).
+pub struct Vips {
+    pub client: Client,
+    pub keys: Keys,
+    pub secrets: Secrets,
+}
+
+impl Vips {
+    /// Adds a VIP (validated by the caller, once); fails if its id exists.
+    /// Returns the id.
+    pub async fn add(&self, vip: &ValidVip) -> Result<String, EtcdError> {
+        let id = vip.cidr.id();
+        let key = self.keys.vip(&id);
+        let value = seal(&self.secrets, &key, 0, unix_now(), &vip.record)?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), value, None)]);
+        let mut kv = self.client.kv_client();
+        let r = timed(|| format!("adding floating IP {id}"), kv.txn(txn)).await?;
+        if !r.succeeded() {
+            return Err(EtcdError::Conflict(format!(
+                "floating IP {id} already exists"
+            )));
+        }
+        Ok(id)
+    }
+
+    /// Removes a VIP (its owner unbinds when it sees the record go).
+    pub async fn remove(&self, id: &str) -> Result<bool, EtcdError> {
+        let mut kv = self.client.kv_client();
+        let r = timed(
+            || format!("removing floating IP {id}"),
+            kv.delete(self.keys.vip(id), None),
+        )
+        .await?;
+        Ok(r.deleted() > 0)
+    }
+
+    /// Every VIP, verified as the agents verify it, with its owner and the
+    /// hosts' states.
+    pub async fn list(&self) -> Result<Vec<VipEntry>, EtcdError> {
+        let (_, kvs) = read_prefix(&self.client, &self.keys.vips()).await?;
+        let now = unix_now();
+        let mut entries: BTreeMap<String, VipEntry> = BTreeMap::new();
+        let mut states = Vec::new();
+        for kv in &kvs {
+            let Ok(key) = kv.key_str() else { continue };
+            let entry = |entries: &mut BTreeMap<String, VipEntry>, id: &str| {
+                entries.entry(id.to_owned()).or_insert_with(|| VipEntry {
+                    id: id.to_owned(),
+                    record: None,
+                    error: None,
+                    owner: None,
+                    states: BTreeMap::new(),
+                });
+            };
+            match self.keys.vip_key(key) {
+                Some(VipKey::Record(id)) => {
+                    entry(&mut entries, id);
+                    let e = entries.get_mut(id);
+                    match open_vip(&self.secrets, key, kv.value(), kv.lease(), now) {
+                        Ok(v) => e
+                            .into_iter()
+                            .for_each(|e| e.record = Some(v.record.clone())),
+                        Err(r) => e.into_iter().for_each(|e| e.error = Some(r.to_string())),
+                    }
+                }
+                Some(VipKey::Owner(id)) => {
+                    entry(&mut entries, id);
+                    if let Some(e) = entries.get_mut(id) {
+                        e.owner = Some(String::from_utf8_lossy(kv.value()).into_owned());
+                    }
+                }
+                Some(VipKey::Member {
+                    id,
+                    kind: "state",
+                    host,
+                }) => {
+                    states.push((id, host, String::from_utf8_lossy(kv.value()).into_owned()));
+                }
+                _ => {}
+            }
+        }
+        for (id, host, state) in states {
+            if let Some(e) = entries.get_mut(id) {
+                e.states.insert(host.to_owned(), state);
+            }
+        }
+        Ok(entries
+            .into_values()
+            .filter(|e| e.record.is_some() || e.error.is_some())
+            .collect())
+    }
+
+    /// One VIP.
+    pub async fn get(&self, id: &str) -> Result<Option<VipEntry>, EtcdError> {
+        Ok(self.list().await?.into_iter().find(|e| e.id == id))
+    }
+
+    /// Asks the current owner to release `id` (it then sits out the next
+    /// election). Returns the owner asked.
+    pub async fn failover(&self, id: &str) -> Result<String, EtcdError> {
+        let entry = self
+            .get(id)
+            .await?
+            .ok_or_else(|| EtcdError::NotFound(format!("no floating IP {id}")))?;
+        let owner = entry
+            .owner
+            .ok_or_else(|| EtcdError::Conflict(format!("{id} has no owner right now")))?;
+        let mut leases = self.client.lease_client();
+        let lease = timed(|| "granting a lease".to_owned(), leases.grant(30, None))
+            .await?
+            .id();
+        let mut kv = self.client.kv_client();
+        timed(
+            || format!("requesting failover of {id}"),
+            kv.put(
+                self.keys.vip_failover(id),
+                owner.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        )
+        .await?;
+        Ok(owner)
+    }
+}

@@ -1,0 +1,129 @@
+//! Floating-IP ownership in etcd: the owner key `<prefix>/vips/<ID>/owner`
+//! is created by a transaction that only succeeds when nobody has it,
+//! deleted only under the lease it is on, and revoked with that lease when
+//! a quorum of standbys suspects its holder.
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse};
+use tracing::{debug, warn};
+
+use crate::registry::Keys;
+
+/// How a contention went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contention {
+    Won,
+    /// The key is `host`'s on `lease` already (a fenced owner whose lease
+    /// outlived the fence).
+    StillOurs,
+    Lost,
+    /// etcd did not answer in time, or refused (logged here).
+    Failed,
+}
+
+/// Whether the failed branch of a contention shows the owner key held by
+/// `host` on `lease`.
+fn holds_key(r: &TxnResponse, host: &str, lease: i64) -> bool {
+    r.op_responses().iter().any(|op| match op {
+        TxnOpResponse::Get(g) => g
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.value() == host.as_bytes() && kv.lease() == lease),
+        _ => false,
+    })
+}
+
+/// Creates `id`'s owner key for `host` on `lease` if nobody has it.
+pub async fn contend(
+    client: &Client,
+    keys: &Keys,
+    id: &str,
+    host: &str,
+    lease: i64,
+    timeout: Duration,
+) -> Contention {
+    let key = keys.vip_owner(id);
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key.clone(),
+            host,
+            Some(PutOptions::new().with_lease(lease)),
+        )])
+        .or_else([TxnOp::get(key, None)]);
+    let mut kv = client.kv_client();
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(timeout, kv.txn(txn)).await {
+        Ok(Ok(r)) if r.succeeded() => {
+            debug!(vip = %id, txn_us = started.elapsed().as_micros(), "owner key created");
+            Contention::Won
+        }
+        Ok(Ok(r)) if lease != 0 && holds_key(&r, host, lease) => Contention::StillOurs,
+        Ok(Ok(_)) => Contention::Lost,
+        Ok(Err(e)) => {
+            warn!(vip = %id, error = %e, "contending failed");
+            Contention::Failed
+        }
+        Err(_) => {
+            warn!(vip = %id, "contending timed out");
+            Contention::Failed
+        }
+    }
+}
+
+/// Deletes `id`'s owner key and any failover request for it, only if the
+/// key is on `lease` (a new owner's key is never touched). A failure only
+/// costs time: the key expires with the lease.
+pub async fn release(client: &Client, keys: &Keys, id: &str, lease: i64, timeout: Duration) {
+    let key = keys.vip_owner(id);
+    let txn = Txn::new()
+        .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+        .and_then([
+            TxnOp::delete(key, None),
+            TxnOp::delete(keys.vip_failover(id), None),
+        ]);
+    let mut kv = client.kv_client();
+    match tokio::time::timeout(timeout, kv.txn(txn)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            warn!(vip = %id, error = %e, "releasing the owner key failed; it expires with the lease");
+        }
+        Err(_) => {
+            warn!(vip = %id, "releasing the owner key timed out; it expires with the lease");
+        }
+    }
+}
+
+/// Deletes `id`'s owner key if it is still on `lease`, then revokes that
+/// lease. Returns whether the key was deleted.
+pub async fn revoke(client: &Client, keys: &Keys, id: &str, lease: i64, timeout: Duration) -> bool {
+    let key = keys.vip_owner(id);
+    let txn = Txn::new()
+        .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+        .and_then([TxnOp::delete(key, None)]);
+    let mut kv = client.kv_client();
+    match tokio::time::timeout(timeout, kv.txn(txn)).await {
+        Ok(Ok(r)) if r.succeeded() => {
+            let mut leases = client.lease_client();
+            if let Ok(Err(e)) =
+                tokio::time::timeout(Duration::from_secs(1), leases.revoke(lease)).await
+            {
+                debug!(vip = %id, error = %e, "revoking the owner's lease failed");
+            }
+            true
+        }
+        Ok(Ok(_)) => {
+            debug!(vip = %id, "the owner key moved on before the revocation");
+            false
+        }
+        Ok(Err(e)) => {
+            warn!(vip = %id, error = %e, "revoking the owner failed");
+            false
+        }
+        Err(_) => {
+            warn!(vip = %id, "revoking the owner timed out");
+            false
+        }
+    }
+}

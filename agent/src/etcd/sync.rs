@@ -1,0 +1,264 @@
+//! The one snapshot + watch loop over the prefix. Hosts, segments and VIP
+//! records go through the registry cache (verified, validated, rejections
+//! logged once); the mesh gets the cache's view, the floating-IP subsystem
+//! every change under `vips/`. A snapshot at revision R, then a watch from
+//! R+1; on compaction, a broken stream, or every `resync`, a fresh
+//! snapshot.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, KeyValue, WatchOptions};
+use tokio::sync::{Mutex, mpsc, watch};
+use tracing::{debug, warn};
+
+use super::client::{MAX_REPLY, read_prefix};
+use super::{EtcdError, timed};
+use crate::clock::unix_now;
+use crate::registry::cache::{Entry, RegistryCache};
+use crate::registry::{Keys, MemberKey, RegistryView, VipChange, VipKey, VipSnapshot};
+
+/// Counters of the loop.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    /// Snapshots read and published.
+    pub snapshots: AtomicU64,
+    pub watch_restarts: AtomicU64,
+    /// The revision of the last snapshot or event.
+    pub revision: AtomicI64,
+}
+
+/// Where the loop's results go.
+pub struct Outputs {
+    pub cache: Arc<Mutex<RegistryCache>>,
+    /// The view the mesh, the peers and the API use.
+    pub view: watch::Sender<RegistryView>,
+    /// Every change under `vips/`, for the floating-IP subsystem.
+    pub vips: mpsc::UnboundedSender<VipChange>,
+    pub stats: Arc<SyncStats>,
+}
+
+/// Runs until cancelled.
+pub async fn run(client: Client, keys: Keys, out: Outputs, resync: Duration) {
+    let mut backoff = Duration::from_millis(100);
+    let mut failures = 0u64;
+    // The first snapshot, and one after a broken watch, may follow missed
+    // changes: the floating-IP subsystem takes it whole. A periodic one
+    // follows a healthy watch and only passes on record changes (an owner
+    // key it holds could be older than what that subsystem just learned).
+    let mut fresh = true;
+    loop {
+        match once(&client, &keys, &out, resync, fresh).await {
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                failures = 0;
+                fresh = false;
+            }
+            Err(e) => {
+                fresh = true;
+                failures += 1;
+                // Identical repeats are summarised by `logs`.
+                warn!(error = %e, failures, "registry sync failed; retrying");
+                out.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+fn entry(kv: &KeyValue) -> Option<Entry<'_>> {
+    Some(Entry {
+        key: kv.key_str().ok()?,
+        value: kv.value(),
+        lease: kv.lease(),
+        mod_revision: kv.mod_revision(),
+    })
+}
+
+async fn publish(out: &Outputs) {
+    let view = out.cache.lock().await.view(unix_now());
+    out.view.send_if_modified(|current| {
+        if *current == view {
+            false
+        } else {
+            *current = view;
+            true
+        }
+    });
+}
+
+fn text(value: &[u8]) -> String {
+    String::from_utf8_lossy(value).into_owned()
+}
+
+/// Reads the prefix at one revision into the cache and publishes it (the
+/// VIP keys whole when `fresh`, else the record changes); returns the
+/// revision.
+async fn snapshot(
+    client: &Client,
+    keys: &Keys,
+    out: &Outputs,
+    fresh: bool,
+) -> Result<i64, EtcdError> {
+    let prefix = format!("{}/", keys.prefix());
+    let (revision, snapshot) = read_prefix(client, &prefix).await?;
+    out.stats.revision.store(revision, Ordering::Relaxed);
+    let mut vips = VipSnapshot::default();
+    {
+        let mut cache = out.cache.lock().await;
+        let mut records = Vec::with_capacity(snapshot.len());
+        for kv in &snapshot {
+            let Some(e) = entry(kv) else { continue };
+            match keys.vip_key(e.key) {
+                Some(VipKey::Owner(id)) => {
+                    vips.owners.insert(id.to_owned(), (text(e.value), e.lease));
+                }
+                Some(VipKey::Failover(id)) => {
+                    vips.failovers.push((id.to_owned(), text(e.value)));
+                }
+                Some(VipKey::Member { id, kind, host }) => vips.members.push(MemberKey {
+                    id: id.to_owned(),
+                    kind: kind.to_owned(),
+                    host: host.to_owned(),
+                    value: Some(text(e.value)),
+                }),
+                Some(VipKey::Record(_)) | None => records.push(e),
+            }
+        }
+        let before = (!fresh).then(|| cache.vips().clone());
+        cache.snapshot(records, unix_now());
+        vips.records = cache.vips().clone();
+        if let Some(before) = before {
+            let ids: std::collections::BTreeSet<&String> =
+                before.keys().chain(vips.records.keys()).collect();
+            for id in ids {
+                let now = vips.records.get(id);
+                if before.get(id) != now {
+                    let change = VipChange::Record(id.clone(), now.cloned().map(Box::new));
+                    let _ = out.vips.send(change);
+                }
+            }
+        }
+    }
+    publish(out).await;
+    if fresh {
+        let _ = out.vips.send(VipChange::Snapshot(Box::new(vips)));
+    }
+    // Counted once published: the mesh waits for it before its first
+    // reconcile (an earlier one would see no segment and no peer).
+    out.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+    debug!(revision, keys = snapshot.len(), "registry snapshot");
+    Ok(revision)
+}
+
+/// A snapshot, then the watch from the revision after it, until `resync`
+/// has passed (`Ok`) or the watch fails.
+async fn once(
+    client: &Client,
+    keys: &Keys,
+    out: &Outputs,
+    resync: Duration,
+    fresh: bool,
+) -> Result<(), EtcdError> {
+    let revision = snapshot(client, keys, out, fresh).await?;
+    let prefix = format!("{}/", keys.prefix());
+    let mut watch_client = client.watch_client().max_decoding_message_size(MAX_REPLY);
+    let mut stream = timed(
+        || format!("watching {prefix}"),
+        watch_client.watch(
+            prefix.clone(),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1)
+                    .with_progress_notify(),
+            ),
+        ),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + resync;
+    loop {
+        let message = tokio::select! {
+            m = stream.message() => m,
+            () = tokio::time::sleep_until(deadline) => return Ok(()),
+        };
+        let response = match message {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(EtcdError::Stream("the watch stream ended".into())),
+            Err(source) => {
+                return Err(EtcdError::Etcd {
+                    what: "reading the registry watch".into(),
+                    source,
+                });
+            }
+        };
+        if response.canceled() || response.compact_revision() > 0 {
+            return Err(EtcdError::Stream(format!(
+                "the registry watch was cancelled (compacted at {}): re-reading",
+                response.compact_revision()
+            )));
+        }
+        if let Some(h) = response.header() {
+            out.stats.revision.store(h.revision(), Ordering::Relaxed);
+        }
+        if !response.events().is_empty() && apply(keys, out, response.events()).await {
+            publish(out).await;
+        }
+    }
+}
+
+/// Applies watch events: to the cache, and to the floating-IP subsystem.
+/// Returns whether the view changed.
+async fn apply(keys: &Keys, out: &Outputs, events: &[etcd_client::Event]) -> bool {
+    let mut changed = false;
+    {
+        let mut cache = out.cache.lock().await;
+        let now = unix_now();
+        for event in events {
+            let Some(e) = event.kv().and_then(entry) else {
+                continue;
+            };
+            let deleted = event.event_type() == EventType::Delete;
+            let vip = match keys.vip_key(e.key) {
+                Some(VipKey::Owner(id)) => Some(VipChange::Owner(
+                    id.to_owned(),
+                    (!deleted).then(|| (text(e.value), e.lease)),
+                )),
+                Some(VipKey::Failover(id)) if !deleted => {
+                    Some(VipChange::Failover(id.to_owned(), text(e.value)))
+                }
+                Some(VipKey::Failover(_)) => None,
+                Some(VipKey::Member { id, kind, host }) => Some(VipChange::Member(MemberKey {
+                    id: id.to_owned(),
+                    kind: kind.to_owned(),
+                    host: host.to_owned(),
+                    value: (!deleted).then(|| text(e.value)),
+                })),
+                Some(VipKey::Record(id)) => {
+                    let was = cache.vips().get(id).cloned();
+                    if deleted {
+                        cache.delete(e.key);
+                    } else {
+                        cache.put(e, now);
+                    }
+                    let is = cache.vips().get(id).cloned();
+                    (is != was).then(|| VipChange::Record(id.to_owned(), is.map(Box::new)))
+                }
+                None => {
+                    changed |= if deleted {
+                        cache.delete(e.key)
+                    } else {
+                        cache.put(e, now)
+                    };
+                    None
+                }
+            };
+            if let Some(change) = vip {
+                let _ = out.vips.send(change);
+            }
+        }
+    }
+    changed
+}

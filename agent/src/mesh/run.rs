@@ -1,0 +1,100 @@
+//! The mesh's loop: reconcile on every registry change, relevant kernel
+//! event and resync tick.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::bail;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{Reconciler, desired};
+use crate::kernel::events::{KernelEvent, KernelEvents};
+use crate::registry::RegistryView;
+
+/// Kernel events are gathered this long before one reconcile pass.
+const EVENT_DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Whether a kernel event may concern the mesh's devices.
+fn relevant(event: &KernelEvent, segments: &BTreeSet<String>) -> bool {
+    match event {
+        KernelEvent::LinkRemoved { .. } | KernelEvent::FdbRemoved { .. } => true,
+        KernelEvent::LinkChanged { name, .. } => {
+            name.as_ref().is_some_and(|n| segments.contains(n))
+        }
+        KernelEvent::AddressRemoved { .. } => false,
+    }
+}
+
+/// Reconciles on every registry change, relevant kernel event and resync
+/// tick, until `stop` turns true.
+pub async fn run(
+    reconciler: &Reconciler,
+    rx: &mut watch::Receiver<RegistryView>,
+    events: &mut KernelEvents,
+    resync: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let segments = &reconciler.local().segments;
+    let mut last_problems: Vec<String> = Vec::new();
+    let mut passes = 0u64;
+    let mut resync_tick = tokio::time::interval(resync);
+    resync_tick.tick().await;
+    loop {
+        let view = rx.borrow_and_update().clone();
+        let want = desired(reconciler.local(), &view);
+        let started = std::time::Instant::now();
+        match reconciler.reconcile(&want).await {
+            Ok(report) => {
+                let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                passes += 1;
+                if report.applied > 0 || !report.errors.is_empty() || passes == 1 {
+                    info!(
+                        applied = report.applied,
+                        failed = report.errors.len(),
+                        netlink_writes = reconciler.netlink().writes(),
+                        elapsed_us,
+                        segments = want.segments.len(),
+                        peers = want.segments.values().map(|s| s.peers.len()).sum::<usize>(),
+                        "mesh reconciled"
+                    );
+                }
+                if report.problems != last_problems {
+                    for p in &report.problems {
+                        warn!(problem = %p, "mesh configuration problem");
+                    }
+                    last_problems = report.problems;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "reading kernel state failed; retrying at the next change or resync");
+            }
+        }
+        // Registry changes are handled at once; kernel events (including
+        // the echo of our own writes) are gathered for EVENT_DEBOUNCE first,
+        // without holding up registry changes meanwhile.
+        let mut kernel_due: Option<tokio::time::Instant> = None;
+        let stop = loop {
+            let due = kernel_due.unwrap_or_else(|| tokio::time::Instant::now() + resync);
+            tokio::select! {
+                r = rx.changed() => {
+                    if r.is_err() {
+                        bail!("the registry sync task stopped");
+                    }
+                    break false;
+                }
+                Some(event) = events.next() => {
+                    if kernel_due.is_none() && relevant(&event, segments) {
+                        kernel_due = Some(tokio::time::Instant::now() + EVENT_DEBOUNCE);
+                    }
+                }
+                () = tokio::time::sleep_until(due), if kernel_due.is_some() => break false,
+                _ = resync_tick.tick() => break false,
+                _ = stop.wait_for(|s| *s) => break true,
+            }
+        };
+        if stop {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Why a record's content (or an admin's request) is not valid.
+
+use std::net::IpAddr;
+
+use super::segment::{MAX_IFNAME_LEN, MAX_VNI};
+
+/// A field that fails validation, naming the field and the value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("host name {0:?} must be 1 to 253 bytes")]
+    HostNameLength(String),
+    #[error("host name {name:?} contains {found:?}")]
+    HostNameChar { name: String, found: char },
+    #[error("record names host {record:?} but is stored under host {key:?}")]
+    HostElsewhere { record: String, key: String },
+    #[error("underlay address {0} is not a unicast address")]
+    NotUnicast(IpAddr),
+    #[error("segment name {0:?} must be 1 to {MAX_IFNAME_LEN} bytes (it names the device)")]
+    SegmentNameLength(String),
+    #[error("segment name {0:?} is not a valid interface name")]
+    SegmentNameDots(String),
+    #[error("segment name {name:?} contains {found:?}")]
+    SegmentNameChar { name: String, found: char },
+    #[error("netns {0:?} is not a valid namespace name")]
+    Netns(String),
+    #[error("vni {0} is outside 1..={MAX_VNI}")]
+    Vni(u32),
+    #[error("port 0 is not a UDP port")]
+    PortZero,
+    #[error("mtu {0} is outside 68..=65535")]
+    Mtu(u32),
+    #[error("{0:?} is not a CIDR (expected ADDRESS/PREFIX, like 198.18.0.100/24)")]
+    NotCidr(String),
+    #[error("{0:?} is not an IP address")]
+    NotAddress(String),
+    #[error("prefix length {0:?} is not a number")]
+    PrefixNotNumber(String),
+    #[error("prefix length {len} is over {max}")]
+    PrefixTooLong { len: u8, max: u8 },
+    #[error("{0} cannot be a floating IP")]
+    NotFloating(IpAddr),
+    #[error("check {check:?}: {why}")]
+    Check { check: String, why: String },
+    #[error("interface: {0}")]
+    Interface(Box<Invalid>),
+    /// JSON that does not decode as the record (unknown field, wrong type).
+    #[error("{0}")]
+    Decode(String),
+}

@@ -1,0 +1,431 @@
+//! Running the floating-IP core's effects: on etcd (through
+//! `crate::etcd`), the kernel (netlink, raw frames) and the eBPF watcher,
+//! and the tasks that check health and announce. Part of [`Shell`].
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::run::{Report, Shell};
+use super::{Binding, Effect, Input, Outcome, Settings, StatusMap, WriteWhy};
+use crate::addr::MacAddr;
+use crate::ebpf::vip::{ConflictStream, VipWatcher};
+use crate::etcd::election::{self, Contention};
+use crate::etcd::writer::Write;
+use crate::kernel::packet::RawSender;
+use crate::registry::Check;
+
+impl Shell {
+    /// Runs one effect; returns the input its result makes, if any.
+    pub(super) async fn effect(&mut self, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::Bind { id, cidr, ifname } => Some(self.bind(id, cidr, ifname).await),
+            Effect::RemoveAddress {
+                id,
+                cidr,
+                at,
+                ifname,
+                leftover_of,
+            } => {
+                self.remove_address(&id, cidr, at, ifname, leftover_of.as_deref())
+                    .await;
+                None
+            }
+            Effect::Announce {
+                id,
+                ifname,
+                mac,
+                ip,
+                count,
+                interval,
+            } => {
+                let sent = self.announced.entry(id.clone()).or_default().clone();
+                let task = spawn_announcer(&id, &ifname, mac, ip, (count, interval), sent);
+                if let Some(old) = self.announcers.insert(id, task) {
+                    old.abort();
+                }
+                None
+            }
+            Effect::StopAnnouncing { id } => {
+                if let Some(old) = self.announcers.remove(&id) {
+                    old.abort();
+                }
+                None
+            }
+            Effect::AttachWatcher { ifname } => {
+                if let Some(w) = self.watcher.as_mut()
+                    && let Err(e) = w.attach(&ifname)
+                {
+                    debug!(interface = %ifname, error = %e, "cannot attach the VIP watcher yet");
+                }
+                None
+            }
+            Effect::SetWatched { ip, ours } => {
+                if let Some(w) = self.watcher.as_mut()
+                    && let Err(e) = w.set(ip, ours.unwrap_or_default(), ours.is_some())
+                {
+                    warn!(vip = %ip, error = %e, "cannot watch the VIP for conflicts");
+                }
+                None
+            }
+            Effect::ForgetWatched { ip } => {
+                if let Some(w) = self.watcher.as_mut() {
+                    w.remove(ip);
+                }
+                None
+            }
+            Effect::StartChecks { id, checks } => {
+                let task = spawn_checker(
+                    &id,
+                    checks,
+                    self.core.settings(),
+                    self.reports.clone(),
+                    self.status.clone(),
+                );
+                if let Some(old) = self.checkers.insert(id, task) {
+                    old.abort();
+                }
+                None
+            }
+            Effect::StopChecks { id } => {
+                if let Some(old) = self.checkers.remove(&id) {
+                    old.abort();
+                }
+                None
+            }
+            e @ (Effect::Contend { .. }
+            | Effect::Release { .. }
+            | Effect::Revoke { .. }
+            | Effect::Write { .. }
+            | Effect::DeleteState { .. }
+            | Effect::Withdraw { .. }) => self.etcd_effect(e).await,
+            Effect::Probe {
+                id,
+                ifname,
+                dst,
+                vip,
+            } => self
+                .send_probe(&ifname, dst, vip)
+                .await
+                .then_some(Input::ProbeSent { id }),
+        }
+    }
+
+    /// Runs an effect on etcd.
+    async fn etcd_effect(&mut self, effect: Effect) -> Option<Input> {
+        let host = self.core.settings().hostname.clone();
+        let ttl = self.core.settings().ttl;
+        let write = match effect {
+            Effect::Contend { id, lease } => {
+                let outcome =
+                    match election::contend(&self.client, &self.keys, &id, &host, lease, ttl).await
+                    {
+                        Contention::Won => Outcome::Won,
+                        Contention::StillOurs => Outcome::StillOurs,
+                        Contention::Lost => Outcome::Lost,
+                        Contention::Failed => Outcome::Failed,
+                    };
+                return Some(Input::Contended { id, lease, outcome });
+            }
+            Effect::Release { id, lease } => {
+                election::release(&self.client, &self.keys, &id, lease, ttl).await;
+                return None;
+            }
+            Effect::Revoke {
+                id,
+                owner,
+                lease,
+                suspects,
+            } => {
+                let deleted = election::revoke(&self.client, &self.keys, &id, lease, ttl).await;
+                if deleted {
+                    warn!(
+                        vip = %id,
+                        owner = %owner,
+                        lease = format!("{lease:x}"),
+                        ?suspects,
+                        "owner unreachable in the data plane (suspect quorum): owner key deleted, revoking its lease"
+                    );
+                }
+                return Some(Input::Revoked { id, deleted });
+            }
+            Effect::Write {
+                id,
+                why: WriteWhy::State(state),
+                lease,
+            } => Write::Put {
+                key: self.keys.vip_state(&id, &host),
+                value: state.to_string(),
+                lease,
+                stale_after: None,
+            },
+            Effect::Write {
+                id,
+                why:
+                    WriteWhy::Suspect {
+                        owner_lease,
+                        stale_after,
+                    },
+                lease,
+            } => Write::Put {
+                key: self.keys.vip_suspect(&id, &host),
+                value: owner_lease.to_string(),
+                lease,
+                stale_after: Some(std::time::Instant::now() + stale_after),
+            },
+            Effect::DeleteState { id } => Write::Delete {
+                key: self.keys.vip_state(&id, &host),
+            },
+            Effect::Withdraw { id } => Write::Delete {
+                key: self.keys.vip_suspect(&id, &host),
+            },
+            _ => return None,
+        };
+        // One writer, in order: a later write never loses to an earlier one.
+        let _ = self.writes.send(write);
+        None
+    }
+
+    async fn bind(&mut self, id: String, cidr: crate::registry::Cidr, ifname: String) -> Input {
+        let t0 = std::time::Instant::now();
+        let link = match self.nl.link_by_name(&ifname).await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                warn!(vip = %id, interface = %ifname, "interface does not exist");
+                return Input::BindFailed {
+                    id,
+                    cause: "interface missing",
+                };
+            }
+            Err(e) => {
+                warn!(vip = %id, error = %e, "reading links failed");
+                return Input::BindFailed {
+                    id,
+                    cause: "netlink error",
+                };
+            }
+        };
+        match self
+            .nl
+            .add_address(link.index, &ifname, cidr.addr, cidr.prefix_len)
+            .await
+        {
+            Ok(added) => {
+                info!(vip = %id, interface = %ifname, new = added, took_us = t0.elapsed().as_micros(), "vip bound");
+                let binding = Binding {
+                    ifindex: link.index,
+                    ifname,
+                    mac: link.mac.unwrap_or_default(),
+                };
+                Input::Bound { id, binding, added }
+            }
+            Err(e) => {
+                warn!(vip = %id, error = %e, "binding failed");
+                Input::BindFailed {
+                    id,
+                    cause: "bind failed",
+                }
+            }
+        }
+    }
+
+    /// Deletes a VIP's address from where it was bound, or else from its
+    /// interface (after a restart, whatever is there).
+    async fn remove_address(
+        &mut self,
+        id: &str,
+        cidr: crate::registry::Cidr,
+        at: Option<Binding>,
+        ifname: Option<String>,
+        leftover_of: Option<&str>,
+    ) {
+        let (index, ifname) = match (at, ifname) {
+            (Some(b), _) => (b.ifindex, b.ifname),
+            (None, Some(name)) => match self.nl.link_by_name(&name).await {
+                Ok(Some(link)) => (link.index, name),
+                _ => return,
+            },
+            (None, None) => return,
+        };
+        let result = self
+            .nl
+            .delete_address(index, &ifname, cidr.addr, cidr.prefix_len)
+            .await;
+        match (leftover_of, result) {
+            (None, Ok(_)) => info!(vip = %id, interface = %ifname, "vip unbound"),
+            (None, Err(e)) => warn!(vip = %id, error = %e, "unbinding failed"),
+            (Some(owner), Ok(true)) => warn!(
+                vip = %id,
+                interface = %ifname,
+                owner,
+                "removed the address an earlier run left bound: another host owns it"
+            ),
+            (Some(_), Err(e)) => {
+                warn!(vip = %id, error = %e, "removing a leftover address failed");
+            }
+            (Some(_), Ok(false)) => {}
+        }
+    }
+
+    /// Sends one ARP probe; whether it went out.
+    async fn send_probe(&mut self, ifname: &str, dst: Option<MacAddr>, vip: Ipv4Addr) -> bool {
+        if !self.probers.contains_key(ifname) {
+            let Some(mac) = self
+                .nl
+                .link_by_name(ifname)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|l| l.mac)
+            else {
+                return false;
+            };
+            match RawSender::open(ifname) {
+                Ok(s) => {
+                    self.probers.insert(ifname.to_owned(), (s, mac));
+                }
+                Err(e) => {
+                    debug!(interface = %ifname, error = %e, "cannot open a probe socket");
+                    return false;
+                }
+            }
+        }
+        let Some((sender, mac)) = self.probers.get_mut(ifname) else {
+            return false;
+        };
+        match sender.send(&super::frames::arp_probe(*mac, dst, vip)) {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(interface = %ifname, error = %e, "sending a probe failed");
+                false
+            }
+        }
+    }
+}
+
+fn spawn_checker(
+    id: &str,
+    checks: Vec<Check>,
+    s: &Settings,
+    reports: mpsc::Sender<Report>,
+    status: StatusMap,
+) -> JoinHandle<()> {
+    let id = id.to_owned();
+    let (interval, timeout) = (s.health_interval, s.health_timeout);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            let mut ok = true;
+            let mut detail = String::from("no checks");
+            for check in &checks {
+                match super::health::run(check, timeout).await {
+                    Ok(took) => {
+                        status.health_check_seconds.observe(took.as_secs_f64());
+                        detail = format!("ok in {took:?}");
+                    }
+                    Err(e) => {
+                        ok = false;
+                        detail = e.to_string();
+                        break;
+                    }
+                }
+            }
+            if reports
+                .send(Report::Health(id.clone(), ok, detail))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    })
+}
+
+/// Announces `ip` `count` times, `interval` apart. An async task, so
+/// aborting it on unbind stops it between sends: a host must never
+/// announce an address it gave up (a blocking loop could not be
+/// cancelled, and kept pointing clients at the old owner after a graceful
+/// handover).
+fn spawn_announcer(
+    id: &str,
+    ifname: &str,
+    mac: MacAddr,
+    ip: std::net::IpAddr,
+    (count, interval): (u32, Duration),
+    sent: Arc<AtomicU64>,
+) -> JoinHandle<()> {
+    let (id, ifname) = (id.to_owned(), ifname.to_owned());
+    let count = count.max(1);
+    tokio::spawn(async move {
+        // Opening an AF_PACKET socket and sending on it do not block for long.
+        let mut sender = match RawSender::open(&ifname) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(vip = %id, error = %e, "cannot announce");
+                return;
+            }
+        };
+        for i in 0..count {
+            let frames = super::frames::announcement(mac, ip);
+            match frames.iter().try_for_each(|f| sender.send(f)) {
+                Ok(()) => {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => warn!(vip = %id, error = %e, "announcing failed"),
+            }
+            if i + 1 < count {
+                tokio::time::sleep(interval).await;
+            }
+        }
+        debug!(vip = %id, count, "announcements sent");
+    })
+}
+
+/// Loads the eBPF VIP watcher off the subsystem's path (loading and
+/// verifying takes a moment, elections must not wait for it), then hands
+/// it over and forwards its conflicts. Without it (no CAP_BPF, an old
+/// kernel) floating IPs still work, unwatched.
+pub(super) fn start_watcher(reports: mpsc::Sender<Report>, status: StatusMap) {
+    tokio::task::spawn_blocking(move || match VipWatcher::new() {
+        Ok((watcher, conflicts)) => {
+            if reports
+                .blocking_send(Report::WatcherReady(Box::new(watcher)))
+                .is_err()
+            {
+                return;
+            }
+            tokio::spawn(forward_conflicts(conflicts, reports, status));
+        }
+        Err(e) => warn!(error = %e, "the eBPF VIP watcher is not available; conflicts go unseen"),
+    });
+}
+
+async fn forward_conflicts(
+    mut conflicts: ConflictStream,
+    reports: mpsc::Sender<Report>,
+    status: StatusMap,
+) {
+    loop {
+        match conflicts.next().await {
+            Ok(c) => {
+                status.ebpf_events.fetch_add(1, Ordering::Relaxed);
+                if let Ok(n) = conflicts.dropped() {
+                    status.ebpf_ring_drops.store(n, Ordering::Relaxed);
+                }
+                if reports.send(Report::Conflict(c)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "reading VIP conflict events failed");
+                return;
+            }
+        }
+    }
+}

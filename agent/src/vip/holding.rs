@@ -1,0 +1,315 @@
+//! Holding a floating IP, the decision half: taking it up when the owner
+//! key is ours, giving it up on a health failure, a fault, a lost lease or
+//! a fence, and what etcd's loss policies do. Part of [`Core`]: pure.
+
+use std::net::IpAddr;
+
+use tracing::{debug, warn};
+
+use super::Effect;
+use super::core::{Binding, Core, Lease, Owner};
+use super::state::{Event, State};
+
+impl Core {
+    pub(super) fn set_owner(&mut self, id: &str, owner: Option<Owner>) {
+        let lease = self.lease.id;
+        let mine = owner
+            .as_ref()
+            .is_some_and(|(h, l)| h == self.me() && *l == lease && *l != 0);
+        let Some(v) = self.vips.get_mut(id) else {
+            return;
+        };
+        v.owner = owner;
+        let state = v.state;
+        let excluded = self.excluded(&self.vips[id]);
+        match (state, mine) {
+            // Ours, but the record now excludes this host: give it up.
+            (State::Standby, true) if excluded => self.release(id, false),
+            (State::Standby, true) if self.transition(id, Event::Elected, "owner key is ours") => {
+                self.bind(id);
+            }
+            (State::Activated, false) => {
+                self.transition(id, Event::Demoted, "owner key is gone or someone else's");
+                self.unbind(id);
+            }
+            // Ours but not fit to hold it: give it up.
+            (State::Failing, true) => self.release(id, true),
+            // Ours while booting (a restart within the TTL): decided once
+            // the first health result is in.
+            _ => {}
+        }
+        self.evaluate(id);
+    }
+
+    pub(super) fn health(&mut self, id: &str, ok: bool, detail: &str) {
+        let fail_count = self.settings.fail_count;
+        let Some(v) = self.vips.get_mut(id) else {
+            return;
+        };
+        if ok {
+            v.health_passed += 1;
+            v.fails = 0;
+            if v.state == State::Booting || (v.state == State::Failing && !v.fenced) {
+                let booting = v.state == State::Booting;
+                self.transition(id, Event::HealthCheckSuccess, "health check passed");
+                // If the key is already ours (a restart), this takes it up.
+                let owner = self.vips.get(id).and_then(|v| v.owner.clone());
+                if booting
+                    && let Some((host, _)) = &owner
+                    && host != self.me()
+                {
+                    self.clear_leftover(id, host);
+                }
+                self.set_owner(id, owner);
+            }
+            return;
+        }
+        v.health_failed += 1;
+        v.fails += 1;
+        let fails = v.fails;
+        if fails < fail_count && v.state != State::Booting {
+            debug!(vip = %id, fails, detail, "health check failed");
+            return;
+        }
+        let was_active = v.state == State::Activated;
+        if self.transition(id, Event::HealthCheckFail, detail) && was_active {
+            self.release(id, true);
+        }
+    }
+
+    /// Unbinds (when `unbind`) and deletes our owner key, guarded by our
+    /// lease so a new owner's key is never touched.
+    pub(super) fn release(&mut self, id: &str, unbind: bool) {
+        if unbind {
+            self.unbind(id);
+        }
+        self.out.push(Effect::Release {
+            id: id.to_owned(),
+            lease: self.lease.id,
+        });
+        if let Some(v) = self.vips.get_mut(id) {
+            v.owner = None;
+        }
+    }
+
+    pub(super) fn bind(&mut self, id: &str) {
+        let Some(v) = self.vips.get(id) else { return };
+        let cidr = v.spec.cidr;
+        let Some(ifname) = self.interface_of(v) else {
+            warn!(vip = %id, "no interface for this VIP (set --vip-interface or the record's interface)");
+            self.fault(id, "no interface");
+            return;
+        };
+        self.out.push(Effect::Bind {
+            id: id.to_owned(),
+            cidr,
+            ifname,
+        });
+    }
+
+    pub(super) fn bound(&mut self, id: &str, binding: Binding, added: bool) {
+        let settings = &self.settings;
+        let Some(v) = self.vips.get_mut(id) else {
+            return;
+        };
+        let ip = v.spec.cidr.addr;
+        self.out.push(if added {
+            // Announce first: attaching the watcher can take milliseconds.
+            Effect::Announce {
+                id: id.to_owned(),
+                ifname: binding.ifname.clone(),
+                mac: binding.mac,
+                ip,
+                count: settings.garp_count,
+                interval: settings.garp_interval,
+            }
+        } else {
+            Effect::StopAnnouncing { id: id.to_owned() }
+        });
+        if let (true, IpAddr::V4(v4)) = (self.watcher, ip) {
+            // Watch for anyone else claiming it (the data plane is the truth).
+            self.out.push(Effect::AttachWatcher {
+                ifname: binding.ifname.clone(),
+            });
+            self.out.push(Effect::SetWatched {
+                ip: v4,
+                ours: Some(binding.mac),
+            });
+        }
+        v.binding = Some(binding);
+    }
+
+    pub(super) fn unbind(&mut self, id: &str) {
+        let Some(v) = self.vips.get(id) else {
+            return;
+        };
+        let ifname = self.interface_of(v);
+        let watched = self.watcher.then(|| v.v4()).flatten();
+        self.out.push(Effect::StopAnnouncing { id: id.to_owned() });
+        if let Some(v4) = watched {
+            self.out.push(Effect::SetWatched { ip: v4, ours: None });
+        }
+        let Some(v) = self.vips.get_mut(id) else {
+            return;
+        };
+        self.out.push(Effect::RemoveAddress {
+            id: id.to_owned(),
+            cidr: v.spec.cidr,
+            at: v.binding.take(),
+            ifname,
+            leftover_of: None,
+        });
+    }
+
+    /// The address of a held VIP is gone from the kernel: bind it again.
+    pub(super) fn address_gone(&mut self, id: &str) {
+        let Some(v) = self.vips.get_mut(id) else {
+            return;
+        };
+        if v.state != State::Activated || v.binding.is_none() {
+            return;
+        }
+        v.restores += 1;
+        let ifname = v.binding.take().map(|b| b.ifname).unwrap_or_default();
+        warn!(vip = %id, interface = %ifname, restores = v.restores, "the VIP's address is gone from the kernel (removed by hand or with its interface): restoring");
+        // `Bind` finds the interface by name again (it may be a new one).
+        self.bind(id);
+    }
+
+    /// At start, with another host owning `id`: removes the address if an
+    /// earlier run of this agent left it bound (a crash cannot unbind), so
+    /// this host's kernel stops answering for someone else's VIP.
+    pub(super) fn clear_leftover(&mut self, id: &str, owner: &str) {
+        let Some(v) = self.vips.get(id) else { return };
+        let ifname = self.interface_of(v);
+        let Some(v) = self.vips.get_mut(id) else {
+            return;
+        };
+        self.out.push(Effect::RemoveAddress {
+            id: id.to_owned(),
+            cidr: v.spec.cidr,
+            at: v.binding.take(),
+            ifname,
+            leftover_of: Some(owner.to_owned()),
+        });
+    }
+
+    pub(super) fn fault(&mut self, id: &str, cause: &str) {
+        if self.transition(id, Event::Fault, cause) {
+            self.release(id, true);
+        }
+    }
+
+    pub(super) fn lease_changed(&mut self, lease: Lease) {
+        let old = self.lease;
+        self.lease = lease;
+        if lease.id != old.id && old.id != 0 {
+            // A new lease: every owner key on the old one is gone.
+            for id in self.ids_in(State::Activated) {
+                self.transition(&id, Event::Demoted, "lease lost");
+                self.unbind(&id);
+            }
+        }
+        if lease.id != old.id && lease.id != 0 {
+            // Keys on a re-attached lease are ours again.
+            let owners: Vec<(String, Option<Owner>)> = self
+                .vips
+                .iter()
+                .map(|(id, v)| (id.clone(), v.owner.clone()))
+                .collect();
+            for (id, owner) in owners {
+                self.set_owner(&id, owner);
+            }
+        }
+        if lease.failures == 0 && old.failures > 0 {
+            // etcd answers again. Silences seen during the outage may be
+            // owners that fenced themselves: every probe starts afresh, and
+            // suspicions are withdrawn, so a returning owner gets a full
+            // window to answer before anyone can revoke it.
+            for id in self.all_ids() {
+                let withdraw = self
+                    .vips
+                    .get_mut(&id)
+                    .and_then(|v| v.probe.take())
+                    .is_some_and(|p| p.suspected);
+                if withdraw {
+                    self.withdraw(&id);
+                }
+            }
+        }
+        if lease.failures == 0 && lease.id != 0 {
+            // etcd answers: fenced VIPs become eligible again.
+            let fenced: Vec<String> = self
+                .vips
+                .iter()
+                .filter(|(_, v)| v.fenced)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let fail_count = self.settings.fail_count;
+            for id in fenced {
+                let Some(v) = self.vips.get_mut(&id) else {
+                    continue;
+                };
+                v.fenced = false;
+                // Failing health checks during the outage keep it failing
+                // (the next passed check brings it back).
+                if v.fails < fail_count {
+                    self.transition(&id, Event::HealthCheckSuccess, "etcd reachable again");
+                }
+            }
+            for id in self.all_ids() {
+                self.evaluate(&id);
+            }
+        }
+        self.claim_if_lost();
+    }
+
+    /// `claim`: after `--keepalive-retry` failed keepalives, bind every
+    /// eligible VIP nobody here holds (LinK's "at least one host" rule).
+    pub(super) fn claim_if_lost(&mut self) {
+        if self.settings.loss_policy != super::LossPolicy::Claim
+            || self.lease.failures < self.settings.keepalive_retry
+        {
+            return;
+        }
+        let ids: Vec<String> = self
+            .vips
+            .iter()
+            .filter(|(_, v)| v.state == State::Standby && !self.excluded(v))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            warn!(vip = %id, "etcd unreachable: claiming (loss policy claim)");
+            if self.transition(&id, Event::Elected, "claim without etcd") {
+                self.bind(&id);
+            }
+        }
+    }
+
+    /// `release`: unbind before the lease can expire.
+    pub(super) fn fence(&mut self) {
+        if self.settings.loss_policy != super::LossPolicy::Release || self.now < self.lease.deadline
+        {
+            return;
+        }
+        for id in self.ids_in(State::Activated) {
+            warn!(vip = %id, "lease renewal overdue: self-fencing (unbinding before the lease can expire)");
+            self.unbind(&id);
+            if let Some(v) = self.vips.get_mut(&id) {
+                v.fenced = true;
+                v.owner = None;
+            }
+            self.transition(&id, Event::Fault, "self-fenced");
+        }
+    }
+
+    /// Stopping: hand over everything held.
+    pub(super) fn shutdown(&mut self) {
+        for id in self.ids_in(State::Activated) {
+            self.release(&id, true);
+        }
+        for id in self.all_ids() {
+            self.out.push(Effect::StopChecks { id });
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! The floating-IP subsystem's one place of IO: it turns what happens
+//! (registry changes, the ownership lease, health results, eBPF conflicts,
+//! address notifications, timers) into inputs of [`Core`], runs the
+//! effects it returns, on etcd, the kernel and the eBPF watcher, and feeds
+//! their results back.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use etcd_client::Client;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::core::Core;
+use super::{Input, Lease, Observe, Settings, StatusMap};
+use crate::addr::MacAddr;
+use crate::clock::mono_now;
+use crate::ebpf::vip::VipWatcher;
+use crate::etcd::lease::{self, LeaseInfo, LeaseSettings};
+use crate::etcd::writer::{self, Write};
+use crate::kernel::Netlink;
+use crate::kernel::events::KernelEvents;
+use crate::kernel::packet::RawSender;
+use crate::peers::PeerHealth;
+use crate::registry::{Keys, VipChange};
+
+/// How often the ownership lease is renewed: a third of the TTL, at most
+/// every second (see [`fence_margin`]).
+#[must_use]
+pub fn renew_interval(ttl: Duration) -> Duration {
+    (ttl / 3).min(Duration::from_secs(1))
+}
+
+/// The self-fencing margin. The deadline starts from when the acknowledged
+/// keepalive was *sent*, so it is never later than etcd's own expiry (which
+/// counts from when the leader received it). The margin then covers
+/// unbinding itself (a netlink request, about a millisecond) and the fence
+/// tick (50 ms), with room to spare: a tenth of the TTL, at least 200 ms.
+///
+/// An etcd leader change must not trip it. The new leader extends every
+/// lease (to its TTL plus the election timeout), so the lease is never at
+/// risk then, but the owner cannot tell an election from being cut off and
+/// fences at its deadline unless a keepalive gets through first. The time
+/// it has is TTL - renewal interval - margin after the last acknowledged
+/// renewal: with the default 5 s lease renewed every second, 3.5 s, against
+/// etcd's default election (1-2 s after the leader's death, plus ~100 ms to
+/// reconnect, retried every 100-400 ms). With a 2 s lease it is 1.1 s, and
+/// an election may cost a fence and a failover.
+#[must_use]
+pub fn fence_margin(ttl: Duration) -> Duration {
+    (ttl / 10).max(Duration::from_millis(200))
+}
+
+/// The ownership lease's settings.
+#[must_use]
+pub fn lease_settings(s: &Settings) -> LeaseSettings {
+    LeaseSettings {
+        purpose: "ownership",
+        ttl: s.ttl,
+        renew: renew_interval(s.ttl),
+        // Every attempt is bounded by the renewal interval: a request that
+        // lands on a dead or leaderless member must not use up the time
+        // left before the fencing deadline.
+        attempt: renew_interval(s.ttl),
+        margin: fence_margin(s.ttl),
+        file: s.state_dir.as_ref().map(|d| d.join("vip-lease")),
+    }
+}
+
+/// What the subsystem works with besides its settings.
+pub struct Services {
+    pub client: Client,
+    pub keys: Keys,
+    pub nl: Netlink,
+    pub status: StatusMap,
+    pub peers: Arc<PeerHealth>,
+    /// Every change under `<prefix>/vips/`, from the registry sync.
+    pub changes: mpsc::UnboundedReceiver<VipChange>,
+}
+
+/// What the subsystem's own tasks report.
+pub(super) enum Report {
+    Health(String, bool, String),
+    Conflict(crate::ebpf::vip::Conflict),
+    WatcherReady(Box<VipWatcher>),
+}
+
+/// Runs until `stop` turns true, then hands over everything it holds.
+pub async fn run(settings: Settings, services: Services, stop: watch::Receiver<bool>) {
+    let Services {
+        client,
+        keys,
+        nl,
+        status,
+        peers,
+        changes,
+    } = services;
+    let leases = lease_settings(&settings);
+    let (lease_tx, lease_rx) = watch::channel(LeaseInfo::none());
+    let lease_task = tokio::spawn(lease::keep(
+        client.clone(),
+        leases.clone(),
+        lease_tx,
+        status.lease.clone(),
+    ));
+    let (writes, writes_rx) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(writer::run(client.clone(), writes_rx));
+    let (reports, reports_rx) = mpsc::channel(1024);
+    super::effects::start_watcher(reports.clone(), status.clone());
+    let mut shell = Shell {
+        core: Core::new(settings),
+        client,
+        keys,
+        nl,
+        status,
+        peers,
+        reports,
+        writes,
+        watcher: None,
+        checkers: BTreeMap::new(),
+        announcers: BTreeMap::new(),
+        announced: BTreeMap::new(),
+        probers: BTreeMap::new(),
+    };
+    shell.serve(changes, reports_rx, lease_rx, stop).await;
+    lease_task.abort();
+    writer_task.abort();
+    shell.stop().await;
+    lease::forget(&leases);
+}
+
+/// The keeper's view in the core's clock.
+fn lease_of(info: LeaseInfo) -> Lease {
+    let left = info
+        .deadline
+        .saturating_duration_since(std::time::Instant::now());
+    Lease {
+        id: info.id,
+        deadline: mono_now() + left,
+        failures: info.failures,
+    }
+}
+
+pub(super) struct Shell {
+    pub(super) core: Core,
+    pub(super) client: Client,
+    pub(super) keys: Keys,
+    pub(super) nl: Netlink,
+    pub(super) status: StatusMap,
+    pub(super) peers: Arc<PeerHealth>,
+    pub(super) reports: mpsc::Sender<Report>,
+    pub(super) writes: mpsc::UnboundedSender<Write>,
+    /// The eBPF VIP watcher (`None` until loaded, or when it cannot be).
+    pub(super) watcher: Option<VipWatcher>,
+    pub(super) checkers: BTreeMap<String, JoinHandle<()>>,
+    pub(super) announcers: BTreeMap<String, JoinHandle<()>>,
+    /// Announcements sent, per VIP, counted by the announcer tasks.
+    pub(super) announced: BTreeMap<String, Arc<AtomicU64>>,
+    /// Raw senders for probes, per interface, with the interface's MAC.
+    pub(super) probers: BTreeMap<String, (RawSender, MacAddr)>,
+}
+
+/// [`Observe`] over the eBPF watcher and the peer table.
+struct Seen<'a> {
+    watcher: Option<&'a VipWatcher>,
+    peers: &'a PeerHealth,
+}
+
+impl Observe for Seen<'_> {
+    fn seen(&self, vip: Ipv4Addr) -> Option<(MacAddr, Duration)> {
+        self.watcher?.seen(vip)
+    }
+
+    fn other_peer_heard_after(&self, owner: &str, after: Duration) -> bool {
+        self.peers
+            .any_other_heard_after(self.peers.address_of(owner), after)
+    }
+}
+
+impl Shell {
+    /// Turns what happens into inputs until `stop` turns true.
+    async fn serve(
+        &mut self,
+        mut changes: mpsc::UnboundedReceiver<VipChange>,
+        mut reports: mpsc::Receiver<Report>,
+        mut lease: watch::Receiver<LeaseInfo>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let settings = self.core.settings().clone();
+        let mut fence_tick = tokio::time::interval(Duration::from_millis(50));
+        let mut addresses = match KernelEvents::subscribe_addresses() {
+            Ok(events) => Some(events),
+            Err(e) => {
+                warn!(error = %e, "no address notifications: a removed VIP address is restored only at the resync");
+                None
+            }
+        };
+        let mut resync_tick = tokio::time::interval(settings.resync);
+        resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probe_tick = tokio::time::interval(settings.fast.probe_interval);
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let due = self
+                .core
+                .next_due()
+                .map(|t| tokio::time::Instant::now() + t.saturating_sub(mono_now()));
+            tokio::select! {
+                Some(change) = changes.recv() => self.input(Input::Registry(change)).await,
+                Some(report) = reports.recv() => self.report(report).await,
+                r = lease.changed() => {
+                    if r.is_err() { return; }
+                    let info = *lease.borrow_and_update();
+                    self.input(Input::Lease(lease_of(info))).await;
+                }
+                () = async { if let Some(t) = due { tokio::time::sleep_until(t).await } else { std::future::pending().await } } => {
+                    self.input(Input::Tick).await;
+                }
+                _ = fence_tick.tick() => self.input(Input::Tick).await,
+                event = async {
+                    match addresses.as_mut() {
+                        Some(a) => a.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => match event {
+                    Some(event) => {
+                        let concerned = self.core.concerned(&event);
+                        if !concerned.is_empty() {
+                            self.verify_bound(Some(&concerned)).await;
+                        }
+                    }
+                    None => {
+                        warn!("address notifications ended: a removed VIP address is restored only at the resync");
+                        addresses = None;
+                    }
+                },
+                _ = resync_tick.tick() => {
+                    self.verify_bound(None).await;
+                    if let Some(w) = self.watcher.as_mut() {
+                        w.reattach_missing();
+                    }
+                }
+                _ = probe_tick.tick() => self.input(Input::ProbeTick).await,
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Hands everything over and revokes the ownership lease.
+    async fn stop(&mut self) {
+        let handed_over = self
+            .core
+            .vips()
+            .values()
+            .any(|v| v.state == super::State::Activated);
+        self.input(Input::Stop).await;
+        if handed_over && self.watcher.is_some() {
+            // Detaching TC programs takes the RTNL lock through an RCU grace
+            // period, and every host shares that lock: doing it right now
+            // would hold up the successor's bind by 10-20 ms. Let it bind first.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let id = self.core.lease().id;
+        if id != 0 {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), lease::revoke(&self.client, id)).await;
+        }
+    }
+
+    /// Steps the core with `input` and every result of the effects that
+    /// follow, in order; then shares the status.
+    async fn input(&mut self, input: Input) {
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            let seen = Seen {
+                watcher: self.watcher.as_ref(),
+                peers: &self.peers,
+            };
+            let effects = self.core.step(input, mono_now(), &seen);
+            for effect in effects {
+                if let Some(result) = self.effect(effect).await {
+                    queue.push_back(result);
+                }
+            }
+        }
+        self.share();
+    }
+
+    fn share(&mut self) {
+        self.announced
+            .retain(|id, _| self.core.vips().contains_key(id));
+        let announced = &self.announced;
+        self.status.update(&self.core, &|id| {
+            announced.get(id).map_or(0, |n| n.load(Ordering::Relaxed))
+        });
+    }
+
+    async fn report(&mut self, report: Report) {
+        match report {
+            Report::Health(id, ok, detail) => {
+                self.input(Input::Health { id, ok, detail }).await;
+            }
+            Report::Conflict(c) => {
+                let input = Input::Conflict {
+                    ip: c.ip,
+                    foreign_mac: c.foreign_mac,
+                    our_mac: c.our_mac,
+                };
+                self.input(input).await;
+            }
+            Report::WatcherReady(w) => {
+                self.watcher = Some(*w);
+                self.input(Input::WatcherReady).await;
+                info!("eBPF VIP watcher loaded");
+            }
+        }
+    }
+
+    /// Puts back the address of every VIP we hold (or of `only`) that is no
+    /// longer in the kernel: removed by hand, or with its interface.
+    async fn verify_bound(&mut self, only: Option<&[String]>) {
+        let held = self.core.held(only);
+        if held.is_empty() {
+            return;
+        }
+        let present = match self.nl.addresses().await {
+            Ok(present) => present,
+            Err(e) => {
+                warn!(error = %e, "reading addresses to check the VIPs failed");
+                return;
+            }
+        };
+        for (id, ifindex, addr) in held {
+            if !present
+                .iter()
+                .any(|a| a.ifindex == ifindex && a.addr == addr)
+            {
+                self.input(Input::AddressGone { id }).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_is_renewed_every_third_of_the_ttl_and_at_least_every_second() {
+        assert_eq!(
+            renew_interval(Duration::from_secs(3)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            renew_interval(Duration::from_secs(5)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            renew_interval(Duration::from_secs(2)),
+            Duration::from_secs(2) / 3
+        );
+        // The default lease leaves an election 3.5 s before the fence.
+        let ttl = Duration::from_secs(5);
+        assert_eq!(
+            ttl.saturating_sub(renew_interval(ttl) + fence_margin(ttl)),
+            Duration::from_millis(3500)
+        );
+    }
+
+    #[test]
+    fn fence_margin_is_a_tenth_with_a_floor() {
+        assert_eq!(
+            fence_margin(Duration::from_secs(2)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            fence_margin(Duration::from_secs(10)),
+            Duration::from_secs(1)
+        );
+    }
+}

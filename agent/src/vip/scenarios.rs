@@ -1,0 +1,144 @@
+//! The floating-IP decisions in a few plain stories, step by step, on the
+//! property tests' harness ([`super::sim`]).
+
+use super::sim::{Action, HOSTS, ID, Observed, Sim, TTL};
+use super::{Binding, Effect, Input, LossPolicy, Outcome, State, WriteWhy};
+use crate::addr::MacAddr;
+
+fn quiet() -> Observed {
+    Observed {
+        answers: None,
+        others: false,
+    }
+}
+
+/// The plain path, step by step: a record, health, a lease, a contention
+/// won, the address bound and announced, the state written.
+#[test]
+fn a_healthy_host_with_a_lease_takes_a_free_vip() {
+    let mut sim = Sim::new(LossPolicy::Release);
+    sim.deliver(0);
+    sim.act(Action::Health(0, true));
+    let effects = sim.cores[0].step(Input::Tick, sim.now, &quiet());
+    assert!(
+        matches!(effects.as_slice(), [Effect::Contend { lease, .. }] if *lease == sim.etcd.leases[0]),
+        "{effects:?}"
+    );
+    let won = Input::Contended {
+        id: ID.into(),
+        lease: sim.etcd.leases[0],
+        outcome: Outcome::Won,
+    };
+    let effects = sim.cores[0].step(won, sim.now, &quiet());
+    assert!(
+        matches!(&effects[0], Effect::Bind { ifname, .. } if ifname == "eth0"),
+        "{effects:?}"
+    );
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::Write {
+                why: WriteWhy::State(State::Activated),
+                ..
+            }
+        )),
+        "{effects:?}"
+    );
+    let bound = Input::Bound {
+        id: ID.into(),
+        binding: Binding {
+            ifindex: 2,
+            ifname: "eth0".into(),
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        },
+        added: true,
+    };
+    let effects = sim.cores[0].step(bound, sim.now, &quiet());
+    assert!(
+        matches!(&effects[0], Effect::Announce { count: 2, .. }),
+        "{effects:?}"
+    );
+    assert_eq!(sim.cores[0].vips()[ID].state, State::Activated);
+}
+
+/// The fence: past the lease deadline with `release`, the owner unbinds
+/// and stops contending until etcd answers again.
+#[test]
+fn an_owner_past_its_lease_deadline_fences_itself() {
+    let mut sim = Sim::new(LossPolicy::Release);
+    sim.deliver(0);
+    sim.act(Action::Health(0, true));
+    sim.act(Action::Tick(0, 1));
+    assert_eq!(sim.cores[0].vips()[ID].state, State::Activated);
+    sim.act(Action::KeepaliveFailed(0));
+    sim.now += TTL;
+    let effects = sim.cores[0].step(Input::Tick, sim.now, &quiet());
+    assert!(
+        matches!(&effects[1], Effect::RemoveAddress { .. }),
+        "{effects:?}"
+    );
+    assert_eq!(sim.cores[0].vips()[ID].state, State::Failing);
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Release { .. })),
+        "the key expires on its own: {effects:?}"
+    );
+}
+
+/// Fast failover end to end: two standbys whose probes of the owner go
+/// unanswered while they hear each other suspect its lease, the second
+/// suspicion makes the quorum, the owner key is revoked, a standby takes
+/// the VIP.
+#[test]
+fn a_quorum_of_standbys_revokes_a_silent_owner() {
+    let mut sim = Sim::new(LossPolicy::Release);
+    sim.drain();
+    sim.act(Action::Health(0, true));
+    sim.act(Action::Tick(0, 1));
+    assert_eq!(sim.holders(), vec![0]);
+    for h in 1..HOSTS {
+        sim.act(Action::Health(h, true));
+        sim.act(Action::Watcher(h));
+    }
+    sim.drain();
+    let owner_lease = sim.etcd.leases[0];
+    assert_eq!(sim.etcd.owner, Some(("h1".into(), owner_lease)));
+    for _ in 0..8 {
+        for h in 1..HOSTS {
+            sim.act(Action::Probe(h, 1, false, true));
+        }
+        sim.drain();
+    }
+    assert_eq!(sim.etcd.leases[0], 0, "the owner's lease is revoked");
+    sim.drain();
+    for h in 1..HOSTS {
+        sim.act(Action::Tick(h, 100));
+    }
+    sim.drain();
+    let holders = sim.holders();
+    assert!(
+        holders.iter().any(|h| *h != 0),
+        "a standby took over: {holders:?}"
+    );
+}
+
+/// An isolated standby (it hears no other peer either) suspects nobody.
+#[test]
+fn a_standby_that_hears_nobody_suspects_nobody() {
+    let mut sim = Sim::new(LossPolicy::Release);
+    sim.drain();
+    sim.act(Action::Health(0, true));
+    sim.act(Action::Tick(0, 1));
+    for h in 1..HOSTS {
+        sim.act(Action::Health(h, true));
+        sim.act(Action::Watcher(h));
+    }
+    sim.drain();
+    for _ in 0..20 {
+        for h in 1..HOSTS {
+            sim.act(Action::Probe(h, 1, false, false));
+        }
+        sim.drain();
+    }
+    assert!(sim.etcd.members.keys().all(|(_, kind)| kind != "suspect"));
+    assert_eq!(sim.holders(), vec![0]);
+}
