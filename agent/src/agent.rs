@@ -27,11 +27,9 @@ use crate::vip::{FastFailover, FastSettings, LossPolicy};
 
 /// The floating-IP subsystem's settings.
 pub fn vip_settings(args: &AgentArgs, hostname: &str) -> Result<crate::vip::Settings, ConfigError> {
-    let loss_policy: LossPolicy = args
-        .etcd_loss_policy
-        .parse()
-        .map_err(ConfigError::Invalid)?;
-    let fast: FastFailover = args.fast_failover.parse().map_err(ConfigError::Invalid)?;
+    let invalid = |e: crate::vip::UnknownChoice| ConfigError::Invalid(e.to_string());
+    let loss_policy: LossPolicy = args.etcd_loss_policy.parse().map_err(invalid)?;
+    let fast: FastFailover = args.fast_failover.parse().map_err(invalid)?;
     Ok(crate::vip::Settings {
         hostname: hostname.to_owned(),
         default_interface: args.vip_interface.clone(),
@@ -108,6 +106,8 @@ fn registration_lease(args: &AgentArgs) -> LeaseSettings {
         ttl: args.ttl(),
         renew: args.ttl() / 3,
         attempt: etcd::REQUEST_TIMEOUT,
+        // Back within 200 ms of etcd answering again.
+        retry_cap: Duration::from_millis(200),
         margin: Duration::ZERO,
         file: None,
     }

@@ -574,14 +574,7 @@ fn vip(keys: &Keys, secrets: &Secrets, value: &[u8], expect: Expect<'_>) -> bool
 const KNOWN_VIP: &str = "198.18.0.99_32";
 
 fn known_vip() -> VipRecord {
-    VipRecord {
-        address: "198.18.0.99/32".into(),
-        interface: None,
-        checks: vec![],
-        excluded_nodes: vec![],
-        priority: None,
-        ports: None,
-    }
+    VipRecord::new("198.18.0.99/32")
 }
 
 /// A VIP's address prints and parses back, and its id names one record key.

@@ -57,70 +57,95 @@ pub fn admin(etcd: &str, secret: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Starts an agent in host `index` of `lab`.
-pub fn start(
-    lab: &Lab,
-    index: u8,
-    etcd: &str,
-    secret: &Path,
-    segments: &[&str],
-    extra: &[&str],
-) -> Process {
-    start_labeled(lab, index, "agent", etcd, secret, segments, extra)
-}
-
-/// Like [`start`], logging to `<host>-<label>.log`.
-pub fn start_labeled(
-    lab: &Lab,
-    index: u8,
-    label: &str,
-    etcd: &str,
-    secret: &Path,
-    segments: &[&str],
-    extra: &[&str],
-) -> Process {
-    lab.spawn(
-        index,
-        label,
-        command(lab, index, etcd, secret, segments, extra),
-    )
-}
-
-/// The command [`start`] runs (to add to it, e.g. environment variables).
+/// An agent to start in a lab host: where etcd is, the secret, the
+/// segments it joins, more options, and the label of its log file
+/// (`<host>-<label>.log`, default `agent`).
 #[must_use]
-pub fn command(
-    lab: &Lab,
-    index: u8,
-    etcd: &str,
-    secret: &Path,
-    segments: &[&str],
-    extra: &[&str],
-) -> Command {
-    let host = lab.host(index);
-    let mut cmd = Command::new(binary());
-    cmd.args([
-        "agent",
-        "--etcd-server",
-        etcd,
-        "--hostname",
-        &host.name,
-        "--device",
-        &host.ifname,
-    ])
-    .arg("--secret-file")
-    .arg(secret)
-    .args(if segments.is_empty() {
-        vec![]
-    } else {
-        vec!["--segment".to_owned(), segments.join(",")]
-    })
-    // Per host, and the same across restarts (the VIP lease id lives here).
-    .arg("--state-dir")
-    .arg(lab.dir().join(format!("{}-state", host.name)))
-    .args(extra)
-    .env("LINKMESH_LOG", "info,linkmesh=debug")
-    .env("NO_COLOR", "1");
-    cmd
+pub struct Agent<'a> {
+    lab: &'a Lab,
+    host: u8,
+    etcd: String,
+    secret: PathBuf,
+    segments: Vec<String>,
+    args: Vec<String>,
+    label: String,
+}
+
+impl<'a> Agent<'a> {
+    /// An agent in host `host` of `lab` that reaches etcd at `etcd` (the
+    /// `--etcd-server` value) and signs with the secret file `secret`.
+    pub fn new(lab: &'a Lab, host: u8, etcd: &str, secret: &Path) -> Self {
+        Self {
+            lab,
+            host,
+            etcd: etcd.to_owned(),
+            secret: secret.to_path_buf(),
+            segments: Vec::new(),
+            args: Vec::new(),
+            label: "agent".to_owned(),
+        }
+    }
+
+    /// Joins these segments.
+    pub fn segments(mut self, segments: &[&str]) -> Self {
+        self.segments = segments.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
+    /// Adds these options (after the defaults, so they win).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// Logs to `<host>-<label>.log`.
+    pub fn label(mut self, label: &str) -> Self {
+        label.clone_into(&mut self.label);
+        self
+    }
+
+    /// The command it runs (to add to it, environment variables say).
+    #[must_use]
+    pub fn command(&self) -> Command {
+        let host = self.lab.host(self.host);
+        let mut cmd = Command::new(binary());
+        cmd.args([
+            "agent",
+            "--etcd-server",
+            &self.etcd,
+            "--hostname",
+            &host.name,
+            "--device",
+            &host.ifname,
+        ])
+        .arg("--secret-file")
+        .arg(&self.secret)
+        .args(if self.segments.is_empty() {
+            vec![]
+        } else {
+            vec!["--segment".to_owned(), self.segments.join(",")]
+        })
+        // Per host, and the same across restarts (the VIP lease id lives here).
+        .arg("--state-dir")
+        .arg(self.lab.dir().join(format!("{}-state", host.name)))
+        .args(&self.args)
+        .env("LINKMESH_LOG", "info,linkmesh=debug")
+        .env("NO_COLOR", "1");
+        cmd
+    }
+
+    /// Starts it inside its host's namespace; the lab kills it on drop at
+    /// the latest.
+    #[must_use = "dropping the last handle kills the agent"]
+    pub fn start(self) -> Process {
+        self.start_with(self.command())
+    }
+
+    /// Starts `cmd` (this agent's [`Agent::command`], changed) as it.
+    #[must_use = "dropping the last handle kills the agent"]
+    pub fn start_with(&self, cmd: Command) -> Process {
+        self.lab.spawn(self.host, &self.label, cmd)
+    }
 }
 
 /// Polls `f` every 20 ms until it is true or `timeout` passes; returns the

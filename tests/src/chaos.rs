@@ -16,14 +16,13 @@ use crate::agent::{self, add_address, ping, wait_until};
 use crate::etcd::EtcdCluster;
 use crate::kernel;
 use crate::process::Process;
-use crate::vip_lab::VipLab;
+use crate::testbed::Testbed;
 
 /// The segment every agent joins.
 pub const SEGMENT: &str = "blue";
 const VNI: u32 = 100;
 /// Hosts 1..=AGENTS run agents; host AGENTS + 1 is the client.
 pub const AGENTS: u8 = 3;
-const SECRET: &str = "chaos-lab-secret-0123456789";
 /// Generous: two cores, and other tests may run at the same time.
 const SETTLE: Duration = Duration::from_secs(20);
 /// How often the holders are sampled (plus the time a sample takes).
@@ -42,7 +41,7 @@ pub fn ms(d: Duration) -> u128 {
 
 /// The lab, etcd, and 3 agents in the mesh and contending for the VIP.
 pub struct Rig {
-    pub v: VipLab<EtcdCluster>,
+    pub v: Testbed<EtcdCluster>,
     /// Agent of host `i + 1`.
     pub agents: Vec<Process>,
     /// Who held the VIP once the rig settled.
@@ -57,8 +56,10 @@ impl Rig {
     /// state and both probe paths answer.
     #[must_use]
     pub fn start(members: usize, extra: &[&str]) -> Self {
-        let v = VipLab::with_cluster(AGENTS, members, SECRET, &[]);
-        v.add_segment(SEGMENT, VNI);
+        let v = Testbed::builder(AGENTS)
+            .segment(SEGMENT, VNI)
+            .vip(&[])
+            .build_cluster(members);
         let agents = (1..=AGENTS)
             .map(|h| v.agent_with(h, "agent", &[SEGMENT], extra))
             .collect();
@@ -67,18 +68,11 @@ impl Rig {
             agents,
             owner: 0,
         };
+        if let Err(e) = rig.v.wait_mesh(SEGMENT, 1..=AGENTS, SETTLE) {
+            panic!("{e}\n{}", rig.logs());
+        }
         for h in 1..=AGENTS {
-            let others: Vec<IpAddr> = (1..=AGENTS)
-                .filter(|o| *o != h)
-                .map(|o| IpAddr::V4(rig.v.lab.host(o).addr))
-                .collect();
             let ns = rig.v.lab.host(h).netns.clone();
-            assert!(
-                agent::wait_peers(&ns, SEGMENT, &others, SETTLE).is_some(),
-                "full mesh at h{h}: {:?}\n{}",
-                agent::peers(&ns, SEGMENT),
-                rig.logs()
-            );
             add_address(&ns, SEGMENT, &format!("{}/24", rig.overlay(h)));
         }
         rig.owner = rig

@@ -106,6 +106,55 @@ pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 /// `TC_ACT_SHOT`: dropped (consumed).
 pub const TC_ACT_SHOT: u32 = 2;
 
+/// The embedded eBPF object with one classifier loaded (not attached), for
+/// `BPF_PROG_TEST_RUN`: what the eBPF tests and the benchmark share.
+pub struct Loaded {
+    pub ebpf: aya::Ebpf,
+    program: &'static str,
+}
+
+impl Loaded {
+    /// Loads the object and the classifier `program`.
+    #[must_use]
+    pub fn new(program: &'static str) -> Self {
+        let mut ebpf = linkmesh::ebpf::load().expect("loading the object");
+        linkmesh::ebpf::load_classifier(&mut ebpf, program)
+            .unwrap_or_else(|e| panic!("loading {program}: {e}"));
+        Self { ebpf, program }
+    }
+
+    /// Runs the classifier `repeat` times on `frame`; its return code.
+    pub fn run(&mut self, frame: &[u8], repeat: u32) -> u32 {
+        test_run(&mut self.ebpf, self.program, frame, repeat)
+    }
+
+    /// Takes map `name` out of the object, typed.
+    pub fn take<M>(&mut self, name: &'static str) -> M
+    where
+        M: TryFrom<aya::maps::Map>,
+        M::Error: std::fmt::Debug,
+    {
+        let map = self
+            .ebpf
+            .take_map(name)
+            .unwrap_or_else(|| panic!("the object has no map {name}"));
+        M::try_from(map).unwrap_or_else(|e| panic!("map {name}: {e:?}"))
+    }
+}
+
+/// Every record waiting in `ring`, parsed with `parse` (which must take
+/// each whole).
+pub fn drain<T>(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    parse: fn(&[u8]) -> Option<T>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        out.push(parse(&item).expect("a whole record"));
+    }
+    out
+}
+
 /// Runs the loaded classifier `program` of `ebpf` `repeat` times on `frame`
 /// through `BPF_PROG_TEST_RUN`; returns its return code.
 pub fn test_run(ebpf: &mut aya::Ebpf, program: &'static str, frame: &[u8], repeat: u32) -> u32 {

@@ -19,7 +19,10 @@ pub mod pki;
 pub mod process;
 pub mod rng;
 pub mod synthetic;
-pub mod vip_lab;
+pub mod testbed;
+
+/// The shared secret every lab signs its records with.
+pub const SECRET: &str = "linkmesh-lab-secret-0123456789abcdef";
 
 /// Prefix of every namespace, link and etcd member the lab creates.
 /// `cargo xtask test` looks for leftovers with it.

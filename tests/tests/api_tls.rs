@@ -10,7 +10,7 @@ use std::time::Duration;
 use linkmesh_tests::agent::{self, in_host, wait_until};
 use linkmesh_tests::pki::Pki;
 use linkmesh_tests::require_root;
-use linkmesh_tests::vip_lab::VipLab;
+use linkmesh_tests::testbed::Testbed;
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -19,7 +19,7 @@ fn path(p: &Path) -> &str {
 #[test]
 fn the_api_serves_https_that_the_cli_verifies() {
     require_root!();
-    let v = VipLab::new(1, "api-tls-secret-0123456789", &[]);
+    let v = Testbed::builder(1).vip(&[]).build();
     let dir = v.lab.dir().join("api-pki");
     std::fs::create_dir_all(&dir).expect("pki dir");
     // The agent's API listens on 127.0.0.1 inside its namespace.

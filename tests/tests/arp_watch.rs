@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use linkmesh::addr::MacAddr;
-use linkmesh::ebpf::{self as watch, ArpOp, ArpPacket, ArpWatcher};
+use linkmesh::ebpf::{ArpOp, ArpPacket, ArpWatcher};
 use linkmesh_common::{ARP_EVENTS_MAP, ARP_PROGRAM, ArpEvent, DROP_RING_FULL, DROPS_MAP};
 use linkmesh_tests::frame::{self, TC_ACT_UNSPEC};
 use linkmesh_tests::lab::{Host, Lab};
@@ -136,38 +136,28 @@ fn arp_frame(op: u16, tags: &[(u16, u16)]) -> Vec<u8> {
     f
 }
 
+/// `arp_watch` loaded, with its event ring and drop counters.
 struct Loaded {
-    ebpf: aya::Ebpf,
+    bpf: frame::Loaded,
     events: RingBuf<MapData>,
     drops: PerCpuArray<MapData, u64>,
 }
 
 impl Loaded {
     fn new() -> Self {
-        let mut ebpf = watch::load().expect("loading the object");
-        watch::load_arp_classifier(&mut ebpf).expect("loading the classifier");
-        let events = RingBuf::try_from(ebpf.take_map(ARP_EVENTS_MAP).expect("events map"))
-            .expect("a ring buffer");
-        let drops = PerCpuArray::try_from(ebpf.take_map(DROPS_MAP).expect("drops map"))
-            .expect("a per-CPU array");
-        Self {
-            ebpf,
-            events,
-            drops,
-        }
+        let mut bpf = frame::Loaded::new(ARP_PROGRAM);
+        let events = bpf.take(ARP_EVENTS_MAP);
+        let drops = bpf.take(DROPS_MAP);
+        Self { bpf, events, drops }
     }
 
     /// Runs the classifier `repeat` times on `frame`; returns its return code.
     fn run(&mut self, frame: &[u8], repeat: u32) -> u32 {
-        frame::test_run(&mut self.ebpf, ARP_PROGRAM, frame, repeat)
+        self.bpf.run(frame, repeat)
     }
 
     fn drain(&mut self) -> Vec<ArpEvent> {
-        let mut out = Vec::new();
-        while let Some(item) = self.events.next() {
-            out.push(ArpEvent::from_bytes(&item).expect("a whole event"));
-        }
-        out
+        frame::drain(&mut self.events, ArpEvent::from_bytes)
     }
 
     fn dropped(&self) -> u64 {

@@ -29,7 +29,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use linkmesh_tests::agent::{self, admin, peers, wait_until};
+use linkmesh_tests::agent::{self, Agent, admin, peers, wait_until};
 use linkmesh_tests::etcd::Etcd;
 use linkmesh_tests::lab::Lab;
 use linkmesh_tests::percentile;
@@ -40,7 +40,7 @@ use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::neighbour::NeighbourAttribute;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-const SECRET: &str = "churn-lab-secret-0123456789abcdef";
+use linkmesh_tests::SECRET;
 /// Synthetic peers, `syn-000` ... `syn-199`.
 const PEERS: usize = 200;
 /// Joined before the churn starts.
@@ -493,7 +493,9 @@ fn run(lab: &Lab, etcd: &Etcd) -> Outcome {
             registry.join(i).await;
         }
     });
-    let agent = agent::start(lab, 1, &etcd.endpoint(), &secret, &["blue"], &[]);
+    let agent = Agent::new(lab, 1, &etcd.endpoint(), &secret)
+        .segments(&["blue"])
+        .start();
     let initial = addresses(&joined);
     let synced = wait_until(Duration::from_secs(30), || {
         peers(&ns, "blue").as_deref() == Some(&initial[..])

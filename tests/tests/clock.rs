@@ -5,12 +5,11 @@
 
 use std::time::Duration;
 
-use linkmesh_tests::agent::{self, wait_until};
+use linkmesh_tests::agent::{self, Agent, wait_until};
 use linkmesh_tests::process::Process;
 use linkmesh_tests::require_root;
-use linkmesh_tests::vip_lab::VipLab;
+use linkmesh_tests::testbed::Testbed;
 
-const SECRET: &str = "clock-secret-0123456789abcdef";
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 /// Seconds of the day of the last log line's timestamp (UTC).
@@ -38,7 +37,7 @@ fn a_wall_clock_jump_on_the_owner_causes_no_failover_and_expires_nothing() {
         std::path::Path::new(LIBFAKETIME).exists(),
         "{LIBFAKETIME} is missing: `cargo xtask test` installs Debian's faketime"
     );
-    let v = VipLab::new(3, SECRET, &[]);
+    let v = Testbed::builder(3).vip(&[]).build();
     v.add_segment("blue", 100);
     let offset = v.lab.dir().join("faketime");
     std::fs::write(&offset, "+0\n").expect("offset file");
@@ -51,7 +50,10 @@ fn a_wall_clock_jump_on_the_owner_causes_no_failover_and_expires_nothing() {
         "2",
     ];
     let endpoint = v.etcd.endpoint();
-    let mut cmd = agent::command(&v.lab, 1, &endpoint, &v.secret, &["blue"], &args);
+    let mut cmd = Agent::new(&v.lab, 1, &endpoint, &v.secret)
+        .segments(&["blue"])
+        .args(&args)
+        .command();
     cmd.env("LD_PRELOAD", LIBFAKETIME)
         .env("FAKETIME_TIMESTAMP_FILE", &offset)
         .env("FAKETIME_NO_CACHE", "1")
@@ -64,14 +66,12 @@ fn a_wall_clock_jump_on_the_owner_causes_no_failover_and_expires_nothing() {
         agents[0].log()
     );
     for h in 2..=3 {
-        agents.push(agent::start(
-            &v.lab,
-            h,
-            &endpoint,
-            &v.secret,
-            &["blue"],
-            &args,
-        ));
+        agents.push(
+            Agent::new(&v.lab, h, &endpoint, &v.secret)
+                .segments(&["blue"])
+                .args(&args)
+                .start(),
+        );
     }
     let peers = |h: u8| agent::peers(&v.lab.host(h).netns, "blue").map_or(0, |p| p.len());
     let meshed = wait_until(Duration::from_secs(15), || (1..=3).all(|h| peers(h) == 2));

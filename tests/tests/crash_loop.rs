@@ -16,9 +16,8 @@ use linkmesh_tests::kernel;
 use linkmesh_tests::process::Process;
 use linkmesh_tests::require_root;
 use linkmesh_tests::rng::Rng;
-use linkmesh_tests::vip_lab::VipLab;
+use linkmesh_tests::testbed::Testbed;
 
-const SECRET: &str = "crash-loop-secret-0123456789abcdef";
 const RESTARTS: usize = 50;
 
 /// `ping -D -i 0.01` in a namespace until [`Pinger::finish`] (SIGINT); its
@@ -85,7 +84,7 @@ struct Counts {
     tcx: Vec<String>,
 }
 
-fn counts(v: &VipLab, crasher: u8) -> Counts {
+fn counts(v: &Testbed, crasher: u8) -> Counts {
     let hosts = 1..=v.agents;
     let ns = |h: u8| v.lab.host(h).netns.clone();
     let mut tcx = kernel::tcx_programs(&ns(crasher), "eth0");
@@ -105,15 +104,12 @@ fn counts(v: &VipLab, crasher: u8) -> Counts {
 #[test]
 fn fifty_crashes_lose_no_overlay_ping_and_leak_nothing() {
     require_root!();
-    let v = VipLab::new(3, SECRET, &[]);
-    v.add_segment("blue", 100);
-    let endpoint = v.etcd.endpoint();
+    let v = Testbed::builder(3).segment("blue", 100).vip(&[]).build();
     let args = ["--vip-interface", "eth0", "--keepalive-interval", "2"];
-    let start = |h: u8| agent::start(&v.lab, h, &endpoint, &v.secret, &["blue"], &args);
-    let mut agents: Vec<Process> = (1..=3).map(start).collect();
-    let peers = |h: u8| agent::peers(&v.lab.host(h).netns, "blue").map_or(0, |p| p.len());
-    let meshed = wait_until(Duration::from_secs(20), || (1..=3).all(|h| peers(h) == 2));
-    assert!(meshed.is_some(), "full mesh");
+    let mut agents: Vec<Process> = v.start_agents(&["blue"], &args);
+    if let Err(e) = v.wait_mesh("blue", 1..=3, Duration::from_secs(20)) {
+        panic!("{e}");
+    }
     let owner = v
         .wait_single_holder(Duration::from_secs(15), None)
         .expect("an owner");
@@ -146,15 +142,12 @@ fn fifty_crashes_lose_no_overlay_ping_and_leak_nothing() {
         let wait_ms = 200 + rng.below(2801);
         std::thread::sleep(Duration::from_millis(wait_ms));
         agents[index].kill();
-        agents[index] = agent::start_labeled(
-            &v.lab,
-            crasher,
-            &format!("agent-{i}"),
-            &endpoint,
-            &v.secret,
-            &["blue"],
-            &args,
-        );
+        agents[index] = v
+            .bare_agent(crasher)
+            .label(&format!("agent-{i}"))
+            .segments(&["blue"])
+            .args(&args)
+            .start();
     }
     // The last one runs to readiness, then probing stops.
     let last_ready = wait_until(Duration::from_secs(10), || ready(&agents[index]));

@@ -9,6 +9,22 @@ use std::time::{Duration, Instant};
 
 use linkmesh_tests::require_root;
 
+/// The demo binary (`cargo xtask test` builds it before the integration
+/// tests; `LINKMESH_DEMO_BIN` overrides the path).
+fn demo_binary() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("LINKMESH_DEMO_BIN") {
+        return p.into();
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/linkmesh-demo");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p linkmesh-tools --bin linkmesh-demo` \
+         (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
 /// What of slot `slot`'s lab still exists: namespaces and the root veth.
 fn remains(slot: &str) -> Vec<String> {
     let prefix = format!("lmt-{slot}-");
@@ -30,7 +46,7 @@ fn remains(slot: &str) -> Vec<String> {
 /// reads until a line containing `until`, closes the pipes, sends SIGINT
 /// and checks that the demo exits and leaves nothing behind.
 fn interrupt_with_closed_output(until: &str, stderr_too: bool) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_linkmesh-demo"));
+    let mut cmd = Command::new(demo_binary());
     cmd.stdin(Stdio::null()).stdout(Stdio::piped());
     cmd.stderr(if stderr_too {
         Stdio::piped()

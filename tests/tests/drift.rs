@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 use linkmesh_tests::agent::{self, wait_until};
 use linkmesh_tests::process::Process;
 use linkmesh_tests::require_root;
-use linkmesh_tests::vip_lab::VipLab;
+use linkmesh_tests::testbed::Testbed;
 
-const SECRET: &str = "drift-secret-0123456789abcdef";
 /// The agents' `--resync-interval`, seconds.
 const RESYNC: u64 = 3;
 
-fn agents(v: &VipLab) -> Vec<Process> {
+fn agents(v: &Testbed) -> Vec<Process> {
     let resync = RESYNC.to_string();
     (1..=v.agents)
         .map(|h| v.agent(h, "agent", &["--resync-interval", &resync]))
@@ -26,7 +25,7 @@ fn agents(v: &VipLab) -> Vec<Process> {
 #[test]
 fn a_vip_address_removed_by_hand_is_restored_and_announced_at_once() {
     require_root!();
-    let v = VipLab::new(3, SECRET, &[]);
+    let v = Testbed::builder(3).vip(&[]).build();
     let agents = agents(&v);
     let owner = v
         .wait_single_holder(Duration::from_secs(15), None)
@@ -87,7 +86,7 @@ fn a_vip_address_removed_by_hand_is_restored_and_announced_at_once() {
 #[test]
 fn detached_ebpf_programs_are_attached_again_within_one_resync() {
     require_root!();
-    let v = VipLab::new(2, SECRET, &[]);
+    let v = Testbed::builder(2).vip(&[]).build();
     let agents = agents(&v);
     let owner = v
         .wait_single_holder(Duration::from_secs(15), None)

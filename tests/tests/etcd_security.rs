@@ -8,13 +8,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use linkmesh_tests::agent::{self, wait_until};
+use linkmesh_tests::agent::{self, Agent, wait_until};
 use linkmesh_tests::etcd::Etcd;
 use linkmesh_tests::lab::Lab;
 use linkmesh_tests::pki::Pki;
 use linkmesh_tests::require_root;
 
-const SECRET: &str = "etcd-security-secret-0123456789";
+use linkmesh_tests::SECRET;
 
 /// `linkmesh ARGS ACCESS --etcd-server ENDPOINT --secret-file ...`, where
 /// ACCESS are the TLS or user options: (ok, stdout, stderr).
@@ -78,7 +78,10 @@ fn mutual_tls_works_with_the_right_ca_and_fails_clearly_otherwise() {
     // An agent over mutual TLS registers and programs its segment.
     let mut extra: Vec<&str> = good.to_vec();
     extra.extend_from_slice(&["--vip-interface", "eth0"]);
-    let a = agent::start(&lab, 1, &endpoint, &secret, &["blue"], &extra);
+    let a = Agent::new(&lab, 1, &endpoint, &secret)
+        .segments(&["blue"])
+        .args(&extra)
+        .start();
     let registered = wait_until(Duration::from_secs(10), || {
         a.log().contains("registered host=h1")
             && linkmesh_tests::kernel::link(&lab.host(1).netns, "blue").is_some()
@@ -147,7 +150,7 @@ fn an_expired_etcd_token_is_refreshed_and_the_agent_keeps_writing() {
     add(100);
     let mut extra = user.to_vec();
     extra.extend_from_slice(&["--vip-interface", "eth0"]);
-    let a = agent::start(&lab, 1, &endpoint, &secret, &[], &extra);
+    let a = Agent::new(&lab, 1, &endpoint, &secret).args(&extra).start();
     let first = wait_until(Duration::from_secs(15), || bound(100));
     assert!(first.is_some(), "{}", a.log());
     // Three token lifetimes: the agent's token has expired by now (its

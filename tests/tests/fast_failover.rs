@@ -6,18 +6,18 @@ use std::time::{Duration, Instant};
 use linkmesh_tests::agent::{self, wait_until};
 use linkmesh_tests::process::Process;
 use linkmesh_tests::require_root;
-use linkmesh_tests::vip_lab::VipLab;
+use linkmesh_tests::testbed::Testbed;
 use serde_json::Value;
 
-const SECRET: &str = "fast-failover-secret-0123456789";
+use linkmesh_tests::SECRET;
 
-fn in_host(v: &VipLab, host: u8, args: &[&str]) -> String {
+fn in_host(v: &Testbed, host: u8, args: &[&str]) -> String {
     agent::in_host(&v.lab, host, args)
         .unwrap_or_else(|e| panic!("linkmesh {args:?} in h{host}: {e}"))
 }
 
 /// `linkmesh peers --json` on `host`: the row of every peer, by host name.
-fn peers(v: &VipLab, host: u8) -> std::collections::BTreeMap<String, Value> {
+fn peers(v: &Testbed, host: u8) -> std::collections::BTreeMap<String, Value> {
     // The API comes up a moment after the agent starts.
     let Ok(text) = agent::in_host(&v.lab, host, &["peers", "--json"]) else {
         return std::collections::BTreeMap::new();
@@ -42,7 +42,7 @@ fn age_ms(row: Option<&Value>) -> Option<f64> {
 /// Starts agents on hosts 1..=agents with a long ownership lease, so only
 /// the data-plane path can move the VIP quickly; waits until one holds it
 /// and every other one says STANDBY in etcd. Returns them and the owner.
-fn start(v: &VipLab, lease_secs: &str) -> (Vec<Process>, u8) {
+fn start(v: &Testbed, lease_secs: &str) -> (Vec<Process>, u8) {
     let agents: Vec<_> = (1..=v.agents)
         .map(|h| v.agent(h, "agent", &["--keepalive-interval", lease_secs]))
         .collect();
@@ -70,14 +70,14 @@ fn start(v: &VipLab, lease_secs: &str) -> (Vec<Process>, u8) {
     (agents, owner)
 }
 
-fn suspects(v: &VipLab) -> Vec<(String, String)> {
+fn suspects(v: &Testbed) -> Vec<(String, String)> {
     v.get(&format!("/linkmesh/vips/{}/suspect/", v.id))
 }
 
 #[test]
 fn peers_are_listed_with_their_last_seen_age() {
     require_root!();
-    let v = VipLab::new(3, SECRET, &[]);
+    let v = Testbed::builder(3).vip(&[]).build();
     let agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
     let names: Vec<String> = (2..=3).map(|h| v.lab.host(h).name.clone()).collect();
     let fresh = wait_until(Duration::from_secs(10), || {
@@ -128,7 +128,7 @@ fn peers_are_listed_with_their_last_seen_age() {
 #[test]
 fn a_dead_owner_is_replaced_through_the_data_plane_well_before_its_lease_expires() {
     require_root!();
-    let v = VipLab::new(4, SECRET, &[]);
+    let v = Testbed::builder(4).vip(&[]).build();
     // A 10 s lease: the lease path alone would take 10 s.
     let (agents, owner) = start(&v, "10");
     std::thread::sleep(Duration::from_millis(500));
@@ -170,7 +170,7 @@ fn a_dead_owner_is_replaced_through_the_data_plane_well_before_its_lease_expires
 #[test]
 fn a_stopped_agent_on_a_live_host_keeps_its_vip_while_its_lease_lives() {
     require_root!();
-    let v = VipLab::new(4, SECRET, &[]);
+    let v = Testbed::builder(4).vip(&[]).build();
     let (agents, owner) = start(&v, "10");
     let victim = &agents[usize::from(owner - 1)];
     victim.signal(libc::SIGSTOP).expect("SIGSTOP");
@@ -192,7 +192,7 @@ fn a_stopped_agent_on_a_live_host_keeps_its_vip_while_its_lease_lives() {
 #[test]
 fn an_isolated_standby_suspects_nobody() {
     require_root!();
-    let v = VipLab::new(4, SECRET, &[]);
+    let v = Testbed::builder(4).vip(&[]).build();
     let (agents, owner) = start(&v, "10");
     let standby = (1..=4).find(|h| *h != owner).expect("a standby");
     v.lab.host(standby).cut();
@@ -214,7 +214,7 @@ fn an_isolated_standby_suspects_nobody() {
 }
 
 /// Names of the TCX programs on `host`'s eth0 ingress.
-fn tcx_programs(v: &VipLab, host: u8) -> Vec<String> {
+fn tcx_programs(v: &Testbed, host: u8) -> Vec<String> {
     let mut names = linkmesh_tests::kernel::tcx_programs(&v.lab.host(host).netns, "eth0");
     names.sort();
     names
@@ -223,7 +223,7 @@ fn tcx_programs(v: &VipLab, host: u8) -> Vec<String> {
 #[test]
 fn restarts_never_stack_attachments_and_exit_detaches_them() {
     require_root!();
-    let v = VipLab::new(1, SECRET, &[]);
+    let v = Testbed::builder(1).vip(&[]).build();
     let expected = vec!["peer_watch".to_owned(), "vip_watch".to_owned()];
     let first = v.agent(1, "first", &[]);
     let attached = wait_until(Duration::from_secs(10), || tcx_programs(&v, 1) == expected);
@@ -258,7 +258,9 @@ fn restarts_never_stack_attachments_and_exit_detaches_them() {
 fn a_standby_reports_a_stray_holder_of_a_vip_nobody_owns() {
     require_root!();
     // Both agents are excluded: etcd never names an owner.
-    let v = VipLab::new(2, SECRET, &["--exclude", "h1", "--exclude", "h2"]);
+    let v = Testbed::builder(2)
+        .vip(&["--exclude", "h1", "--exclude", "h2"])
+        .build();
     let agents: Vec<_> = (1..=2).map(|h| v.agent(h, "agent", &[])).collect();
     let client = v.lab.host(v.client());
     agent::add_address(&client.netns, "eth0", &format!("{}/24", v.vip));
@@ -284,7 +286,7 @@ fn a_standby_reports_a_stray_holder_of_a_vip_nobody_owns() {
 #[test]
 fn a_restarted_agent_removes_the_address_its_crash_left_bound() {
     require_root!();
-    let v = VipLab::new(3, SECRET, &[]);
+    let v = Testbed::builder(3).vip(&[]).build();
     let mut agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
     let owner = v
         .wait_single_holder(Duration::from_secs(15), None)
@@ -316,7 +318,7 @@ fn a_restarted_agent_removes_the_address_its_crash_left_bound() {
 #[test]
 fn status_matches_the_kernel() {
     require_root!();
-    let v = VipLab::new(3, SECRET, &[]);
+    let v = Testbed::builder(3).vip(&[]).build();
     v.add_segment("blue", 100);
     let agents: Vec<_> = (1..=3).map(|h| v.mesh_agent(h, &["blue"])).collect();
     let owner = v
@@ -366,7 +368,7 @@ fn status_matches_the_kernel() {
 #[test]
 fn json_logs_are_one_object_per_line_with_the_structured_fields() {
     require_root!();
-    let v = VipLab::new(1, SECRET, &[]);
+    let v = Testbed::builder(1).vip(&[]).build();
     let a = v.agent(1, "json", &["--log-format", "json"]);
     let bound = v.wait_single_holder(Duration::from_secs(15), None);
     assert_eq!(bound, Some(1), "{}", a.log());
@@ -405,7 +407,7 @@ fn series(scrape: &str, name: &str, labels: &str) -> Option<f64> {
 #[test]
 fn metrics_after_a_failover_show_one_owner_and_moving_counters() {
     require_root!();
-    let v = VipLab::new(3, SECRET, &[]);
+    let v = Testbed::builder(3).vip(&[]).build();
     let agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
     let first = v
         .wait_single_holder(Duration::from_secs(15), None)
@@ -461,7 +463,7 @@ fn metrics_after_a_failover_show_one_owner_and_moving_counters() {
 #[test]
 fn unreachable_registered_hosts_do_not_silence_heartbeats_to_live_ones() {
     require_root!();
-    let v = VipLab::new(2, SECRET, &[]);
+    let v = Testbed::builder(2).vip(&[]).build();
     // Eight registered hosts that do not exist (inside the lab's /24): the
     // kernel queues heartbeats to them while ARP fails, charged to the
     // socket that sent them.

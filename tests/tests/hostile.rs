@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
 use linkmesh::registry::VipRecord;
 use linkmesh::registry::{HostRecord, Secrets, SegmentSpec, open, seal};
-use linkmesh_tests::agent::{self, http, peers, wait_until};
+use linkmesh_tests::agent::{http, peers, wait_until};
 use linkmesh_tests::process::Process;
 use linkmesh_tests::require_root;
 use linkmesh_tests::rng::Rng;
-use linkmesh_tests::vip_lab::VipLab;
+use linkmesh_tests::testbed::Testbed;
 
-const SECRET: &str = "hostile-lab-secret-0123456789";
+use linkmesh_tests::SECRET;
 const WRONG_SECRET: &str = "an-attackers-own-secret-000";
 const HUGE: usize = 1 << 20;
 const JUNK: usize = 10_000;
@@ -45,7 +45,7 @@ const RSS_SLACK_KIB: u64 = 32 * 1024;
 /// The lab, its agents, and a client for writing junk from the root
 /// namespace (where the lab's etcd listens).
 struct Hostile {
-    v: VipLab,
+    v: Testbed,
     agents: Vec<Process>,
     rt: tokio::runtime::Runtime,
     client: Client,
@@ -73,31 +73,22 @@ impl Hostile {
     /// Three agents on blue that may hold the VIP; `fast_failover` off
     /// leaves ownership to the leases alone.
     fn start(fast_failover: bool) -> Self {
-        let v = VipLab::new(3, SECRET, &[]);
-        v.add_segment("blue", 100);
+        let v = Testbed::builder(3).segment("blue", 100).vip(&[]).build();
         let resync = RESYNC_SECS.to_string();
         let mode = if fast_failover { "auto" } else { "off" };
-        let agents: Vec<_> = (1..=3)
-            .map(|h| {
-                agent::start(
-                    &v.lab,
-                    h,
-                    &v.etcd.endpoint(),
-                    &v.secret,
-                    &["blue"],
-                    &[
-                        "--vip-interface",
-                        "eth0",
-                        "--keepalive-interval",
-                        "2",
-                        "--resync-interval",
-                        &resync,
-                        "--fast-failover",
-                        mode,
-                    ],
-                )
-            })
-            .collect();
+        let agents = v.start_agents(
+            &["blue"],
+            &[
+                "--vip-interface",
+                "eth0",
+                "--keepalive-interval",
+                "2",
+                "--resync-interval",
+                &resync,
+                "--fast-failover",
+                mode,
+            ],
+        );
         let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
         let client = rt.block_on(v.etcd.client());
         let h = Self {
@@ -107,18 +98,9 @@ impl Hostile {
             client,
             secrets: Secrets::from_text(SECRET).expect("the lab secret"),
         };
-        for host in 1..=3u8 {
-            let want = h.others(host);
-            let ns = h.v.lab.host(host).netns.clone();
-            assert!(
-                wait_until(Duration::from_secs(15), || {
-                    peers(&ns, "blue").as_deref() == Some(&want[..])
-                })
-                .is_some(),
-                "full mesh at h{host}: {:?}\n{}",
-                peers(&ns, "blue"),
-                h.agents[usize::from(host - 1)].log()
-            );
+        if let Err(e) = h.v.wait_mesh("blue", 1..=3, Duration::from_secs(15)) {
+            let logs: String = h.agents.iter().map(Process::log).collect();
+            panic!("{e}\n{logs}");
         }
         assert!(
             h.v.wait_single_holder(Duration::from_secs(15), None)
@@ -127,20 +109,6 @@ impl Hostile {
             h.v.holders()
         );
         h
-    }
-
-    fn ip(&self, host: u8) -> IpAddr {
-        IpAddr::V4(self.v.lab.host(host).addr)
-    }
-
-    /// The other agents' underlay addresses, sorted (host's blue peers).
-    fn others(&self, host: u8) -> Vec<IpAddr> {
-        let mut want: Vec<_> = (1..=3u8)
-            .filter(|o| *o != host)
-            .map(|o| self.ip(o))
-            .collect();
-        want.sort();
-        want
     }
 
     fn key(dir: &str, name: &str) -> String {
@@ -430,20 +398,7 @@ fn junk(rng: &mut Rng, count: usize, vip_id: &str) -> Junk {
                     },
                 ),
                 "segments" => seal(&wrong, &key, 0, now, &SegmentSpec::new(4242)),
-                _ => seal(
-                    &wrong,
-                    &key,
-                    0,
-                    now,
-                    &VipRecord {
-                        address: "198.18.0.99/32".into(),
-                        interface: None,
-                        checks: vec![],
-                        excluded_nodes: vec![],
-                        priority: None,
-                        ports: None,
-                    },
-                ),
+                _ => seal(&wrong, &key, 0, now, &VipRecord::new("198.18.0.99/32")),
             }
             .expect("sealing a forged record")
         } else {

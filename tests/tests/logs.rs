@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use linkmesh_tests::agent::{http, wait_until};
 use linkmesh_tests::require_root;
-use linkmesh_tests::vip_lab::VipLab;
+use linkmesh_tests::testbed::Testbed;
 
 /// The N of "(repeated N times in S s)".
 fn repeated(line: &str) -> Option<u64> {
@@ -17,7 +17,7 @@ fn repeated(line: &str) -> Option<u64> {
 #[test]
 fn an_etcd_outage_logs_summaries_that_account_for_every_failure() {
     require_root!();
-    let v = VipLab::new(1, "logs-secret-0123456789abcdef", &[]);
+    let v = Testbed::builder(1).vip(&[]).build();
     let a = v.agent(1, "a", &["--etcd-loss-policy", "keep"]);
     let up = wait_until(Duration::from_secs(15), || {
         a.log().contains("registered host=h1")

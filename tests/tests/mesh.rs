@@ -3,71 +3,27 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use linkmesh_tests::agent::{self, add_address, admin, peers, ping, wait_until};
-use linkmesh_tests::etcd::Etcd;
+use linkmesh_tests::agent::{self, Agent, add_address, admin, peers, ping, wait_until};
 use linkmesh_tests::lab::Lab;
 use linkmesh_tests::require_root;
+use linkmesh_tests::testbed::Testbed;
 
-const SECRET: &str = "lab-secret-0123456789abcdef";
+use linkmesh_tests::SECRET;
 
 fn ip(host: &linkmesh_tests::lab::Host) -> IpAddr {
     IpAddr::V4(host.addr)
 }
 
-struct Mesh {
-    lab: Lab,
-    etcd: Etcd,
-    secret: std::path::PathBuf,
-}
-
-impl Mesh {
-    fn new(hosts: u8) -> Self {
-        let lab = Lab::new(hosts);
-        let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
-        let secret = agent::secret_file(&lab, "secret", &[SECRET]);
-        Self { lab, etcd, secret }
-    }
-
-    fn admin(&self, args: &[&str]) -> String {
-        admin(&self.etcd.endpoint(), &self.secret, args)
-    }
-
-    fn agent(
-        &self,
-        host: u8,
-        segments: &[&str],
-        extra: &[&str],
-    ) -> linkmesh_tests::process::Process {
-        agent::start(
-            &self.lab,
-            host,
-            &self.etcd.endpoint(),
-            &self.secret,
-            segments,
-            extra,
-        )
-    }
-
-    /// Waits until `device` on `host` has exactly `want` as peers.
-    fn wait_peers(
-        &self,
-        host: u8,
-        device: &str,
-        want: &[IpAddr],
-        timeout: Duration,
-    ) -> Option<Duration> {
-        agent::wait_peers(&self.lab.host(host).netns, device, want, timeout)
-    }
-
-    fn overlay(&self, host: u8, segment_octet: u8) -> String {
-        self.lab.overlay_address(host, segment_octet).to_string()
-    }
+/// Host `host`'s address on a segment device (`octet` splits the range
+/// between segments).
+fn overlay(m: &Testbed, host: u8, octet: u8) -> String {
+    m.lab.overlay_address(host, octet).to_string()
 }
 
 #[test]
 fn members_ping_each_other_over_every_shared_segment() {
     require_root!();
-    let m = Mesh::new(3);
+    let m = Testbed::builder(3).build();
     m.admin(&["segment", "add", "blue", "--vni", "100"]);
     m.admin(&["segment", "add", "red", "--vni", "200"]);
     let listed = m.admin(&["segment", "ls", "--json"]);
@@ -76,9 +32,9 @@ fn members_ping_each_other_over_every_shared_segment() {
         "{listed}"
     );
 
-    let _a1 = m.agent(1, &["blue", "red"], &[]);
-    let _a2 = m.agent(2, &["blue", "red"], &[]);
-    let _a3 = m.agent(3, &["blue"], &[]);
+    let _a1 = m.bare_agent(1).segments(&["blue", "red"]).start();
+    let _a2 = m.bare_agent(2).segments(&["blue", "red"]).start();
+    let _a3 = m.bare_agent(3).segments(&["blue"]).start();
     let (h1, h2, h3) = (m.lab.host(1), m.lab.host(2), m.lab.host(3));
     let t = Duration::from_secs(10);
     assert!(
@@ -114,38 +70,38 @@ fn members_ping_each_other_over_every_shared_segment() {
         add_address(
             &m.lab.host(h).netns,
             "blue",
-            &format!("{}/25", m.overlay(h, 0)),
+            &format!("{}/25", overlay(&m, h, 0)),
         );
     }
     for h in 1..=2 {
         add_address(
             &m.lab.host(h).netns,
             "red",
-            &format!("{}/25", m.overlay(h, 128)),
+            &format!("{}/25", overlay(&m, h, 128)),
         );
     }
     for from in 1..=3u8 {
         for to in (1..=3u8).filter(|t| *t != from) {
-            let (tx, rx) = ping(&m.lab.host(from).netns, &m.overlay(to, 0), 3, "0.2");
+            let (tx, rx) = ping(&m.lab.host(from).netns, &overlay(&m, to, 0), 3, "0.2");
             assert_eq!((tx, rx), (3, 3), "blue: h{from} -> h{to}");
         }
     }
-    let (tx, rx) = ping(&h1.netns, &m.overlay(2, 128), 3, "0.2");
+    let (tx, rx) = ping(&h1.netns, &overlay(&m, 2, 128), 3, "0.2");
     assert_eq!((tx, rx), (3, 3), "red: h1 -> h2");
-    let (tx, rx) = ping(&h2.netns, &m.overlay(1, 128), 3, "0.2");
+    let (tx, rx) = ping(&h2.netns, &overlay(&m, 1, 128), 3, "0.2");
     assert_eq!((tx, rx), (3, 3), "red: h2 -> h1");
 }
 
 #[test]
 fn dead_and_stopped_hosts_leave_every_peer() {
     require_root!();
-    let m = Mesh::new(3);
+    let m = Testbed::builder(3).build();
     m.admin(&["segment", "add", "blue", "--vni", "100"]);
     let ttl = 3;
     let extra = ["--ttl", "3"];
-    let _a1 = m.agent(1, &["blue"], &extra);
-    let a2 = m.agent(2, &["blue"], &extra);
-    let a3 = m.agent(3, &["blue"], &extra);
+    let _a1 = m.bare_agent(1).segments(&["blue"]).args(&extra).start();
+    let a2 = m.bare_agent(2).segments(&["blue"]).args(&extra).start();
+    let a3 = m.bare_agent(3).segments(&["blue"]).args(&extra).start();
     let (h1, h2, h3) = (m.lab.host(1), m.lab.host(2), m.lab.host(3));
     let t = Duration::from_secs(10);
     assert!(m.wait_peers(1, "blue", &[ip(h2), ip(h3)], t).is_some());
@@ -189,38 +145,29 @@ fn dead_and_stopped_hosts_leave_every_peer() {
     );
 }
 
-/// Starts 3 agents on segment blue and waits for the full mesh.
-fn full_mesh(m: &Mesh, extra: &[&str]) -> Vec<linkmesh_tests::process::Process> {
-    full_mesh_of(m, 3, extra)
-}
-
 #[test]
 fn restart_loses_no_ping_and_writes_nothing() {
     require_root!();
-    let m = Mesh::new(3);
+    let m = Testbed::builder(3).build();
     let agents = full_mesh(&m, &[]);
     for h in 1..=2 {
         add_address(
             &m.lab.host(h).netns,
             "blue",
-            &format!("{}/25", m.overlay(h, 0)),
+            &format!("{}/25", overlay(&m, h, 0)),
         );
     }
     // 400 probes 10 ms apart (4 s) from h1 to h2 while h2's agent restarts.
     let ns = m.lab.host(1).netns.clone();
-    let target = m.overlay(2, 0);
+    let target = overlay(&m, 2, 0);
     let pinger = std::thread::spawn(move || ping(&ns, &target, 400, "0.01"));
     std::thread::sleep(Duration::from_millis(500));
     agents[1].kill();
-    let restarted = agent::start_labeled(
-        &m.lab,
-        2,
-        "agent-restarted",
-        &m.etcd.endpoint(),
-        &m.secret,
-        &["blue"],
-        &[],
-    );
+    let restarted = m
+        .bare_agent(2)
+        .label("agent-restarted")
+        .segments(&["blue"])
+        .start();
     let reconciled = wait_until(Duration::from_secs(10), || {
         restarted.log().contains("mesh reconciled")
     });
@@ -245,7 +192,7 @@ fn restart_loses_no_ping_and_writes_nothing() {
 #[test]
 fn forged_copied_replayed_and_garbage_records_are_ignored() {
     require_root!();
-    let m = Mesh::new(3);
+    let m = Testbed::builder(3).build();
     let _agents = full_mesh(&m, &[]);
     let (h1, h2, h3) = (m.lab.host(1), m.lab.host(2), m.lab.host(3));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -337,7 +284,7 @@ fn forged_copied_replayed_and_garbage_records_are_ignored() {
 #[test]
 fn hand_removed_device_and_fdb_entry_are_restored() {
     require_root!();
-    let m = Mesh::new(3);
+    let m = Testbed::builder(3).build();
     let _agents = full_mesh(&m, &["--resync-interval", "5"]);
     let (h1, h2, h3) = (m.lab.host(1), m.lab.host(2), m.lab.host(3));
     let run = |args: &[&str]| {
@@ -377,7 +324,7 @@ fn hand_removed_device_and_fdb_entry_are_restored() {
 #[test]
 fn secret_rotation_host_by_host_keeps_every_peer() {
     require_root!();
-    let m = Mesh::new(3);
+    let m = Testbed::builder(3).build();
     let mut agents = full_mesh(&m, &[]);
     let rotated = agent::secret_file(
         &m.lab,
@@ -386,15 +333,10 @@ fn secret_rotation_host_by_host_keeps_every_peer() {
     );
     for h in 1..=3u8 {
         agents[usize::from(h - 1)].kill();
-        agents[usize::from(h - 1)] = agent::start_labeled(
-            &m.lab,
-            h,
-            "agent-rotated",
-            &m.etcd.endpoint(),
-            &rotated,
-            &["blue"],
-            &[],
-        );
+        agents[usize::from(h - 1)] = Agent::new(&m.lab, h, &m.etcd.endpoint(), &rotated)
+            .label("agent-rotated")
+            .segments(&["blue"])
+            .start();
         std::thread::sleep(Duration::from_secs(1));
         for other in 1..=3u8 {
             let want: Vec<_> = (1..=3u8)
@@ -420,7 +362,7 @@ fn secret_rotation_host_by_host_keeps_every_peer() {
 #[test]
 fn segment_devices_join_a_bridge_and_cleanup_removes_them() {
     require_root!();
-    let m = Mesh::new(2);
+    let m = Testbed::builder(2).build();
     m.admin(&[
         "segment",
         "add",
@@ -452,8 +394,12 @@ fn segment_devices_join_a_bridge_and_cleanup_removes_them() {
     );
     assert!(String::from_utf8_lossy(&err.stderr).contains("already used by segment blue"));
 
-    let a1 = m.agent(1, &["blue"], &["--bridge", "br-lm", "--cleanup-on-exit"]);
-    let _a2 = m.agent(2, &["blue"], &[]);
+    let a1 = m
+        .bare_agent(1)
+        .segments(&["blue"])
+        .args(&["--bridge", "br-lm", "--cleanup-on-exit"])
+        .start();
+    let _a2 = m.bare_agent(2).segments(&["blue"]).start();
     let h1 = m.lab.host(1);
     assert!(
         m.wait_peers(1, "blue", &[ip(m.lab.host(2))], Duration::from_secs(10))
@@ -485,7 +431,7 @@ fn segment_devices_join_a_bridge_and_cleanup_removes_them() {
 #[test]
 fn a_segment_with_netns_puts_its_device_in_that_namespace() {
     require_root!();
-    let m = Mesh::new(1);
+    let m = Testbed::builder(1).build();
     let workload = m.lab.add_namespace("web");
     m.admin(&[
         "segment", "add", "green", "--vni", "300", "--netns", &workload,
@@ -528,7 +474,11 @@ fn a_segment_with_netns_puts_its_device_in_that_namespace() {
             .await
             .expect("put");
         });
-    let agent = m.agent(1, &["green"], &["--cleanup-on-exit"]);
+    let agent = m
+        .bare_agent(1)
+        .segments(&["green"])
+        .args(&["--cleanup-on-exit"])
+        .start();
     let far: IpAddr = format!("198.18.{slot}.77").parse().expect("ip");
     let placed = wait_until(Duration::from_secs(10), || {
         peers(&workload, "green") == Some(vec![far])
@@ -559,21 +509,18 @@ fn a_segment_with_netns_puts_its_device_in_that_namespace() {
 #[test]
 fn an_address_change_replaces_the_peer_entry() {
     require_root!();
-    let m = Mesh::new(2);
-    let agents = full_mesh_of(&m, 2, &[]);
+    let m = Testbed::builder(2).build();
+    let agents = full_mesh(&m, &[]);
     let (h1, h2) = (m.lab.host(1), m.lab.host(2));
     let moved: IpAddr = format!("198.18.{}.102", m.lab.slot()).parse().expect("ip");
     add_address(&h2.netns, "eth0", &format!("{moved}/24"));
     agents[1].kill();
-    let _restarted = agent::start_labeled(
-        &m.lab,
-        2,
-        "agent-moved",
-        &m.etcd.endpoint(),
-        &m.secret,
-        &["blue"],
-        &["--address", &moved.to_string()],
-    );
+    let _restarted = m
+        .bare_agent(2)
+        .label("agent-moved")
+        .segments(&["blue"])
+        .args(&["--address", &moved.to_string()])
+        .start();
     let replaced = m.wait_peers(1, "blue", &[moved], Duration::from_secs(10));
     assert!(
         replaced.is_some(),
@@ -583,21 +530,13 @@ fn an_address_change_replaces_the_peer_entry() {
     let _ = ip(h2);
 }
 
-/// Starts `hosts` agents on blue and waits for the full mesh.
-fn full_mesh_of(m: &Mesh, hosts: u8, extra: &[&str]) -> Vec<linkmesh_tests::process::Process> {
-    m.admin(&["segment", "add", "blue", "--vni", "100"]);
-    let agents = (1..=hosts).map(|h| m.agent(h, &["blue"], extra)).collect();
-    for h in 1..=hosts {
-        let others: Vec<_> = (1..=hosts)
-            .filter(|o| *o != h)
-            .map(|o| ip(m.lab.host(o)))
-            .collect();
-        assert!(
-            m.wait_peers(h, "blue", &others, Duration::from_secs(10))
-                .is_some(),
-            "full mesh at h{h}"
-        );
-    }
+/// Defines blue, starts an agent on every host of `m` joining it, and
+/// waits for the full mesh.
+fn full_mesh(m: &Testbed, extra: &[&str]) -> Vec<linkmesh_tests::process::Process> {
+    m.add_segment("blue", 100);
+    let agents = m.start_agents(&["blue"], extra);
+    m.wait_mesh("blue", 1..=m.agents, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
     agents
 }
 
@@ -613,7 +552,12 @@ fn agents_fail_over_between_etcd_members() {
         &secret,
         &["segment", "add", "blue", "--vni", "100"],
     );
-    let start = |h: u8| agent::start(&lab, h, &endpoints, &secret, &["blue"], &["--ttl", "3"]);
+    let start = |h: u8| {
+        Agent::new(&lab, h, &endpoints, &secret)
+            .segments(&["blue"])
+            .args(&["--ttl", "3"])
+            .start()
+    };
     let _a1 = start(1);
     let _a2 = start(2);
     let (h1, h2, h3) = (lab.host(1), lab.host(2), lab.host(3));

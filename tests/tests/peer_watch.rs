@@ -48,26 +48,26 @@ fn monotonic_ns() -> u64 {
         + u64::try_from(ts.tv_nsec).expect("in range")
 }
 
+/// `peer_watch` loaded.
 struct Loaded {
-    ebpf: aya::Ebpf,
+    bpf: frame::Loaded,
 }
 
 impl Loaded {
     /// The program with `PEER` known, the heartbeat port and one VXLAN
     /// port, set up the way the agent does it.
     fn new() -> Self {
-        let mut ebpf = watch::load().expect("loading the object");
-        watch::load_classifier(&mut ebpf, PEER_PROGRAM).expect("loading peer_watch");
-        watch::set_peers(&mut ebpf, &[PEER].into()).expect("adding the peer");
-        watch::set_port(&mut ebpf, HEARTBEAT_PORT, Some(PortKind::Heartbeat))
+        let mut bpf = frame::Loaded::new(PEER_PROGRAM);
+        watch::set_peers(&mut bpf.ebpf, &[PEER].into()).expect("adding the peer");
+        watch::set_port(&mut bpf.ebpf, HEARTBEAT_PORT, Some(PortKind::Heartbeat))
             .expect("adding the heartbeat port");
-        watch::set_port(&mut ebpf, VXLAN_PORT, Some(PortKind::Vxlan))
+        watch::set_port(&mut bpf.ebpf, VXLAN_PORT, Some(PortKind::Vxlan))
             .expect("adding the VXLAN port");
-        Self { ebpf }
+        Self { bpf }
     }
 
     fn run(&mut self, frame: &[u8], repeat: u32) -> u32 {
-        frame::test_run(&mut self.ebpf, PEER_PROGRAM, frame, repeat)
+        self.bpf.run(frame, repeat)
     }
 
     /// `peer`'s stats over all CPUs (counters summed, latest times), as
@@ -76,7 +76,7 @@ impl Loaded {
         let ns = |t: Option<std::time::Duration>| {
             t.map_or(0, |d| u64::try_from(d.as_nanos()).expect("fits"))
         };
-        watch::peer_sample(&mut self.ebpf, peer).map(|s| PeerStats {
+        watch::peer_sample(&mut self.bpf.ebpf, peer).map(|s| PeerStats {
             last_heartbeat_ns: ns(s.last_heartbeat),
             last_vxlan_ns: ns(s.last_vxlan),
             heartbeats: s.heartbeats,

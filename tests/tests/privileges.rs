@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use linkmesh_tests::agent::{self, ping, wait_until};
 use linkmesh_tests::require_root;
-use linkmesh_tests::vip_lab::VipLab;
+use linkmesh_tests::testbed::Testbed;
 
-const SECRET: &str = "privileges-secret-0123456789";
+use linkmesh_tests::SECRET;
 const NOBODY: u32 = 65534;
 
 /// The capabilities the unit file grants (its `AmbientCapabilities=`), in
@@ -66,7 +66,7 @@ fn creds(pid: u32) -> (u64, u32) {
 
 /// `linkmesh agent` on h1 as nobody, through setpriv, holding only the
 /// unit's capabilities (ambient, inheritable and bounding).
-fn unprivileged_agent(v: &VipLab, home: &Path, secret: &Path) -> Command {
+fn unprivileged_agent(v: &Testbed, home: &Path, secret: &Path) -> Command {
     let caps = unit_capabilities()
         .iter()
         .map(|c| format!("+{c}"))
@@ -112,7 +112,9 @@ fn unprivileged_agent(v: &VipLab, home: &Path, secret: &Path) -> Command {
 fn the_agent_works_as_nobody_with_only_the_units_capabilities() {
     require_root!();
     // Only h1 may hold the VIP, so the unprivileged agent must bind it.
-    let v = VipLab::new(3, SECRET, &["--exclude", "h2", "--exclude", "h3"]);
+    let v = Testbed::builder(3)
+        .vip(&["--exclude", "h2", "--exclude", "h3"])
+        .build();
     v.add_segment("blue", 100);
     // Files the unprivileged agent reads and writes.
     let home = v.lab.dir().join("nobody");

@@ -3,18 +3,18 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use linkmesh_tests::agent::{self, admin, ping, wait_until};
+use linkmesh_tests::agent::{self, Agent, admin, ping, wait_until};
 use linkmesh_tests::etcd::Etcd;
 use linkmesh_tests::lab::Lab;
 use linkmesh_tests::process::Process;
-use linkmesh_tests::vip_lab::VipLab;
+use linkmesh_tests::testbed::Testbed;
 use linkmesh_tests::{kernel, require_root};
 
-const SECRET: &str = "vip-lab-secret-0123456789";
+use linkmesh_tests::SECRET;
 const CLIENT: u8 = 4;
 
-fn lab(extra_record: &[&str]) -> VipLab {
-    VipLab::new(3, SECRET, extra_record)
+fn lab(extra_record: &[&str]) -> Testbed {
+    Testbed::builder(3).vip(extra_record).build()
 }
 
 #[test]
@@ -438,7 +438,12 @@ fn an_ipv6_vip_moves_and_the_client_neighbour_entry_follows() {
         "0.2",
     ];
     let agents: Vec<_> = (1..=3u8)
-        .map(|h| agent::start_labeled(&lab, h, "agent", &etcd.endpoint(), &secret, &[], &args))
+        .map(|h| {
+            Agent::new(&lab, h, &etcd.endpoint(), &secret)
+                .label("agent")
+                .args(&args)
+                .start()
+        })
         .collect();
     let holders = || lab.holders(vip, 1..=3);
     let mut owner = 0;
@@ -598,7 +603,7 @@ fn a_stray_claim_is_seen_in_the_data_plane_and_answered() {
 #[test]
 fn a_vip_record_overwritten_with_junk_stays_in_force_across_a_watch_restart() {
     require_root!();
-    let v = VipLab::new(2, SECRET, &[]);
+    let v = Testbed::builder(2).vip(&[]).build();
     let agents: Vec<_> = (1..=2)
         // A lease that outlives the stall below: the VIP must not move for
         // any other reason.

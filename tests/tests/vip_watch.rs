@@ -2,7 +2,6 @@
 //! VIPs, who answers for others', who-has counts, and the rate limit.
 
 use aya::maps::{HashMap, MapData, PerCpuHashMap, RingBuf};
-use linkmesh::ebpf as watch;
 use linkmesh_common::{
     CONFLICTS_MAP, ConflictEvent, VIP_PROGRAM, VIP_SEEN_MAP, VIP_WHO_HAS_MAP, VIPS_MAP, VipInfo,
     VipSeen,
@@ -32,8 +31,10 @@ fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4], tags: &[u16]) -> Vec<u
     f
 }
 
+/// `vip_watch` loaded, with its maps, knowing `VIP` (ours) and
+/// `OTHER_VIP` (someone else's).
 struct Loaded {
-    ebpf: aya::Ebpf,
+    bpf: frame::Loaded,
     vips: HashMap<MapData, u32, VipInfo>,
     seen: HashMap<MapData, u32, VipSeen>,
     who_has: PerCpuHashMap<MapData, u32, u64>,
@@ -46,17 +47,13 @@ fn key(ip: [u8; 4]) -> u32 {
 
 impl Loaded {
     fn new() -> Self {
-        let mut ebpf = watch::load().expect("loading the object");
-        watch::load_classifier(&mut ebpf, VIP_PROGRAM).expect("loading vip_watch");
-        let vips = HashMap::try_from(ebpf.take_map(VIPS_MAP).expect("VIPS")).expect("a hash map");
-        let seen =
-            HashMap::try_from(ebpf.take_map(VIP_SEEN_MAP).expect("VIP_SEEN")).expect("a hash map");
-        let who_has = PerCpuHashMap::try_from(ebpf.take_map(VIP_WHO_HAS_MAP).expect("WHO_HAS"))
-            .expect("per-CPU");
-        let conflicts =
-            RingBuf::try_from(ebpf.take_map(CONFLICTS_MAP).expect("CONFLICTS")).expect("a ring");
+        let mut bpf = frame::Loaded::new(VIP_PROGRAM);
+        let vips = bpf.take(VIPS_MAP);
+        let seen = bpf.take(VIP_SEEN_MAP);
+        let who_has = bpf.take(VIP_WHO_HAS_MAP);
+        let conflicts = bpf.take(CONFLICTS_MAP);
         let mut l = Self {
-            ebpf,
+            bpf,
             vips,
             seen,
             who_has,
@@ -88,15 +85,11 @@ impl Loaded {
     }
 
     fn run(&mut self, frame: &[u8], repeat: u32) -> u32 {
-        frame::test_run(&mut self.ebpf, VIP_PROGRAM, frame, repeat)
+        self.bpf.run(frame, repeat)
     }
 
     fn drain(&mut self) -> Vec<ConflictEvent> {
-        let mut out = Vec::new();
-        while let Some(item) = self.conflicts.next() {
-            out.push(ConflictEvent::from_bytes(&item).expect("a whole event"));
-        }
-        out
+        frame::drain(&mut self.conflicts, ConflictEvent::from_bytes)
     }
 }
 

@@ -133,7 +133,7 @@ pub fn describe(cmd: &Command) -> String {
 
 /// A `cargo` command with the variables that an outer `cargo run` sets for
 /// xtask removed, so the inner build picks its own toolchain and flags.
-/// Builds the agent binary and the `linkmesh-tests` binary `tool`
+/// Builds the agent binary and the `linkmesh-tools` binary `tool`
 /// (debug or release), as one progress step.
 pub fn build_agent_and(
     root_dir: &std::path::Path,
@@ -153,7 +153,7 @@ pub fn build_agent_and(
         "--bin",
         "linkmesh",
         "--package",
-        "linkmesh-tests",
+        "linkmesh-tools",
         "--bin",
         tool,
     ]))?;

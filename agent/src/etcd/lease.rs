@@ -44,9 +44,10 @@ pub struct LeaseSettings {
     pub ttl: Duration,
     /// Time between keepalives.
     pub renew: Duration,
-    /// How long one request may take; a failed one is retried after 100 ms,
-    /// doubling up to this.
+    /// How long one request may take.
     pub attempt: Duration,
+    /// A failed attempt is retried after 100 ms, doubling up to this.
+    pub retry_cap: Duration,
     /// Subtracted from the TTL for the deadline.
     pub margin: Duration,
     /// Where the lease id is kept, so a restart within the TTL keeps it.
@@ -89,7 +90,7 @@ pub async fn keep(
         stats.errors.fetch_add(1, Ordering::Relaxed);
         let n = *failures;
         tx.send_modify(|l| l.failures = n);
-        retry_pause(n, s.attempt)
+        retry_pause(n, s.retry_cap)
     };
     let alive = |sent: Instant, id: i64| LeaseInfo {
         id,

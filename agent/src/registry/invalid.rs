@@ -2,8 +2,6 @@
 
 use std::net::IpAddr;
 
-use super::segment::{MAX_IFNAME_LEN, MAX_VNI};
-
 /// A field that fails validation, naming the field and the value.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Invalid {
@@ -15,16 +13,16 @@ pub enum Invalid {
     HostElsewhere { record: String, key: String },
     #[error("underlay address {0} is not a unicast address")]
     NotUnicast(IpAddr),
-    #[error("segment name {0:?} must be 1 to {MAX_IFNAME_LEN} bytes (it names the device)")]
-    SegmentNameLength(String),
+    #[error("segment name {name:?} must be 1 to {max} bytes (it names the device)")]
+    SegmentNameLength { name: String, max: usize },
     #[error("segment name {0:?} is not a valid interface name")]
     SegmentNameDots(String),
     #[error("segment name {name:?} contains {found:?}")]
     SegmentNameChar { name: String, found: char },
     #[error("netns {0:?} is not a valid namespace name")]
     Netns(String),
-    #[error("vni {0} is outside 1..={MAX_VNI}")]
-    Vni(u32),
+    #[error("vni {vni} is outside 1..={max}")]
+    Vni { vni: u32, max: u32 },
     #[error("port 0 is not a UDP port")]
     PortZero,
     #[error("mtu {0} is outside 68..=65535")]

@@ -54,7 +54,10 @@ impl SegmentSpec {
 
     pub fn validate(&self) -> Result<(), Invalid> {
         if !(1..=MAX_VNI).contains(&self.vni) {
-            return Err(Invalid::Vni(self.vni));
+            return Err(Invalid::Vni {
+                vni: self.vni,
+                max: MAX_VNI,
+            });
         }
         if self.port == 0 {
             return Err(Invalid::PortZero);
@@ -75,7 +78,10 @@ impl SegmentSpec {
 /// whitespace or control characters, not `.` or `..`.
 pub fn validate_segment_name(name: &str) -> Result<(), Invalid> {
     if name.is_empty() || name.len() > MAX_IFNAME_LEN {
-        return Err(Invalid::SegmentNameLength(name.to_owned()));
+        return Err(Invalid::SegmentNameLength {
+            name: name.to_owned(),
+            max: MAX_IFNAME_LEN,
+        });
     }
     if name == "." || name == ".." {
         return Err(Invalid::SegmentNameDots(name.to_owned()));

@@ -37,6 +37,21 @@ pub struct VipRecord {
     pub ports: Option<serde_json::Value>,
 }
 
+impl VipRecord {
+    /// A record of `address` (a CIDR) with nothing else set.
+    #[must_use]
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            interface: None,
+            checks: Vec::new(),
+            excluded_nodes: Vec::new(),
+            priority: None,
+            ports: None,
+        }
+    }
+}
+
 impl Record for VipRecord {
     const KIND: &'static str = "vip";
 }

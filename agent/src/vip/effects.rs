@@ -14,7 +14,6 @@ use tracing::{debug, info, warn};
 use super::run::{Report, Shell};
 use super::{Binding, Effect, Input, Outcome, Settings, StatusMap, WriteWhy};
 use crate::addr::MacAddr;
-use crate::ebpf::vip::{ConflictStream, VipWatcher};
 use crate::etcd::election::{self, Contention};
 use crate::etcd::writer::Write;
 use crate::kernel::packet::RawSender;
@@ -46,15 +45,11 @@ impl Shell {
             } => {
                 let sent = self.announced.entry(id.clone()).or_default().clone();
                 let task = spawn_announcer(&id, &ifname, mac, ip, (count, interval), sent);
-                if let Some(old) = self.announcers.insert(id, task) {
-                    old.abort();
-                }
+                replace_task(&mut self.announcers, id, Some(task));
                 None
             }
             Effect::StopAnnouncing { id } => {
-                if let Some(old) = self.announcers.remove(&id) {
-                    old.abort();
-                }
+                replace_task(&mut self.announcers, id, None);
                 None
             }
             Effect::AttachWatcher { ifname } => {
@@ -87,15 +82,11 @@ impl Shell {
                     self.reports.clone(),
                     self.status.clone(),
                 );
-                if let Some(old) = self.checkers.insert(id, task) {
-                    old.abort();
-                }
+                replace_task(&mut self.checkers, id, Some(task));
                 None
             }
             Effect::StopChecks { id } => {
-                if let Some(old) = self.checkers.remove(&id) {
-                    old.abort();
-                }
+                replace_task(&mut self.checkers, id, None);
                 None
             }
             e @ (Effect::Contend { .. }
@@ -308,6 +299,21 @@ impl Shell {
     }
 }
 
+/// Puts `task` (or nothing) in `id`'s place, stopping what ran there.
+fn replace_task(
+    tasks: &mut std::collections::BTreeMap<String, JoinHandle<()>>,
+    id: String,
+    task: Option<JoinHandle<()>>,
+) {
+    let old = match task {
+        Some(task) => tasks.insert(id, task),
+        None => tasks.remove(&id),
+    };
+    if let Some(old) = old {
+        old.abort();
+    }
+}
+
 fn spawn_checker(
     id: &str,
     checks: Vec<Check>,
@@ -385,47 +391,4 @@ fn spawn_announcer(
         }
         debug!(vip = %id, count, "announcements sent");
     })
-}
-
-/// Loads the eBPF VIP watcher off the subsystem's path (loading and
-/// verifying takes a moment, elections must not wait for it), then hands
-/// it over and forwards its conflicts. Without it (no CAP_BPF, an old
-/// kernel) floating IPs still work, unwatched.
-pub(super) fn start_watcher(reports: mpsc::Sender<Report>, status: StatusMap) {
-    tokio::task::spawn_blocking(move || match VipWatcher::new() {
-        Ok((watcher, conflicts)) => {
-            if reports
-                .blocking_send(Report::WatcherReady(Box::new(watcher)))
-                .is_err()
-            {
-                return;
-            }
-            tokio::spawn(forward_conflicts(conflicts, reports, status));
-        }
-        Err(e) => warn!(error = %e, "the eBPF VIP watcher is not available; conflicts go unseen"),
-    });
-}
-
-async fn forward_conflicts(
-    mut conflicts: ConflictStream,
-    reports: mpsc::Sender<Report>,
-    status: StatusMap,
-) {
-    loop {
-        match conflicts.next().await {
-            Ok(c) => {
-                status.ebpf_events.fetch_add(1, Ordering::Relaxed);
-                if let Ok(n) = conflicts.dropped() {
-                    status.ebpf_ring_drops.store(n, Ordering::Relaxed);
-                }
-                if reports.send(Report::Conflict(c)).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "reading VIP conflict events failed");
-                return;
-            }
-        }
-    }
 }

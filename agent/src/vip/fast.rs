@@ -25,15 +25,17 @@ pub enum FastFailover {
 }
 
 impl std::str::FromStr for FastFailover {
-    type Err = String;
+    type Err = super::UnknownChoice;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "auto" => Ok(Self::Auto),
             "off" => Ok(Self::Off),
-            other => Err(format!(
-                "unknown fast failover mode {other:?} (auto or off)"
-            )),
+            other => Err(super::UnknownChoice {
+                setting: "fast failover mode",
+                value: other.to_owned(),
+                choices: "auto, off",
+            }),
         }
     }
 }

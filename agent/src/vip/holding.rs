@@ -149,6 +149,12 @@ impl Core {
         if let Some(v4) = watched {
             self.out.push(Effect::SetWatched { ip: v4, ours: None });
         }
+        self.remove_address(id, ifname, None);
+    }
+
+    /// Removes `id`'s address from where it is bound, or else from
+    /// `ifname` (after a restart, whatever is there).
+    fn remove_address(&mut self, id: &str, ifname: Option<String>, leftover_of: Option<&str>) {
         let Some(v) = self.vips.get_mut(id) else {
             return;
         };
@@ -157,7 +163,7 @@ impl Core {
             cidr: v.spec.cidr,
             at: v.binding.take(),
             ifname,
-            leftover_of: None,
+            leftover_of: leftover_of.map(str::to_owned),
         });
     }
 
@@ -182,16 +188,7 @@ impl Core {
     pub(super) fn clear_leftover(&mut self, id: &str, owner: &str) {
         let Some(v) = self.vips.get(id) else { return };
         let ifname = self.interface_of(v);
-        let Some(v) = self.vips.get_mut(id) else {
-            return;
-        };
-        self.out.push(Effect::RemoveAddress {
-            id: id.to_owned(),
-            cidr: v.spec.cidr,
-            at: v.binding.take(),
-            ifname,
-            leftover_of: Some(owner.to_owned()),
-        });
+        self.remove_address(id, ifname, Some(owner));
     }
 
     pub(super) fn fault(&mut self, id: &str, cause: &str) {

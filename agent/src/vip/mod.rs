@@ -46,17 +46,28 @@ pub enum LossPolicy {
     Claim,
 }
 
+/// A setting's value that names none of the choices.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {setting} {value:?} (one of: {choices})")]
+pub struct UnknownChoice {
+    pub setting: &'static str,
+    pub value: String,
+    pub choices: &'static str,
+}
+
 impl std::str::FromStr for LossPolicy {
-    type Err = String;
+    type Err = UnknownChoice;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "release" => Ok(Self::Release),
             "keep" => Ok(Self::Keep),
             "claim" => Ok(Self::Claim),
-            other => Err(format!(
-                "unknown etcd loss policy {other:?} (release, keep or claim)"
-            )),
+            other => Err(UnknownChoice {
+                setting: "etcd loss policy",
+                value: other.to_owned(),
+                choices: "release, keep, claim",
+            }),
         }
     }
 }

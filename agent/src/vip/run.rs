@@ -19,7 +19,7 @@ use super::core::Core;
 use super::{Input, Lease, Observe, Settings, StatusMap};
 use crate::addr::MacAddr;
 use crate::clock::mono_now;
-use crate::ebpf::vip::VipWatcher;
+use crate::ebpf::vip::{ConflictStream, VipWatcher};
 use crate::etcd::lease::{self, LeaseInfo, LeaseSettings};
 use crate::etcd::writer::{self, Write};
 use crate::kernel::Netlink;
@@ -66,6 +66,7 @@ pub fn lease_settings(s: &Settings) -> LeaseSettings {
         // lands on a dead or leaderless member must not use up the time
         // left before the fencing deadline.
         attempt: renew_interval(s.ttl),
+        retry_cap: renew_interval(s.ttl),
         margin: fence_margin(s.ttl),
         file: s.state_dir.as_ref().map(|d| d.join("vip-lease")),
     }
@@ -110,7 +111,7 @@ pub async fn run(settings: Settings, services: Services, stop: watch::Receiver<b
     let (writes, writes_rx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(writer::run(client.clone(), writes_rx));
     let (reports, reports_rx) = mpsc::channel(1024);
-    super::effects::start_watcher(reports.clone(), status.clone());
+    start_watcher(reports.clone(), status.clone());
     let mut shell = Shell {
         core: Core::new(settings),
         client,
@@ -339,6 +340,49 @@ impl Shell {
                 .any(|a| a.ifindex == ifindex && a.addr == addr)
             {
                 self.input(Input::AddressGone { id }).await;
+            }
+        }
+    }
+}
+
+/// Loads the eBPF VIP watcher off the subsystem's path (loading and
+/// verifying takes a moment, elections must not wait for it), then hands
+/// it over and forwards its conflicts. Without it (no CAP_BPF, an old
+/// kernel) floating IPs still work, unwatched.
+fn start_watcher(reports: mpsc::Sender<Report>, status: StatusMap) {
+    tokio::task::spawn_blocking(move || match VipWatcher::new() {
+        Ok((watcher, conflicts)) => {
+            if reports
+                .blocking_send(Report::WatcherReady(Box::new(watcher)))
+                .is_err()
+            {
+                return;
+            }
+            tokio::spawn(forward_conflicts(conflicts, reports, status));
+        }
+        Err(e) => warn!(error = %e, "the eBPF VIP watcher is not available; conflicts go unseen"),
+    });
+}
+
+async fn forward_conflicts(
+    mut conflicts: ConflictStream,
+    reports: mpsc::Sender<Report>,
+    status: StatusMap,
+) {
+    loop {
+        match conflicts.next().await {
+            Ok(c) => {
+                status.ebpf_events.fetch_add(1, Ordering::Relaxed);
+                if let Ok(n) = conflicts.dropped() {
+                    status.ebpf_ring_drops.store(n, Ordering::Relaxed);
+                }
+                if reports.send(Report::Conflict(c)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "reading VIP conflict events failed");
+                return;
             }
         }
     }

@@ -19,7 +19,7 @@ use anyhow::{Context, bail, ensure};
 use futures::StreamExt;
 use linkmesh::addr::MacAddr;
 use linkmesh::registry::{HostRecord, Keys, Secrets, seal};
-use linkmesh_tests::agent::{self, peers, wait_until};
+use linkmesh_tests::agent::{self, Agent, peers, wait_until};
 use linkmesh_tests::etcd::Etcd;
 use linkmesh_tests::lab::Lab;
 use linkmesh_tests::netns;
@@ -28,7 +28,7 @@ use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
 
-const SECRET: &str = "bench-secret-0123456789abcdef";
+use linkmesh_tests::SECRET;
 
 /// The synthetic peer `i`'s underlay address (198.19.0.0/16, never routed).
 fn peer_addr(i: usize) -> IpAddr {
@@ -194,7 +194,9 @@ fn run(n: usize, changes: usize) -> anyhow::Result<Row> {
 
     let host = lab.host(1).clone();
     let started = Instant::now();
-    let process = agent::start(&lab, 1, &etcd.endpoint(), &secret, &["blue"], &[]);
+    let process = Agent::new(&lab, 1, &etcd.endpoint(), &secret)
+        .segments(&["blue"])
+        .start();
     let count = |ns: &str| peers(ns, "blue").map_or(0, |p| p.len());
     let full = wait_until(Duration::from_mins(2), || count(&host.netns) == n)
         .with_context(|| format!("the agent never held {n} peers:\n{}", process.log()))?;

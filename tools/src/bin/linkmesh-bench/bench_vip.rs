@@ -7,13 +7,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use linkmesh_tests::agent::{self, longest_gap, wait_until};
+use linkmesh_tests::agent::{self, Agent, longest_gap, wait_until};
 use linkmesh_tests::etcd::Etcd;
 use linkmesh_tests::lab::Lab;
 use linkmesh_tests::process::Process;
 
 const CLIENT: u8 = 4;
-const SECRET: &str = "bench-vip-secret-0123456789";
+use linkmesh_tests::SECRET;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
@@ -69,21 +69,16 @@ fn start(
 ) -> Vec<Process> {
     (1..=3u8)
         .map(|h| match system {
-            System::Linkmesh { fast } => agent::start(
-                lab,
-                h,
-                &etcd.endpoint(),
-                secret,
-                &[],
-                &[
+            System::Linkmesh { fast } => Agent::new(lab, h, &etcd.endpoint(), secret)
+                .args(&[
                     "--vip-interface",
                     "eth0",
                     "--keepalive-interval",
                     "2",
                     "--fast-failover",
                     if fast { "auto" } else { "off" },
-                ],
-            ),
+                ])
+                .start(),
             System::Keepalived { advert_ms } => {
                 let dir = lab.dir().join(format!("ka-h{h}"));
                 std::fs::create_dir_all(&dir).expect("keepalived dir");

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use linkmesh_tests::agent::{self, add_address, admin, ping};
+use linkmesh_tests::agent::{self, Agent, add_address, admin, ping};
 use linkmesh_tests::etcd::Etcd;
 use linkmesh_tests::lab::{Lab, mac_string};
 use linkmesh_tests::process::Process;
@@ -46,7 +46,7 @@ macro_rules! esay {
     }};
 }
 
-const SECRET: &str = "demo-secret-0123456789abcdef";
+use linkmesh_tests::SECRET;
 const HOSTS: u8 = 3;
 const CLIENT: u8 = 4;
 
@@ -199,14 +199,12 @@ fn setup() -> anyhow::Result<Demo> {
 fn start_agents(d: &mut Demo) -> anyhow::Result<()> {
     let step = Step::start(2, STEPS, "agents: linkmesh agent on h1, h2, h3");
     for h in 1..=HOSTS {
-        d.agents.push(Some(agent::start(
-            &d.lab,
-            h,
-            &d.etcd.endpoint(),
-            &d.secret,
-            &["blue"],
-            &["--vip-interface", "eth0"],
-        )));
+        d.agents.push(Some(
+            Agent::new(&d.lab, h, &d.etcd.endpoint(), &d.secret)
+                .segments(&["blue"])
+                .args(&["--vip-interface", "eth0"])
+                .start(),
+        ));
     }
     let ready = wait(Duration::from_secs(20), || {
         d.agents.iter().flatten().all(|a| {
@@ -348,14 +346,12 @@ const KEPT: &str = "/run/linkmesh-demo.json";
 /// [`KEPT`], and the demo exits without tearing anything down.
 fn keep(mut d: Demo, crashed: u8) -> anyhow::Result<()> {
     d.lab.host(crashed).reconnect();
-    d.agents[usize::from(crashed - 1)] = Some(agent::start(
-        &d.lab,
-        crashed,
-        &d.etcd.endpoint(),
-        &d.secret,
-        &["blue"],
-        &["--vip-interface", "eth0"],
-    ));
+    d.agents[usize::from(crashed - 1)] = Some(
+        Agent::new(&d.lab, crashed, &d.etcd.endpoint(), &d.secret)
+            .segments(&["blue"])
+            .args(&["--vip-interface", "eth0"])
+            .start(),
+    );
     let back = wait(Duration::from_secs(15), || {
         in_host(&d.lab, crashed, &["status", "--json"]).is_ok()
     })?;

@@ -7,11 +7,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use linkmesh_tests::agent::{self, wait_until};
+use linkmesh_tests::agent::{self, Agent, wait_until};
 use linkmesh_tests::etcd::Etcd;
 use linkmesh_tests::lab::Lab;
 
-const SECRET: &str = "bench-idle-secret-0123456789";
+use linkmesh_tests::SECRET;
 
 /// CPU time (user + system) and current resident set of a process.
 fn cpu_and_rss(pid: u32) -> anyhow::Result<(Duration, u64)> {
@@ -45,14 +45,10 @@ pub fn main() -> anyhow::Result<()> {
     }
     let agents: Vec<_> = (1..=3u8)
         .map(|h| {
-            agent::start(
-                &lab,
-                h,
-                &endpoint,
-                &secret,
-                &["blue"],
-                &["--vip-interface", "eth0"],
-            )
+            Agent::new(&lab, h, &endpoint, &secret)
+                .segments(&["blue"])
+                .args(&["--vip-interface", "eth0"])
+                .start()
         })
         .collect();
     let ready = wait_until(Duration::from_secs(20), || {
