@@ -30,6 +30,12 @@ pub fn vip_settings(args: &AgentArgs, hostname: &str) -> Result<crate::vip::Sett
     let invalid = |e: crate::vip::UnknownChoice| ConfigError::Invalid(e.to_string());
     let loss_policy: LossPolicy = args.etcd_loss_policy.parse().map_err(invalid)?;
     let fast: FastFailover = args.fast_failover.parse().map_err(invalid)?;
+    let run_as = crate::vip::script::lookup_user(&args.check_user).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "--check-user {}: no such user (check scripts run as it)",
+            args.check_user
+        ))
+    })?;
     Ok(crate::vip::Settings {
         hostname: hostname.to_owned(),
         default_interface: args.vip_interface.clone(),
@@ -38,6 +44,10 @@ pub fn vip_settings(args: &AgentArgs, hostname: &str) -> Result<crate::vip::Sett
         health_interval: Duration::from_secs_f64(args.health_check_interval),
         health_timeout: Duration::from_secs_f64(args.health_check_timeout),
         fail_count: args.fail_count_before_failover,
+        scripts: crate::vip::script::ScriptPolicy {
+            dir: Some(args.check_dir.clone()),
+            run_as: Some(run_as),
+        },
         garp_count: args.arp_gratuitous_count,
         garp_interval: Duration::from_secs_f64(args.arp_gratuitous_interval),
         loss_policy,
@@ -96,6 +106,7 @@ pub fn api_settings(args: &AgentArgs) -> Result<crate::api::ApiConfig, ConfigErr
         listen: args.api_listen,
         credentials,
         tls,
+        hosts: args.api_host.clone(),
     })
 }
 
@@ -258,10 +269,12 @@ async fn start_vips_and_api(
         crate::vip::Services {
             client: etcd.client.clone(),
             keys: etcd.keys.clone(),
+            secrets: etcd.secrets.clone(),
             nl: nl.clone(),
             status,
             peers: peers.clone(),
             changes: vip_changes,
+            view: etcd.view.clone(),
         },
         stop_rx,
     ));

@@ -59,6 +59,9 @@ pub enum IpCommand {
         /// The preferred host.
         #[arg(long)]
         priority: Option<String>,
+        /// Accept a prefix shorter than /16 (IPv4) or /48 (IPv6).
+        #[arg(long)]
+        force: bool,
     },
     /// List floating IPs and their owners.
     Ls,
@@ -93,6 +96,7 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Resu
             checks,
             excluded,
             priority,
+            force,
         } => {
             let vip = VipRecord {
                 address: cidr,
@@ -103,7 +107,7 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Resu
                 ports: None,
             }
             .validate()?;
-            let id = vips.add(&vip).await?;
+            let id = vips.add(&vip, force).await?;
             if json {
                 print_json(&serde_json::json!({"id": id, "added": true, "record": vip.record}))?;
             } else {

@@ -38,6 +38,11 @@ pub struct Snapshot {
     pub ebpf_ring_drops: u64,
     /// API connections whose TLS handshake failed.
     pub api_tls_failures: u64,
+    /// API requests a guard refused (Host, read-only, media type).
+    pub api_refusals: u64,
+    /// Binds refused: the address was on the host and linkmesh had not
+    /// added it.
+    pub vip_foreign_addresses: u64,
     /// VIP records that did not verify.
     pub vip_records_rejected: u64,
 }
@@ -256,6 +261,16 @@ fn register_ebpf_and_api(r: &mut Registry, s: &Snapshot) {
         "linkmesh_vip_records_rejected",
         "VIP records that did not verify (forged, malformed, copied), each revision once",
         counter(s.vip_records_rejected),
+    );
+    r.register(
+        "linkmesh_vip_foreign_addresses_refused",
+        "Binds refused because the VIP's address was on the host already and linkmesh had not added it",
+        counter(s.vip_foreign_addresses),
+    );
+    r.register(
+        "linkmesh_api_refused",
+        "API requests refused before a handler: a foreign Host, a change without credentials, a change that is not JSON",
+        counter(s.api_refusals),
     );
     r.register(
         "linkmesh_api_tls_handshake_failures",

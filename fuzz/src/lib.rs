@@ -26,13 +26,20 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use linkmesh::registry::cache::{Entry, RegistryCache};
-use linkmesh::registry::record::{MAX_RECORD_BYTES, RECORD_VERSION, Record, SealError, canonical};
+use linkmesh::registry::record::{RECORD_VERSION, Record, SealError, canonical};
 use linkmesh::registry::segment::validate_segment_name;
-use linkmesh::registry::{Cidr, VipKey, VipRecord, open_vip};
 use linkmesh::registry::{
     Expect, HostRecord, Keys, Rejection, Secrets, SegmentSpec, Verified, open, seal,
 };
+use linkmesh::registry::{VipKey, VipRecord};
 use serde_json::value::RawValue;
+
+mod seeds;
+mod vip;
+
+pub use seeds::seeds;
+pub use vip::api_body;
+use vip::vip;
 
 /// The secret every target signs and verifies with.
 pub const SECRET: &str = "fuzz-test-secret-0123456789";
@@ -332,6 +339,7 @@ pub fn record(data: &[u8]) -> bool {
         value,
         lease,
         mod_revision,
+        create_revision: mod_revision,
     };
     assert!(cache.put(entry(&h1, &known, LEASE, 1), NOW), "h1 registers");
 
@@ -462,6 +470,7 @@ fn segment(keys: &Keys, secrets: &Secrets, name: &str, value: &[u8], expect: Exp
         value: &known,
         lease: 0,
         mod_revision: 1,
+        create_revision: 1,
     };
     assert!(cache.put(put, NOW), "blue is defined");
 
@@ -479,6 +488,7 @@ fn segment(keys: &Keys, secrets: &Secrets, name: &str, value: &[u8], expect: Exp
         value,
         lease: expect.lease,
         mod_revision: 2,
+        create_revision: 2,
     };
     let shown = |c: &RegistryCache| c.view(NOW).segments.get(name).cloned();
     check_put(&mut cache, entry, NOW, shown, &verdict);
@@ -492,416 +502,6 @@ fn segment(keys: &Keys, secrets: &Secrets, name: &str, value: &[u8], expect: Exp
         assert_eq!(&back, spec, "{json}");
     }
     verdict.is_ok()
-}
-
-/// A VIP record as the agents read it: through the registry cache (which
-/// holds a known VIP already), whose verdict must be [`open_vip`]'s; keys
-/// below a VIP are not records and must name their VIP back.
-fn vip(keys: &Keys, secrets: &Secrets, value: &[u8], expect: Expect<'_>) -> bool {
-    let key = expect.key;
-    let id = match keys.vip_key(key) {
-        None => return false,
-        Some(VipKey::Owner(id)) => {
-            assert_eq!(keys.vip_owner(id), key);
-            return false;
-        }
-        Some(VipKey::Failover(id)) => {
-            assert_eq!(keys.vip_failover(id), key);
-            return false;
-        }
-        Some(VipKey::Member { id, kind, host }) => {
-            assert_eq!(format!("{}{id}/{kind}/{host}", keys.vips()), key);
-            return false;
-        }
-        Some(VipKey::Record(id)) => {
-            assert_eq!(keys.vip(id), key);
-            id
-        }
-    };
-    let mut cache = RegistryCache::new(keys.clone(), secrets.clone(), MAX_AGE);
-    let known = keys.vip(KNOWN_VIP);
-    let known_value = seal(secrets, &known, 0, NOW, &known_vip()).expect("sealing the known VIP");
-    let put = |key, value, lease, mod_revision| Entry {
-        key,
-        value,
-        lease,
-        mod_revision,
-    };
-    assert!(
-        cache.put(put(&known, &known_value, 0, 1), NOW),
-        "the known VIP is defined"
-    );
-    let before = cache.vips().clone();
-    let rejected = cache.rejections.vips();
-    let verdict = open_vip(secrets, key, value, expect.lease, NOW);
-    let changed = cache.put(put(key, value, expect.lease, 2), NOW);
-    match &verdict {
-        Ok(valid) => {
-            assert_eq!(
-                cache.vips().get(id),
-                Some(valid),
-                "the cache holds the accepted record"
-            );
-            assert_eq!(
-                changed,
-                before.get(id) != Some(valid),
-                "a change is reported, only then"
-            );
-            assert_eq!(cache.rejections.vips(), rejected, "nothing counted");
-            check_cidr(keys, valid.cidr);
-            assert_eq!(valid.checks.len(), valid.record.checks.len());
-            let verified = open::<VipRecord>(secrets, value, expect).expect("it verified");
-            reverify(secrets, expect, &verified, same_vip);
-        }
-        Err(r) => {
-            assert_eq!(
-                cache.vips(),
-                &before,
-                "a rejected value ({r}) changed the VIPs"
-            );
-            assert!(!changed, "a rejected value ({r}) reported a change");
-            assert_eq!(
-                cache.rejections.vips(),
-                rejected + 1,
-                "the rejection ({r}) is counted once"
-            );
-        }
-    }
-    verdict.is_ok()
-}
-
-/// The VIP the cache holds before each `segment_vip` input.
-const KNOWN_VIP: &str = "198.18.0.99_32";
-
-fn known_vip() -> VipRecord {
-    VipRecord::new("198.18.0.99/32")
-}
-
-/// A VIP's address prints and parses back, and its id names one record key.
-fn check_cidr(keys: &Keys, cidr: Cidr) {
-    assert_eq!(cidr.to_string().parse::<Cidr>(), Ok(cidr));
-    let id = cidr.id();
-    assert_eq!(
-        keys.vip_key(&keys.vip(&id)),
-        Some(VipKey::Record(id.as_str())),
-        "the id of {cidr} is not one key"
-    );
-}
-
-/// `POST /ips` bodies: [`VipRecord::parse_request`] (what the handler
-/// calls), then what `Vips::add` would write, read back as the agents do.
-#[must_use]
-pub fn api_body(data: &[u8]) -> bool {
-    let Ok(valid) = VipRecord::parse_request(data) else {
-        return false;
-    };
-    let record = valid.record.clone();
-    let cidr = valid.cidr;
-    let keys = Keys::new(PREFIX);
-    check_cidr(&keys, cidr);
-    let key = keys.vip(&cidr.id());
-    let secrets = secrets();
-    let value = match seal(&secrets, &key, 0, NOW, &record) {
-        Ok(value) => value,
-        // Over MAX_RECORD_BYTES: the API refuses it (with 503, not 400) and
-        // writes nothing. Inputs that large are past the fuzzer's max_len.
-        Err(SealError::TooLarge { len, .. }) => {
-            assert!(len > MAX_RECORD_BYTES);
-            return true;
-        }
-        Err(e) => panic!("sealing an accepted VIP record: {e}"),
-    };
-    // What every agent does with the key's value.
-    let read = open_vip(&secrets, &key, &value, 0, NOW)
-        .unwrap_or_else(|r| panic!("agents refuse what the API accepted: {r}"));
-    assert!(
-        same_vip(&read.record, &record),
-        "agents read another record than was posted: {record:?} became {:?}",
-        read.record
-    );
-    assert_eq!(read.cidr, valid.cidr);
-    assert_eq!(read.checks, valid.checks);
-    // The API answers with the record.
-    serde_json::to_vec(&record).expect("an accepted record encodes");
-    true
-}
-
-/// The seed corpus: `(target, file name, input)`. File names start with
-/// `accept-` or `reject-`, and the unit test checks that they are.
-#[must_use]
-pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
-    let mut out = Vec::new();
-    record_seeds(&mut out);
-    record_body_seeds(&mut out);
-    segment_seeds(&mut out);
-    vip_seeds(&mut out);
-    api_body_seeds(&mut out);
-    out
-}
-
-type Seeds = Vec<(&'static str, String, Vec<u8>)>;
-
-fn record_seeds(out: &mut Seeds) {
-    let keys = Keys::new(PREFIX);
-    let s = secrets();
-    let mut add = |name: &str, input: Vec<u8>| out.push(("record", name.to_owned(), input));
-    let h2 = HostRecord {
-        hostname: "h2".into(),
-        address: "198.18.0.2".parse().expect("ip"),
-        segments: [
-            ("blue".to_owned(), "02:00:00:00:00:02".parse().expect("mac")),
-            ("red".to_owned(), "02:00:00:00:01:02".parse().expect("mac")),
-        ]
-        .into(),
-        agent_version: "0.1.0".into(),
-    };
-    let sealed = |host: &HostRecord, key: &str, issued: u64| {
-        seal(&s, key, LEASE, issued, host).expect("seal")
-    };
-    let h2_value = sealed(&h2, &keys.host("h2"), NOW - 10);
-    add("accept-h2-signed", encode(0, "h2", &h2_value));
-    add(
-        "accept-h1-re-signed",
-        encode(
-            0,
-            "h1",
-            &sealed(&known_host("h1"), &keys.host("h1"), NOW - 60),
-        ),
-    );
-    add(
-        "reject-h2-other-lease",
-        encode(OTHER_LEASE, "h2", &h2_value),
-    );
-    add("reject-h2-expired", encode(LATER, "h2", &h2_value));
-    add("reject-h2-copied-to-h9", encode(0, "h9", &h2_value));
-    add(
-        "reject-h1-future",
-        encode(
-            0,
-            "h1",
-            &sealed(&known_host("h1"), &keys.host("h1"), NOW + 600),
-        ),
-    );
-    let forged = seal(
-        &other_secrets(),
-        &keys.host("h1"),
-        LEASE,
-        NOW,
-        &known_host("h1"),
-    )
-    .expect("seal");
-    add("reject-h1-forged", encode(0, "h1", &forged));
-    let mut flipped = sealed(&known_host("h1"), &keys.host("h1"), NOW);
-    if let Some(b) = flipped.iter_mut().find(|b| **b == b'8') {
-        *b = b'9';
-    }
-    add("reject-h1-tampered", encode(0, "h1", &flipped));
-    add(
-        "reject-h1-truncated",
-        encode(0, "h1", &h2_value[..h2_value.len() / 2]),
-    );
-    add("reject-h1-garbage", encode(0, "h1", b"\xff\x00\x13"));
-    add("reject-h1-empty-object", encode(0, "h1", b"{}"));
-    add("reject-slash-name", encode(0, "a/b", b"{}"));
-}
-
-/// Host bodies that `record` signs itself.
-fn record_body_seeds(out: &mut Seeds) {
-    let mut add = |name: &str, input: Vec<u8>| out.push(("record", name.to_owned(), input));
-    let body = |h: &HostRecord| serde_json::to_vec(h).expect("encode");
-    let h3 = HostRecord {
-        hostname: "h3".into(),
-        address: "fd00::3".parse().expect("ip"),
-        segments: [(
-            "green".to_owned(),
-            "02:aa:bb:cc:dd:03".parse().expect("mac"),
-        )]
-        .into(),
-        agent_version: "0.2.0-dev".into(),
-    };
-    add("accept-h3-body-ipv6", encode(SIGN_BODY, "h3", &body(&h3)));
-    add(
-        "accept-h1-body",
-        encode(SIGN_BODY, "h1", &body(&known_host("h1"))),
-    );
-    add(
-        "reject-h3-body-on-other-lease",
-        encode(SIGN_BODY | OTHER_LEASE, "h3", &body(&h3)),
-    );
-    add(
-        "reject-h3-body-under-h4",
-        encode(SIGN_BODY, "h4", &body(&h3)),
-    );
-    add(
-        "reject-body-unspecified-address",
-        encode(
-            SIGN_BODY,
-            "h5",
-            br#"{"hostname":"h5","address":"0.0.0.0","segments":{},"agent_version":"x"}"#,
-        ),
-    );
-    add(
-        "reject-body-bad-segment-and-mac",
-        encode(
-            SIGN_BODY,
-            "h6",
-            br#"{"hostname":"h6","address":"198.18.0.6","segments":{"a/b":"zz:00"},"agent_version":"x"}"#,
-        ),
-    );
-    add(
-        "reject-body-not-json",
-        encode(SIGN_BODY, "h7", b"{\"hostname\":"),
-    );
-}
-
-fn segment_seeds(out: &mut Seeds) {
-    let keys = Keys::new(PREFIX);
-    let s = secrets();
-    let mut add = |name: &str, input: Vec<u8>| out.push(("segment_vip", name.to_owned(), input));
-    let red = SegmentSpec {
-        vni: 200,
-        port: 4790,
-        learning: false,
-        mtu: Some(1400),
-        netns: Some("web".into()),
-    };
-    let red_value = seal(&s, &keys.segment("red"), 0, NOW, &red).expect("seal");
-    add("accept-segment-red", encode(0, "red", &red_value));
-    add(
-        "accept-segment-blue-changed",
-        encode(
-            0,
-            "blue",
-            &seal(&s, &keys.segment("blue"), 0, NOW, &SegmentSpec::new(101)).expect("seal"),
-        ),
-    );
-    add(
-        "reject-segment-on-a-lease",
-        encode(ON_LEASE, "red", &red_value),
-    );
-    add("reject-segment-copied", encode(0, "blue", &red_value));
-    add("reject-segment-garbage", encode(0, "blue", b"not json"));
-    add(
-        "accept-segment-body",
-        encode(
-            SIGN_BODY,
-            "green",
-            br#"{"vni":300,"port":4789,"learning":true}"#,
-        ),
-    );
-    add(
-        "reject-segment-body-vni-0",
-        encode(SIGN_BODY, "green", br#"{"vni":0}"#),
-    );
-    add(
-        "reject-segment-body-unknown-field",
-        encode(SIGN_BODY, "green", br#"{"vni":5,"colour":"green"}"#),
-    );
-    add(
-        "reject-segment-body-long-name",
-        encode(SIGN_BODY, "sixteen-chars-16", br#"{"vni":5}"#),
-    );
-    add(
-        "reject-segment-body-bad-netns",
-        encode(SIGN_BODY, "green", br#"{"vni":5,"mtu":9000,"netns":".."}"#),
-    );
-}
-
-fn vip_seeds(out: &mut Seeds) {
-    let keys = Keys::new(PREFIX);
-    let s = secrets();
-    let mut add = |name: &str, input: Vec<u8>| out.push(("segment_vip", name.to_owned(), input));
-
-    let id = "198.18.0.100_24";
-    let full = VipRecord {
-        address: "198.18.0.100/24".into(),
-        interface: Some("eth0".into()),
-        checks: vec![
-            "tcp:127.0.0.1:80".into(),
-            "http://127.0.0.1:8080/health".into(),
-            "exec:/bin/true".into(),
-        ],
-        excluded_nodes: vec!["h3".into()],
-        priority: Some("h1".into()),
-        ports: Some(serde_json::json!([{"from": 80, "to": 8080}])),
-    };
-    let full_value = seal(&s, &keys.vip(id), 0, NOW, &full).expect("seal");
-    add("accept-vip-full", encode(VIP, id, &full_value));
-    add(
-        "reject-vip-on-a-lease",
-        encode(VIP | ON_LEASE, id, &full_value),
-    );
-    add(
-        "reject-vip-copied",
-        encode(VIP, "198.18.0.101_24", &full_value),
-    );
-    add(
-        "reject-vip-owner-key",
-        encode(VIP, &format!("{id}/owner"), b"h1"),
-    );
-    add(
-        "reject-vip-state-key",
-        encode(VIP, &format!("{id}/state/h2"), b"STANDBY"),
-    );
-    add(
-        "accept-vip-body-ipv6",
-        encode(
-            VIP | SIGN_BODY,
-            "fd00::100_64",
-            br#"{"address":"fd00::100/64","checks":["tcp:[fd00::1]:443"]}"#,
-        ),
-    );
-    add(
-        "reject-vip-body-https",
-        encode(
-            VIP | SIGN_BODY,
-            id,
-            br#"{"address":"198.18.0.100/24","checks":["https://x/"]}"#,
-        ),
-    );
-    add(
-        "reject-vip-body-loopback",
-        encode(VIP | SIGN_BODY, id, br#"{"address":"127.0.0.1/8"}"#),
-    );
-}
-
-fn api_body_seeds(out: &mut Seeds) {
-    let mut add = |name: &str, body: &[u8]| out.push(("api_body", name.to_owned(), body.to_vec()));
-    add("accept-minimal", br#"{"address":"198.18.0.100/24"}"#);
-    add(
-        "accept-full",
-        br#"{"address":"198.18.0.100/24","interface":"eth0","checks":["tcp:127.0.0.1:80","http://127.0.0.1/","exec:/bin/true"],"excluded_nodes":["backup-3"],"priority":"web-1","ports":[{"from":80,"to":8080}]}"#,
-    );
-    add(
-        "accept-ipv6",
-        br#"{"address":"fd00::100/128","checks":["tcp:[fd00::1]:22"]}"#,
-    );
-    // serde_json reads this float back an ulp off once written (see
-    // `same_json`).
-    add(
-        "accept-float-in-ports",
-        br#"{"address":"198.18.0.1/32","ports":{"weight":-5.791054108416719e-286}}"#,
-    );
-    add("reject-no-prefix", br#"{"address":"198.18.0.100"}"#);
-    add("reject-prefix-33", br#"{"address":"198.18.0.1/33"}"#);
-    add(
-        "reject-unknown-field",
-        br#"{"address":"198.18.0.1/32","colour":1}"#,
-    );
-    add(
-        "reject-https-check",
-        br#"{"address":"198.18.0.1/32","checks":["https://x/"]}"#,
-    );
-    add(
-        "reject-bad-host",
-        br#"{"address":"198.18.0.1/32","excluded_nodes":["a b"]}"#,
-    );
-    add(
-        "reject-bad-interface",
-        br#"{"address":"198.18.0.1/32","interface":"a/b"}"#,
-    );
-    add("reject-not-json", b"address=198.18.0.1/32");
-    add("reject-empty", b"");
 }
 
 #[cfg(test)]

@@ -79,17 +79,16 @@ impl Rig {
             .v
             .wait_single_holder(SETTLE, None)
             .unwrap_or_else(|| panic!("one holder: {:?}\n{}", rig.v.holders(), rig.logs()));
-        let states = format!("/linkmesh/vips/{}/state/", rig.v.id);
         let standbys = usize::from(AGENTS) - 1;
         let settled = wait_until(SETTLE, || {
-            let s = rig.v.get(&states);
+            let s = rig.v.states();
             s.len() == usize::from(AGENTS)
                 && s.iter().filter(|(_, st)| st == "STANDBY").count() == standbys
         });
         assert!(
             settled.is_some(),
             "every host published its state: {:?}\n{}",
-            rig.v.get(&states),
+            rig.v.states(),
             rig.logs()
         );
         let h1 = rig.v.lab.host(1).netns.clone();
@@ -213,13 +212,16 @@ impl Rig {
                 secrets,
             };
             loop {
-                let error =
-                    match tokio::time::timeout(Duration::from_millis(250), vips.add(&record)).await
-                    {
-                        Ok(Ok(_) | Err(EtcdError::Conflict(_))) => return Ok(start.elapsed()),
-                        Ok(Err(e)) => e.to_string(),
-                        Err(_) => "no answer within 250 ms".to_owned(),
-                    };
+                let error = match tokio::time::timeout(
+                    Duration::from_millis(250),
+                    vips.add(&record, false),
+                )
+                .await
+                {
+                    Ok(Ok(_) | Err(EtcdError::Conflict(_))) => return Ok(start.elapsed()),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "no answer within 250 ms".to_owned(),
+                };
                 if start.elapsed() > timeout {
                     return Err(error);
                 }

@@ -23,6 +23,19 @@ use crate::kernel;
 use crate::lab::Lab;
 use crate::process::Process;
 
+/// Field `field` of a signed envelope's body, as text (the raw value when
+/// it is not an envelope).
+#[must_use]
+pub fn body_field(value: &str, field: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(value)
+        .ok()
+        .and_then(|v| {
+            let f = v.get("body")?.get(field)?.clone();
+            Some(f.as_str().map_or_else(|| f.to_string(), str::to_owned))
+        })
+        .unwrap_or_else(|| value.to_owned())
+}
+
 /// What to build.
 #[must_use]
 pub struct Builder {
@@ -277,13 +290,32 @@ impl<E: Endpoints> Testbed<E> {
             .and_then(|n| n.mac)
     }
 
-    /// The owner key's value (a host name), if any.
+    /// The host the owner key names, if any (the value is a signed
+    /// envelope: its body's `host`).
     #[must_use]
     pub fn owner_key(&self) -> Option<String> {
         self.get(&format!("/linkmesh/vips/{}/owner", self.id))
             .into_iter()
             .next()
-            .map(|(_, v)| v)
+            .map(|(_, v)| body_field(&v, "host"))
+    }
+
+    /// Each host's state for the VIP as written in etcd: (key, state).
+    #[must_use]
+    pub fn states(&self) -> Vec<(String, String)> {
+        self.get(&format!("/linkmesh/vips/{}/state/", self.id))
+            .into_iter()
+            .map(|(k, v)| (k, body_field(&v, "state")))
+            .collect()
+    }
+
+    /// Each host's suspicion of the owner in etcd: (key, suspected lease).
+    #[must_use]
+    pub fn suspects(&self) -> Vec<(String, String)> {
+        self.get(&format!("/linkmesh/vips/{}/suspect/", self.id))
+            .into_iter()
+            .map(|(k, v)| (k, body_field(&v, "lease")))
+            .collect()
     }
 
     /// Keys and values under `prefix` in etcd.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use linkmesh_tests::agent::wait_until;
 use linkmesh_tests::chaos::{AGENTS, Report, Rig, figure, ms};
 use linkmesh_tests::require_root;
+use linkmesh_tests::testbed::body_field;
 
 /// The ownership lease TTL every scenario runs with (`--keepalive-interval`).
 const TTL: Duration = Duration::from_secs(2);
@@ -309,7 +310,7 @@ fn etcd_outage(policy: &str) -> (Rig, Report, Outage) {
     let named = owner_key
         .as_ref()
         .ok()
-        .and_then(|kvs| kvs.first().map(|(_, v)| v.clone()));
+        .and_then(|kvs| kvs.first().map(|(_, v)| body_field(v, "host")));
     assert_eq!(
         named.as_deref(),
         Some(rig.v.lab.host(holder).name.as_str()),

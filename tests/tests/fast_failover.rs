@@ -56,22 +56,21 @@ fn start(v: &Testbed, lease_secs: &str) -> (Vec<Process>, u8) {
         })
     });
     assert!(watching.is_some(), "every agent loaded its watchers");
-    let states = format!("/linkmesh/vips/{}/state/", v.id);
     let settled = wait_until(Duration::from_secs(10), || {
-        let s = v.get(&states);
+        let s = v.states();
         s.len() == usize::from(v.agents)
             && s.iter().filter(|(_, st)| st == "STANDBY").count() == usize::from(v.agents) - 1
     });
     assert!(
         settled.is_some(),
         "every host published its state: {:?}",
-        v.get(&states)
+        v.states()
     );
     (agents, owner)
 }
 
 fn suspects(v: &Testbed) -> Vec<(String, String)> {
-    v.get(&format!("/linkmesh/vips/{}/suspect/", v.id))
+    v.suspects()
 }
 
 #[test]

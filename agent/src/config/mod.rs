@@ -155,6 +155,19 @@ pub struct AgentArgs {
     /// Seconds one health check may take.
     #[arg(long, env = "LINKMESH_HEALTH_CHECK_TIMEOUT", default_value_t = 1.0)]
     pub health_check_timeout: f64,
+    /// The directory of the scripts `exec:NAME` checks run (by name only).
+    /// It, the scripts and every directory above must be owned by root (or
+    /// the agent's user) and writable by no one else, or nothing runs.
+    #[arg(
+        long,
+        env = "LINKMESH_CHECK_DIR",
+        default_value = "/etc/linkmesh/checks"
+    )]
+    pub check_dir: PathBuf,
+    /// The user check scripts run as when the agent runs as root (they
+    /// never get its capabilities either way).
+    #[arg(long, env = "LINKMESH_CHECK_USER", default_value = "nobody")]
+    pub check_user: String,
     /// Consecutive failed checks before this host gives a VIP up.
     #[arg(long, env = "LINKMESH_FAIL_COUNT_BEFORE_FAILOVER", default_value_t = 3)]
     pub fail_count_before_failover: u32,
@@ -203,7 +216,12 @@ pub struct AgentArgs {
     /// Address and port of the HTTP API.
     #[arg(long, env = "LINKMESH_API_LISTEN", default_value = "127.0.0.1:1313")]
     pub api_listen: std::net::SocketAddr,
-    /// HTTP basic-auth user (auth is off unless both user and password are set).
+    /// A host name clients may reach the API by (the Host header); the
+    /// API's addresses and `localhost` always work. Repeatable.
+    #[arg(long = "api-host", env = "LINKMESH_API_HOST", value_delimiter = ',')]
+    pub api_host: Vec<String>,
+    /// HTTP basic-auth user. Without a user and a password the API serves
+    /// reads to anyone who reaches it and refuses every change.
     #[arg(long, env = "LINKMESH_API_USER", requires = "api_password_file")]
     pub api_user: Option<String>,
     /// File holding the basic-auth password (first line).

@@ -10,7 +10,8 @@ use serde::Serialize;
 use super::{EtcdError, read_prefix, timed};
 use crate::clock::unix_now;
 use crate::registry::{
-    Keys, Rejection, Secrets, SegmentSpec, ValidVip, VipKey, VipRecord, open_vip, seal,
+    Expect, FailoverRecord, HostRecord, Invalid, Keys, Rejection, Secrets, SegmentSpec, ValidVip,
+    VipKey, VipRecord, open, open_member, open_owner, open_vip, seal,
 };
 
 /// Segment administration (the `linkmesh segment` commands).
@@ -173,34 +174,105 @@ pub struct Vips {
 }
 
 impl Vips {
-    /// Adds a VIP (validated by the caller, once); fails if its id exists.
-    /// Returns the id.
-    pub async fn add(&self, vip: &ValidVip) -> Result<String, EtcdError> {
+    /// Adds a VIP (validated by the caller, once); fails if its id exists,
+    /// if it is wider than /16 (/48) without `force`, or if its address is
+    /// a registered host's underlay address. Returns the id.
+    pub async fn add(&self, vip: &ValidVip, force: bool) -> Result<String, EtcdError> {
+        vip.check_width(force)?;
+        self.refuse_host_address(vip).await?;
         let id = vip.cidr.id();
         let key = self.keys.vip(&id);
+        let index = self.keys.vip_address(vip.cidr.addr);
         let value = seal(&self.secrets, &key, 0, unix_now(), &vip.record)?;
+        // The record and its address's index entry, or neither: two VIPs
+        // never share an address, and two admins cannot race.
         let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.clone(), value, None)]);
+            .when([
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                Compare::create_revision(index.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(key.clone(), value, None),
+                TxnOp::put(index.clone(), id.clone(), None),
+            ])
+            .or_else([TxnOp::get(key.clone(), None), TxnOp::get(index, None)]);
         let mut kv = self.client.kv_client();
         let r = timed(|| format!("adding floating IP {id}"), kv.txn(txn)).await?;
-        if !r.succeeded() {
-            return Err(EtcdError::Conflict(format!(
-                "floating IP {id} already exists"
-            )));
+        if r.succeeded() {
+            return Ok(id);
         }
-        Ok(id)
+        let mut taken_by = None;
+        for op in r.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(g) = op {
+                for kv in g.kvs() {
+                    if kv.key() == key.as_bytes() {
+                        return Err(EtcdError::Conflict(format!(
+                            "floating IP {id} already exists"
+                        )));
+                    }
+                    taken_by = Some(String::from_utf8_lossy(kv.value()).into_owned());
+                }
+            }
+        }
+        Err(Invalid::DuplicateAddress {
+            addr: vip.cidr.addr,
+            vip: taken_by.unwrap_or_else(|| "?".into()),
+        }
+        .into())
     }
 
-    /// Removes a VIP (its owner unbinds when it sees the record go).
+    /// Fails if `vip`'s address is the underlay address of a registered
+    /// host (a verified record).
+    async fn refuse_host_address(&self, vip: &ValidVip) -> Result<(), EtcdError> {
+        let (_, kvs) = read_prefix(&self.client, &self.keys.hosts()).await?;
+        let now = unix_now();
+        for kv in &kvs {
+            let Ok(key) = kv.key_str() else { continue };
+            let expect = Expect {
+                key,
+                lease: kv.lease(),
+                now,
+                max_age: None,
+            };
+            if let Ok(host) = open::<HostRecord>(&self.secrets, kv.value(), expect)
+                && host.body.address == vip.cidr.addr
+            {
+                return Err(Invalid::HostAddress {
+                    addr: vip.cidr.addr,
+                    host: host.body.hostname,
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a VIP, and its address's index entry if that names it (its
+    /// owner unbinds when it sees the record go).
     pub async fn remove(&self, id: &str) -> Result<bool, EtcdError> {
+        let key = self.keys.vip(id);
+        let index = id
+            .replace('_', "/")
+            .parse::<crate::registry::Cidr>()
+            .ok()
+            .map(|c| self.keys.vip_address(c.addr));
+        let mut ops = vec![TxnOp::delete(key.clone(), None)];
+        let mut when = Vec::new();
+        if let Some(index) = &index {
+            when.push(Compare::value(index.clone(), CompareOp::Equal, id));
+            ops.push(TxnOp::delete(index.clone(), None));
+        }
+        let txn = Txn::new()
+            .when(when)
+            .and_then(ops)
+            .or_else([TxnOp::delete(key, None)]);
         let mut kv = self.client.kv_client();
-        let r = timed(
-            || format!("removing floating IP {id}"),
-            kv.delete(self.keys.vip(id), None),
-        )
-        .await?;
-        Ok(r.deleted() > 0)
+        let r = timed(|| format!("removing floating IP {id}"), kv.txn(txn)).await?;
+        // The record's delete comes first in either branch.
+        let deleted = r.op_responses().first().is_some_and(
+            |op| matches!(op, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0),
+        );
+        Ok(deleted)
     }
 
     /// Every VIP, verified as the agents verify it, with its owner and the
@@ -234,16 +306,22 @@ impl Vips {
                 }
                 Some(VipKey::Owner(id)) => {
                     entry(&mut entries, id);
-                    if let Some(e) = entries.get_mut(id) {
-                        e.owner = Some(String::from_utf8_lossy(kv.value()).into_owned());
+                    // An owner key that does not verify names nobody.
+                    let owner = open_owner(&self.secrets, key, kv.value(), kv.lease(), now);
+                    if let (Some(e), Ok((host, _))) = (entries.get_mut(id), owner) {
+                        e.owner = Some(host);
                     }
                 }
                 Some(VipKey::Member {
                     id,
-                    kind: "state",
+                    kind: kind @ "state",
                     host,
                 }) => {
-                    states.push((id, host, String::from_utf8_lossy(kv.value()).into_owned()));
+                    if let Ok(state) =
+                        open_member(&self.secrets, key, kind, kv.value(), kv.lease(), now)
+                    {
+                        states.push((id, host, state));
+                    }
                 }
                 _ => {}
             }
@@ -278,14 +356,15 @@ impl Vips {
         let lease = timed(|| "granting a lease".to_owned(), leases.grant(30, None))
             .await?
             .id();
+        let key = self.keys.vip_failover(id);
+        let record = FailoverRecord {
+            host: owner.clone(),
+        };
+        let value = seal(&self.secrets, &key, lease, unix_now(), &record)?;
         let mut kv = self.client.kv_client();
         timed(
             || format!("requesting failover of {id}"),
-            kv.put(
-                self.keys.vip_failover(id),
-                owner.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            ),
+            kv.put(key, value, Some(PutOptions::new().with_lease(lease))),
         )
         .await?;
         Ok(owner)

@@ -1,5 +1,6 @@
 //! Floating-IP ownership in etcd: the owner key `<prefix>/vips/<ID>/owner`
-//! is created by a transaction that only succeeds when nobody has it,
+//! (a signed [`OwnerRecord`]) is created by a transaction that only
+//! succeeds when nobody has it,
 //! deleted only under the lease it is on, and revoked with that lease when
 //! a quorum of standbys suspects its holder.
 
@@ -8,7 +9,8 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse};
 use tracing::{debug, warn};
 
-use crate::registry::Keys;
+use crate::clock::unix_now;
+use crate::registry::{Keys, OwnerRecord, Secrets, open_owner, seal};
 
 /// How a contention went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,35 +25,47 @@ pub enum Contention {
 }
 
 /// Whether the failed branch of a contention shows the owner key held by
-/// `host` on `lease`.
-fn holds_key(r: &TxnResponse, host: &str, lease: i64) -> bool {
+/// `host` on `lease`, signed.
+fn holds_key(r: &TxnResponse, secrets: &Secrets, key: &str, host: &str, lease: i64) -> bool {
     r.op_responses().iter().any(|op| match op {
-        TxnOpResponse::Get(g) => g
-            .kvs()
-            .first()
-            .is_some_and(|kv| kv.value() == host.as_bytes() && kv.lease() == lease),
+        TxnOpResponse::Get(g) => g.kvs().first().is_some_and(|kv| {
+            kv.lease() == lease
+                && open_owner(secrets, key, kv.value(), kv.lease(), unix_now())
+                    .is_ok_and(|(h, _)| h == host)
+        }),
         _ => false,
     })
 }
 
-/// Creates `id`'s owner key for `host` on `lease` if nobody has it.
+/// Creates `id`'s owner key for `host` on `lease` (signed) if nobody has
+/// it.
 pub async fn contend(
     client: &Client,
-    keys: &Keys,
+    (keys, secrets): (&Keys, &Secrets),
     id: &str,
     host: &str,
     lease: i64,
     timeout: Duration,
 ) -> Contention {
     let key = keys.vip_owner(id);
+    let record = OwnerRecord {
+        host: host.to_owned(),
+    };
+    let value = match seal(secrets, &key, lease, unix_now(), &record) {
+        Ok(value) => value,
+        Err(e) => {
+            warn!(vip = %id, error = %e, "signing the owner key failed");
+            return Contention::Failed;
+        }
+    };
     let txn = Txn::new()
         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
         .and_then([TxnOp::put(
             key.clone(),
-            host,
+            value,
             Some(PutOptions::new().with_lease(lease)),
         )])
-        .or_else([TxnOp::get(key, None)]);
+        .or_else([TxnOp::get(key.clone(), None)]);
     let mut kv = client.kv_client();
     let started = std::time::Instant::now();
     match tokio::time::timeout(timeout, kv.txn(txn)).await {
@@ -59,7 +73,9 @@ pub async fn contend(
             debug!(vip = %id, txn_us = started.elapsed().as_micros(), "owner key created");
             Contention::Won
         }
-        Ok(Ok(r)) if lease != 0 && holds_key(&r, host, lease) => Contention::StillOurs,
+        Ok(Ok(r)) if lease != 0 && holds_key(&r, secrets, &key, host, lease) => {
+            Contention::StillOurs
+        }
         Ok(Ok(_)) => Contention::Lost,
         Ok(Err(e)) => {
             warn!(vip = %id, error = %e, "contending failed");
@@ -92,6 +108,28 @@ pub async fn release(client: &Client, keys: &Keys, id: &str, lease: i64, timeout
         Err(_) => {
             warn!(vip = %id, "releasing the owner key timed out; it expires with the lease");
         }
+    }
+}
+
+/// Deletes `id`'s owner key if it is still the one at `revision` (one that
+/// does not verify: whoever wrote it has no owner's say).
+pub async fn clear(client: &Client, keys: &Keys, id: &str, revision: i64, timeout: Duration) {
+    let key = keys.vip_owner(id);
+    let txn = Txn::new()
+        .when([Compare::mod_revision(
+            key.clone(),
+            CompareOp::Equal,
+            revision,
+        )])
+        .and_then([TxnOp::delete(key, None)]);
+    let mut kv = client.kv_client();
+    match tokio::time::timeout(timeout, kv.txn(txn)).await {
+        Ok(Ok(r)) if r.succeeded() => {
+            warn!(vip = %id, revision, "removed an owner key that does not verify");
+        }
+        Ok(Ok(_)) => debug!(vip = %id, "the unverified owner key changed before it was removed"),
+        Ok(Err(e)) => warn!(vip = %id, error = %e, "removing an unverified owner key failed"),
+        Err(_) => warn!(vip = %id, "removing an unverified owner key timed out"),
     }
 }
 

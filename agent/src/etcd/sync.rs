@@ -17,7 +17,7 @@ use super::client::{MAX_REPLY, read_prefix};
 use super::{EtcdError, timed};
 use crate::clock::unix_now;
 use crate::registry::cache::{Entry, RegistryCache};
-use crate::registry::{Keys, MemberKey, RegistryView, VipChange, VipKey, VipSnapshot};
+use crate::registry::{Keys, RegistryView, VipChange, VipKey, VipSnapshot};
 
 /// Counters of the loop.
 #[derive(Debug, Default)]
@@ -74,6 +74,7 @@ fn entry(kv: &KeyValue) -> Option<Entry<'_>> {
         value: kv.value(),
         lease: kv.lease(),
         mod_revision: kv.mod_revision(),
+        create_revision: kv.create_revision(),
     })
 }
 
@@ -87,10 +88,6 @@ async fn publish(out: &Outputs) {
             true
         }
     });
-}
-
-fn text(value: &[u8]) -> String {
-    String::from_utf8_lossy(value).into_owned()
 }
 
 /// Reads the prefix at one revision into the cache and publishes it (the
@@ -109,36 +106,30 @@ async fn snapshot(
     {
         let mut cache = out.cache.lock().await;
         let mut records = Vec::with_capacity(snapshot.len());
+        let now = unix_now();
         for kv in &snapshot {
             let Some(e) = entry(kv) else { continue };
             match keys.vip_key(e.key) {
-                Some(VipKey::Owner(id)) => {
-                    vips.owners.insert(id.to_owned(), (text(e.value), e.lease));
-                }
-                Some(VipKey::Failover(id)) => {
-                    vips.failovers.push((id.to_owned(), text(e.value)));
-                }
-                Some(VipKey::Member { id, kind, host }) => vips.members.push(MemberKey {
-                    id: id.to_owned(),
-                    kind: kind.to_owned(),
-                    host: host.to_owned(),
-                    value: Some(text(e.value)),
-                }),
                 Some(VipKey::Record(_)) | None => records.push(e),
+                Some(_) => match cache.vip_key(e, false, now) {
+                    Some(VipChange::Owner(id, Some(owner))) => {
+                        vips.owners.insert(id, owner);
+                    }
+                    Some(VipChange::BogusOwner { id, revision }) => {
+                        vips.bogus_owners.push((id, revision));
+                    }
+                    Some(VipChange::Failover(id, host)) => vips.failovers.push((id, host)),
+                    Some(VipChange::Member(m)) if m.value.is_some() => vips.members.push(m),
+                    _ => {}
+                },
             }
         }
         let before = (!fresh).then(|| cache.vips().clone());
-        cache.snapshot(records, unix_now());
+        cache.snapshot(records, now);
         vips.records = cache.vips().clone();
         if let Some(before) = before {
-            let ids: std::collections::BTreeSet<&String> =
-                before.keys().chain(vips.records.keys()).collect();
-            for id in ids {
-                let now = vips.records.get(id);
-                if before.get(id) != now {
-                    let change = VipChange::Record(id.clone(), now.cloned().map(Box::new));
-                    let _ = out.vips.send(change);
-                }
+            for change in record_changes(&before, &vips.records) {
+                let _ = out.vips.send(change);
             }
         }
     }
@@ -209,6 +200,18 @@ async fn once(
     }
 }
 
+/// The VIP records that differ between `before` and `after`, as changes.
+fn record_changes(
+    before: &std::collections::BTreeMap<String, crate::registry::ValidVip>,
+    after: &std::collections::BTreeMap<String, crate::registry::ValidVip>,
+) -> Vec<VipChange> {
+    let ids: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    ids.into_iter()
+        .filter(|id| before.get(*id) != after.get(*id))
+        .map(|id| VipChange::Record(id.clone(), after.get(id).cloned().map(Box::new)))
+        .collect()
+}
+
 /// Applies watch events: to the cache, and to the floating-IP subsystem.
 /// Returns whether the view changed.
 async fn apply(keys: &Keys, out: &Outputs, events: &[etcd_client::Event]) -> bool {
@@ -222,29 +225,22 @@ async fn apply(keys: &Keys, out: &Outputs, events: &[etcd_client::Event]) -> boo
             };
             let deleted = event.event_type() == EventType::Delete;
             let vip = match keys.vip_key(e.key) {
-                Some(VipKey::Owner(id)) => Some(VipChange::Owner(
-                    id.to_owned(),
-                    (!deleted).then(|| (text(e.value), e.lease)),
-                )),
-                Some(VipKey::Failover(id)) if !deleted => {
-                    Some(VipChange::Failover(id.to_owned(), text(e.value)))
+                Some(VipKey::Owner(_) | VipKey::Failover(_) | VipKey::Member { .. }) => {
+                    cache.vip_key(e, deleted, now)
                 }
-                Some(VipKey::Failover(_)) => None,
-                Some(VipKey::Member { id, kind, host }) => Some(VipChange::Member(MemberKey {
-                    id: id.to_owned(),
-                    kind: kind.to_owned(),
-                    host: host.to_owned(),
-                    value: (!deleted).then(|| text(e.value)),
-                })),
-                Some(VipKey::Record(id)) => {
-                    let was = cache.vips().get(id).cloned();
+                Some(VipKey::Record(_)) => {
+                    // Every record that changed: one on the same address
+                    // may come or go with this one (one VIP per address).
+                    let before = cache.vips().clone();
                     if deleted {
                         cache.delete(e.key);
                     } else {
                         cache.put(e, now);
                     }
-                    let is = cache.vips().get(id).cloned();
-                    (is != was).then(|| VipChange::Record(id.to_owned(), is.map(Box::new)))
+                    for change in record_changes(&before, cache.vips()) {
+                        let _ = out.vips.send(change);
+                    }
+                    None
                 }
                 None => {
                     changed |= if deleted {

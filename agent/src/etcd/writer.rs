@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 pub enum Write {
     Put {
         key: String,
-        value: String,
+        value: Vec<u8>,
         lease: i64,
         /// Not worth writing after this (a suspicion is an observation of
         /// now: written late, it could revoke an owner that came back).

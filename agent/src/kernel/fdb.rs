@@ -147,13 +147,13 @@ impl Netlink {
                 let ns = ns.to_owned();
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 std::thread::spawn(move || {
-                    let result = super::enter_netns(&ns).and_then(|()| batch::send(&requests));
+                    let result = super::enter_netns(&ns).and_then(|()| batch::send(requests));
                     let _ = tx.send(result);
                 });
                 rx.await
                     .map_err(|_| failed(std::io::Error::other("the netns thread ended")))?
             }
-            None => tokio::task::spawn_blocking(move || batch::send(&requests))
+            None => tokio::task::spawn_blocking(move || batch::send(requests))
                 .await
                 .map_err(|e| failed(std::io::Error::other(e.to_string())))?,
         }

@@ -17,6 +17,7 @@ use super::record::{Expect, Rejection, open};
 use super::secret::Secrets;
 use super::segment::{SegmentSpec, validate_segment_name};
 use super::vip::{ValidVip, open_vip};
+use super::vipkeys::{MemberKey, VipChange, open_failover, open_member, open_owner};
 
 /// The verified registry, as far as the mesh is concerned.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -32,6 +33,9 @@ pub struct Entry<'a> {
     pub value: &'a [u8],
     pub lease: i64,
     pub mod_revision: i64,
+    /// When the key was created (the older of two VIPs on one address
+    /// wins).
+    pub create_revision: i64,
 }
 
 /// Rejections, logged once per key and revision: host and segment records
@@ -52,6 +56,17 @@ impl RejectionLog {
         }
         *self.counts.entry(rejection.reason()).or_default() += 1;
         warn!(key, revision = mod_revision, reason = rejection.reason(), error = %rejection, "registry record rejected");
+        true
+    }
+
+    /// Records a rejection of a VIP's owner, state, suspect or failover
+    /// key; returns whether it was new.
+    pub fn record_vip_key(&mut self, key: &str, mod_revision: i64, rejection: &Rejection) -> bool {
+        if !self.first(key, mod_revision) {
+            return false;
+        }
+        self.vips += 1;
+        warn!(key, revision = mod_revision, reason = rejection.reason(), error = %rejection, "vip key rejected");
         true
     }
 
@@ -90,7 +105,7 @@ impl RejectionLog {
         self.counts.values().sum()
     }
 
-    /// VIP records rejected so far.
+    /// VIP records and keys rejected so far.
     #[must_use]
     pub fn vips(&self) -> u64 {
         self.vips
@@ -112,6 +127,11 @@ pub struct RegistryCache {
     hosts: BTreeMap<String, HostEntry>,
     segments: BTreeMap<String, SegmentSpec>,
     vips: BTreeMap<String, ValidVip>,
+    /// When each VIP record was created.
+    vip_created: BTreeMap<String, i64>,
+    /// Verified VIP records held back because an older one has the same
+    /// address (one VIP per address); one comes back when that one goes.
+    shadowed: BTreeMap<String, (ValidVip, i64)>,
     pub rejections: RejectionLog,
 }
 
@@ -125,6 +145,8 @@ impl RegistryCache {
             hosts: BTreeMap::new(),
             segments: BTreeMap::new(),
             vips: BTreeMap::new(),
+            vip_created: BTreeMap::new(),
+            shadowed: BTreeMap::new(),
             rejections: RejectionLog::default(),
         }
     }
@@ -145,7 +167,7 @@ impl RegistryCache {
     pub fn put(&mut self, entry: Entry<'_>, now: u64) -> bool {
         if let Some(VipKey::Record(id)) = self.keys.vip_key(entry.key) {
             return match open_vip(&self.secrets, entry.key, entry.value, entry.lease, now) {
-                Ok(vip) => self.vips.insert(id.to_owned(), vip.clone()) != Some(vip),
+                Ok(vip) => self.put_vip(id, vip, entry),
                 Err(r) => {
                     self.rejections
                         .record_vip(entry.key, entry.mod_revision, &r);
@@ -211,6 +233,120 @@ impl RegistryCache {
         false
     }
 
+    /// Puts a verified VIP record, one VIP per address: of two records on
+    /// one address the one created first is in force, whatever order they
+    /// are read in; the other waits (shadowed) and is rejected, counted.
+    fn put_vip(&mut self, id: &str, vip: ValidVip, entry: Entry<'_>) -> bool {
+        let created = entry.create_revision;
+        self.shadowed.remove(id);
+        let rival = self
+            .vips
+            .iter()
+            .find(|(other, v)| other.as_str() != id && v.cidr.addr == vip.cidr.addr)
+            .map(|(other, _)| other.clone());
+        if let Some(rival) = rival {
+            let rival_created = self.vip_created.get(&rival).copied().unwrap_or(i64::MAX);
+            let duplicate = |of: &str| {
+                Rejection::Invalid(super::Invalid::DuplicateAddress {
+                    addr: vip.cidr.addr,
+                    vip: of.to_owned(),
+                })
+            };
+            if rival_created <= created {
+                self.rejections
+                    .record_vip(entry.key, entry.mod_revision, &duplicate(&rival));
+                let was = self.vips.remove(id).is_some();
+                self.vip_created.remove(id);
+                self.shadowed.insert(id.to_owned(), (vip, created));
+                return was;
+            }
+            // The rival is younger: it waits now.
+            if let Some(v) = self.vips.remove(&rival) {
+                let rival_key = self.keys.vip(&rival);
+                self.rejections
+                    .record_vip(&rival_key, rival_created, &duplicate(id));
+                self.shadowed.insert(rival.clone(), (v, rival_created));
+            }
+            self.vip_created.remove(&rival);
+        }
+        self.vip_created.insert(id.to_owned(), created);
+        self.vips.insert(id.to_owned(), vip.clone()) != Some(vip)
+    }
+
+    /// A VIP record is gone: a record it held back on its address may take
+    /// its place.
+    fn delete_vip(&mut self, id: &str) -> bool {
+        self.shadowed.remove(id);
+        self.vip_created.remove(id);
+        let Some(gone) = self.vips.remove(id) else {
+            return false;
+        };
+        let heir = self
+            .shadowed
+            .iter()
+            .filter(|(_, (v, _))| v.cidr.addr == gone.cidr.addr)
+            .min_by_key(|(_, (_, created))| *created)
+            .map(|(other, _)| other.clone());
+        if let Some(heir) = heir
+            && let Some((v, created)) = self.shadowed.remove(&heir)
+        {
+            self.vip_created.insert(heir.clone(), created);
+            self.vips.insert(heir, v);
+        }
+        true
+    }
+
+    /// A put (or, `deleted`, a delete) of a VIP's owner, failover, state or
+    /// suspect key, verified: what to tell the floating-IP subsystem. What
+    /// does not verify counts as absent (and is logged and counted); an
+    /// owner key that does not verify is reported, so it can go.
+    pub fn vip_key(&mut self, entry: Entry<'_>, deleted: bool, now: u64) -> Option<VipChange> {
+        let (secrets, key, value, lease) = (&self.secrets, entry.key, entry.value, entry.lease);
+        let (change, rejected) = match self.keys.vip_key(key)? {
+            VipKey::Record(_) => return None,
+            VipKey::Owner(id) if deleted => (VipChange::Owner(id.to_owned(), None), None),
+            VipKey::Owner(id) => match open_owner(secrets, key, value, lease, now) {
+                Ok(owner) => (VipChange::Owner(id.to_owned(), Some(owner)), None),
+                Err(r) => (
+                    VipChange::BogusOwner {
+                        id: id.to_owned(),
+                        revision: entry.mod_revision,
+                    },
+                    Some(r),
+                ),
+            },
+            VipKey::Failover(_) if deleted => return None,
+            VipKey::Failover(id) => match open_failover(secrets, key, value, lease, now) {
+                Ok(host) => (VipChange::Failover(id.to_owned(), host), None),
+                Err(r) => {
+                    self.rejections.record_vip_key(key, entry.mod_revision, &r);
+                    return None;
+                }
+            },
+            VipKey::Member { id, kind, host } => {
+                let (value, rejected) = if deleted {
+                    (None, None)
+                } else {
+                    match open_member(secrets, key, kind, value, lease, now) {
+                        Ok(v) => (Some(v), None),
+                        Err(r) => (None, Some(r)),
+                    }
+                };
+                let member = MemberKey {
+                    id: id.to_owned(),
+                    kind: kind.to_owned(),
+                    host: host.to_owned(),
+                    value,
+                };
+                (VipChange::Member(member), rejected)
+            }
+        };
+        if let Some(r) = rejected {
+            self.rejections.record_vip_key(key, entry.mod_revision, &r);
+        }
+        Some(change)
+    }
+
     /// Applies a delete. Returns whether the view changed.
     pub fn delete(&mut self, key: &str) -> bool {
         if let Some(host) = self.keys.host_of(key) {
@@ -220,7 +356,7 @@ impl RegistryCache {
             return self.segments.remove(name).is_some();
         }
         if let Some(VipKey::Record(id)) = self.keys.vip_key(key) {
-            return self.vips.remove(id).is_some();
+            return self.delete_vip(id);
         }
         false
     }
@@ -238,6 +374,10 @@ impl RegistryCache {
         self.segments
             .retain(|s, _| present.contains(&keys.segment(s)));
         self.vips.retain(|id, _| present.contains(&keys.vip(id)));
+        self.vip_created
+            .retain(|id, _| present.contains(&keys.vip(id)));
+        self.shadowed
+            .retain(|id, _| present.contains(&keys.vip(id)));
     }
 
     /// The view the mesh uses: hosts whose records are within the maximum
@@ -288,6 +428,7 @@ mod tests {
                 value,
                 lease,
                 mod_revision: rev,
+                create_revision: rev,
             },
             NOW,
         )
@@ -362,6 +503,7 @@ mod tests {
                 value: &h2,
                 lease: 5,
                 mod_revision: 1,
+                create_revision: 1,
             }],
             NOW,
         );
@@ -388,5 +530,56 @@ mod tests {
         let v = seal(&secrets(), long, 0, NOW, &SegmentSpec::new(5)).expect("seal");
         assert!(!put(&mut c, long, &v, 0, 2));
         assert_eq!(c.rejections.counts().get("invalid"), Some(&2));
+    }
+
+    fn vip_entry<'a>(key: &'a str, value: &'a [u8], created: i64) -> Entry<'a> {
+        Entry {
+            key,
+            value,
+            lease: 0,
+            mod_revision: created,
+            create_revision: created,
+        }
+    }
+
+    #[test]
+    fn one_vip_per_address_the_older_wins_in_any_order_and_the_other_waits() {
+        let wide = "/lm/vips/198.18.0.100_24";
+        let narrow = "/lm/vips/198.18.0.100_32";
+        let sealed = |key: &str, cidr: &str| {
+            seal(
+                &secrets(),
+                key,
+                0,
+                NOW,
+                &crate::registry::VipRecord::new(cidr),
+            )
+            .expect("seal")
+        };
+        let (w, n) = (
+            sealed(wide, "198.18.0.100/24"),
+            sealed(narrow, "198.18.0.100/32"),
+        );
+        for narrow_first in [true, false] {
+            let mut c = cache();
+            // The /32 was created first (revision 10), the /24 later (20).
+            if narrow_first {
+                c.put(vip_entry(narrow, &n, 10), NOW);
+                c.put(vip_entry(wide, &w, 20), NOW);
+            } else {
+                c.put(vip_entry(wide, &w, 20), NOW);
+                c.put(vip_entry(narrow, &n, 10), NOW);
+            }
+            let ids: Vec<_> = c.vips().keys().cloned().collect();
+            assert_eq!(ids, ["198.18.0.100_32"], "narrow first: {narrow_first}");
+            assert_eq!(c.rejections.vips(), 1, "the younger one is counted");
+            assert!(c.delete(narrow), "the older one goes");
+            let ids: Vec<_> = c.vips().keys().cloned().collect();
+            assert_eq!(
+                ids,
+                ["198.18.0.100_24"],
+                "the one that waited takes its place"
+            );
+        }
     }
 }

@@ -37,10 +37,24 @@ pub enum Invalid {
     PrefixTooLong { len: u8, max: u8 },
     #[error("{0} cannot be a floating IP")]
     NotFloating(IpAddr),
+    #[error(
+        "a /{len} floating IP covers too much (shorter than /{min}); add --force if you mean it"
+    )]
+    PrefixTooWide { len: u8, min: u8 },
+    #[error(
+        "{addr} is the underlay address of host {host}: a floating IP on it would take that host's own address"
+    )]
+    HostAddress { addr: IpAddr, host: String },
+    #[error("{addr} is already floating IP {vip}: one floating IP per address")]
+    DuplicateAddress { addr: IpAddr, vip: String },
     #[error("check {check:?}: {why}")]
     Check { check: String, why: String },
     #[error("interface: {0}")]
     Interface(Box<Invalid>),
+    #[error("a coordination key must be on a lease")]
+    NoLease,
+    #[error("unknown key kind {0:?}")]
+    UnknownKey(String),
     /// JSON that does not decode as the record (unknown field, wrong type).
     #[error("{0}")]
     Decode(String),

@@ -5,6 +5,8 @@
 //! - `<prefix>/segments/<NAME>`: a segment definition;
 //! - `<prefix>/vnis/<VNI>-<PORT>`: which segment uses a VNI (an index the
 //!   admin commands keep, so two segments never share one);
+//! - `<prefix>/vipaddrs/<ADDRESS>`: which floating IP uses an address (an
+//!   index the admin commands keep, so no two share one);
 //! - `<prefix>/vips/<ID>`: a floating IP's record, and under it `owner`
 //!   (the owner's host name, on its lease), `failover` (a request to the
 //!   owner to release it), `state/<HOST>` and `suspect/<HOST>` (each
@@ -72,6 +74,13 @@ impl Keys {
     #[must_use]
     pub fn segment_vni(&self, vni: u32, port: u16) -> String {
         format!("{}/vnis/{vni}-{port}", self.prefix)
+    }
+
+    /// `<prefix>/vipaddrs/<ADDRESS>`: which VIP uses an address (an index
+    /// the admin commands keep, so two VIPs never share one).
+    #[must_use]
+    pub fn vip_address(&self, addr: std::net::IpAddr) -> String {
+        format!("{}/vipaddrs/{addr}", self.prefix)
     }
 
     #[must_use]
@@ -205,5 +214,9 @@ mod tests {
             assert_eq!(k.vip_key(not), None, "{not}");
         }
         assert_eq!(k.segment_vni(100, 4789), "/lm/vnis/100-4789");
+        assert_eq!(
+            k.vip_address("198.18.0.1".parse().expect("ip")),
+            "/lm/vipaddrs/198.18.0.1"
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod record;
 pub mod secret;
 pub mod segment;
 pub mod vip;
+pub mod vipkeys;
 
 pub use cache::{RegistryCache, RegistryView};
 pub use host::HostRecord;
@@ -20,6 +21,8 @@ pub use keys::{Keys, VipKey};
 pub use record::{Expect, Rejection, Verified, open, seal};
 pub use secret::Secrets;
 pub use segment::SegmentSpec;
-pub use vip::{
-    Check, Cidr, MemberKey, Owner, ValidVip, VipChange, VipRecord, VipSnapshot, open_vip,
+pub use vip::{Check, Cidr, ValidVip, VipRecord, open_vip};
+pub use vipkeys::{
+    FailoverRecord, MemberKey, Owner, OwnerRecord, StateRecord, SuspectRecord, VipChange,
+    VipSnapshot, open_failover, open_member, open_owner,
 };

@@ -23,7 +23,9 @@ pub struct VipRecord {
     /// Interface to bind on (default: the agent's `--vip-interface`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
-    /// Health checks: `tcp:HOST:PORT`, `http://...` (2xx), `exec:COMMAND`.
+    /// Health checks: `tcp:HOST:PORT`, `http://...` (2xx), `exec:SCRIPT`
+    /// (a script in each host's `--check-dir`, by name: never a command
+    /// line).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<String>,
     /// Hosts that never hold this VIP.
@@ -108,9 +110,27 @@ impl FromStr for Cidr {
 /// A parsed health check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Check {
-    Tcp { host: String, port: u16 },
-    Http { url: String },
-    Exec { command: String },
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Http {
+        url: String,
+    },
+    /// A script of the operator's, by file name, in `--check-dir`.
+    Exec {
+        script: String,
+    },
+}
+
+/// A check script's name: 1 to 64 of letters, digits, `.`, `_` and `-`,
+/// not starting with `.` (so no path, no arguments, no shell).
+fn valid_script_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl FromStr for Check {
@@ -154,12 +174,19 @@ impl FromStr for Check {
             if command.trim().is_empty() {
                 return Err(bad("empty command".into()));
             }
+            if !valid_script_name(command) {
+                return Err(bad(
+                    "exec: names a script in the hosts' --check-dir (letters, digits, \
+                     `.`, `_`, `-`), not a command line or a path"
+                        .into(),
+                ));
+            }
             return Ok(Self::Exec {
-                command: command.to_owned(),
+                script: command.to_owned(),
             });
         }
         Err(bad(
-            "expected tcp:HOST:PORT, http://URL or exec:COMMAND".into()
+            "expected tcp:HOST:PORT, http://URL or exec:SCRIPT".into()
         ))
     }
 }
@@ -205,6 +232,22 @@ impl VipRecord {
     }
 }
 
+impl ValidVip {
+    /// The admin's extra rule for a new VIP: no prefix shorter than /16
+    /// (IPv4) or /48 (IPv6), unless `force`. (Agents accept what is
+    /// stored: the rule is about what an admin asks for.)
+    pub fn check_width(&self, force: bool) -> Result<(), Invalid> {
+        let min = if self.cidr.addr.is_ipv4() { 16 } else { 48 };
+        if self.cidr.prefix_len < min && !force {
+            return Err(Invalid::PrefixTooWide {
+                len: self.cidr.prefix_len,
+                min,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Verifies and validates the value of a VIP record key, as every reader
 /// does (the agents' registry cache, `ip ls`, the fuzz targets).
 pub fn open_vip(
@@ -222,43 +265,6 @@ pub fn open_vip(
     };
     let verified = open::<VipRecord>(secrets, value, expect)?;
     verified.body.validate().map_err(Rejection::Invalid)
-}
-
-/// An owner key's content: the host named in it, and the lease it is on.
-pub type Owner = (String, i64);
-
-/// A per-host key under a VIP (`<prefix>/vips/<ID>/<KIND>/<HOST>`: `state`,
-/// `suspect`), as read; `value` `None` when deleted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemberKey {
-    pub id: String,
-    pub kind: String,
-    pub host: String,
-    pub value: Option<String>,
-}
-
-/// Everything under `<prefix>/vips/` at one revision: the verified records
-/// (a key overwritten with something that does not verify keeps its last
-/// verified record), the owner keys, failover requests and member keys.
-#[derive(Clone, Debug, Default)]
-pub struct VipSnapshot {
-    pub records: std::collections::BTreeMap<String, ValidVip>,
-    pub owners: std::collections::BTreeMap<String, Owner>,
-    /// VIP id -> the host asked to release it.
-    pub failovers: Vec<(String, String)>,
-    pub members: Vec<MemberKey>,
-}
-
-/// A change under `<prefix>/vips/`.
-#[derive(Clone, Debug)]
-pub enum VipChange {
-    Snapshot(Box<VipSnapshot>),
-    /// A record verified or changed (`None`: deleted).
-    Record(String, Option<Box<ValidVip>>),
-    Owner(String, Option<Owner>),
-    /// `ip failover`: the host asked to release the VIP.
-    Failover(String, String),
-    Member(MemberKey),
 }
 
 #[cfg(test)]
@@ -321,9 +327,9 @@ mod tests {
             })
         );
         assert_eq!(
-            "exec:/bin/true".parse(),
+            "exec:check-web_1.sh".parse(),
             Ok(Check::Exec {
-                command: "/bin/true".into()
+                script: "check-web_1.sh".into()
             })
         );
         for bad in [
@@ -333,6 +339,11 @@ mod tests {
             "tcp:h:70000",
             "ftp://x",
             "exec:",
+            "exec:/bin/true",
+            "exec:true; reboot",
+            "exec:sh -c id",
+            "exec:../x",
+            "exec:.hidden",
             "http://",
             "https://x/",
             "nonsense",

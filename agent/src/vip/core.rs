@@ -7,11 +7,11 @@
 //! Time is monotonic (`CLOCK_MONOTONIC`, the clock the eBPF programs
 //! stamp), as a [`Duration`] since boot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::fast::Probe;
 use super::state::{Event, State, next};
@@ -145,6 +145,8 @@ pub struct Core {
     pub(super) members: BTreeMap<String, Members>,
     /// Whether the eBPF VIP watcher is loaded.
     pub(super) watcher: bool,
+    /// The registered hosts' underlay addresses.
+    host_addresses: BTreeSet<IpAddr>,
     /// The effects of the step under way.
     pub(super) out: Vec<Effect>,
     /// The time of the step under way.
@@ -165,6 +167,7 @@ impl Core {
             written: BTreeMap::new(),
             members: BTreeMap::new(),
             watcher: false,
+            host_addresses: BTreeSet::new(),
             out: Vec::new(),
             now: Duration::ZERO,
         }
@@ -180,6 +183,9 @@ impl Core {
             Input::Registry(VipChange::Record(id, None)) => self.remove(&id),
             Input::Registry(VipChange::Owner(id, owner)) => self.set_owner(&id, owner),
             Input::Registry(VipChange::Failover(id, host)) => self.failover(&id, &host),
+            Input::Registry(VipChange::BogusOwner { id, revision }) => {
+                self.bogus_owner(&id, revision);
+            }
             Input::Registry(VipChange::Member(m)) => {
                 self.member(&m.id, &m.kind, &m.host, m.value.as_deref());
             }
@@ -212,6 +218,7 @@ impl Core {
             }
             Input::AddressGone { id } => self.address_gone(&id),
             Input::Stop => self.shutdown(),
+            Input::Hosts(addresses) => self.hosts_changed(addresses),
         }
         self.publish();
         std::mem::take(&mut self.out)
@@ -354,10 +361,28 @@ impl Core {
         for id in self.all_ids() {
             self.set_owner(&id, s.owners.get(&id).cloned());
         }
+        for (id, revision) in s.bogus_owners {
+            self.bogus_owner(&id, revision);
+        }
         self.members.clear();
         for m in s.members {
             self.member(&m.id, &m.kind, &m.host, m.value.as_deref());
         }
+    }
+
+    /// An owner key that does not verify (forged, moved, unsigned, on no
+    /// lease): there is no owner, and the key goes (only at that revision,
+    /// so a real owner's key written since is never touched).
+    pub(super) fn bogus_owner(&mut self, id: &str, revision: i64) {
+        if !self.vips.contains_key(id) {
+            return;
+        }
+        warn!(vip = %id, revision, "the owner key does not verify: no owner; removing it");
+        self.out.push(Effect::ClearOwner {
+            id: id.to_owned(),
+            revision,
+        });
+        self.set_owner(id, None);
     }
 
     pub(super) fn failover(&mut self, id: &str, host: &str) {
@@ -386,14 +411,14 @@ impl Core {
             if v.spec.cidr == spec.cidr && v.spec.record.interface == spec.record.interface {
                 // Checks, exclusions or priority changed: keep the binding,
                 // unless this host is now excluded (it must never hold it).
-                let checks = spec.checks.clone();
+                let held = v.state == State::Activated;
                 v.spec = spec;
+                let checks = self.checks_of(&self.vips[id]);
                 self.out.push(Effect::StartChecks {
                     id: id.to_owned(),
                     checks,
                 });
-                let held = v.state == State::Activated;
-                if held && self.excluded(&self.vips[id]) {
+                if held && self.barred(&self.vips[id]) {
                     info!(vip = %id, "this host is now excluded: releasing");
                     self.release(id, true);
                     self.transition(id, Event::Demoted, "excluded");
@@ -408,7 +433,7 @@ impl Core {
         self.watch(&vip, false);
         self.out.push(Effect::StartChecks {
             id: id.to_owned(),
-            checks: vip.spec.checks.clone(),
+            checks: self.checks_of(&vip),
         });
         self.vips.insert(id.to_owned(), vip);
     }
@@ -441,6 +466,53 @@ impl Core {
         v.spec.record.excluded_nodes.iter().any(|h| h == self.me())
     }
 
+    /// Whether this host must never hold `v`: the record excludes it, or
+    /// the address is a registered host's own underlay address (holding
+    /// it would take that host's address away).
+    pub(super) fn barred(&self, v: &Vip) -> bool {
+        self.excluded(v) || self.host_addresses.contains(&v.spec.cidr.addr)
+    }
+
+    /// The registered hosts' underlay addresses changed: a VIP on one of
+    /// them is given up and never contended for.
+    pub(super) fn hosts_changed(&mut self, addresses: BTreeSet<IpAddr>) {
+        let before: BTreeSet<String> = self.barred_by_hosts();
+        self.host_addresses = addresses;
+        for id in self.barred_by_hosts().difference(&before) {
+            warn!(vip = %id, "the VIP's address is a registered host's underlay address: this host never takes it");
+            if self
+                .vips
+                .get(id)
+                .is_some_and(|v| v.state == State::Activated)
+            {
+                self.release(id, true);
+                self.transition(id, Event::Demoted, "the address is a host's");
+            }
+        }
+        for id in self.all_ids() {
+            self.evaluate(&id);
+        }
+    }
+
+    fn barred_by_hosts(&self) -> BTreeSet<String> {
+        self.vips
+            .iter()
+            .filter(|(_, v)| self.host_addresses.contains(&v.spec.cidr.addr))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// The checks this host runs for `v`: none where the record excludes
+    /// it (it never holds the VIP, so its health does not matter, and an
+    /// excluded host runs no script of the VIP's).
+    pub(super) fn checks_of(&self, v: &Vip) -> Vec<crate::registry::Check> {
+        if self.barred(v) {
+            Vec::new()
+        } else {
+            v.spec.checks.clone()
+        }
+    }
+
     pub(super) fn interface_of(&self, v: &Vip) -> Option<String> {
         v.spec
             .record
@@ -457,7 +529,7 @@ impl Core {
         let eligible = v.state == State::Standby
             && v.owner.is_none()
             && lease_ok
-            && !self.excluded(v)
+            && !self.barred(v)
             && v.cooldown_until.is_none_or(|t| now >= t);
         let at = eligible.then(|| {
             let preferred_elsewhere = v

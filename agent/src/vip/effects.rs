@@ -14,10 +14,11 @@ use tracing::{debug, info, warn};
 use super::run::{Report, Shell};
 use super::{Binding, Effect, Input, Outcome, Settings, StatusMap, WriteWhy};
 use crate::addr::MacAddr;
+use crate::clock::unix_now;
 use crate::etcd::election::{self, Contention};
 use crate::etcd::writer::Write;
 use crate::kernel::packet::RawSender;
-use crate::registry::Check;
+use crate::registry::{Check, StateRecord, SuspectRecord, seal};
 
 impl Shell {
     /// Runs one effect; returns the input its result makes, if any.
@@ -90,6 +91,7 @@ impl Shell {
                 None
             }
             e @ (Effect::Contend { .. }
+            | Effect::ClearOwner { .. }
             | Effect::Release { .. }
             | Effect::Revoke { .. }
             | Effect::Write { .. }
@@ -113,9 +115,9 @@ impl Shell {
         let ttl = self.core.settings().ttl;
         let write = match effect {
             Effect::Contend { id, lease } => {
+                let signer = (&self.keys, &self.secrets);
                 let outcome =
-                    match election::contend(&self.client, &self.keys, &id, &host, lease, ttl).await
-                    {
+                    match election::contend(&self.client, signer, &id, &host, lease, ttl).await {
                         Contention::Won => Outcome::Won,
                         Contention::StillOurs => Outcome::StillOurs,
                         Contention::Lost => Outcome::Lost,
@@ -125,6 +127,10 @@ impl Shell {
             }
             Effect::Release { id, lease } => {
                 election::release(&self.client, &self.keys, &id, lease, ttl).await;
+                return None;
+            }
+            Effect::ClearOwner { id, revision } => {
+                election::clear(&self.client, &self.keys, &id, revision, ttl).await;
                 return None;
             }
             Effect::Revoke {
@@ -149,12 +155,19 @@ impl Shell {
                 id,
                 why: WriteWhy::State(state),
                 lease,
-            } => Write::Put {
-                key: self.keys.vip_state(&id, &host),
-                value: state.to_string(),
-                lease,
-                stale_after: None,
-            },
+            } => {
+                let key = self.keys.vip_state(&id, &host);
+                let record = StateRecord {
+                    state: state.to_string(),
+                };
+                let value = self.sign(&key, lease, &record)?;
+                Write::Put {
+                    key,
+                    value,
+                    lease,
+                    stale_after: None,
+                }
+            }
             Effect::Write {
                 id,
                 why:
@@ -163,12 +176,17 @@ impl Shell {
                         stale_after,
                     },
                 lease,
-            } => Write::Put {
-                key: self.keys.vip_suspect(&id, &host),
-                value: owner_lease.to_string(),
-                lease,
-                stale_after: Some(std::time::Instant::now() + stale_after),
-            },
+            } => {
+                let key = self.keys.vip_suspect(&id, &host);
+                let record = SuspectRecord { lease: owner_lease };
+                let value = self.sign(&key, lease, &record)?;
+                Write::Put {
+                    key,
+                    value,
+                    lease,
+                    stale_after: Some(std::time::Instant::now() + stale_after),
+                }
+            }
             Effect::DeleteState { id } => Write::Delete {
                 key: self.keys.vip_state(&id, &host),
             },
@@ -180,6 +198,19 @@ impl Shell {
         // One writer, in order: a later write never loses to an earlier one.
         let _ = self.writes.send(write);
         None
+    }
+
+    /// Signs a coordination key's value for `key` on `lease` (`None`, and
+    /// logged, if it cannot be: nothing is written then).
+    fn sign<T: crate::registry::record::Record>(
+        &self,
+        key: &str,
+        lease: i64,
+        record: &T,
+    ) -> Option<Vec<u8>> {
+        seal(&self.secrets, key, lease, unix_now(), record)
+            .map_err(|e| warn!(key, error = %e, "signing a coordination key failed"))
+            .ok()
     }
 
     async fn bind(&mut self, id: String, cidr: crate::registry::Cidr, ifname: String) -> Input {
@@ -206,7 +237,22 @@ impl Shell {
             .add_address(link.index, &ifname, cidr.addr, cidr.prefix_len)
             .await
         {
+            // On the host already, and not put there by this agent (the
+            // host's own address, or an operator's): never taken over.
+            Ok(false) if !self.ledger.added(&ifname, cidr) => {
+                self.status
+                    .foreign_addresses
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(vip = %id, interface = %ifname, "the VIP's address is already on this host and linkmesh did not add it: refusing to take it over");
+                Input::BindFailed {
+                    id,
+                    cause: "the address is on the host already",
+                }
+            }
             Ok(added) => {
+                if added {
+                    self.ledger.add(&ifname, cidr);
+                }
                 info!(vip = %id, interface = %ifname, new = added, took_us = t0.elapsed().as_micros(), "vip bound");
                 let binding = Binding {
                     ifindex: link.index,
@@ -243,10 +289,19 @@ impl Shell {
             },
             (None, None) => return,
         };
+        if !self.ledger.added(&ifname, cidr) {
+            // Not ours (the host's own address, an operator's, or gone
+            // already): left alone.
+            debug!(vip = %id, interface = %ifname, "not removing an address this agent did not add");
+            return;
+        }
         let result = self
             .nl
             .delete_address(index, &ifname, cidr.addr, cidr.prefix_len)
             .await;
+        if result.is_ok() {
+            self.ledger.remove(&ifname, cidr);
+        }
         match (leftover_of, result) {
             (None, Ok(_)) => info!(vip = %id, interface = %ifname, "vip unbound"),
             (None, Err(e)) => warn!(vip = %id, error = %e, "unbinding failed"),
@@ -323,6 +378,7 @@ fn spawn_checker(
 ) -> JoinHandle<()> {
     let id = id.to_owned();
     let (interval, timeout) = (s.health_interval, s.health_timeout);
+    let scripts = s.scripts.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         loop {
@@ -330,7 +386,7 @@ fn spawn_checker(
             let mut ok = true;
             let mut detail = String::from("no checks");
             for check in &checks {
-                match super::health::run(check, timeout).await {
+                match super::health::run(check, timeout, &scripts).await {
                     Ok(took) => {
                         status.health_check_seconds.observe(took.as_secs_f64());
                         detail = format!("ok in {took:?}");

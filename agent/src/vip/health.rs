@@ -1,10 +1,13 @@
-//! Health checks: `tcp:` connects, `http://` expects 2xx (`https://` is refused at validation until TLS), `exec:` exit 0.
+//! Health checks: `tcp:` connects, `http://` expects 2xx (`https://` is
+//! refused at validation until TLS), `exec:` runs a script of the
+//! operator's (see `script`) and expects exit 0.
 
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::script::ScriptPolicy;
 use crate::registry::Check;
 
 /// Why a health check failed.
@@ -27,23 +30,18 @@ pub enum CheckError {
     },
     #[error("{url}: {why}")]
     HttpAnswer { url: String, why: String },
-    #[error("exec {command:?}: {source}")]
-    Spawn {
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("exec {command:?}: {status}")]
-    Exit {
-        command: String,
-        status: std::process::ExitStatus,
-    },
+    #[error(transparent)]
+    Script(super::script::ScriptError),
 }
 
 /// Runs one check within `timeout`; `Err` says why it failed.
-pub async fn run(check: &Check, timeout: Duration) -> Result<Duration, CheckError> {
+pub async fn run(
+    check: &Check,
+    timeout: Duration,
+    scripts: &ScriptPolicy,
+) -> Result<Duration, CheckError> {
     let start = Instant::now();
-    let result = tokio::time::timeout(timeout, run_inner(check)).await;
+    let result = tokio::time::timeout(timeout, run_inner(check, scripts)).await;
     match result {
         Ok(Ok(())) => Ok(start.elapsed()),
         Ok(Err(e)) => Err(e),
@@ -51,7 +49,7 @@ pub async fn run(check: &Check, timeout: Duration) -> Result<Duration, CheckErro
     }
 }
 
-async fn run_inner(check: &Check) -> Result<(), CheckError> {
+async fn run_inner(check: &Check, scripts: &ScriptPolicy) -> Result<(), CheckError> {
     match check {
         Check::Tcp { host, port } => TcpStream::connect((host.as_str(), *port))
             .await
@@ -62,31 +60,9 @@ async fn run_inner(check: &Check) -> Result<(), CheckError> {
                 source,
             }),
         Check::Http { url } => http_get(url).await,
-        Check::Exec { command } => {
-            // Running the operator's health script is the one place a
-            // subprocess is right.
-            let status = tokio::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(command)
-                .kill_on_drop(true)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .await
-                .map_err(|source| CheckError::Spawn {
-                    command: command.clone(),
-                    source,
-                })?;
-            if status.success() {
-                Ok(())
-            } else {
-                Err(CheckError::Exit {
-                    command: command.clone(),
-                    status,
-                })
-            }
-        }
+        Check::Exec { script } => super::script::run(scripts, script)
+            .await
+            .map_err(CheckError::Script),
     }
 }
 
@@ -135,7 +111,8 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn tcp_and_exec_checks() {
+    async fn tcp_checks_connect_and_exec_checks_need_a_check_dir() {
+        let none = ScriptPolicy::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -144,40 +121,19 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
         };
-        assert!(run(&ok, Duration::from_secs(1)).await.is_ok());
+        assert!(run(&ok, Duration::from_secs(1), &none).await.is_ok());
         drop(listener);
         assert!(
-            run(&ok, Duration::from_secs(1)).await.is_err(),
+            run(&ok, Duration::from_secs(1), &none).await.is_err(),
             "closed port fails"
         );
-        assert!(
-            run(
-                &Check::Exec {
-                    command: "exit 0".into()
-                },
-                Duration::from_secs(2)
-            )
+        let exec = Check::Exec {
+            script: "check".into(),
+        };
+        let e = run(&exec, Duration::from_secs(1), &none)
             .await
-            .is_ok()
-        );
-        assert!(
-            run(
-                &Check::Exec {
-                    command: "exit 3".into()
-                },
-                Duration::from_secs(2)
-            )
-            .await
-            .is_err()
-        );
-        let slow = run(
-            &Check::Exec {
-                command: "sleep 5".into(),
-            },
-            Duration::from_millis(100),
-        )
-        .await;
-        assert!(slow.is_err_and(|e| e.to_string().contains("timed out")));
+            .expect_err("no --check-dir: nothing runs");
+        assert!(e.to_string().contains("no --check-dir"), "{e}");
     }
 
     #[tokio::test]
@@ -199,8 +155,9 @@ mod tests {
         let check = Check::Http {
             url: format!("http://127.0.0.1:{port}/health"),
         };
-        assert!(run(&check, Duration::from_secs(1)).await.is_ok());
-        assert!(run(&check, Duration::from_secs(1)).await.is_err());
+        let none = ScriptPolicy::default();
+        assert!(run(&check, Duration::from_secs(1), &none).await.is_ok());
+        assert!(run(&check, Duration::from_secs(1), &none).await.is_err());
         server.await.expect("server");
     }
 }

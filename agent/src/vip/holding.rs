@@ -21,10 +21,11 @@ impl Core {
         };
         v.owner = owner;
         let state = v.state;
-        let excluded = self.excluded(&self.vips[id]);
+        let barred = self.barred(&self.vips[id]);
         match (state, mine) {
-            // Ours, but the record now excludes this host: give it up.
-            (State::Standby, true) if excluded => self.release(id, false),
+            // Ours, but this host may not hold it (excluded, or a host's
+            // own address): give the key up.
+            (State::Standby, true) if barred => self.release(id, false),
             (State::Standby, true) if self.transition(id, Event::Elected, "owner key is ours") => {
                 self.bind(id);
             }
@@ -272,7 +273,7 @@ impl Core {
         let ids: Vec<String> = self
             .vips
             .iter()
-            .filter(|(_, v)| v.state == State::Standby && !self.excluded(v))
+            .filter(|(_, v)| v.state == State::Standby && !self.barred(v))
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {

@@ -10,11 +10,13 @@ pub mod fast;
 pub mod frames;
 pub mod health;
 mod holding;
+pub mod ledger;
 mod probe;
 mod quorum;
 pub mod run;
 #[cfg(test)]
 mod scenarios;
+pub mod script;
 #[cfg(test)]
 mod sim;
 pub mod state;
@@ -83,6 +85,8 @@ pub struct Settings {
     pub health_interval: Duration,
     pub health_timeout: Duration,
     pub fail_count: u32,
+    /// Where `exec:` check scripts live and who runs them.
+    pub scripts: script::ScriptPolicy,
     pub garp_count: u32,
     pub garp_interval: Duration,
     pub loss_policy: LossPolicy,
@@ -159,6 +163,9 @@ pub enum Input {
     },
     /// The agent stops: hand everything over.
     Stop,
+    /// The registered hosts' underlay addresses (a VIP equal to one is
+    /// never taken).
+    Hosts(std::collections::BTreeSet<IpAddr>),
 }
 
 /// What this host's own key under a VIP says.
@@ -233,6 +240,12 @@ pub enum Effect {
     Contend {
         id: String,
         lease: i64,
+    },
+    /// Delete an owner key that does not verify, if it is still the one
+    /// seen at `revision`.
+    ClearOwner {
+        id: String,
+        revision: i64,
     },
     /// Delete our owner key (and a failover request), guarded by our lease.
     Release {

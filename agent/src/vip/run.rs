@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::core::Core;
+use super::ledger::Ledger;
 use super::{Input, Lease, Observe, Settings, StatusMap};
 use crate::addr::MacAddr;
 use crate::clock::mono_now;
@@ -26,7 +27,7 @@ use crate::kernel::Netlink;
 use crate::kernel::events::KernelEvents;
 use crate::kernel::packet::RawSender;
 use crate::peers::PeerHealth;
-use crate::registry::{Keys, VipChange};
+use crate::registry::{Keys, RegistryView, Secrets, VipChange};
 
 /// How often the ownership lease is renewed: a third of the TTL, at most
 /// every second (see [`fence_margin`]).
@@ -76,11 +77,15 @@ pub fn lease_settings(s: &Settings) -> LeaseSettings {
 pub struct Services {
     pub client: Client,
     pub keys: Keys,
+    /// Signs this host's owner, state and suspect keys.
+    pub secrets: Secrets,
     pub nl: Netlink,
     pub status: StatusMap,
     pub peers: Arc<PeerHealth>,
     /// Every change under `<prefix>/vips/`, from the registry sync.
     pub changes: mpsc::UnboundedReceiver<VipChange>,
+    /// The verified registry (for the hosts' underlay addresses).
+    pub view: watch::Receiver<RegistryView>,
 }
 
 /// What the subsystem's own tasks report.
@@ -95,10 +100,12 @@ pub async fn run(settings: Settings, services: Services, stop: watch::Receiver<b
     let Services {
         client,
         keys,
+        secrets,
         nl,
         status,
         peers,
         changes,
+        view,
     } = services;
     let leases = lease_settings(&settings);
     let (lease_tx, lease_rx) = watch::channel(LeaseInfo::none());
@@ -112,10 +119,13 @@ pub async fn run(settings: Settings, services: Services, stop: watch::Receiver<b
     let writer_task = tokio::spawn(writer::run(client.clone(), writes_rx));
     let (reports, reports_rx) = mpsc::channel(1024);
     start_watcher(reports.clone(), status.clone());
+    let ledger = Ledger::load(settings.state_dir.as_ref().map(|d| d.join("vip-addresses")));
     let mut shell = Shell {
+        ledger,
         core: Core::new(settings),
         client,
         keys,
+        secrets,
         nl,
         status,
         peers,
@@ -127,11 +137,16 @@ pub async fn run(settings: Settings, services: Services, stop: watch::Receiver<b
         announced: BTreeMap::new(),
         probers: BTreeMap::new(),
     };
-    shell.serve(changes, reports_rx, lease_rx, stop).await;
+    shell.serve(changes, view, reports_rx, lease_rx, stop).await;
     lease_task.abort();
     writer_task.abort();
     shell.stop().await;
     lease::forget(&leases);
+}
+
+/// The registered hosts' underlay addresses.
+fn host_addresses(view: &RegistryView) -> std::collections::BTreeSet<std::net::IpAddr> {
+    view.hosts.values().map(|h| h.address).collect()
 }
 
 /// The keeper's view in the core's clock.
@@ -147,9 +162,12 @@ fn lease_of(info: LeaseInfo) -> Lease {
 }
 
 pub(super) struct Shell {
+    /// The addresses this agent added (and may remove).
+    pub(super) ledger: Ledger,
     pub(super) core: Core,
     pub(super) client: Client,
     pub(super) keys: Keys,
+    pub(super) secrets: Secrets,
     pub(super) nl: Netlink,
     pub(super) status: StatusMap,
     pub(super) peers: Arc<PeerHealth>,
@@ -187,6 +205,7 @@ impl Shell {
     async fn serve(
         &mut self,
         mut changes: mpsc::UnboundedReceiver<VipChange>,
+        mut view: watch::Receiver<RegistryView>,
         mut reports: mpsc::Receiver<Report>,
         mut lease: watch::Receiver<LeaseInfo>,
         mut stop: watch::Receiver<bool>,
@@ -204,6 +223,8 @@ impl Shell {
         resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut probe_tick = tokio::time::interval(settings.fast.probe_interval);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut hosts = host_addresses(&view.borrow_and_update());
+        self.input(Input::Hosts(hosts.clone())).await;
         loop {
             let due = self
                 .core
@@ -212,6 +233,13 @@ impl Shell {
             tokio::select! {
                 Some(change) = changes.recv() => self.input(Input::Registry(change)).await,
                 Some(report) = reports.recv() => self.report(report).await,
+                Ok(()) = view.changed() => {
+                    let now = host_addresses(&view.borrow_and_update());
+                    if now != hosts {
+                        hosts.clone_from(&now);
+                        self.input(Input::Hosts(now)).await;
+                    }
+                }
                 r = lease.changed() => {
                     if r.is_err() { return; }
                     let info = *lease.borrow_and_update();

@@ -54,6 +54,9 @@ pub struct Shared {
     pub ebpf_events: AtomicU64,
     /// Conflict events the eBPF program dropped because the ring was full.
     pub ebpf_ring_drops: AtomicU64,
+    /// Binds refused because the address was on the host already and
+    /// linkmesh had not added it.
+    pub foreign_addresses: AtomicU64,
 }
 
 impl Default for Shared {
@@ -71,6 +74,7 @@ impl Default for Shared {
             health_check_seconds: buckets(),
             ebpf_events: AtomicU64::default(),
             ebpf_ring_drops: AtomicU64::default(),
+            foreign_addresses: AtomicU64::default(),
         }
     }
 }

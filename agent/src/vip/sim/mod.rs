@@ -19,6 +19,11 @@ use super::{
 use crate::addr::MacAddr;
 use crate::registry::{MemberKey, ValidVip, VipChange, VipRecord, VipSnapshot};
 
+mod actions;
+
+pub(super) use actions::Action;
+use actions::action;
+
 pub(super) const HOSTS: usize = 3;
 pub(super) const ID: &str = "198.18.0.100_24";
 pub(super) const TTL: Duration = Duration::from_secs(2);
@@ -37,6 +42,7 @@ fn settings(h: usize, loss_policy: LossPolicy) -> Settings {
         health_interval: Duration::from_secs(1),
         health_timeout: Duration::from_secs(1),
         fail_count: FAIL_COUNT,
+        scripts: super::script::ScriptPolicy::default(),
         garp_count: 2,
         garp_interval: Duration::from_millis(100),
         loss_policy,
@@ -66,61 +72,14 @@ fn record(excluded: &[usize], priority: Option<usize>) -> ValidVip {
     .expect("a valid record")
 }
 
-/// One step of a run.
-#[derive(Clone, Debug)]
-pub(super) enum Action {
-    /// Deliver host `h`'s next watch event.
-    Deliver(usize),
-    /// Time passes (ms), then the host's timers fire.
-    Tick(usize, u16),
-    Health(usize, bool),
-    /// Probe rounds (1-10): whether the owner answers, whether other peers
-    /// are heard.
-    Probe(usize, u8, bool, bool),
-    /// A keepalive went through (the deadline moves on).
-    Renewed(usize),
-    /// A keepalive failed.
-    KeepaliveFailed(usize),
-    /// The host learns its lease is gone and gets a new one.
-    NewLease(usize),
-    /// The owner goes quiet in the data plane while the peers hear each
-    /// other: every other host probes this many rounds unanswered, with
-    /// every queued event delivered after each round.
-    OwnerSilent(u8),
-    /// An admin asks the current owner to release the VIP.
-    Failover,
-    /// The record changes: these hosts excluded, this one preferred.
-    Record(Vec<usize>, Option<usize>),
-    /// The eBPF watcher finished loading.
-    Watcher(usize),
-    /// The VIP's address vanished from the host's kernel.
-    AddressGone(usize),
-}
-
-fn action() -> impl Strategy<Value = Action> {
-    let h = 0..HOSTS;
-    prop_oneof![
-        8 => h.clone().prop_map(Action::Deliver),
-        4 => (h.clone(), 1u16..800).prop_map(|(h, ms)| Action::Tick(h, ms)),
-        3 => (h.clone(), prop::bool::weighted(0.8)).prop_map(|(h, ok)| Action::Health(h, ok)),
-        4 => (h.clone(), 1u8..10, any::<bool>(), any::<bool>())
-            .prop_map(|(h, n, a, o)| Action::Probe(h, n, a, o)),
-        3 => h.clone().prop_map(Action::Renewed),
-        1 => h.clone().prop_map(Action::KeepaliveFailed),
-        1 => h.clone().prop_map(Action::NewLease),
-        1 => (1u8..10).prop_map(Action::OwnerSilent),
-        1 => Just(Action::Failover),
-        1 => (prop::collection::vec(0..HOSTS, 0..2), prop::option::of(0..HOSTS))
-            .prop_map(|(x, p)| Action::Record(x, p)),
-        1 => h.clone().prop_map(Action::Watcher),
-        1 => h.prop_map(Action::AddressGone),
-    ]
-}
-
 /// etcd as the hosts share it.
 #[derive(Default)]
 pub(super) struct Etcd {
     pub(super) owner: Option<(String, i64)>,
+    /// A forged owner key, at this revision (it blocks contention until
+    /// someone removes it).
+    forged: Option<i64>,
+    revision: i64,
     /// Every owner key ever created.
     owners_created: BTreeSet<(String, i64)>,
     /// Each host's live lease.
@@ -143,6 +102,8 @@ struct Seen {
     passed: bool,
     /// Binding actions so far (for "a release precedes a rebind").
     bound: bool,
+    /// Whether the VIP's address is a host's underlay address, as told.
+    host_address: bool,
 }
 
 pub(super) struct Observed {
@@ -177,6 +138,7 @@ fn kind(e: &Effect) -> &'static str {
         Effect::Release { .. } => "release",
         Effect::Revoke { .. } => "revoke",
         Effect::Contend { .. } => "contend",
+        Effect::ClearOwner { .. } => "clear",
         Effect::Write {
             why: WriteWhy::Suspect { .. },
             ..
@@ -324,6 +286,10 @@ impl Sim {
                         "{me} is excluded and binds"
                     );
                     assert!(
+                        !seen.host_address,
+                        "{me} binds a registered host's own address"
+                    );
+                    assert!(
                         seen.passed && seen.fail_streak < FAIL_COUNT,
                         "{me} binds while failing (streak {}, passed {})",
                         seen.fail_streak,
@@ -422,9 +388,17 @@ impl Sim {
                 self.seen[h].bound = false;
                 None
             }
+            Effect::ClearOwner { revision, .. } => {
+                if self.etcd.forged == Some(revision) {
+                    self.etcd.forged = None;
+                    self.broadcast(&VipChange::Owner(ID.into(), None));
+                }
+                None
+            }
             Effect::Contend { id, lease } => {
                 let outcome = match &self.etcd.owner {
                     _ if !self.etcd.leases.contains(&lease) => Outcome::Failed,
+                    _ if self.etcd.forged.is_some() => Outcome::Lost,
                     None => {
                         self.etcd.owner = Some((me.clone(), lease));
                         self.etcd.owners_created.insert((me.clone(), lease));
@@ -473,119 +447,6 @@ impl Sim {
             _ => None,
         }
     }
-
-    pub(super) fn deliver(&mut self, h: usize) {
-        let Some(change) = self.queues[h].pop_front() else {
-            return;
-        };
-        let seen = &mut self.seen[h];
-        match &change {
-            VipChange::Snapshot(s) => {
-                seen.record = s.records.get(ID).cloned();
-                seen.states.clear();
-                seen.suspects.clear();
-            }
-            VipChange::Record(_, r) => seen.record = r.as_deref().cloned(),
-            VipChange::Member(m) => {
-                if m.kind == "state" {
-                    match m.value.as_deref().and_then(State::parse) {
-                        Some(s) => seen.states.insert(m.host.clone(), s),
-                        None => seen.states.remove(&m.host),
-                    };
-                } else {
-                    match m.value.as_deref().and_then(|v| v.parse().ok()) {
-                        Some(l) => seen.suspects.insert(m.host.clone(), l),
-                        None => seen.suspects.remove(&m.host),
-                    };
-                }
-            }
-            VipChange::Owner(..) | VipChange::Failover(..) => {}
-        }
-        self.input(h, Input::Registry(change), None);
-    }
-
-    pub(super) fn act(&mut self, action: Action) {
-        match action {
-            Action::Deliver(h) => self.deliver(h),
-            Action::Tick(h, ms) => {
-                self.now += Duration::from_millis(u64::from(ms));
-                self.input(h, Input::Tick, None);
-            }
-            Action::Health(h, ok) => {
-                let seen = &mut self.seen[h];
-                let booting = !seen.passed;
-                if ok {
-                    seen.passed = true;
-                    seen.fail_streak = 0;
-                } else {
-                    // A booting host fails at once.
-                    seen.fail_streak = if booting {
-                        FAIL_COUNT
-                    } else {
-                        seen.fail_streak + 1
-                    };
-                }
-                let input = Input::Health {
-                    id: ID.into(),
-                    ok,
-                    detail: String::new(),
-                };
-                self.input(h, input, None);
-            }
-            Action::Probe(h, rounds, answers, others) => {
-                for _ in 0..rounds {
-                    let mac = MacAddr([2, 0, 0, 0, 0, 9]);
-                    let observe = Observed {
-                        answers: answers.then_some((mac, self.now)),
-                        others,
-                    };
-                    self.now += Duration::from_millis(20);
-                    self.input(h, Input::ProbeTick, Some(&observe));
-                }
-            }
-            Action::Renewed(h) => {
-                if self.etcd.leases[h] != 0 {
-                    let lease = Lease {
-                        id: self.etcd.leases[h],
-                        deadline: self.now + TTL.saturating_sub(Duration::from_millis(200)),
-                        failures: 0,
-                    };
-                    self.input(h, Input::Lease(lease), None);
-                }
-            }
-            Action::KeepaliveFailed(h) => {
-                let mut lease = self.cores[h].lease();
-                lease.failures += 1;
-                self.input(h, Input::Lease(lease), None);
-            }
-            Action::NewLease(h) => self.new_lease(h),
-            Action::OwnerSilent(rounds) => {
-                let Some((owner, _)) = self.etcd.owner.clone() else {
-                    return;
-                };
-                for _ in 0..rounds {
-                    for h in (0..HOSTS).filter(|h| name(*h) != owner) {
-                        self.act(Action::Probe(h, 1, false, true));
-                    }
-                    self.drain();
-                }
-            }
-            Action::Failover => {
-                if let Some((owner, _)) = self.etcd.owner.clone() {
-                    self.broadcast(&VipChange::Failover(ID.into(), owner));
-                }
-            }
-            Action::Record(excluded, priority) => {
-                let r = record(&excluded, priority);
-                self.broadcast(&VipChange::Record(ID.into(), Some(Box::new(r))));
-            }
-            Action::Watcher(h) => self.input(h, Input::WatcherReady, None),
-            Action::AddressGone(h) => {
-                let input = Input::AddressGone { id: ID.into() };
-                self.input(h, input, None);
-            }
-        }
-    }
 }
 
 fn run(policy: LossPolicy, actions: Vec<Action>) -> BTreeMap<&'static str, u64> {
@@ -610,7 +471,9 @@ fn random_runs_reach_every_guarded_effect() {
             *total.entry(k).or_default() += n;
         }
     }
-    for k in ["bind", "unbind", "release", "contend", "suspect", "revoke"] {
+    for k in [
+        "bind", "unbind", "release", "contend", "suspect", "revoke", "clear",
+    ] {
         assert!(
             total.get(k).copied().unwrap_or(0) > 0,
             "no {k} in the random runs: {total:?}"
@@ -642,20 +505,5 @@ proptest! {
     #[test]
     fn claim_policy_keeps_the_other_properties(actions in prop::collection::vec(action(), 1..300)) {
         run(LossPolicy::Claim, actions);
-    }
-}
-
-impl Sim {
-    /// Delivers every queued event, host after host, until none is left.
-    pub(super) fn drain(&mut self) {
-        while let Some(h) = (0..HOSTS).find(|h| !self.queues[*h].is_empty()) {
-            self.deliver(h);
-        }
-    }
-
-    pub(super) fn holders(&self) -> Vec<usize> {
-        (0..HOSTS)
-            .filter(|h| self.cores[*h].vips()[ID].state == State::Activated)
-            .collect()
     }
 }

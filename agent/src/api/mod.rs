@@ -2,7 +2,10 @@
 //! `POST /ips/{id}/failover`, `GET /healthz`; and `GET /status` (this host
 //! on one page), `GET /hosts`, `GET /segments`, `GET /peers` (peer liveness
 //! from the eBPF peer watcher). JSON in and out; optional
-//! HTTP basic auth (everything but `/healthz`).
+//! HTTP basic auth (everything but `/healthz`). Changes need credentials:
+//! without them the API is read-only (see `guard`).
+
+mod guard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,16 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State as AxumState};
+use axum::extract::{Path, State as AxumState};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
 use serde::Serialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::info;
 
@@ -42,6 +43,32 @@ struct App {
     auth: Option<[u8; 32]>,
     /// HTTPS handshakes that failed or timed out.
     tls_failures: Arc<AtomicU64>,
+    /// Names the Host header may carry besides addresses and `localhost`.
+    hosts: Arc<[String]>,
+    /// Requests refused by a guard (Host, read-only, media type).
+    refusals: Arc<AtomicU64>,
+}
+
+impl App {
+    fn refused(&self) {
+        self.refusals.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The refusal of a path's floating-IP id unless it has the form
+/// `Cidr::id` makes, so a decoded `%2F` or any other key part never
+/// reaches etcd.
+fn refuse_id(id: &str) -> Option<Response> {
+    let valid = id
+        .replace('_', "/")
+        .parse::<crate::registry::Cidr>()
+        .is_ok_and(|c| c.id() == id);
+    (!valid).then(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a floating IP id (the address with `_` for `/`)"),
+        )
+    })
 }
 
 /// A VIP as the API shows it: the record, its owner, this host's state.
@@ -118,12 +145,15 @@ async fn list(AxumState(app): AxumState<App>) -> Response {
     }
 }
 
-async fn create(AxumState(app): AxumState<App>, body: Bytes) -> Response {
+async fn create(AxumState(app): AxumState<App>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refused) = guard::refuse_write(&app, &headers) {
+        return refused;
+    }
     let vip = match VipRecord::parse_request(&body) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid floating IP: {e}")),
     };
-    match app.vips.add(&vip).await {
+    match app.vips.add(&vip, false).await {
         Ok(id) => {
             info!(vip = %id, "floating IP added through the API");
             let entry = VipEntry {
@@ -140,6 +170,9 @@ async fn create(AxumState(app): AxumState<App>, body: Bytes) -> Response {
 }
 
 async fn show(AxumState(app): AxumState<App>, Path(id): Path<String>) -> Response {
+    if let Some(refused) = refuse_id(&id) {
+        return refused;
+    }
     match app.vips.get(&id).await {
         Ok(Some(entry)) => Json(app.view(entry)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no floating IP {id}")),
@@ -147,7 +180,14 @@ async fn show(AxumState(app): AxumState<App>, Path(id): Path<String>) -> Respons
     }
 }
 
-async fn remove(AxumState(app): AxumState<App>, Path(id): Path<String>) -> Response {
+async fn remove(
+    AxumState(app): AxumState<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(refused) = guard::refuse_write(&app, &headers).or_else(|| refuse_id(&id)) {
+        return refused;
+    }
     match app.vips.remove(&id).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, format!("no floating IP {id}")),
@@ -155,7 +195,14 @@ async fn remove(AxumState(app): AxumState<App>, Path(id): Path<String>) -> Respo
     }
 }
 
-async fn failover(AxumState(app): AxumState<App>, Path(id): Path<String>) -> Response {
+async fn failover(
+    AxumState(app): AxumState<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(refused) = guard::refuse_write(&app, &headers).or_else(|| refuse_id(&id)) {
+        return refused;
+    }
     let entry = match app.vips.get(&id).await {
         Ok(Some(entry)) => entry,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no floating IP {id}")),
@@ -322,6 +369,8 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
         ebpf_events: app.shared.ebpf_events.load(Ordering::Relaxed),
         ebpf_ring_drops: app.shared.ebpf_ring_drops.load(Ordering::Relaxed),
         api_tls_failures: app.tls_failures.load(Ordering::Relaxed),
+        api_refusals: app.refusals.load(Ordering::Relaxed),
+        vip_foreign_addresses: app.shared.foreign_addresses.load(Ordering::Relaxed),
         vip_records_rejected,
     };
     let body = crate::metrics::render(
@@ -377,56 +426,6 @@ async fn healthz(AxumState(app): AxumState<App>) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn digest(user: &str, password: &str) -> [u8; 32] {
-    Sha256::new()
-        .chain_update(user.as_bytes())
-        .chain_update(b":")
-        .chain_update(password.as_bytes())
-        .finalize()
-        .into()
-}
-
-fn authorized(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
-    let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some(encoded) = value.strip_prefix("Basic ") else {
-        return false;
-    };
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
-        return false;
-    };
-    let Ok(text) = String::from_utf8(decoded) else {
-        return false;
-    };
-    let Some((user, password)) = text.split_once(':') else {
-        return false;
-    };
-    let got = digest(user, password);
-    // Constant time: fold every byte difference.
-    got.iter()
-        .zip(expected)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
-}
-
-async fn auth(AxumState(app): AxumState<App>, request: Request, next: Next) -> Response {
-    if let Some(expected) = &app.auth
-        && !authorized(request.headers(), expected)
-    {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Basic realm=\"linkmesh\"")],
-            Json(json!({ "error": "missing or wrong credentials" })),
-        )
-            .into_response();
-    }
-    next.run(request).await
-}
-
 /// API settings.
 pub struct ApiConfig {
     pub listen: SocketAddr,
@@ -434,6 +433,8 @@ pub struct ApiConfig {
     pub credentials: Option<(String, String)>,
     /// Serve HTTPS with this configuration; `None` serves plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Host names requests may carry besides addresses and `localhost`.
+    pub hosts: Vec<String>,
 }
 
 /// Binds the API's socket (so a taken port fails the agent's start).
@@ -476,8 +477,13 @@ pub async fn serve(
         local: Arc::new(sources.local),
         counters: Arc::new(sources.counters),
         hostname: Arc::from(hostname),
-        auth: config.credentials.as_ref().map(|(u, p)| digest(u, p)),
+        auth: config
+            .credentials
+            .as_ref()
+            .map(|(u, p)| guard::digest(u, p)),
         tls_failures: Arc::new(AtomicU64::new(0)),
+        hosts: config.hosts.clone().into(),
+        refusals: Arc::new(AtomicU64::new(0)),
     };
     let tls_failures = Arc::clone(&app.tls_failures);
     let protected = Router::new()
@@ -489,14 +495,16 @@ pub async fn serve(
         .route("/status", get(status))
         .route("/hosts", get(hosts))
         .route("/segments", get(segments))
-        .route_layer(middleware::from_fn_with_state(app.clone(), auth));
+        .route_layer(middleware::from_fn_with_state(app.clone(), guard::auth));
     let router = Router::new()
         .route("/healthz", get(healthz))
         .merge(protected)
+        .layer(middleware::from_fn_with_state(app.clone(), guard::host))
         .with_state(app);
     info!(
         listen = %config.listen,
         auth = config.credentials.is_some(),
+        writes = config.credentials.is_some(),
         https = config.tls.is_some(),
         "API listening"
     );
@@ -532,33 +540,5 @@ mod tests {
             len: 70_000,
         });
         assert_eq!(store_error(&e).status(), StatusCode::BAD_REQUEST);
-    }
-
-    #[test]
-    fn basic_auth_is_checked() {
-        let expected = digest("admin", "s3cret");
-        let mut h = HeaderMap::new();
-        assert!(!authorized(&h, &expected), "no header");
-        let good = base64::engine::general_purpose::STANDARD.encode("admin:s3cret");
-        h.insert(
-            header::AUTHORIZATION,
-            format!("Basic {good}").parse().expect("header"),
-        );
-        assert!(authorized(&h, &expected));
-        for bad in ["admin:wrong", "root:s3cret", "admins3cret"] {
-            let enc = base64::engine::general_purpose::STANDARD.encode(bad);
-            h.insert(
-                header::AUTHORIZATION,
-                format!("Basic {enc}").parse().expect("header"),
-            );
-            assert!(!authorized(&h, &expected), "{bad}");
-        }
-        h.insert(header::AUTHORIZATION, "Basic !!!".parse().expect("header"));
-        assert!(!authorized(&h, &expected), "not base64");
-        h.insert(
-            header::AUTHORIZATION,
-            format!("Bearer {good}").parse().expect("header"),
-        );
-        assert!(!authorized(&h, &expected), "another scheme");
     }
 }
