@@ -22,7 +22,7 @@ use crate::kernel::Netlink;
 use crate::kernel::events::KernelEvents;
 use crate::mesh::desired::device_mac;
 use crate::mesh::{LocalConfig, Reconciler, Underlay};
-use crate::registry::{HostRecord, RegistryCache, RegistryView};
+use crate::registry::{HostRecord, Marks, RegistryCache, RegistryView};
 use crate::vip::{FastFailover, FastSettings, LossPolicy};
 
 /// The floating-IP subsystem's settings.
@@ -177,11 +177,13 @@ async fn start_etcd(args: &AgentArgs, record: HostRecord) -> anyhow::Result<Etcd
     let client = etcd::connect(&access).await?;
     let mut tasks = vec![tokio::spawn(etcd::keep_endpoints(client.clone(), access))];
     let max_age = Duration::from_secs(args.max_record_age);
-    let cache = Arc::new(Mutex::new(RegistryCache::new(
-        keys.clone(),
-        secrets.clone(),
-        max_age,
-    )));
+    // The definitions' generations seen by earlier runs: a replayed
+    // definition is refused after a restart too.
+    let marks_file = args.state_dir.join("generations");
+    let cache = Arc::new(Mutex::new(
+        RegistryCache::new(keys.clone(), secrets.clone(), max_age)
+            .with_marks(Marks::load(&marks_file)),
+    ));
     let stats = Arc::new(SyncStats::default());
     let (view_tx, view) = watch::channel(RegistryView::default());
     let (vips_tx, vip_changes) = mpsc::unbounded_channel();
@@ -190,6 +192,7 @@ async fn start_etcd(args: &AgentArgs, record: HostRecord) -> anyhow::Result<Etcd
         view: view_tx,
         vips: vips_tx,
         stats: stats.clone(),
+        marks_file: Some(marks_file),
     };
     let resync = Duration::from_secs(args.resync_interval);
     tasks.push(tokio::spawn(sync::run(

@@ -259,7 +259,7 @@ fn register_ebpf_and_api(r: &mut Registry, s: &Snapshot) {
     );
     r.register(
         "linkmesh_vip_records_rejected",
-        "VIP records that did not verify (forged, malformed, copied), each revision once",
+        "VIP records and coordination keys that did not verify (forged, malformed, copied, replayed), each revision once",
         counter(s.vip_records_rejected),
     );
     r.register(

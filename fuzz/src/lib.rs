@@ -29,7 +29,8 @@ use linkmesh::registry::cache::{Entry, RegistryCache};
 use linkmesh::registry::record::{RECORD_VERSION, Record, SealError, canonical};
 use linkmesh::registry::segment::validate_segment_name;
 use linkmesh::registry::{
-    Expect, HostRecord, Keys, Rejection, Secrets, SegmentSpec, Verified, open, seal,
+    Expect, HostRecord, Keys, Mark, Rejection, Secrets, SegmentSpec, Verified, open,
+    open_definition, seal, seal_definition,
 };
 use linkmesh::registry::{VipKey, VipRecord};
 use serde_json::value::RawValue;
@@ -52,6 +53,8 @@ pub const NOW: u64 = 1_800_000_000;
 pub const MAX_AGE: Duration = Duration::from_hours(1);
 /// The lease a host record is signed for and (by default) stored on.
 pub const LEASE: i64 = 0x0758_7862;
+/// The generation of the definitions the caches hold before each input.
+pub const KNOWN_GENERATION: u64 = 1_000;
 
 /// Mode bit: VALUE is a body to sign, not a stored value.
 pub const SIGN_BODY: u8 = 1;
@@ -115,7 +118,7 @@ pub fn envelope(
     issued_at: u64,
     body: &[u8],
 ) -> Vec<u8> {
-    let sig = secrets.sign(&canonical(kind, key, lease, issued_at, body));
+    let sig = secrets.sign(&canonical(kind, key, lease, issued_at, 0, body));
     let quoted = |s: &str| serde_json::to_string(s).expect("a string encodes");
     let mut out = format!(
         "{{\"v\":{RECORD_VERSION},\"kind\":{},\"key\":{},\"lease\":{lease},\"issued_at\":{issued_at},\"body\":",
@@ -464,7 +467,8 @@ pub fn segment_vip(data: &[u8]) -> bool {
 fn segment(keys: &Keys, secrets: &Secrets, name: &str, value: &[u8], expect: Expect<'_>) -> bool {
     let mut cache = RegistryCache::new(keys.clone(), secrets.clone(), MAX_AGE);
     let blue = keys.segment("blue");
-    let known = seal(secrets, &blue, 0, NOW, &known_segment()).expect("sealing blue");
+    let known = seal_definition(secrets, &blue, KNOWN_GENERATION, NOW, &known_segment())
+        .expect("sealing blue");
     let put = Entry {
         key: &blue,
         value: &known,
@@ -475,11 +479,17 @@ fn segment(keys: &Keys, secrets: &Secrets, name: &str, value: &[u8], expect: Exp
     assert!(cache.put(put, NOW), "blue is defined");
 
     let opened = open::<SegmentSpec>(secrets, value, expect);
+    let definition = open_definition::<SegmentSpec>(secrets, expect.key, value, expect.lease, NOW);
+    // `Some(spec)`, or `None` for a tombstone.
     let verdict = match keys.segment_of(expect.key) {
-        Some(segment) => opened.clone().and_then(|v| {
-            validate_segment_name(segment).map_err(Rejection::Invalid)?;
-            v.body.validate().map_err(Rejection::Invalid)?;
-            Ok(v.body)
+        Some(segment) => definition.and_then(|d| {
+            newer_than_known(expect.key == blue, d.mark())?;
+            Ok(d.try_map(|spec| {
+                validate_segment_name(segment).map_err(Rejection::Invalid)?;
+                spec.validate().map_err(Rejection::Invalid)?;
+                Ok(spec)
+            })?
+            .live())
         }),
         None => Err(Rejection::Malformed("not <prefix>/segments/<name>".into())),
     };
@@ -490,18 +500,35 @@ fn segment(keys: &Keys, secrets: &Secrets, name: &str, value: &[u8], expect: Exp
         mod_revision: 2,
         create_revision: 2,
     };
-    let shown = |c: &RegistryCache| c.view(NOW).segments.get(name).cloned();
+    let shown = |c: &RegistryCache| Some(c.view(NOW).segments.get(name).cloned());
     check_put(&mut cache, entry, NOW, shown, &verdict);
     if let Ok(v) = &opened {
         reverify(secrets, expect, v, PartialEq::eq);
     }
-    if let Ok(spec) = &verdict {
+    if let Ok(Some(spec)) = &verdict {
         // What `segment ls --json` prints reads back as the same definition.
         let json = serde_json::to_string(spec).expect("a segment encodes");
         let back: SegmentSpec = serde_json::from_str(&json).expect("a segment decodes");
         assert_eq!(&back, spec, "{json}");
     }
     verdict.is_ok()
+}
+
+/// What the agents decide about a definition's generation, made again: at
+/// the key of a known definition, only that very write or a newer
+/// generation passes; elsewhere, anything.
+fn newer_than_known(known_key: bool, mark: Mark) -> Result<(), Rejection> {
+    let known = Mark {
+        generation: KNOWN_GENERATION,
+        issued_at: NOW,
+    };
+    if known_key && mark != known && mark.generation <= KNOWN_GENERATION {
+        return Err(Rejection::Superseded {
+            generation: mark.generation,
+            newest: KNOWN_GENERATION,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

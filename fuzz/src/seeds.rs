@@ -1,11 +1,14 @@
 //! The committed seed corpus: real encodings (records sealed with the
 //! fuzz secret), each named for what the targets must decide about it.
 
-use linkmesh::registry::{HostRecord, Keys, SegmentSpec, VipRecord, seal};
+use linkmesh::registry::{
+    HostRecord, Keys, SegmentSpec, Tombstone, VipRecord, seal, seal_definition,
+};
 
+use super::vip::KNOWN_VIP;
 use super::{
-    LATER, LEASE, NOW, ON_LEASE, OTHER_LEASE, PREFIX, SIGN_BODY, VIP, encode, known_host,
-    other_secrets, secrets,
+    KNOWN_GENERATION, LATER, LEASE, NOW, ON_LEASE, OTHER_LEASE, PREFIX, SIGN_BODY, VIP, encode,
+    known_host, other_secrets, secrets,
 };
 
 /// The seed corpus: `(target, file name, input)`. File names start with
@@ -149,13 +152,42 @@ fn segment_seeds(out: &mut Seeds) {
     };
     let red_value = seal(&s, &keys.segment("red"), 0, NOW, &red).expect("seal");
     add("accept-segment-red", encode(0, "red", &red_value));
+    let blue = keys.segment("blue");
+    let blue_at = |generation, body: &SegmentSpec| {
+        seal_definition(&s, &blue, generation, NOW, body).expect("seal")
+    };
+    let tombstone = |key: &str, generation| {
+        seal_definition(&s, key, generation, NOW, &Tombstone {}).expect("seal")
+    };
+    let newer = KNOWN_GENERATION + 1;
+    let older = KNOWN_GENERATION - 1;
     add(
         "accept-segment-blue-changed",
+        encode(0, "blue", &blue_at(newer, &SegmentSpec::new(101))),
+    );
+    add(
+        "reject-segment-blue-older-generation",
+        encode(0, "blue", &blue_at(older, &SegmentSpec::new(101))),
+    );
+    add(
+        "reject-segment-blue-without-generation",
         encode(
             0,
             "blue",
-            &seal(&s, &keys.segment("blue"), 0, NOW, &SegmentSpec::new(101)).expect("seal"),
+            &seal(&s, &blue, 0, NOW, &SegmentSpec::new(101)).expect("seal"),
         ),
+    );
+    add(
+        "accept-segment-blue-tombstone",
+        encode(0, "blue", &tombstone(&blue, newer)),
+    );
+    add(
+        "reject-segment-blue-older-tombstone",
+        encode(0, "blue", &tombstone(&blue, older)),
+    );
+    add(
+        "reject-segment-tombstone-moved",
+        encode(0, "blue", &tombstone(&keys.segment("red"), newer)),
     );
     add(
         "reject-segment-on-a-lease",
@@ -209,6 +241,27 @@ fn vip_seeds(out: &mut Seeds) {
     };
     let full_value = seal(&s, &keys.vip(id), 0, NOW, &full).expect("seal");
     add("accept-vip-full", encode(VIP, id, &full_value));
+    let known = keys.vip(KNOWN_VIP);
+    let known_at = |generation| {
+        seal_definition(
+            &s,
+            &known,
+            generation,
+            NOW,
+            &VipRecord::new("198.18.0.99/32"),
+        )
+        .expect("seal")
+    };
+    let gone = seal_definition(&s, &known, KNOWN_GENERATION + 1, NOW, &Tombstone {}).expect("seal");
+    add("accept-vip-tombstone", encode(VIP, KNOWN_VIP, &gone));
+    add(
+        "reject-vip-older-generation",
+        encode(VIP, KNOWN_VIP, &known_at(KNOWN_GENERATION - 1)),
+    );
+    add(
+        "accept-vip-same-write-again",
+        encode(VIP, KNOWN_VIP, &known_at(KNOWN_GENERATION)),
+    );
     add(
         "reject-vip-on-a-lease",
         encode(VIP | ON_LEASE, id, &full_value),

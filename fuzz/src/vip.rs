@@ -4,11 +4,13 @@
 use linkmesh::registry::cache::{Entry, RegistryCache};
 use linkmesh::registry::record::{MAX_RECORD_BYTES, SealError};
 use linkmesh::registry::{
-    Cidr, Expect, Keys, Secrets, VipChange, VipKey, VipRecord, open, open_failover, open_member,
-    open_owner, open_vip, seal,
+    Cidr, Expect, Keys, Secrets, VipChange, VipKey, VipRecord, next_generation, open,
+    open_failover, open_member, open_owner, open_vip, seal_definition,
 };
 
-use super::{MAX_AGE, NOW, PREFIX, reverify, same_vip, secrets};
+use super::{
+    KNOWN_GENERATION, MAX_AGE, NOW, PREFIX, newer_than_known, reverify, same_vip, secrets,
+};
 
 /// A VIP record as the agents read it: through the registry cache (which
 /// holds a known VIP already), whose verdict must be [`open_vip`]'s; keys
@@ -36,7 +38,8 @@ pub(crate) fn vip(keys: &Keys, secrets: &Secrets, value: &[u8], expect: Expect<'
     };
     let mut cache = RegistryCache::new(keys.clone(), secrets.clone(), MAX_AGE);
     let known = keys.vip(KNOWN_VIP);
-    let known_value = seal(secrets, &known, 0, NOW, &known_vip()).expect("sealing the known VIP");
+    let known_value = seal_definition(secrets, &known, KNOWN_GENERATION, NOW, &known_vip())
+        .expect("sealing the known VIP");
     let put = |key, value, lease, mod_revision| Entry {
         key,
         value,
@@ -50,11 +53,15 @@ pub(crate) fn vip(keys: &Keys, secrets: &Secrets, value: &[u8], expect: Expect<'
     );
     let before = cache.vips().clone();
     let rejected = cache.rejections.vips();
-    let verdict = open_vip(secrets, key, value, expect.lease, NOW);
+    // `Some(record)`, or `None` for a tombstone.
+    let verdict = open_vip(secrets, key, value, expect.lease, NOW).and_then(|d| {
+        newer_than_known(key == known, d.mark())?;
+        Ok(d.live())
+    });
     let changed = cache.put(put(key, value, expect.lease, 2), NOW);
     match &verdict {
         // One VIP per address: the known VIP, created first, stays in force.
-        Ok(valid) if id != KNOWN_VIP && Some(valid.cidr.addr) == known_address() => {
+        Ok(Some(valid)) if id != KNOWN_VIP && Some(valid.cidr.addr) == known_address() => {
             assert_eq!(
                 cache.vips(),
                 &before,
@@ -67,7 +74,7 @@ pub(crate) fn vip(keys: &Keys, secrets: &Secrets, value: &[u8], expect: Expect<'
                 "the duplicate is counted once"
             );
         }
-        Ok(valid) => {
+        Ok(Some(valid)) => {
             assert_eq!(
                 cache.vips().get(id),
                 Some(valid),
@@ -83,6 +90,11 @@ pub(crate) fn vip(keys: &Keys, secrets: &Secrets, value: &[u8], expect: Expect<'
             assert_eq!(valid.checks.len(), valid.record.checks.len());
             let verified = open::<VipRecord>(secrets, value, expect).expect("it verified");
             reverify(secrets, expect, &verified, same_vip);
+        }
+        Ok(None) => {
+            assert!(!cache.vips().contains_key(id), "a tombstone left its VIP");
+            assert_eq!(changed, before.contains_key(id), "a removal is reported");
+            assert_eq!(cache.rejections.vips(), rejected, "nothing counted");
         }
         Err(r) => {
             assert_eq!(
@@ -155,7 +167,7 @@ fn coordination(keys: &Keys, secrets: &Secrets, value: &[u8], expect: Expect<'_>
 }
 
 /// The VIP the cache holds before each `segment_vip` input.
-const KNOWN_VIP: &str = "198.18.0.99_32";
+pub(crate) const KNOWN_VIP: &str = "198.18.0.99_32";
 
 fn known_vip() -> VipRecord {
     VipRecord::new("198.18.0.99/32")
@@ -189,7 +201,9 @@ pub fn api_body(data: &[u8]) -> bool {
     check_cidr(&keys, cidr);
     let key = keys.vip(&cidr.id());
     let secrets = secrets();
-    let value = match seal(&secrets, &key, 0, NOW, &record) {
+    // As `Vips::add` writes it: with a generation.
+    let generation = next_generation(None, NOW * 1_000_000);
+    let value = match seal_definition(&secrets, &key, generation, NOW, &record) {
         Ok(value) => value,
         // Over MAX_RECORD_BYTES: the API refuses it (with 503, not 400) and
         // writes nothing. Inputs that large are past the fuzzer's max_len.
@@ -201,7 +215,9 @@ pub fn api_body(data: &[u8]) -> bool {
     };
     // What every agent does with the key's value.
     let read = open_vip(&secrets, &key, &value, 0, NOW)
-        .unwrap_or_else(|r| panic!("agents refuse what the API accepted: {r}"));
+        .unwrap_or_else(|r| panic!("agents refuse what the API accepted: {r}"))
+        .live()
+        .expect("a record, not a tombstone");
     assert!(
         same_vip(&read.record, &record),
         "agents read another record than was posted: {record:?} became {:?}",

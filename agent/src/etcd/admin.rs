@@ -1,6 +1,10 @@
 //! What the admin commands (`linkmesh segment`, `linkmesh ip`) and the
 //! API change in etcd: segment definitions with their VNI index, floating
 //! IPs, and failover requests.
+//!
+//! Definitions are written with a generation past the key's last, and
+//! removed with a signed tombstone one generation up
+//! ([`crate::registry::generation`]), each guarded by what was read.
 
 use std::collections::BTreeMap;
 
@@ -10,8 +14,9 @@ use serde::Serialize;
 use super::{EtcdError, read_prefix, timed};
 use crate::clock::unix_now;
 use crate::registry::{
-    Expect, FailoverRecord, HostRecord, Invalid, Keys, Rejection, Secrets, SegmentSpec, ValidVip,
-    VipKey, VipRecord, open, open_member, open_owner, open_vip, seal,
+    Definition, Expect, FailoverRecord, HostRecord, Invalid, Keys, Rejection, Secrets, SegmentSpec,
+    Tombstone, ValidVip, VipKey, VipRecord, next_generation, open, open_definition, open_member,
+    open_owner, open_vip, seal, seal_definition,
 };
 
 /// Segment administration (the `linkmesh segment` commands).
@@ -30,10 +35,17 @@ impl Segments {
         spec.validate()?;
         let key = self.keys.segment(name);
         let vni_key = self.keys.segment_vni(spec.vni, spec.port);
-        let value = seal(&self.secrets, &key, 0, unix_now(), spec)?;
+        let current = read_definition(&self.client, &key, |v, lease, now| {
+            open_definition::<SegmentSpec>(&self.secrets, &key, v, lease, now)
+        })
+        .await?;
+        let (guard, generation) = claim(&key, current.as_ref()).ok_or_else(|| {
+            EtcdError::Conflict(format!("segment {name} already exists (remove it first)"))
+        })?;
+        let value = seal_definition(&self.secrets, &key, generation, unix_now(), spec)?;
         let txn = Txn::new()
             .when([
-                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                guard,
                 Compare::create_revision(vni_key.clone(), CompareOp::Equal, 0),
             ])
             .and_then([
@@ -75,34 +87,35 @@ impl Segments {
         )))
     }
 
-    /// Removes a segment and its VNI index entry.
+    /// Removes a segment (a tombstone in its place) and its VNI index
+    /// entry. Returns whether there was one.
     pub async fn remove(&self, name: &str) -> Result<bool, EtcdError> {
         let key = self.keys.segment(name);
-        let mut kv = self.client.kv_client();
-        let current = timed(
-            || format!("reading segment {name}"),
-            kv.get(key.clone(), None),
-        )
-        .await?;
-        let Some(existing) = current.kvs().first() else {
+        let Some(current) = read_definition(&self.client, &key, |v, lease, now| {
+            open_definition::<SegmentSpec>(&self.secrets, &key, v, lease, now)
+        })
+        .await?
+        else {
             return Ok(false);
         };
-        let mut ops = vec![TxnOp::delete(key.clone(), None)];
+        let Some((guard, tombstone)) = bury(&self.secrets, &key, &current)? else {
+            return Ok(false);
+        };
+        let mut ops = vec![tombstone];
         // The index key is found from the stored definition (unverified
         // content is fine here: it only names which index entry to drop).
-        if let Some(spec) = stored_spec(existing.value()) {
+        let spec = match current.definition {
+            Some(Definition::Live(spec, _)) => Some(spec),
+            _ => stored_spec(&current.value),
+        };
+        if let Some(spec) = spec {
             ops.push(TxnOp::delete(
                 self.keys.segment_vni(spec.vni, spec.port),
                 None,
             ));
         }
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                existing.mod_revision(),
-            )])
-            .and_then(ops);
+        let txn = Txn::new().when([guard]).and_then(ops);
+        let mut kv = self.client.kv_client();
         let response = timed(|| format!("removing segment {name}"), kv.txn(txn)).await?;
         if !response.succeeded() {
             return Err(EtcdError::Conflict(format!(
@@ -125,21 +138,94 @@ impl Segments {
         Ok(response
             .kvs()
             .iter()
-            .map(|kv| {
+            .filter_map(|kv| {
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
                 let name = self.keys.segment_of(&key).unwrap_or(&key).to_owned();
-                let expect = crate::registry::Expect {
-                    key: &key,
-                    lease: kv.lease(),
+                match open_definition::<SegmentSpec>(
+                    &self.secrets,
+                    &key,
+                    kv.value(),
+                    kv.lease(),
                     now,
-                    max_age: None,
-                };
-                let spec = crate::registry::open::<SegmentSpec>(&self.secrets, kv.value(), expect)
-                    .map(|v| v.body);
-                (name, spec)
+                ) {
+                    Ok(Definition::Live(spec, _)) => Some((name, Ok(spec))),
+                    Ok(Definition::Removed(_)) => None,
+                    Err(r) => Some((name, Err(r))),
+                }
             })
             .collect())
     }
+}
+
+/// What is at a definition's key.
+struct Current<T> {
+    revision: i64,
+    value: Vec<u8>,
+    /// `None`: a value that does not verify.
+    definition: Option<Definition<T>>,
+}
+
+/// Reads a definition's key; `open` verifies the value (value, lease, now).
+async fn read_definition<T>(
+    client: &Client,
+    key: &str,
+    open: impl Fn(&[u8], i64, u64) -> Result<Definition<T>, Rejection>,
+) -> Result<Option<Current<T>>, EtcdError> {
+    let mut kv = client.kv_client();
+    let response = timed(|| format!("reading {key}"), kv.get(key, None)).await?;
+    Ok(response.kvs().first().map(|kv| Current {
+        revision: kv.mod_revision(),
+        value: kv.value().to_vec(),
+        definition: open(kv.value(), kv.lease(), unix_now()).ok(),
+    }))
+}
+
+/// How a new definition goes in at `key`: the guard for the write and its
+/// generation, when the key is free (never written, or a tombstone).
+fn claim<T>(key: &str, current: Option<&Current<T>>) -> Option<(Compare, u64)> {
+    match current {
+        None => Some((
+            Compare::create_revision(key, CompareOp::Equal, 0),
+            next_generation(None, wall_micros()),
+        )),
+        Some(Current {
+            revision,
+            definition: Some(Definition::Removed(mark)),
+            ..
+        }) => Some((
+            Compare::mod_revision(key, CompareOp::Equal, *revision),
+            next_generation(Some(mark.generation), wall_micros()),
+        )),
+        Some(_) => None,
+    }
+}
+
+/// The guard and the write of a tombstone over what is at `key`; `None`
+/// when that is a tombstone already.
+fn bury<T>(
+    secrets: &Secrets,
+    key: &str,
+    current: &Current<T>,
+) -> Result<Option<(Compare, TxnOp)>, EtcdError> {
+    let previous = match &current.definition {
+        Some(Definition::Removed(_)) => return Ok(None),
+        Some(d) => Some(d.mark().generation),
+        None => None,
+    };
+    let generation = next_generation(previous, wall_micros());
+    let value = seal_definition(secrets, key, generation, unix_now(), &Tombstone {})?;
+    Ok(Some((
+        Compare::mod_revision(key, CompareOp::Equal, current.revision),
+        TxnOp::put(key, value, None),
+    )))
+}
+
+/// Microseconds since the epoch, this host's wall clock: a floor for new
+/// generations.
+fn wall_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 #[derive(serde::Deserialize)]
@@ -183,12 +269,18 @@ impl Vips {
         let id = vip.cidr.id();
         let key = self.keys.vip(&id);
         let index = self.keys.vip_address(vip.cidr.addr);
-        let value = seal(&self.secrets, &key, 0, unix_now(), &vip.record)?;
+        let current = read_definition(&self.client, &key, |v, lease, now| {
+            open_vip(&self.secrets, &key, v, lease, now)
+        })
+        .await?;
+        let (guard, generation) = claim(&key, current.as_ref())
+            .ok_or_else(|| EtcdError::Conflict(format!("floating IP {id} already exists")))?;
+        let value = seal_definition(&self.secrets, &key, generation, unix_now(), &vip.record)?;
         // The record and its address's index entry, or neither: two VIPs
         // never share an address, and two admins cannot race.
         let txn = Txn::new()
             .when([
-                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                guard,
                 Compare::create_revision(index.clone(), CompareOp::Equal, 0),
             ])
             .and_then([
@@ -247,32 +339,39 @@ impl Vips {
         Ok(())
     }
 
-    /// Removes a VIP, and its address's index entry if that names it (its
-    /// owner unbinds when it sees the record go).
+    /// Removes a VIP (a tombstone in its place), and its address's index
+    /// entry if that names it (its owner unbinds when it sees the record
+    /// go). Returns whether there was one.
     pub async fn remove(&self, id: &str) -> Result<bool, EtcdError> {
         let key = self.keys.vip(id);
-        let index = id
-            .replace('_', "/")
-            .parse::<crate::registry::Cidr>()
-            .ok()
-            .map(|c| self.keys.vip_address(c.addr));
-        let mut ops = vec![TxnOp::delete(key.clone(), None)];
-        let mut when = Vec::new();
-        if let Some(index) = &index {
-            when.push(Compare::value(index.clone(), CompareOp::Equal, id));
-            ops.push(TxnOp::delete(index.clone(), None));
+        let Some(current) = read_definition(&self.client, &key, |v, lease, now| {
+            open_vip(&self.secrets, &key, v, lease, now)
+        })
+        .await?
+        else {
+            return Ok(false);
+        };
+        let Some((guard, tombstone)) = bury(&self.secrets, &key, &current)? else {
+            return Ok(false);
+        };
+        let mut ops = vec![tombstone];
+        if let Ok(cidr) = id.replace('_', "/").parse::<crate::registry::Cidr>() {
+            let index = self.keys.vip_address(cidr.addr);
+            ops.push(TxnOp::txn(
+                Txn::new()
+                    .when([Compare::value(index.clone(), CompareOp::Equal, id)])
+                    .and_then([TxnOp::delete(index, None)]),
+            ));
         }
-        let txn = Txn::new()
-            .when(when)
-            .and_then(ops)
-            .or_else([TxnOp::delete(key, None)]);
+        let txn = Txn::new().when([guard]).and_then(ops);
         let mut kv = self.client.kv_client();
         let r = timed(|| format!("removing floating IP {id}"), kv.txn(txn)).await?;
-        // The record's delete comes first in either branch.
-        let deleted = r.op_responses().first().is_some_and(
-            |op| matches!(op, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0),
-        );
-        Ok(deleted)
+        if !r.succeeded() {
+            return Err(EtcdError::Conflict(format!(
+                "floating IP {id} changed while being removed; try again"
+            )));
+        }
+        Ok(true)
     }
 
     /// Every VIP, verified as the agents verify it, with its owner and the
@@ -298,9 +397,11 @@ impl Vips {
                     entry(&mut entries, id);
                     let e = entries.get_mut(id);
                     match open_vip(&self.secrets, key, kv.value(), kv.lease(), now) {
-                        Ok(v) => e
+                        Ok(Definition::Live(v, _)) => e
                             .into_iter()
                             .for_each(|e| e.record = Some(v.record.clone())),
+                        // Removed: listed only if something else is there.
+                        Ok(Definition::Removed(_)) => {}
                         Err(r) => e.into_iter().for_each(|e| e.error = Some(r.to_string())),
                     }
                 }

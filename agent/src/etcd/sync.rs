@@ -5,6 +5,7 @@
 //! R+1; on compaction, a broken stream, or every `resync`, a fresh
 //! snapshot.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -37,6 +38,8 @@ pub struct Outputs {
     /// Every change under `vips/`, for the floating-IP subsystem.
     pub vips: mpsc::UnboundedSender<VipChange>,
     pub stats: Arc<SyncStats>,
+    /// Where the definitions' generations are kept (`None`: in memory).
+    pub marks_file: Option<PathBuf>,
 }
 
 /// Runs until cancelled.
@@ -132,6 +135,7 @@ async fn snapshot(
                 let _ = out.vips.send(change);
             }
         }
+        keep_marks(&mut cache, out.marks_file.as_deref());
     }
     publish(out).await;
     if fresh {
@@ -255,6 +259,19 @@ async fn apply(keys: &Keys, out: &Outputs, events: &[etcd_client::Event]) -> boo
                 let _ = out.vips.send(change);
             }
         }
+        keep_marks(&mut cache, out.marks_file.as_deref());
     }
     changed
+}
+
+/// Keeps the definitions' generations in the state directory when they
+/// moved on, so a restarted agent refuses what it refused before.
+fn keep_marks(cache: &mut RegistryCache, file: Option<&Path>) {
+    let Some(file) = file else { return };
+    let marks = cache.marks_mut();
+    if marks.unsaved()
+        && let Err(e) = marks.save(file)
+    {
+        warn!(file = %file.display(), error = %e, "cannot keep the definitions' generations");
+    }
 }

@@ -2,15 +2,17 @@
 //! segments and floating-IP records.
 //!
 //! A rejected value never replaces a verified one: forging or garbling a key
-//! cannot take a host, a segment or a VIP away; only a delete (or the lease
-//! expiring) does. Each rejection is logged once per key and revision and
-//! counted by reason.
+//! cannot take a host, a segment or a VIP away; only a delete, a tombstone
+//! (or the lease expiring) does. A definition older than one seen at its key
+//! is rejected too ([`super::generation`]). Each rejection is logged once per
+//! key and revision and counted by reason.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use tracing::warn;
 
+use super::generation::{Definition, Marks, open_definition};
 use super::host::HostRecord;
 use super::keys::{Keys, VipKey};
 use super::record::{Expect, Rejection, open};
@@ -132,6 +134,8 @@ pub struct RegistryCache {
     /// Verified VIP records held back because an older one has the same
     /// address (one VIP per address); one comes back when that one goes.
     shadowed: BTreeMap<String, (ValidVip, i64)>,
+    /// The newest generation seen per definition key.
+    marks: Marks,
     pub rejections: RejectionLog,
 }
 
@@ -147,8 +151,21 @@ impl RegistryCache {
             vips: BTreeMap::new(),
             vip_created: BTreeMap::new(),
             shadowed: BTreeMap::new(),
+            marks: Marks::default(),
             rejections: RejectionLog::default(),
         }
+    }
+
+    /// Starts from the generations an earlier run saw.
+    #[must_use]
+    pub fn with_marks(mut self, marks: Marks) -> Self {
+        self.marks = marks;
+        self
+    }
+
+    /// The newest generation seen per definition key (to keep them).
+    pub fn marks_mut(&mut self) -> &mut Marks {
+        &mut self.marks
     }
 
     /// Replaces the secrets (rotation without restart).
@@ -166,8 +183,11 @@ impl RegistryCache {
     /// the VIP records) changed.
     pub fn put(&mut self, entry: Entry<'_>, now: u64) -> bool {
         if let Some(VipKey::Record(id)) = self.keys.vip_key(entry.key) {
-            return match open_vip(&self.secrets, entry.key, entry.value, entry.lease, now) {
-                Ok(vip) => self.put_vip(id, vip, entry),
+            let result = open_vip(&self.secrets, entry.key, entry.value, entry.lease, now)
+                .and_then(|d| self.marks.admit(entry.key, d.mark()).map(|()| d));
+            return match result {
+                Ok(Definition::Live(vip, _)) => self.put_vip(id, vip, entry),
+                Ok(Definition::Removed(_)) => self.delete_vip(id),
                 Err(r) => {
                     self.rejections
                         .record_vip(entry.key, entry.mod_revision, &r);
@@ -205,19 +225,26 @@ impl RegistryCache {
             };
         }
         if let Some(name) = self.keys.segment_of(entry.key) {
-            let expect = Expect {
-                key: entry.key,
-                lease: entry.lease,
+            let result = open_definition::<SegmentSpec>(
+                &self.secrets,
+                entry.key,
+                entry.value,
+                entry.lease,
                 now,
-                max_age: None,
-            };
-            let result = open::<SegmentSpec>(&self.secrets, entry.value, expect).and_then(|v| {
-                validate_segment_name(name).map_err(Rejection::Invalid)?;
-                v.body.validate().map_err(Rejection::Invalid)?;
-                Ok(v)
-            });
+            )
+            .and_then(|d| {
+                d.try_map(|spec| {
+                    validate_segment_name(name).map_err(Rejection::Invalid)?;
+                    spec.validate().map_err(Rejection::Invalid)?;
+                    Ok(spec)
+                })
+            })
+            .and_then(|d| self.marks.admit(entry.key, d.mark()).map(|()| d));
             return match result {
-                Ok(v) => self.segments.insert(name.to_owned(), v.body.clone()) != Some(v.body),
+                Ok(Definition::Live(spec, _)) => {
+                    self.segments.insert(name.to_owned(), spec.clone()) != Some(spec)
+                }
+                Ok(Definition::Removed(_)) => self.segments.remove(name).is_some(),
                 Err(r) => {
                     self.rejections.record(entry.key, entry.mod_revision, &r);
                     false
@@ -581,5 +608,41 @@ mod tests {
                 "the one that waited takes its place"
             );
         }
+    }
+
+    #[test]
+    fn tombstones_remove_and_older_generations_never_return() {
+        use crate::registry::generation::Tombstone;
+        use crate::registry::record::seal_definition;
+        let (seg, vip) = ("/lm/segments/blue", "/lm/vips/198.18.0.100_32");
+        let record = crate::registry::VipRecord::new("198.18.0.100/32");
+        let v5 = seal_definition(&secrets(), seg, 5, NOW, &SegmentSpec::new(5)).expect("seal");
+        let v6 = seal_definition(&secrets(), seg, 6, NOW, &SegmentSpec::new(6)).expect("seal");
+        let vip1 = seal_definition(&secrets(), vip, 1, NOW, &record).expect("seal");
+        let vip2 = seal_definition(&secrets(), vip, 2, NOW, &Tombstone {}).expect("seal");
+        let mut c = cache();
+        assert!(put(&mut c, seg, &v5, 0, 1));
+        assert!(put(&mut c, seg, &v6, 0, 2), "a newer generation replaces");
+        assert!(!put(&mut c, seg, &v5, 0, 3), "an older one does not");
+        assert_eq!(c.view(NOW).segments["blue"], SegmentSpec::new(6));
+        assert!(!put(&mut c, seg, &v6, 0, 4), "the same write read again");
+        assert_eq!(c.rejections.counts().get("replayed"), Some(&1));
+
+        assert!(put(&mut c, vip, &vip1, 0, 5));
+        assert!(put(&mut c, vip, &vip2, 0, 6), "the tombstone removes it");
+        assert!(c.vips().is_empty());
+        // The tombstone deleted, the record put back: still removed.
+        assert!(!c.delete(vip));
+        assert!(!put(&mut c, vip, &vip1, 0, 7));
+        assert!(c.vips().is_empty());
+        assert_eq!(c.rejections.vips(), 1);
+        // A restart that keeps the generations refuses it too.
+        let mut marks = crate::registry::Marks::default();
+        marks
+            .admit(vip, c.marks_mut().newest(vip).expect("remembered"))
+            .expect("new");
+        let mut again = cache().with_marks(marks);
+        assert!(!put(&mut again, vip, &vip1, 0, 7));
+        assert!(again.vips().is_empty());
     }
 }

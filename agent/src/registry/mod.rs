@@ -5,6 +5,7 @@
 //! unit-tested without etcd; `crate::etcd` talks to etcd.
 
 pub mod cache;
+pub mod generation;
 pub mod host;
 pub mod invalid;
 pub mod keys;
@@ -15,10 +16,11 @@ pub mod vip;
 pub mod vipkeys;
 
 pub use cache::{RegistryCache, RegistryView};
+pub use generation::{Definition, Mark, Marks, Tombstone, next_generation, open_definition};
 pub use host::HostRecord;
 pub use invalid::Invalid;
 pub use keys::{Keys, VipKey};
-pub use record::{Expect, Rejection, Verified, open, seal};
+pub use record::{Expect, Rejection, Verified, open, seal, seal_definition};
 pub use secret::Secrets;
 pub use segment::SegmentSpec;
 pub use vip::{Check, Cidr, ValidVip, VipRecord, open_vip};

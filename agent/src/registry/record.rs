@@ -11,6 +11,10 @@
 //! another key, replayed under another lease, or replayed after the maximum
 //! record age; and since the body's bytes are signed as stored, fields this
 //! version does not know are still covered by the signature.
+//!
+//! Admin-written definitions (segments, floating IPs) carry a signed
+//! `generation` too (see [`super::generation`]); records without one (hosts,
+//! and definitions written before generations) encode and sign as before.
 
 use std::time::Duration;
 
@@ -41,6 +45,8 @@ struct Envelope<'a> {
     key: String,
     lease: i64,
     issued_at: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    generation: u64,
     #[serde(borrow)]
     body: &'a RawValue,
     sig: String,
@@ -70,6 +76,8 @@ pub enum Rejection {
     Expired { age_secs: u64 },
     #[error("issued {ahead_secs} s in the future")]
     FutureDated { ahead_secs: u64 },
+    #[error("generation {generation} is not newer than {newest}, seen already (replayed)")]
+    Superseded { generation: u64, newest: u64 },
     #[error("invalid content: {0}")]
     Invalid(super::invalid::Invalid),
 }
@@ -82,16 +90,29 @@ impl Rejection {
             Self::Malformed(_) | Self::TooLarge(_) | Self::UnsupportedVersion(_) => "malformed",
             Self::WrongKind { .. } | Self::Invalid(_) => "invalid",
             Self::BadSignature => "bad_signature",
-            Self::WrongKey { .. } | Self::WrongLease { .. } => "replayed",
+            Self::WrongKey { .. } | Self::WrongLease { .. } | Self::Superseded { .. } => "replayed",
             Self::Expired { .. } | Self::FutureDated { .. } => "expired",
         }
     }
 }
 
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// The bytes that are signed, each field length-prefixed so no two
-/// different envelopes encode the same.
+/// different envelopes encode the same; the generation last, and only when
+/// there is one (so records without one sign as they always did).
 #[must_use]
-pub fn canonical(kind: &str, key: &str, lease: i64, issued_at: u64, body: &[u8]) -> Vec<u8> {
+pub fn canonical(
+    kind: &str,
+    key: &str,
+    lease: i64,
+    issued_at: u64,
+    generation: u64,
+    body: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + key.len() + body.len());
     let mut field = |bytes: &[u8]| {
         // Lengths are bounded by MAX_RECORD_BYTES on the reading side; a
@@ -107,6 +128,9 @@ pub fn canonical(kind: &str, key: &str, lease: i64, issued_at: u64, body: &[u8])
     field(&lease.to_be_bytes());
     field(&issued_at.to_be_bytes());
     field(body);
+    if generation != 0 {
+        field(&generation.to_be_bytes());
+    }
     out
 }
 
@@ -130,10 +154,39 @@ pub enum SealError {
 
 /// Encodes and signs `body` for etcd key `key`, attached to `lease` (0 for
 /// none), issued at `issued_at` (Unix seconds).
+///
+/// # Errors
+/// The body does not encode, or is too large.
 pub fn seal<T: Record>(
     secrets: &Secrets,
     key: &str,
     lease: i64,
+    issued_at: u64,
+    body: &T,
+) -> Result<Vec<u8>, SealError> {
+    seal_with(secrets, key, lease, 0, issued_at, body)
+}
+
+/// Encodes and signs a definition (no lease) of generation `generation`
+/// (see [`super::generation`]).
+///
+/// # Errors
+/// The body does not encode, or is too large.
+pub fn seal_definition<T: Record>(
+    secrets: &Secrets,
+    key: &str,
+    generation: u64,
+    issued_at: u64,
+    body: &T,
+) -> Result<Vec<u8>, SealError> {
+    seal_with(secrets, key, 0, generation, issued_at, body)
+}
+
+fn seal_with<T: Record>(
+    secrets: &Secrets,
+    key: &str,
+    lease: i64,
+    generation: u64,
     issued_at: u64,
     body: &T,
 ) -> Result<Vec<u8>, SealError> {
@@ -143,7 +196,8 @@ pub fn seal<T: Record>(
         source,
     };
     let body = serde_json::to_string(body).map_err(encode)?;
-    let sig = secrets.sign(&canonical(T::KIND, key, lease, issued_at, body.as_bytes()));
+    let message = canonical(T::KIND, key, lease, issued_at, generation, body.as_bytes());
+    let sig = secrets.sign(&message);
     let raw = RawValue::from_string(body).map_err(encode)?;
     let envelope = Envelope {
         v: RECORD_VERSION,
@@ -151,6 +205,7 @@ pub fn seal<T: Record>(
         key: key.to_owned(),
         lease,
         issued_at,
+        generation,
         body: &raw,
         sig: hex(&sig),
     };
@@ -185,6 +240,8 @@ pub struct Verified<T> {
     pub body: T,
     pub issued_at: u64,
     pub lease: i64,
+    /// 0 for records without one.
+    pub generation: u64,
 }
 
 /// Parses and checks a value read from etcd.
@@ -215,6 +272,7 @@ pub fn open<T: Record>(
         &envelope.key,
         envelope.lease,
         envelope.issued_at,
+        envelope.generation,
         envelope.body.get().as_bytes(),
     );
     if !secrets.verify(&message, &sig) {
@@ -253,6 +311,7 @@ pub fn open<T: Record>(
         body,
         issued_at: envelope.issued_at,
         lease: envelope.lease,
+        generation: envelope.generation,
     })
 }
 
@@ -431,7 +490,7 @@ mod tests {
             .replace("\"other\"", "\"note\"");
         // Re-sign by hand with the kind changed: authentic, but still checked.
         let body = "{\"txt\":1}";
-        let sig = hex(&s.sign(&canonical("note", "k", 0, NOW, body.as_bytes())));
+        let sig = hex(&s.sign(&canonical("note", "k", 0, NOW, 0, body.as_bytes())));
         let forged = format!(
             "{{\"v\":1,\"kind\":\"note\",\"key\":\"k\",\"lease\":0,\"issued_at\":{NOW},\"body\":{body},\"sig\":\"{sig}\"}}"
         );
@@ -449,15 +508,23 @@ mod tests {
     fn canonical_encoding_is_unambiguous() {
         // Moving bytes between adjacent fields changes the encoding.
         assert_ne!(
-            canonical("ab", "c", 0, 0, b""),
-            canonical("a", "bc", 0, 0, b"")
+            canonical("ab", "c", 0, 0, 0, b""),
+            canonical("a", "bc", 0, 0, 0, b"")
         );
         assert_ne!(
-            canonical("k", "x", 1, 0, b""),
-            canonical("k", "x", 0, 1, b"")
+            canonical("k", "x", 1, 0, 0, b""),
+            canonical("k", "x", 0, 1, 0, b"")
         );
-        let golden = canonical("host", "/k", 1, 2, b"{}");
+        // A generation is one more field, after the body: a body cannot
+        // pose as one.
+        assert_ne!(
+            canonical("k", "x", 0, 0, 7, b"{}"),
+            canonical("k", "x", 0, 0, 0, b"{}\0\0\0\x08\0\0\0\0\0\0\0\x07")
+        );
+        let golden = canonical("host", "/k", 1, 2, 0, b"{}");
         assert_eq!(golden.len(), 4 * 7 + 15 + 4 + 4 + 2 + 8 + 8 + 2);
+        let with_generation = canonical("host", "/k", 1, 2, 3, b"{}");
+        assert_eq!(with_generation.len(), golden.len() + 4 + 8);
         assert_eq!(&golden[..4], &15u32.to_be_bytes());
     }
 

@@ -9,9 +9,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::generation::{Definition, open_definition};
 use super::host::validate_hostname;
 use super::invalid::Invalid;
-use super::record::{Expect, Record, Rejection, open};
+use super::record::{Record, Rejection};
 use super::segment::validate_segment_name;
 
 /// A VIP as stored (signed like every record).
@@ -248,23 +249,21 @@ impl ValidVip {
     }
 }
 
-/// Verifies and validates the value of a VIP record key, as every reader
-/// does (the agents' registry cache, `ip ls`, the fuzz targets).
+/// Verifies and validates the value of a VIP record key (a record or its
+/// tombstone), as every reader does (the agents' registry cache, `ip ls`,
+/// the fuzz targets).
+///
+/// # Errors
+/// Why it is not used.
 pub fn open_vip(
     secrets: &super::Secrets,
     key: &str,
     value: &[u8],
     lease: i64,
     now: u64,
-) -> Result<ValidVip, Rejection> {
-    let expect = Expect {
-        key,
-        lease,
-        now,
-        max_age: None,
-    };
-    let verified = open::<VipRecord>(secrets, value, expect)?;
-    verified.body.validate().map_err(Rejection::Invalid)
+) -> Result<Definition<ValidVip>, Rejection> {
+    open_definition::<VipRecord>(secrets, key, value, lease, now)?
+        .try_map(|r| r.validate().map_err(Rejection::Invalid))
 }
 
 #[cfg(test)]
