@@ -129,6 +129,9 @@ fn registration_lease(args: &AgentArgs) -> LeaseSettings {
 pub fn check(args: &AgentArgs) -> anyhow::Result<()> {
     args.validate()?;
     args.etcd.secrets()?;
+    if let Some(warning) = args.etcd.secret_warning() {
+        eprintln!("warning: {warning}");
+    }
     api_settings(args)?;
     vip_settings(args, "check")?;
     Access::from_args(&args.etcd)?;
@@ -172,6 +175,9 @@ struct Etcd {
 /// registration lease and the registration.
 async fn start_etcd(args: &AgentArgs, record: HostRecord) -> anyhow::Result<Etcd> {
     let secrets = args.etcd.secrets()?;
+    if let Some(warning) = args.etcd.secret_warning() {
+        warn!("{warning}");
+    }
     let keys = args.etcd.keys();
     let access = Access::from_args(&args.etcd)?;
     let client = etcd::connect(&access).await?;
@@ -303,7 +309,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         segments: segments.clone(),
         bridge: args.bridge.clone(),
     };
-    let mut etcd = start_etcd(&args, host_record(&hostname, &underlay, &segments)).await?;
+    let record = host_record(&hostname, &underlay, &segments);
+    // Peers would refuse it: say so now rather than register in vain.
+    record
+        .validate(&hostname)
+        .context("this host's registration (--address, --device, --hostname)")?;
+    let mut etcd = start_etcd(&args, record).await?;
 
     // Peer health.
     let peers = crate::peers::PeerHealth::new(peer_settings(&args));

@@ -119,7 +119,7 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Resu
             if json {
                 print_json(&list)?;
             } else {
-                print!("{}", render_vip_list(&list));
+                print!("{}", terminal_safe(&render_vip_list(&list)));
             }
         }
         IpCommand::Get { id } => {
@@ -130,7 +130,7 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Resu
             if json {
                 print_json(&entry)?;
             } else {
-                print!("{}", render_vip(&entry));
+                print!("{}", terminal_safe(&render_vip(&entry)));
             }
         }
         IpCommand::Rm { id } => {
@@ -148,11 +148,39 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Resu
             if json {
                 print_json(&serde_json::json!({"id": id, "asked": owner}))?;
             } else {
-                println!("asked {owner} to release {id}");
+                println!(
+                    "{}",
+                    terminal_safe(&format!("asked {owner} to release {id}"))
+                );
             }
         }
     }
     Ok(())
+}
+
+/// `text` with what a terminal would act on made visible: control
+/// characters (but newlines and tabs) and bidirectional overrides become
+/// `\u{..}` escapes. Names, keys and errors come from etcd, where anyone
+/// with write access can put escape sequences.
+#[must_use]
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| {
+            if unsafe_char(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Floating IPs as a table.
@@ -287,13 +315,15 @@ pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand, json: bool) -> an
                     serde_json::to_string_pretty(&items).context("encoding JSON")?
                 );
             } else {
-                println!(
-                    "{:<16} {:>8} {:>6} {:>8} {:>6}  NETNS",
+                use std::fmt::Write as _;
+                let mut out = format!(
+                    "{:<16} {:>8} {:>6} {:>8} {:>6}  NETNS\n",
                     "NAME", "VNI", "PORT", "LEARNING", "MTU"
                 );
                 for (name, spec) in &list {
-                    match spec {
-                        Ok(s) => println!(
+                    let _ = match spec {
+                        Ok(s) => writeln!(
+                            out,
                             "{:<16} {:>8} {:>6} {:>8} {:>6}  {}",
                             name,
                             s.vni,
@@ -302,9 +332,10 @@ pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand, json: bool) -> an
                             s.mtu.map_or_else(|| "auto".to_owned(), |m| m.to_string()),
                             s.netns.as_deref().unwrap_or("-")
                         ),
-                        Err(e) => println!("{name:<16} rejected: {e}"),
-                    }
+                        Err(e) => writeln!(out, "{name:<16} rejected: {e}"),
+                    };
                 }
+                print!("{}", terminal_safe(&out));
             }
         }
     }
@@ -440,7 +471,7 @@ pub async fn peers(args: &ApiArgs) -> anyhow::Result<()> {
     }
     let report: crate::peers::PeersReport =
         serde_json::from_str(&body).context("reading the agent's peer table")?;
-    print!("{}", crate::peers::render_table(&report));
+    print!("{}", terminal_safe(&crate::peers::render_table(&report)));
     Ok(())
 }
 
@@ -453,7 +484,7 @@ pub async fn status(args: &ApiArgs) -> anyhow::Result<()> {
     }
     let report: serde_json::Value =
         serde_json::from_str(&body).context("reading the agent's status")?;
-    print!("{}", render_status(&report)?);
+    print!("{}", terminal_safe(&render_status(&report)?));
     Ok(())
 }
 
@@ -517,6 +548,23 @@ pub fn render_status(r: &serde_json::Value) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_terminal_acts_on_is_printed_escaped() {
+        assert_eq!(terminal_safe("h1\tSTANDBY\n"), "h1\tSTANDBY\n");
+        assert!(matches!(
+            terminal_safe("plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let hostile = "vip\u{1b}]0;owned\u{7}\u{1b}[2J\r\u{202e}x";
+        let shown = terminal_safe(hostile);
+        assert!(
+            !shown.chars().any(|c| c.is_control() && c != '\n'),
+            "{shown}"
+        );
+        assert!(!shown.contains('\u{202e}'), "{shown}");
+        assert_eq!(shown, "vip\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{d}\\u{202e}x");
+    }
 
     #[test]
     fn the_status_screen_shows_every_part() {

@@ -26,11 +26,14 @@ fn replay(t: &Testbed, key: &str, value: &str, delete_first: bool) {
     });
 }
 
-/// The one value at `key`.
+/// The value at exactly `key` (reads are by prefix: the VIP's owner and
+/// state keys come along).
 fn value(t: &Testbed, key: &str) -> String {
     let kvs = t.get(key);
-    assert_eq!(kvs.len(), 1, "one value at {key}: {kvs:?}");
-    kvs[0].1.clone()
+    kvs.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("no value at {key}: {kvs:?}"))
 }
 
 /// `linkmesh_vip_records_rejected_total` on host `host`.

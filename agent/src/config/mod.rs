@@ -98,6 +98,22 @@ impl EtcdArgs {
         }
     }
 
+    /// A warning when the secret file can be read by its group or by
+    /// others: whoever reads it can sign records.
+    #[must_use]
+    pub fn secret_warning(&self) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.secret_file.as_ref()?;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "the secret file {} is readable by group or others (mode {mode:03o}): \
+                 anyone who can read it can sign records; chmod 600 it",
+                path.display()
+            )
+        })
+    }
+
     #[must_use]
     pub fn keys(&self) -> Keys {
         Keys::new(&self.prefix)
@@ -282,16 +298,12 @@ impl AgentArgs {
             ("--heartbeat-interval", self.heartbeat_interval),
             ("--probe-interval", self.probe_interval),
         ] {
-            if !(v.is_finite() && v > 0.0 && v < 86_400.0) {
+            // Shorter than a millisecond rounds to nothing on some timers.
+            if !(v.is_finite() && (0.001..86_400.0).contains(&v)) {
                 return Err(ConfigError::Invalid(format!(
-                    "{name} must be a positive number of seconds"
+                    "{name} must be a number of seconds from 0.001 to 86400, not {v}"
                 )));
             }
-        }
-        if self.heartbeat_interval < 0.001 || self.probe_interval < 0.001 {
-            return Err(ConfigError::Invalid(
-                "--heartbeat-interval and --probe-interval must be at least 0.001 seconds".into(),
-            ));
         }
         if self.probe_misses < 2 {
             return Err(ConfigError::Invalid(

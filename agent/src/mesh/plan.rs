@@ -149,6 +149,15 @@ pub fn plan(
             ));
             continue;
         }
+        if let Some(have) = observed.devices.get(name)
+            && !have.is_ours()
+        {
+            out.problems.push(format!(
+                "a VXLAN device named {name} exists that linkmesh did not create (no \
+                 {ALIAS_PREFIX} alias); leaving it alone"
+            ));
+            continue;
+        }
         let Some(have) = observed.devices.get(name) else {
             out.actions.push(Action::Create {
                 segment: want.clone(),
@@ -369,6 +378,27 @@ mod tests {
         let p = plan(&desired_of(&[w]), &observed, &underlay(), None);
         assert!(p.actions.is_empty());
         assert_eq!(p.problems.len(), 1);
+
+        // A VXLAN device of the segment's name that is not ours: reported,
+        // never changed, recreated or given peers, however it differs.
+        let w = want("blue", &[1, 2]);
+        let mut foreign = built(&want("blue", &[]), 9);
+        foreign.alias = None;
+        foreign.vxlan.vni = Some(999);
+        foreign.mtu = Some(9000);
+        let p = plan(
+            &desired_of(&[w]),
+            &observed_of(&[foreign]),
+            &underlay(),
+            Some("br-lm"),
+        );
+        assert_eq!(
+            p.actions,
+            vec![Action::CreateBridge {
+                name: "br-lm".into()
+            }]
+        );
+        assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
 
         let ours = built(&want("old", &[]), 7);
         let mut theirs = built(&want("theirs", &[]), 8);

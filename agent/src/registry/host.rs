@@ -35,7 +35,7 @@ impl HostRecord {
                 key: key_host.to_owned(),
             });
         }
-        if self.address.is_unspecified() || self.address.is_multicast() {
+        if !underlay_unicast(self.address) {
             return Err(Invalid::NotUnicast(self.address));
         }
         for name in self.segments.keys() {
@@ -43,6 +43,19 @@ impl HostRecord {
         }
         Ok(())
     }
+}
+
+/// Whether `addr` can be a host's underlay address: unicast, and neither
+/// loopback nor link-local nor the broadcast address (a peer entry for
+/// one would point the mesh at the wrong place).
+#[must_use]
+pub fn underlay_unicast(addr: IpAddr) -> bool {
+    let common = !(addr.is_unspecified() || addr.is_multicast() || addr.is_loopback());
+    common
+        && match addr {
+            IpAddr::V4(a) => !(a.is_link_local() || a.is_broadcast()),
+            IpAddr::V6(a) => !a.is_unicast_link_local(),
+        }
 }
 
 /// A host name: 1..=253 bytes of letters, digits, `-`, `_` and `.`.
@@ -106,9 +119,30 @@ mod tests {
             record().validate("h2").is_err(),
             "stored under another host"
         );
-        let mut r = record();
-        r.address = "0.0.0.0".parse().expect("ip");
-        assert!(r.validate("h1").is_err());
+        for bad in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "169.254.1.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::",
+            "::1",
+            "fe80::1",
+            "ff02::1",
+        ] {
+            let mut r = record();
+            r.address = bad.parse().expect("ip");
+            assert_eq!(
+                r.validate("h1"),
+                Err(Invalid::NotUnicast(r.address)),
+                "{bad}"
+            );
+        }
+        for good in ["198.18.0.1", "10.0.0.1", "fd00::1", "2001:db8::1"] {
+            let mut r = record();
+            r.address = good.parse().expect("ip");
+            assert!(r.validate("h1").is_ok(), "{good}");
+        }
         let mut r = record();
         r.segments.insert("a/b".into(), MacAddr::ZERO);
         assert!(r.validate("h1").is_err());

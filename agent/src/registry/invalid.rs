@@ -11,7 +11,9 @@ pub enum Invalid {
     HostNameChar { name: String, found: char },
     #[error("record names host {record:?} but is stored under host {key:?}")]
     HostElsewhere { record: String, key: String },
-    #[error("underlay address {0} is not a unicast address")]
+    #[error(
+        "underlay address {0} is not a routable unicast address (not loopback, link-local, broadcast or multicast)"
+    )]
     NotUnicast(IpAddr),
     #[error("segment name {name:?} must be 1 to {max} bytes (it names the device)")]
     SegmentNameLength { name: String, max: usize },
