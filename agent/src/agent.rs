@@ -102,6 +102,17 @@ pub fn api_settings(args: &AgentArgs) -> Result<crate::api::ApiConfig, ConfigErr
         ),
         _ => None,
     };
+    if credentials.is_some()
+        && tls.is_none()
+        && !args.api_listen.ip().is_loopback()
+        && !args.api_insecure
+    {
+        return Err(ConfigError::Invalid(format!(
+            "basic auth over plain HTTP on {} would send the API password in clear: serve \
+             HTTPS (--api-tls-cert, --api-tls-key), listen on loopback, or pass --api-insecure",
+            args.api_listen
+        )));
+    }
     Ok(crate::api::ApiConfig {
         listen: args.api_listen,
         credentials,

@@ -45,6 +45,11 @@ pub struct Snapshot {
     pub vip_foreign_addresses: u64,
     /// VIP records that did not verify.
     pub vip_records_rejected: u64,
+    /// API connections open, closed to make room at the cap, and closed
+    /// for sending no request in time or idling too long.
+    pub api_connections: u64,
+    pub api_connections_evicted: u64,
+    pub api_connections_timed_out: u64,
 }
 
 /// Histograms that live across scrapes.
@@ -276,6 +281,21 @@ fn register_ebpf_and_api(r: &mut Registry, s: &Snapshot) {
         "linkmesh_api_tls_handshake_failures",
         "API connections whose TLS handshake failed or timed out",
         counter(s.api_tls_failures),
+    );
+    r.register(
+        "linkmesh_api_connections",
+        "API connections open (TLS handshakes included)",
+        gauge(i64::try_from(s.api_connections).unwrap_or(i64::MAX)),
+    );
+    r.register(
+        "linkmesh_api_connections_evicted",
+        "API connections closed to make room at the connection cap (the longest idle), or refused with every connection busy",
+        counter(s.api_connections_evicted),
+    );
+    r.register(
+        "linkmesh_api_connections_timed_out",
+        "API connections closed for sending no request in time or idling too long",
+        counter(s.api_connections_timed_out),
     );
 }
 

@@ -4,9 +4,9 @@
 //!
 //! Handshakes run in their own tasks, so a client that connects and says
 //! nothing holds up no one; one that fails the handshake (wrong CA, plain
-//! HTTP on the TLS port) is logged and counted, never served.
+//! HTTP on the TLS port) is logged and counted, never served. Each holds
+//! one of the API's connection slots from its TCP accept on.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,10 +14,12 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+use crate::api::conns::{Guarded, Peer, Tracked};
 
 /// How long a client may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,20 +97,19 @@ pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
 
 /// Accepts TCP connections and yields those whose TLS handshake succeeded.
 pub struct TlsListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(TlsStream<Tracked<TcpStream>>, Peer)>,
     acceptor: tokio::task::JoinHandle<()>,
 }
 
 impl TlsListener {
     /// Starts handshaking connections of `listener`. `failures` counts the
     /// handshakes that failed or timed out.
+    #[must_use]
     pub fn new(
-        listener: TcpListener,
+        listener: Guarded,
         config: Arc<rustls::ServerConfig>,
         failures: Arc<AtomicU64>,
-    ) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
+    ) -> Self {
         let (tx, ready) = mpsc::channel(64);
         let acceptor = tokio::spawn(accept_loop(
             listener,
@@ -116,11 +117,7 @@ impl TlsListener {
             tx,
             failures,
         ));
-        Ok(Self {
-            local,
-            ready,
-            acceptor,
-        })
+        Self { ready, acceptor }
     }
 }
 
@@ -131,20 +128,16 @@ impl Drop for TlsListener {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    mut listener: Guarded,
     acceptor: TlsAcceptor,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Sender<(TlsStream<Tracked<TcpStream>>, Peer)>,
     failures: Arc<AtomicU64>,
 ) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: wait, as axum does.
-                tracing::warn!(error = %e, "API accept failed; retrying in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        let (stream, addr) = listener.next().await;
+        let peer = Peer {
+            addr,
+            conn: Arc::clone(stream.conn()),
         };
         let acceptor = acceptor.clone();
         let ready = ready.clone();
@@ -156,11 +149,11 @@ async fn accept_loop(
                 }
                 Ok(Err(e)) => {
                     failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(%peer, error = %e, "API TLS handshake failed");
+                    tracing::info!(peer = %peer.addr, error = %e, "API TLS handshake failed");
                 }
                 Err(_) => {
                     failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(%peer, "API TLS handshake timed out");
+                    tracing::info!(peer = %peer.addr, "API TLS handshake timed out");
                 }
             }
         });
@@ -168,8 +161,8 @@ async fn accept_loop(
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
+    type Io = TlsStream<Tracked<TcpStream>>;
+    type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.ready.recv().await {
@@ -181,7 +174,15 @@ impl axum::serve::Listener for TlsListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+        Err(std::io::Error::other(
+            "a TLS listener has no peer of its own",
+        ))
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        stream.remote_addr().clone()
     }
 }
 

@@ -30,10 +30,10 @@ fn replay(t: &Testbed, key: &str, value: &str, delete_first: bool) {
 /// state keys come along).
 fn value(t: &Testbed, key: &str) -> String {
     let kvs = t.get(key);
-    kvs.iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| panic!("no value at {key}: {kvs:?}"))
+    match kvs.iter().find(|(k, _)| k == key) {
+        Some((_, v)) => v.clone(),
+        None => panic!("no value at {key}: {kvs:?}"),
+    }
 }
 
 /// `linkmesh_vip_records_rejected_total` on host `host`.

@@ -5,6 +5,7 @@
 //! HTTP basic auth (everything but `/healthz`). Changes need credentials:
 //! without them the API is read-only (see `guard`).
 
+pub(crate) mod conns;
 mod guard;
 
 use std::net::SocketAddr;
@@ -47,6 +48,8 @@ struct App {
     hosts: Arc<[String]>,
     /// Requests refused by a guard (Host, read-only, media type).
     refusals: Arc<AtomicU64>,
+    /// Connections: open, evicted, timed out.
+    connections: Arc<conns::ConnStats>,
 }
 
 impl App {
@@ -370,6 +373,9 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
         ebpf_ring_drops: app.shared.ebpf_ring_drops.load(Ordering::Relaxed),
         api_tls_failures: app.tls_failures.load(Ordering::Relaxed),
         api_refusals: app.refusals.load(Ordering::Relaxed),
+        api_connections: app.connections.open.load(Ordering::Relaxed) as u64,
+        api_connections_evicted: app.connections.evicted.load(Ordering::Relaxed),
+        api_connections_timed_out: app.connections.timed_out.load(Ordering::Relaxed),
         vip_foreign_addresses: app.shared.foreign_addresses.load(Ordering::Relaxed),
         vip_records_rejected,
     };
@@ -444,7 +450,6 @@ pub async fn bind(config: &ApiConfig) -> anyhow::Result<tokio::net::TcpListener>
         .with_context(|| format!("listening on {} (--api-listen)", config.listen))
 }
 
-/// Serves on `listener` until `stop` turns true.
 /// What the API reads from.
 pub struct Sources {
     pub admin: Vips,
@@ -462,6 +467,8 @@ pub struct Counters {
     pub cache: Arc<tokio::sync::Mutex<crate::registry::RegistryCache>>,
 }
 
+/// Serves on `listener` until `stop` turns true, within the connection
+/// limits of [`conns`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: ApiConfig,
@@ -469,6 +476,7 @@ pub async fn serve(
     hostname: &str,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let connections = conns::Conns::new(conns::Limits::for_process());
     let app = App {
         vips: Arc::new(sources.admin),
         shared: sources.status,
@@ -484,6 +492,7 @@ pub async fn serve(
         tls_failures: Arc::new(AtomicU64::new(0)),
         hosts: config.hosts.clone().into(),
         refusals: Arc::new(AtomicU64::new(0)),
+        connections: Arc::clone(&connections.stats),
     };
     let tls_failures = Arc::clone(&app.tls_failures);
     let protected = Router::new()
@@ -500,32 +509,51 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .merge(protected)
         .layer(middleware::from_fn_with_state(app.clone(), guard::host))
+        .layer(middleware::from_fn(in_flight))
         .with_state(app);
     info!(
         listen = %config.listen,
         auth = config.credentials.is_some(),
         writes = config.credentials.is_some(),
         https = config.tls.is_some(),
+        max_connections = connections.limits().max,
         "API listening"
     );
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    match config.tls {
+    let reaper = tokio::spawn(connections.clone().reaper());
+    let guarded = conns::Guarded {
+        tcp: listener,
+        conns: connections,
+    };
+    let service = router.into_make_service_with_connect_info::<conns::Peer>();
+    let served = match config.tls {
         Some(tls) => {
-            let listener = crate::tls::TlsListener::new(listener, tls, tls_failures)
-                .context("serving the API over HTTPS")?;
-            axum::serve(listener, router)
+            let listener = crate::tls::TlsListener::new(guarded, tls, tls_failures);
+            axum::serve(listener, service)
                 .with_graceful_shutdown(stopped)
                 .await
         }
         None => {
-            axum::serve(listener, router)
+            axum::serve(guarded, service)
                 .with_graceful_shutdown(stopped)
                 .await
         }
-    }
-    .context("serving the API")
+    };
+    reaper.abort();
+    served.context("serving the API")
+}
+
+/// Marks the connection busy while a request is served (its headers are
+/// in: the request timeout no longer applies), idle again after.
+async fn in_flight(
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<conns::Peer>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let _busy = peer.conn.busy();
+    next.run(request).await
 }
 
 #[cfg(test)]

@@ -250,6 +250,10 @@ pub struct AgentArgs {
     /// PEM private key of --api-tls-cert.
     #[arg(long, env = "LINKMESH_API_TLS_KEY", requires = "api_tls_cert")]
     pub api_tls_key: Option<PathBuf>,
+    /// Allow basic auth over plain HTTP on an address other than loopback
+    /// (the password then crosses the network in clear).
+    #[arg(long, env = "LINKMESH_API_INSECURE")]
+    pub api_insecure: bool,
     /// Where the ownership lease id is kept across restarts.
     #[arg(long, env = "LINKMESH_STATE_DIR", default_value = "/var/lib/linkmesh")]
     pub state_dir: PathBuf,
