@@ -336,20 +336,27 @@ pub fn http(
     body: Option<&str>,
     auth: Option<&str>,
 ) -> (u16, String) {
-    use std::io::{Read, Write};
-    let request = {
-        use base64::Engine as _;
-        let body = body.unwrap_or("");
-        let auth = auth.map_or_else(String::new, |a| {
-            let enc = base64::engine::general_purpose::STANDARD.encode(a);
-            format!("Authorization: Basic {enc}\r\n")
-        });
+    use base64::Engine as _;
+    let body = body.unwrap_or("");
+    let auth = auth.map_or_else(String::new, |a| {
+        let enc = base64::engine::general_purpose::STANDARD.encode(a);
+        format!("Authorization: Basic {enc}\r\n")
+    });
+    http_raw(
+        ns,
         format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
-        )
-    };
+        ),
+    )
+}
+
+/// Sends `request` as is to the API (127.0.0.1:1313) in `ns`: the status
+/// code and body.
+#[must_use]
+pub fn http_raw(ns: &str, request: String) -> (u16, String) {
+    use std::io::{Read, Write};
     crate::netns::run_in(ns, move || {
         let mut s = std::net::TcpStream::connect("127.0.0.1:1313").expect("connecting to the API");
         s.write_all(request.as_bytes()).expect("sending");

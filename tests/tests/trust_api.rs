@@ -5,12 +5,11 @@
 //! `--check-dir`, without capabilities, as an unprivileged user, and only
 //! on hosts that may hold the VIP.
 
-use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use linkmesh_tests::agent::{http, wait_until};
+use linkmesh_tests::agent::{http, http_raw, wait_until};
 use linkmesh_tests::testbed::Testbed;
 use linkmesh_tests::{netns, require_root};
 
@@ -26,23 +25,6 @@ fn vip_keys(t: &Testbed) -> Vec<(String, String)> {
             !(k.ends_with("/owner") || k.contains("/state/") || k.contains("/suspect/"))
         })
         .collect()
-}
-
-/// Sends `request` as is to the API in `ns`; the status code and body.
-fn raw(ns: &str, request: String) -> (u16, String) {
-    netns::run_in(ns, move || {
-        let mut s = std::net::TcpStream::connect("127.0.0.1:1313").expect("connecting to the API");
-        s.write_all(request.as_bytes()).expect("sending");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("reading");
-        let status = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
-        (status, body.unwrap_or_default())
-    })
 }
 
 /// A file the attack's command would create; it must never appear.
@@ -116,7 +98,7 @@ fn a_browser_style_post_or_a_foreign_host_is_refused_even_with_credentials() {
     };
     let body = format!(r#"{{"address":"198.18.{}.103/24"}}"#, t.lab.slot());
     // What a page's <form> (or fetch without preflight) sends: text/plain.
-    let (status, answer) = raw(
+    let (status, answer) = http_raw(
         &ns,
         format!(
             "POST /ips HTTP/1.1\r\nHost: 127.0.0.1:1313\r\nConnection: close\r\n\
@@ -127,7 +109,7 @@ fn a_browser_style_post_or_a_foreign_host_is_refused_even_with_credentials() {
     );
     assert_eq!(status, 415, "{answer}");
     // DNS rebinding: the attacker's own name in Host.
-    let (status, answer) = raw(
+    let (status, answer) = http_raw(
         &ns,
         "GET /ips HTTP/1.1\r\nHost: rebind.attacker.example\r\nConnection: close\r\n\r\n".into(),
     );

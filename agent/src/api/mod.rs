@@ -5,8 +5,9 @@
 //! HTTP basic auth (everything but `/healthz`). Changes need credentials:
 //! without them the API is read-only (see `guard`).
 
-pub(crate) mod conns;
+mod conns;
 mod guard;
+mod https;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -530,7 +531,7 @@ pub async fn serve(
     let service = router.into_make_service_with_connect_info::<conns::Peer>();
     let served = match config.tls {
         Some(tls) => {
-            let listener = crate::tls::TlsListener::new(guarded, tls, tls_failures);
+            let listener = https::TlsListener::new(guarded, tls, tls_failures);
             axum::serve(listener, service)
                 .with_graceful_shutdown(stopped)
                 .await

@@ -91,14 +91,10 @@ impl Segments {
     /// entry. Returns whether there was one.
     pub async fn remove(&self, name: &str) -> Result<bool, EtcdError> {
         let key = self.keys.segment(name);
-        let Some(current) = read_definition(&self.client, &key, |v, lease, now| {
+        let removal = removal(&self.client, &self.secrets, &key, |v, lease, now| {
             open_definition::<SegmentSpec>(&self.secrets, &key, v, lease, now)
-        })
-        .await?
-        else {
-            return Ok(false);
-        };
-        let Some((guard, tombstone)) = bury(&self.secrets, &key, &current)? else {
+        });
+        let Some((current, guard, tombstone)) = removal.await? else {
             return Ok(false);
         };
         let mut ops = vec![tombstone];
@@ -200,13 +196,18 @@ fn claim<T>(key: &str, current: Option<&Current<T>>) -> Option<(Compare, u64)> {
     }
 }
 
-/// The guard and the write of a tombstone over what is at `key`; `None`
-/// when that is a tombstone already.
-fn bury<T>(
+/// What removing the definition at `key` takes: what is there, the guard
+/// on it and the write of its tombstone; `None` when there is nothing to
+/// remove (no key, or a tombstone already).
+async fn removal<T>(
+    client: &Client,
     secrets: &Secrets,
     key: &str,
-    current: &Current<T>,
-) -> Result<Option<(Compare, TxnOp)>, EtcdError> {
+    open: impl Fn(&[u8], i64, u64) -> Result<Definition<T>, Rejection>,
+) -> Result<Option<(Current<T>, Compare, TxnOp)>, EtcdError> {
+    let Some(current) = read_definition(client, key, open).await? else {
+        return Ok(None);
+    };
     let previous = match &current.definition {
         Some(Definition::Removed(_)) => return Ok(None),
         Some(d) => Some(d.mark().generation),
@@ -214,10 +215,8 @@ fn bury<T>(
     };
     let generation = next_generation(previous, wall_micros());
     let value = seal_definition(secrets, key, generation, unix_now(), &Tombstone {})?;
-    Ok(Some((
-        Compare::mod_revision(key, CompareOp::Equal, current.revision),
-        TxnOp::put(key, value, None),
-    )))
+    let guard = Compare::mod_revision(key, CompareOp::Equal, current.revision);
+    Ok(Some((current, guard, TxnOp::put(key, value, None))))
 }
 
 /// Microseconds since the epoch, this host's wall clock: a floor for new
@@ -344,14 +343,10 @@ impl Vips {
     /// go). Returns whether there was one.
     pub async fn remove(&self, id: &str) -> Result<bool, EtcdError> {
         let key = self.keys.vip(id);
-        let Some(current) = read_definition(&self.client, &key, |v, lease, now| {
+        let removal = removal(&self.client, &self.secrets, &key, |v, lease, now| {
             open_vip(&self.secrets, &key, v, lease, now)
-        })
-        .await?
-        else {
-            return Ok(false);
-        };
-        let Some((guard, tombstone)) = bury(&self.secrets, &key, &current)? else {
+        });
+        let Some((_, guard, tombstone)) = removal.await? else {
             return Ok(false);
         };
         let mut ops = vec![tombstone];
