@@ -166,6 +166,7 @@ fn host_record(hostname: &str, underlay: &Underlay, segments: &BTreeSet<String>)
             .map(|s| (s.clone(), device_mac(hostname, s)))
             .collect(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        heartbeat_nonce: None,
     }
 }
 
@@ -332,7 +333,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let heartbeats = tokio::spawn(crate::peers::run(
         peers.clone(),
         underlay.clone(),
-        hostname.clone(),
+        (hostname.clone(), etcd.secrets.clone()),
         etcd.view.clone(),
     ));
 

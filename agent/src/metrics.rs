@@ -43,6 +43,11 @@ pub struct Snapshot {
     /// Binds refused: the address was on the host and linkmesh had not
     /// added it.
     pub vip_foreign_addresses: u64,
+    /// ARP replies for VIPs held elsewhere from a MAC other than the
+    /// owner's published one, ignored.
+    pub vip_foreign_replies: u64,
+    /// Heartbeats from known peers without a valid token, dropped.
+    pub peer_heartbeats_rejected: u64,
     /// VIP records that did not verify.
     pub vip_records_rejected: u64,
     /// API connections open, closed to make room at the cap, and closed
@@ -271,6 +276,16 @@ fn register_ebpf_and_api(r: &mut Registry, s: &Snapshot) {
         "linkmesh_vip_foreign_addresses_refused",
         "Binds refused because the VIP's address was on the host already and linkmesh had not added it",
         counter(s.vip_foreign_addresses),
+    );
+    r.register(
+        "linkmesh_vip_foreign_replies_ignored",
+        "ARP replies for a VIP held by another host that came from a MAC other than the one its owner published (forged or stray), ignored by the probes",
+        counter(s.vip_foreign_replies),
+    );
+    r.register(
+        "linkmesh_peer_heartbeats_rejected",
+        "Heartbeats from a known peer's address without that peer's token (spoofed, or from before a token rotation), dropped",
+        counter(s.peer_heartbeats_rejected),
     );
     r.register(
         "linkmesh_api_refused",

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use linkmesh_common::HEARTBEAT_MAGIC;
+use linkmesh_common::{HEARTBEAT_MAGIC, HEARTBEAT_TOKEN_OFFSET};
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -17,10 +17,11 @@ use tracing::{debug, info, warn};
 use crate::clock::mono_now as ktime_now;
 use crate::ebpf::peer::{PeerSample, PeerWatcher};
 use crate::mesh::Underlay;
-use crate::registry::RegistryView;
+use crate::registry::{RegistryView, Secrets, heartbeat_tokens};
 
-/// The heartbeat wire format version (the byte after the magic).
-const HEARTBEAT_VERSION: u8 = 1;
+/// The heartbeat wire format version (the byte after the magic): 2 carries
+/// the sender's token.
+const HEARTBEAT_VERSION: u8 = 2;
 /// How often the counters are sampled for the loss window.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// Loss is reported over this much history.
@@ -62,12 +63,15 @@ pub struct PeerLiveness {
     pub alive: bool,
 }
 
-/// The heartbeat payload: magic, version, the sender's host name.
+/// The heartbeat payload: magic, version, three zero bytes, the sender's
+/// token (zero until the sender has one), the sender's host name.
 #[must_use]
-pub fn heartbeat_payload(hostname: &str) -> Vec<u8> {
-    let mut p = Vec::with_capacity(5 + hostname.len());
+pub fn heartbeat_payload(hostname: &str, token: [u8; 8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(HEARTBEAT_TOKEN_OFFSET + 8 + hostname.len());
     p.extend_from_slice(&HEARTBEAT_MAGIC);
     p.push(HEARTBEAT_VERSION);
+    p.resize(HEARTBEAT_TOKEN_OFFSET, 0);
+    p.extend_from_slice(&token);
     p.extend_from_slice(hostname.as_bytes());
     p
 }
@@ -99,6 +103,12 @@ struct Peer {
 #[derive(Default)]
 struct Inner {
     watcher: Option<PeerWatcher>,
+    /// Per peer address: the host and heartbeat nonce whose tokens are in
+    /// the program's map (`None`: the peer publishes none), so tokens are
+    /// derived and written again only when they change.
+    tokens: BTreeMap<Ipv4Addr, (String, Option<u64>)>,
+    /// Our own heartbeat payload, for the nonce in our own record.
+    payload: Option<(Option<u64>, Vec<u8>)>,
     peers: BTreeMap<Ipv4Addr, Peer>,
     /// Host name -> address, for every registered host but this one
     /// (IPv6 underlays included, though only IPv4 is watched).
@@ -146,9 +156,21 @@ impl PeerHealth {
         inner.watcher.as_mut()?.sample(ip)
     }
 
-    /// Whether any peer other than `except` was heard (heartbeat or VXLAN)
-    /// after `after` (monotonic time): the proof that our own link worked
-    /// at a time the owner should have answered.
+    /// Heartbeats the program dropped for a missing or wrong token.
+    #[must_use]
+    pub fn heartbeats_rejected(&self) -> u64 {
+        self.lock()
+            .watcher
+            .as_mut()
+            .and_then(|w| w.heartbeats_rejected().ok())
+            .unwrap_or(0)
+    }
+
+    /// Whether any peer other than `except` sent a heartbeat after `after`
+    /// (monotonic time): the proof that our own link worked at a time the
+    /// owner should have answered. Only heartbeats count: they carry the
+    /// sender's token, while VXLAN packets from a peer's address can be
+    /// spoofed by anyone on the underlay.
     #[must_use]
     pub fn any_other_heard_after(&self, except: Option<IpAddr>, after: Duration) -> bool {
         let mut inner = self.lock();
@@ -159,7 +181,7 @@ impl PeerHealth {
             .copied()
             .collect();
         ips.into_iter()
-            .filter_map(|ip| Self::sample(&mut inner, ip)?.last_seen())
+            .filter_map(|ip| Self::sample(&mut inner, ip)?.last_heartbeat)
             .any(|t| t > after)
     }
 
@@ -203,9 +225,15 @@ impl PeerHealth {
         rows
     }
 
-    /// Takes the registry's hosts (all but `me`) and segment ports.
-    fn update(&self, view: &RegistryView, me: &str) {
+    /// Takes the registry's hosts (all but `me`), their heartbeat tokens,
+    /// our own token, and the segment ports.
+    fn update(&self, view: &RegistryView, me: &str, secrets: &Secrets) {
         let mut inner = self.lock();
+        let nonce = view.hosts.get(me).and_then(|h| h.heartbeat_nonce);
+        if inner.payload.as_ref().is_none_or(|(n, _)| *n != nonce) {
+            let token = nonce.map_or([0; 8], |n| heartbeat_tokens(secrets, me, n)[0]);
+            inner.payload = Some((nonce, heartbeat_payload(me, token)));
+        }
         inner.addresses = view
             .hosts
             .iter()
@@ -238,6 +266,61 @@ impl PeerHealth {
         {
             warn!(error = %e, "updating the peer maps failed");
         }
+        let nonces: BTreeMap<Ipv4Addr, (String, Option<u64>)> = want
+            .into_iter()
+            .map(|(ip, name)| {
+                let nonce = view.hosts.get(&name).and_then(|h| h.heartbeat_nonce);
+                (ip, (name, nonce))
+            })
+            .collect();
+        Self::set_tokens(&mut inner, nonces, secrets);
+    }
+
+    /// Writes the tokens of peers whose host or nonce changed, and forgets
+    /// those of gone peers. An HMAC per changed peer, none per unchanged one.
+    fn set_tokens(
+        inner: &mut Inner,
+        want: BTreeMap<Ipv4Addr, (String, Option<u64>)>,
+        secrets: &Secrets,
+    ) {
+        let Inner {
+            watcher, tokens, ..
+        } = inner;
+        let Some(w) = watcher.as_mut() else {
+            *tokens = want;
+            return;
+        };
+        let mut failed = None;
+        for ip in tokens.keys().filter(|ip| !want.contains_key(ip)) {
+            if let Err(e) = w.set_token(*ip, None) {
+                failed = Some(e);
+            }
+        }
+        for (ip, (name, nonce)) in &want {
+            if tokens
+                .get(ip)
+                .is_some_and(|had| had.0 == *name && had.1 == *nonce)
+            {
+                continue;
+            }
+            let value = nonce.map(|n| heartbeat_tokens(secrets, name, n).map(u64::from_ne_bytes));
+            if let Err(e) = w.set_token(*ip, value) {
+                failed = Some(e);
+            }
+        }
+        *tokens = want;
+        if let Some(e) = failed {
+            warn!(error = %e, "updating the heartbeat tokens failed");
+        }
+    }
+
+    /// Our heartbeat payload (with our current token).
+    fn payload(&self) -> Vec<u8> {
+        self.lock()
+            .payload
+            .as_ref()
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default()
     }
 
     /// Records every peer's heartbeat count for the loss window.
@@ -362,7 +445,7 @@ fn heartbeat_socket(address: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
 pub async fn run(
     health: Arc<PeerHealth>,
     underlay: Underlay,
-    hostname: String,
+    (hostname, secrets): (String, Secrets),
     mut view: watch::Receiver<RegistryView>,
 ) {
     if !underlay.address.is_ipv4() {
@@ -400,8 +483,8 @@ pub async fn run(
         overflow: None,
         failures: 0,
     };
-    let payload = heartbeat_payload(&hostname);
-    health.update(&view.borrow_and_update(), &hostname);
+    health.update(&view.borrow_and_update(), &hostname, &secrets);
+    let mut payload = health.payload();
     let mut beat = tokio::time::interval(health.settings.interval);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sample = tokio::time::interval(SAMPLE_EVERY);
@@ -418,7 +501,8 @@ pub async fn run(
             }
             r = view.changed() => {
                 if r.is_err() { return; }
-                health.update(&view.borrow_and_update(), &hostname);
+                health.update(&view.borrow_and_update(), &hostname, &secrets);
+                payload = health.payload();
             }
         }
     }
@@ -472,11 +556,16 @@ mod tests {
     }
 
     #[test]
-    fn payload_starts_with_the_magic() {
-        let p = heartbeat_payload("h1");
+    fn payload_starts_with_the_magic_and_carries_the_token() {
+        let p = heartbeat_payload("h1", *b"12345678");
         assert_eq!(&p[..4], b"LMHB");
         assert_eq!(p[4], HEARTBEAT_VERSION);
-        assert_eq!(&p[5..], b"h1");
+        assert_eq!(&p[5..8], [0; 3]);
+        assert_eq!(
+            &p[HEARTBEAT_TOKEN_OFFSET..HEARTBEAT_TOKEN_OFFSET + 8],
+            b"12345678"
+        );
+        assert_eq!(&p[16..], b"h1");
     }
 
     #[test]

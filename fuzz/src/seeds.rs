@@ -39,6 +39,7 @@ fn record_seeds(out: &mut Seeds) {
         ]
         .into(),
         agent_version: "0.1.0".into(),
+        heartbeat_nonce: Some(0x1234_5678_9abc_def0),
     };
     let sealed = |host: &HostRecord, key: &str, issued: u64| {
         seal(&s, key, LEASE, issued, host).expect("seal")
@@ -103,6 +104,7 @@ fn record_body_seeds(out: &mut Seeds) {
         )]
         .into(),
         agent_version: "0.2.0-dev".into(),
+        heartbeat_nonce: None,
     };
     add("accept-h3-body-ipv6", encode(SIGN_BODY, "h3", &body(&h3)));
     add(

@@ -79,6 +79,7 @@ impl SyntheticPeers {
             hostname: name,
             address: self.address(i),
             agent_version: "synthetic".into(),
+            heartbeat_nonce: None,
         };
         let value = seal(
             &self.secrets,

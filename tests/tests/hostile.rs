@@ -284,6 +284,7 @@ impl Hostile {
             )]
             .into(),
             agent_version: "hostile-probe".into(),
+            heartbeat_nonce: None,
         };
         let secrets = self.secrets.clone();
         let client = &mut self.client;
@@ -395,6 +396,7 @@ fn junk(rng: &mut Rng, count: usize, vip_id: &str) -> Junk {
                         address: "198.18.0.99".parse().expect("ip"),
                         segments: BTreeMap::new(),
                         agent_version: "junk".into(),
+                        heartbeat_nonce: None,
                     },
                 ),
                 "segments" => seal(&wrong, &key, 0, now, &SegmentSpec::new(4242)),
@@ -539,6 +541,7 @@ fn replays(h: &mut Hostile) {
             )]
             .into(),
             agent_version: "0.1.0".into(),
+            heartbeat_nonce: None,
         };
         let kept = seal(&secrets, &ghost_key, dead, now, &ghost).expect("seal");
         client.lease_revoke(dead).await.expect("revoke");

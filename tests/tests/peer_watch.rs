@@ -1,5 +1,6 @@
 //! The `peer_watch` classifier through `BPF_PROG_TEST_RUN`: heartbeats and
-//! VXLAN packets from known peers are counted (heartbeats consumed), and
+//! VXLAN packets from known peers are counted (heartbeats consumed),
+//! heartbeats without the peer's token are dropped and counted, and
 //! everything else passes without touching the stats.
 
 use std::net::Ipv4Addr;
@@ -16,15 +17,21 @@ const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const STRANGER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 9);
 const US: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const HEARTBEAT_PORT: u16 = 4794;
+/// `PEER`'s heartbeat token (the agent derives it from the secret).
+const TOKEN: [u8; 8] = *b"tok-peer";
 
 /// A heartbeat from `PEER` as the agent sends it, behind `tags`.
 fn heartbeat(tags: &[(u16, u16)]) -> Vec<u8> {
+    heartbeat_with(tags, TOKEN)
+}
+
+fn heartbeat_with(tags: &[(u16, u16)], token: [u8; 8]) -> Vec<u8> {
     frame::udp(
         tags,
         PEER,
         US,
         HEARTBEAT_PORT,
-        &peers::heartbeat_payload("h1"),
+        &peers::heartbeat_payload("h1", token),
     )
 }
 
@@ -59,6 +66,8 @@ impl Loaded {
     fn new() -> Self {
         let mut bpf = frame::Loaded::new(PEER_PROGRAM);
         watch::set_peers(&mut bpf.ebpf, &[PEER].into()).expect("adding the peer");
+        watch::set_token(&mut bpf.ebpf, PEER, Some([u64::from_ne_bytes(TOKEN), 0]))
+            .expect("setting the peer's token");
         watch::set_port(&mut bpf.ebpf, HEARTBEAT_PORT, Some(PortKind::Heartbeat))
             .expect("adding the heartbeat port");
         watch::set_port(&mut bpf.ebpf, VXLAN_PORT, Some(PortKind::Vxlan))
@@ -179,7 +188,7 @@ fn other_traffic_passes_without_touching_the_stats() {
                 STRANGER,
                 US,
                 HEARTBEAT_PORT,
-                &peers::heartbeat_payload("h9"),
+                &peers::heartbeat_payload("h9", TOKEN),
             ),
         ),
         (
@@ -193,7 +202,7 @@ fn other_traffic_passes_without_touching_the_stats() {
                 PEER,
                 US,
                 HEARTBEAT_PORT + 1,
-                &peers::heartbeat_payload("h1"),
+                &peers::heartbeat_payload("h1", TOKEN),
             ),
         ),
         (
@@ -265,4 +274,57 @@ fn a_heartbeat_storm_is_counted_exactly() {
     let stats = bpf.stats(PEER).expect("stats for the peer");
     assert_eq!(stats.heartbeats, 10_000, "every run counted once");
     assert_eq!(stats.vxlan_packets, 0);
+}
+
+#[test]
+fn heartbeats_without_the_peers_token_are_dropped_and_counted() {
+    require_root!();
+    let mut bpf = Loaded::new();
+    assert_eq!(bpf.run(&heartbeat(&[]), 1), TC_ACT_SHOT);
+    let baseline = bpf.stats(PEER).expect("stats for the peer");
+    assert_eq!(baseline.heartbeats, 1);
+
+    let whole = heartbeat(&[]);
+    // The token is bytes 8..16 of the payload, after the UDP header at 34.
+    let token_at = IPV4_OFFSET + 20 + 8 + 8;
+    let forged: Vec<(&str, Vec<u8>)> = vec![
+        ("a guessed token", heartbeat_with(&[], *b"guessed!")),
+        ("a zero token", heartbeat_with(&[], [0; 8])),
+        (
+            "the version 1 format (no token)",
+            frame::udp(&[], PEER, US, HEARTBEAT_PORT, b"LMHB\x01h1"),
+        ),
+        ("cut inside the token", whole[..token_at + 4].to_vec()),
+        ("the token behind a tag, one bit off", {
+            let mut t = TOKEN;
+            t[7] ^= 1;
+            heartbeat_with(&[(ETH_P_8021Q, 42)], t)
+        }),
+    ];
+    for (n, (what, frame)) in forged.iter().enumerate() {
+        assert_eq!(bpf.run(frame, 1), TC_ACT_SHOT, "{what}: dropped");
+        assert_eq!(bpf.stats(PEER), Some(baseline), "{what}: not counted");
+        assert_eq!(
+            watch::heartbeats_rejected(&mut bpf.bpf.ebpf).expect("the drop counter"),
+            u64::try_from(n + 1).expect("small"),
+            "{what}: counted as rejected"
+        );
+    }
+
+    // During a secret rotation the second token is good too.
+    let other = *b"tok-next";
+    watch::set_token(
+        &mut bpf.bpf.ebpf,
+        PEER,
+        Some([u64::from_ne_bytes(TOKEN), u64::from_ne_bytes(other)]),
+    )
+    .expect("two tokens");
+    assert_eq!(bpf.run(&heartbeat_with(&[], other), 1), TC_ACT_SHOT);
+    assert_eq!(bpf.stats(PEER).expect("counted").heartbeats, 2);
+
+    // A peer that publishes no token (an agent from before tokens): its
+    // heartbeats count as before.
+    watch::set_token(&mut bpf.bpf.ebpf, PEER, None).expect("no token");
+    assert_eq!(bpf.run(&heartbeat_with(&[], [0; 8]), 1), TC_ACT_SHOT);
+    assert_eq!(bpf.stats(PEER).expect("counted").heartbeats, 3);
 }

@@ -1,10 +1,11 @@
 //! The `vip_watch` classifier through `BPF_PROG_TEST_RUN`: conflicts for our
-//! VIPs, who answers for others', who-has counts, and the rate limit.
+//! VIPs, who answers for others' (only their owner's published MAC, when
+//! there is one), who-has counts, and the rate limit.
 
-use aya::maps::{HashMap, MapData, PerCpuHashMap, RingBuf};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use linkmesh_common::{
-    CONFLICTS_MAP, ConflictEvent, VIP_PROGRAM, VIP_SEEN_MAP, VIP_WHO_HAS_MAP, VIPS_MAP, VipInfo,
-    VipSeen,
+    CONFLICTS_MAP, ConflictEvent, DROP_FOREIGN_REPLY, DROPS_MAP, VIP_PROGRAM, VIP_SEEN_MAP,
+    VIP_WHO_HAS_MAP, VIPS_MAP, VipInfo, VipSeen,
 };
 use linkmesh_tests::frame::{self, TC_ACT_UNSPEC};
 use linkmesh_tests::require_root;
@@ -13,6 +14,9 @@ const OURS: [u8; 6] = [0x02, 0x18, 0, 0, 0, 1];
 const FOREIGN: [u8; 6] = [0x02, 0x18, 0, 0, 0, 9];
 const VIP: [u8; 4] = [198, 18, 0, 100];
 const OTHER_VIP: [u8; 4] = [198, 18, 0, 101];
+/// A VIP held by another host that published its MAC, `OWNER`.
+const OWNED_VIP: [u8; 4] = [198, 18, 0, 102];
+const OWNER: [u8; 6] = [0x02, 0x18, 0, 0, 0, 2];
 
 fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4], tags: &[u16]) -> Vec<u8> {
     let mut f = Vec::new();
@@ -39,6 +43,7 @@ struct Loaded {
     seen: HashMap<MapData, u32, VipSeen>,
     who_has: PerCpuHashMap<MapData, u32, u64>,
     conflicts: RingBuf<MapData>,
+    drops: PerCpuArray<MapData, u64>,
 }
 
 fn key(ip: [u8; 4]) -> u32 {
@@ -52,35 +57,29 @@ impl Loaded {
         let seen = bpf.take(VIP_SEEN_MAP);
         let who_has = bpf.take(VIP_WHO_HAS_MAP);
         let conflicts = bpf.take(CONFLICTS_MAP);
+        let drops = bpf.take(DROPS_MAP);
         let mut l = Self {
             bpf,
             vips,
             seen,
             who_has,
             conflicts,
+            drops,
         };
-        l.vips
-            .insert(
-                key(VIP),
-                VipInfo {
-                    mac: OURS,
-                    owned: 1,
-                    _pad: 0,
-                },
-                0,
-            )
-            .expect("insert");
-        l.vips
-            .insert(
-                key(OTHER_VIP),
-                VipInfo {
-                    mac: OURS,
-                    owned: 0,
-                    _pad: 0,
-                },
-                0,
-            )
-            .expect("insert");
+        let info = |owned, owner_mac| VipInfo {
+            mac: OURS,
+            owned,
+            _pad: 0,
+            owner_mac,
+            _pad2: [0; 2],
+        };
+        for (vip, value) in [
+            (VIP, info(1, [0; 6])),
+            (OTHER_VIP, info(0, [0; 6])),
+            (OWNED_VIP, info(0, OWNER)),
+        ] {
+            l.vips.insert(key(vip), value, 0).expect("insert");
+        }
         l
     }
 
@@ -162,4 +161,39 @@ fn replies_for_others_vips_and_who_has_requests_are_recorded() {
         bpf.who_has.get(&key([198, 18, 0, 7]), 0).is_err(),
         "non-VIP targets are not counted"
     );
+}
+
+#[test]
+fn replies_from_another_mac_than_the_owners_are_ignored_and_counted() {
+    require_root!();
+    let mut bpf = Loaded::new();
+    let foreign = |bpf: &Loaded| -> u64 {
+        bpf.drops
+            .get(&DROP_FOREIGN_REPLY, 0)
+            .expect("the counter")
+            .iter()
+            .sum()
+    };
+    let reply = |mac| arp(2, mac, OWNED_VIP, [198, 18, 0, 7], &[]);
+    assert_eq!(bpf.run(&reply(OWNER), 1), TC_ACT_UNSPEC);
+    let first = bpf.seen.get(&key(OWNED_VIP), 0).expect("the owner's reply");
+    assert_eq!(first.mac, OWNER);
+    // A storm of forged replies, plain and tagged: none is recorded.
+    assert_eq!(bpf.run(&reply(FOREIGN), 1000), TC_ACT_UNSPEC);
+    assert_eq!(
+        bpf.run(&arp(2, FOREIGN, OWNED_VIP, [198, 18, 0, 7], &[42]), 1),
+        TC_ACT_UNSPEC
+    );
+    assert_eq!(
+        bpf.seen.get(&key(OWNED_VIP), 0).expect("still there"),
+        first,
+        "forged replies leave the owner's record alone"
+    );
+    assert_eq!(foreign(&bpf), 1001, "each forged reply counted");
+    assert!(bpf.drain().is_empty(), "not ours: no conflict");
+    // The owner's next reply is recorded again.
+    assert_eq!(bpf.run(&reply(OWNER), 1), TC_ACT_UNSPEC);
+    let next = bpf.seen.get(&key(OWNED_VIP), 0).expect("recorded");
+    assert!(next.last_seen_ns >= first.last_seen_ns);
+    assert_eq!(next.mac, OWNER);
 }

@@ -378,6 +378,8 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
         api_connections_evicted: app.connections.evicted.load(Ordering::Relaxed),
         api_connections_timed_out: app.connections.timed_out.load(Ordering::Relaxed),
         vip_foreign_addresses: app.shared.foreign_addresses.load(Ordering::Relaxed),
+        vip_foreign_replies: app.shared.foreign_replies.load(Ordering::Relaxed),
+        peer_heartbeats_rejected: app.peers.heartbeats_rejected(),
         vip_records_rejected,
     };
     let body = crate::metrics::render(

@@ -10,7 +10,10 @@ pub mod peer;
 pub mod vip;
 
 pub use arp::{ArpOp, ArpPacket, ArpWatcher, load_arp_classifier};
-pub use peer::{PeerSample, PeerWatcher, PortKind, peer_sample, set_peers, set_port};
+pub use peer::{
+    PeerSample, PeerWatcher, PortKind, heartbeats_rejected, peer_sample, set_peers, set_port,
+    set_token,
+};
 pub use vip::{Conflict, ConflictStream, VipWatcher};
 
 use std::collections::BTreeSet;

@@ -8,7 +8,8 @@ use std::time::Duration;
 use aya::Ebpf;
 use aya::maps::{MapData, MapError};
 use linkmesh_common::{
-    PEER_PORTS_MAP, PEER_PROGRAM, PEER_STATS_MAP, PORT_HEARTBEAT, PORT_VXLAN, PeerStats,
+    DROP_BAD_HEARTBEAT, DROPS_MAP, PEER_PORTS_MAP, PEER_PROGRAM, PEER_STATS_MAP, PEER_TOKENS_MAP,
+    PORT_HEARTBEAT, PORT_VXLAN, PeerStats, PeerToken,
 };
 
 use super::{WatchError, attach_classifier, key, load, load_classifier, reattach_missing};
@@ -88,6 +89,48 @@ pub fn set_peers(ebpf: &mut Ebpf, want: &BTreeSet<Ipv4Addr>) -> Result<(), Watch
         }
     }
     Ok(())
+}
+
+/// Sets the tokens a known peer's heartbeats must carry (`None`: any
+/// heartbeat from it counts, for a peer that publishes no token).
+pub fn set_token(
+    ebpf: &mut Ebpf,
+    ip: Ipv4Addr,
+    tokens: Option<[u64; 2]>,
+) -> Result<(), WatchError> {
+    let map_err = |source| WatchError::Map {
+        map: PEER_TOKENS_MAP,
+        source,
+    };
+    let mut map: aya::maps::HashMap<&mut MapData, u32, PeerToken> =
+        aya::maps::HashMap::try_from(map_mut(ebpf, PEER_TOKENS_MAP)?).map_err(map_err)?;
+    match tokens {
+        Some(tokens) => map
+            .insert(key(ip), PeerToken { tokens }, 0)
+            .map_err(map_err),
+        None => match map.remove(&key(ip)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(e)),
+        },
+    }
+}
+
+/// Heartbeats dropped for a missing or wrong token, summed over CPUs.
+pub fn heartbeats_rejected(ebpf: &mut Ebpf) -> Result<u64, WatchError> {
+    let map: aya::maps::PerCpuArray<&mut MapData, u64> =
+        aya::maps::PerCpuArray::try_from(map_mut(ebpf, DROPS_MAP)?).map_err(|source| {
+            WatchError::Map {
+                map: DROPS_MAP,
+                source,
+            }
+        })?;
+    let values = map
+        .get(&DROP_BAD_HEARTBEAT, 0)
+        .map_err(|source| WatchError::Map {
+            map: DROPS_MAP,
+            source,
+        })?;
+    Ok(values.iter().sum())
 }
 
 /// Sets what `peer_watch` counts on UDP destination `port`: heartbeats,
@@ -194,5 +237,15 @@ impl PeerWatcher {
     #[must_use]
     pub fn sample(&mut self, ip: Ipv4Addr) -> Option<PeerSample> {
         peer_sample(&mut self.ebpf, ip)
+    }
+
+    /// Sets the tokens `ip`'s heartbeats must carry (see [`set_token`]).
+    pub fn set_token(&mut self, ip: Ipv4Addr, tokens: Option<[u64; 2]>) -> Result<(), WatchError> {
+        set_token(&mut self.ebpf, ip, tokens)
+    }
+
+    /// Heartbeats dropped for a missing or wrong token.
+    pub fn heartbeats_rejected(&mut self) -> Result<u64, WatchError> {
+        heartbeats_rejected(&mut self.ebpf)
     }
 }

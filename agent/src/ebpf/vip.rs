@@ -7,8 +7,8 @@ use std::time::Duration;
 use aya::Ebpf;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use linkmesh_common::{
-    CONFLICT_EVENT_SIZE, CONFLICTS_MAP, ConflictEvent, DROP_CONFLICT_RING_FULL, DROPS_MAP,
-    VIP_PROGRAM, VIP_SEEN_MAP, VIP_WHO_HAS_MAP, VIPS_MAP, VipInfo, VipSeen,
+    CONFLICT_EVENT_SIZE, CONFLICTS_MAP, ConflictEvent, DROP_CONFLICT_RING_FULL, DROP_FOREIGN_REPLY,
+    DROPS_MAP, VIP_PROGRAM, VIP_SEEN_MAP, VIP_WHO_HAS_MAP, VIPS_MAP, VipInfo, VipSeen,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -110,12 +110,21 @@ impl VipWatcher {
         reattach_missing(&mut self.ebpf, VIP_PROGRAM, &self.attached)
     }
 
-    /// Tells the program about a VIP: our MAC, and whether we hold it.
-    pub fn set(&mut self, ip: Ipv4Addr, mac: MacAddr, owned: bool) -> Result<(), WatchError> {
+    /// Tells the program about a VIP: held here with our MAC `ours`, or
+    /// not ours, held by the owner whose published MAC is `owner` (only its
+    /// replies are recorded; `None`: anyone's are).
+    pub fn set(
+        &mut self,
+        ip: Ipv4Addr,
+        ours: Option<MacAddr>,
+        owner: Option<MacAddr>,
+    ) -> Result<(), WatchError> {
         let info = VipInfo {
-            mac: mac.0,
-            owned: u8::from(owned),
+            mac: ours.unwrap_or_default().0,
+            owned: u8::from(ours.is_some()),
             _pad: 0,
+            owner_mac: owner.filter(|_| ours.is_none()).unwrap_or_default().0,
+            _pad2: [0; 2],
         };
         self.vips
             .insert(key(ip), info, 0)
@@ -164,5 +173,11 @@ impl ConflictStream {
     /// full, summed over CPUs.
     pub fn dropped(&self) -> Result<u64, WatchError> {
         drops(&self.drops, DROP_CONFLICT_RING_FULL)
+    }
+
+    /// ARP replies for VIPs held elsewhere that came from another MAC than
+    /// the owner published, and were not recorded, summed over CPUs.
+    pub fn foreign_replies(&self) -> Result<u64, WatchError> {
+        drops(&self.drops, DROP_FOREIGN_REPLY)
     }
 }

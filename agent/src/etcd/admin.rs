@@ -404,7 +404,9 @@ impl Vips {
                     entry(&mut entries, id);
                     // An owner key that does not verify names nobody.
                     let owner = open_owner(&self.secrets, key, kv.value(), kv.lease(), now);
-                    if let (Some(e), Ok((host, _))) = (entries.get_mut(id), owner) {
+                    if let (Some(e), Ok(crate::registry::Owner { host, .. })) =
+                        (entries.get_mut(id), owner)
+                    {
                         e.owner = Some(host);
                     }
                 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse};
 use tracing::{debug, warn};
 
+use crate::addr::MacAddr;
 use crate::clock::unix_now;
 use crate::registry::{Keys, OwnerRecord, Secrets, open_owner, seal};
 
@@ -31,25 +32,26 @@ fn holds_key(r: &TxnResponse, secrets: &Secrets, key: &str, host: &str, lease: i
         TxnOpResponse::Get(g) => g.kvs().first().is_some_and(|kv| {
             kv.lease() == lease
                 && open_owner(secrets, key, kv.value(), kv.lease(), unix_now())
-                    .is_ok_and(|(h, _)| h == host)
+                    .is_ok_and(|o| o.host == host)
         }),
         _ => false,
     })
 }
 
-/// Creates `id`'s owner key for `host` on `lease` (signed) if nobody has
-/// it.
+/// Creates `id`'s owner key for `host` on `lease` (signed, with the MAC
+/// `host` answers for the VIP from) if nobody has it.
 pub async fn contend(
     client: &Client,
     (keys, secrets): (&Keys, &Secrets),
     id: &str,
-    host: &str,
+    (host, mac): (&str, Option<MacAddr>),
     lease: i64,
     timeout: Duration,
 ) -> Contention {
     let key = keys.vip_owner(id);
     let record = OwnerRecord {
         host: host.to_owned(),
+        mac,
     };
     let value = match seal(secrets, &key, lease, unix_now(), &record) {
         Ok(value) => value,

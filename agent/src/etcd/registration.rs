@@ -24,9 +24,9 @@ pub struct Registration {
 
 impl Registration {
     /// Puts the signed record on `lease`; returns the put's revision.
-    async fn register(&self, lease: i64) -> Result<i64, EtcdError> {
-        let key = self.keys.host(&self.record.hostname);
-        let value = seal(&self.secrets, &key, lease, unix_now(), &self.record)?;
+    async fn register(&self, record: &HostRecord, lease: i64) -> Result<i64, EtcdError> {
+        let key = self.keys.host(&record.hostname);
+        let value = seal(&self.secrets, &key, lease, unix_now(), record)?;
         let mut kv = self.client.kv_client();
         let response = timed(
             || format!("registering {key}"),
@@ -70,7 +70,14 @@ impl Registration {
         lease: i64,
         leases: &mut watch::Receiver<LeaseInfo>,
     ) -> Result<(), EtcdError> {
-        let mut written = self.register(lease).await?;
+        // A fresh heartbeat nonce on every lease rotates the heartbeat
+        // token. (Not at every re-sign: a changed record is a registry
+        // change on every peer, and re-signs are routine.)
+        let record = HostRecord {
+            heartbeat_nonce: Some(random_nonce()),
+            ..self.record.clone()
+        };
+        let mut written = self.register(&record, lease).await?;
         info!(host = %self.record.hostname, address = %self.record.address, "registered");
 
         // Anyone else writing or deleting our key (a replay, a mistake) is
@@ -98,7 +105,7 @@ impl Registration {
                         return Ok(());
                     }
                 }
-                _ = resign.tick() => written = self.register(lease).await?,
+                _ = resign.tick() => written = self.register(&record, lease).await?,
                 message = own.message() => {
                     let response = message
                         .map_err(|source| EtcdError::Etcd { what: format!("watching {key}"), source })?
@@ -112,10 +119,29 @@ impl Registration {
                     });
                     if foreign {
                         warn!(key = %key, "our registration was changed by someone else; writing it again");
-                        written = self.register(lease).await?;
+                        written = self.register(&record, lease).await?;
                     }
                 }
             }
         }
     }
+}
+
+/// 64 random bits from the kernel (`getrandom(2)`, which blocks only until
+/// the pool is first seeded at boot).
+fn random_nonce() -> u64 {
+    let mut bytes = [0u8; 8];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        let rest = &mut bytes[filled..];
+        // SAFETY: the pointer and length describe `rest`, which lives for
+        // the call; getrandom writes at most that many bytes.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        // -1 is EINTR: nothing else can happen with these arguments on a
+        // kernel that runs eBPF (getrandom is from 3.17).
+        if let Ok(n) = usize::try_from(n) {
+            filled += n;
+        }
+    }
+    u64::from_ne_bytes(bytes)
 }

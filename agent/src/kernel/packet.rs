@@ -24,7 +24,6 @@ pub enum PacketError {
 }
 
 /// A raw (`AF_PACKET`) sender on one interface.
-/// A raw sender on one interface.
 pub struct RawSender {
     interface: String,
     tx: Box<dyn pnet_datalink::DataLinkSender>,
@@ -54,7 +53,6 @@ impl RawSender {
         }
     }
 
-    /// Sends one frame.
     /// Sends one whole frame.
     pub fn send(&mut self, frame: &[u8]) -> Result<(), PacketError> {
         match self.tx.send_to(frame, None) {

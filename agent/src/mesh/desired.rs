@@ -154,6 +154,7 @@ mod tests {
                     .map(|s| ((*s).to_owned(), device_mac(name, s)))
                     .collect(),
                 agent_version: "test".into(),
+                heartbeat_nonce: None,
             },
         )
     }

@@ -445,6 +445,7 @@ mod tests {
             address: "198.18.0.2".parse().expect("ip"),
             segments: [("blue".to_owned(), MacAddr([2, 0, 0, 0, 0, 2]))].into(),
             agent_version: "t".into(),
+            heartbeat_nonce: None,
         }
     }
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::invalid::Invalid;
 use super::record::Record;
+use super::secret::Secrets;
 use super::segment::validate_segment_name;
 use crate::addr::MacAddr;
 
@@ -19,6 +20,33 @@ pub struct HostRecord {
     /// Joined segments, with this host's device MAC in each.
     pub segments: BTreeMap<String, MacAddr>,
     pub agent_version: String,
+    /// Chosen at random for every registration lease: the host's heartbeat
+    /// token is derived from it and the secret ([`heartbeat_tokens`]), so
+    /// it rotates with the lease and nobody without the secret can make
+    /// one. `None` (an agent from before tokens): its heartbeats are taken
+    /// without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_nonce: Option<u64>,
+}
+
+/// The tokens `hostname`'s heartbeats carry for `nonce`: the first 8 bytes
+/// of an HMAC over both, under each of the first two secrets (the signing
+/// one first; two during a secret rotation). A zero token is never valid,
+/// so one that comes out zero is made 1.
+#[must_use]
+pub fn heartbeat_tokens(secrets: &Secrets, hostname: &str, nonce: u64) -> [[u8; 8]; 2] {
+    let mut message = b"linkmesh heartbeat token v1\0".to_vec();
+    message.extend_from_slice(hostname.as_bytes());
+    message.push(0);
+    message.extend_from_slice(&nonce.to_be_bytes());
+    let mut out = [[0; 8]; 2];
+    for (slot, mac) in out.iter_mut().zip(secrets.sign_each(&message, 2)) {
+        slot.copy_from_slice(&mac[..8]);
+        if *slot == [0; 8] {
+            slot[7] = 1;
+        }
+    }
+    out
 }
 
 impl Record for HostRecord {
@@ -98,7 +126,41 @@ mod tests {
             address: "198.18.0.1".parse().expect("ip"),
             segments: BTreeMap::from([("blue".into(), MacAddr([2, 0, 0, 0, 0, 1]))]),
             agent_version: "0.1.0".into(),
+            heartbeat_nonce: None,
         }
+    }
+
+    #[test]
+    fn heartbeat_tokens_need_the_secret_and_follow_host_and_nonce() {
+        let a = Secrets::from_text("first-secret-0123456789").expect("valid");
+        let b = Secrets::from_text("second-secret-0123456789").expect("valid");
+        let both =
+            Secrets::from_text("second-secret-0123456789\nfirst-secret-0123456789").expect("valid");
+        let t = heartbeat_tokens(&a, "h1", 7);
+        assert_eq!(t, heartbeat_tokens(&a, "h1", 7), "deterministic");
+        assert_ne!(
+            t[0],
+            heartbeat_tokens(&a, "h1", 8)[0],
+            "a new nonce rotates it"
+        );
+        assert_ne!(t[0], heartbeat_tokens(&a, "h2", 7)[0], "per host");
+        assert_ne!(t[0], heartbeat_tokens(&b, "h1", 7)[0], "per secret");
+        assert_eq!(t[1], [0; 8], "one secret, one token");
+        // During a rotation a receiver holding both accepts either sender.
+        let r = heartbeat_tokens(&both, "h1", 7);
+        assert_eq!(r[0], heartbeat_tokens(&b, "h1", 7)[0]);
+        assert_eq!(r[1], t[0]);
+        let json = serde_json::to_string(&HostRecord {
+            heartbeat_nonce: Some(u64::MAX),
+            ..record()
+        })
+        .expect("encode");
+        assert!(
+            json.ends_with(r#""heartbeat_nonce":18446744073709551615}"#),
+            "{json}"
+        );
+        let back: HostRecord = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back.heartbeat_nonce, Some(u64::MAX));
     }
 
     #[test]

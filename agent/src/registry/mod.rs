@@ -17,7 +17,7 @@ pub mod vipkeys;
 
 pub use cache::{RegistryCache, RegistryView};
 pub use generation::{Definition, Mark, Marks, Tombstone, next_generation, open_definition};
-pub use host::HostRecord;
+pub use host::{HostRecord, heartbeat_tokens};
 pub use invalid::Invalid;
 pub use keys::{Keys, VipKey};
 pub use record::{Expect, Rejection, Verified, open, seal, seal_definition};

@@ -96,6 +96,21 @@ impl Secrets {
         mac.finalize().into_bytes().into()
     }
 
+    /// HMAC-SHA256 of `message` under each of the first `n` secrets, the
+    /// signing one first: what a peer holding any of them may have made.
+    #[must_use]
+    pub fn sign_each(&self, message: &[u8], n: usize) -> Vec<[u8; SIGNATURE_LEN]> {
+        self.keys
+            .iter()
+            .take(n)
+            .map(|key| {
+                let mut mac = Self::mac(key);
+                mac.update(message);
+                mac.finalize().into_bytes().into()
+            })
+            .collect()
+    }
+
     /// Whether `signature` is `message`'s HMAC under any of the secrets.
     /// Each comparison is constant-time.
     #[must_use]

@@ -20,12 +20,17 @@ use super::invalid::Invalid;
 use super::record::{Expect, Record, Rejection, open};
 use super::secret::Secrets;
 use super::vip::ValidVip;
+use crate::addr::MacAddr;
 
 /// Who holds a VIP.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OwnerRecord {
     pub host: String,
+    /// The owner's MAC on the VIP's interface: the standbys' probes go
+    /// there, and only its ARP replies count as the owner answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
 }
 
 impl Record for OwnerRecord {
@@ -89,7 +94,11 @@ pub fn open_owner(
 ) -> Result<Owner, Rejection> {
     let v = open::<OwnerRecord>(secrets, value, expect(key, lease, now)?)?;
     validate_hostname(&v.body.host).map_err(Rejection::Invalid)?;
-    Ok((v.body.host, lease))
+    Ok(Owner {
+        host: v.body.host,
+        lease,
+        mac: v.body.mac,
+    })
 }
 
 /// Verifies a failover request: the host asked to release.
@@ -126,8 +135,32 @@ pub fn open_member(
     }
 }
 
-/// An owner key's content: the host named in it, and the lease it is on.
-pub type Owner = (String, i64);
+/// An owner key's content: the host named in it, the lease it is on, and
+/// the MAC it answers from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub host: String,
+    pub lease: i64,
+    pub mac: Option<MacAddr>,
+}
+
+impl Owner {
+    /// Our own key on `lease`, as we wrote it (its MAC matters to others).
+    #[must_use]
+    pub fn mine(host: String, lease: i64) -> Self {
+        Self {
+            host,
+            lease,
+            mac: None,
+        }
+    }
+
+    /// Whether this is `host`'s key on `lease`.
+    #[must_use]
+    pub fn is(&self, host: &str, lease: i64) -> bool {
+        self.host == host && self.lease == lease
+    }
+}
 
 /// A per-host key under a VIP (`<prefix>/vips/<ID>/<KIND>/<HOST>`: `state`,
 /// `suspect`), as read; `value` `None` when deleted.
@@ -185,11 +218,19 @@ mod tests {
     #[test]
     fn owners_verify_on_their_lease_only() {
         let key = "/lm/vips/198.18.0.100_24/owner";
-        let owner = OwnerRecord { host: "h1".into() };
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let owner = OwnerRecord {
+            host: "h1".into(),
+            mac: Some(mac),
+        };
         let value = seal(&secrets(), key, 7, NOW, &owner).expect("seal");
         assert_eq!(
             open_owner(&secrets(), key, &value, 7, NOW),
-            Ok(("h1".into(), 7))
+            Ok(Owner {
+                host: "h1".into(),
+                lease: 7,
+                mac: Some(mac)
+            })
         );
         // Moved to another lease, to no lease, to another VIP, forged, bare.
         assert!(open_owner(&secrets(), key, &value, 8, NOW).is_err());

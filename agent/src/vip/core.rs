@@ -569,9 +569,11 @@ impl Core {
                 v.contend_at = None;
             }
             if still {
+                let ifname = self.vips.get(&id).and_then(|v| self.interface_of(v));
                 self.out.push(Effect::Contend {
                     id,
                     lease: self.lease.id,
+                    ifname,
                 });
             }
         }
@@ -582,14 +584,14 @@ impl Core {
         match outcome {
             Outcome::Won => {
                 info!(vip = %id, "won the election");
-                self.set_owner(id, Some((me, lease)));
+                self.set_owner(id, Some(Owner::mine(me, lease)));
             }
             Outcome::StillOurs if lease != 0 => {
                 // Our key, on our live lease: we self-fenced while etcd could
                 // not confirm the lease (a leader election, say), and etcd
                 // kept it. The VIP is still ours; nobody else may take it.
                 info!(vip = %id, "the owner key is still ours (the lease outlived the fence): taking the VIP up again");
-                self.set_owner(id, Some((me, lease)));
+                self.set_owner(id, Some(Owner::mine(me, lease)));
             }
             Outcome::StillOurs | Outcome::Lost => {
                 debug!(vip = %id, "another host won the election");

@@ -61,9 +61,9 @@ impl Shell {
                 }
                 None
             }
-            Effect::SetWatched { ip, ours } => {
+            Effect::SetWatched { ip, ours, owner } => {
                 if let Some(w) = self.watcher.as_mut()
-                    && let Err(e) = w.set(ip, ours.unwrap_or_default(), ours.is_some())
+                    && let Err(e) = w.set(ip, ours, owner)
                 {
                     warn!(vip = %ip, error = %e, "cannot watch the VIP for conflicts");
                 }
@@ -114,10 +114,23 @@ impl Shell {
         let host = self.core.settings().hostname.clone();
         let ttl = self.core.settings().ttl;
         let write = match effect {
-            Effect::Contend { id, lease } => {
+            Effect::Contend { id, lease, ifname } => {
+                // Read at every contention, not cached: the MAC published
+                // must be the one the VIP will answer from.
+                let mac = match ifname {
+                    Some(name) => self
+                        .nl
+                        .link_by_name(&name)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|l| l.mac),
+                    None => None,
+                };
                 let signer = (&self.keys, &self.secrets);
+                let me = (host.as_str(), mac);
                 let outcome =
-                    match election::contend(&self.client, signer, &id, &host, lease, ttl).await {
+                    match election::contend(&self.client, signer, &id, me, lease, ttl).await {
                         Contention::Won => Outcome::Won,
                         Contention::StillOurs => Outcome::StillOurs,
                         Contention::Lost => Outcome::Lost,

@@ -1,8 +1,11 @@
 //! Data-plane-confirmed fast failover, the pure part: when a standby's
 //! probes count as unanswered, and when suspicions add up to a quorum.
 //!
-//! A standby probes the owner's VIP with unicast ARP requests; `vip_watch`
-//! records every reply. A standby whose probes go unanswered for a window,
+//! A standby probes the owner's VIP with ARP requests to the MAC the owner
+//! published in its (signed) owner key, and falls back to broadcast after
+//! [`BROADCAST_AFTER`] misses in a row; `vip_watch` records the replies
+//! from that MAC only, so a forged reply from another MAC can neither
+//! steer the probes elsewhere nor stand in for the owner. A standby whose probes go unanswered for a window,
 //! while it still hears other peers, writes a suspect key on its own lease.
 //! A quorum of suspects naming the owner's current lease lets any standby
 //! delete the owner key (guarded by that lease) and revoke the lease.
@@ -13,6 +16,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::addr::MacAddr;
+use crate::registry::Owner;
+
+/// Unanswered probes in a row after which probes are broadcast: the
+/// owner's published MAC may be what fails (a switch that lost it, a
+/// changed NIC), and a broadcast still reaches the owner; its reply must
+/// still come from the published MAC.
+pub const BROADCAST_AFTER: u32 = 2;
 
 /// Whether fast failover runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -72,15 +82,16 @@ impl FastSettings {
     }
 }
 
-/// A standby's probing of one owner (a host name and its lease).
+/// A standby's probing of one owner (its key: host, lease and MAC).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Probe {
-    pub owner: (String, i64),
+    pub owner: Owner,
     /// Monotonic time probing of this owner started.
     pub since: Duration,
     /// The last reply seen after `since`.
     pub last_reply: Option<Duration>,
-    /// The MAC that answered (probes go there once known, broadcast before).
+    /// The MAC that answered, when the owner published none (probes go
+    /// there once known, broadcast before).
     pub mac: Option<MacAddr>,
     /// Whether our suspect key is written.
     pub suspected: bool,
@@ -92,7 +103,7 @@ pub struct Probe {
 
 impl Probe {
     #[must_use]
-    pub fn new(owner: (String, i64), now: Duration) -> Self {
+    pub fn new(owner: Owner, now: Duration) -> Self {
         Self {
             owner,
             since: now,
@@ -109,11 +120,24 @@ impl Probe {
         self.unanswered = self.unanswered.saturating_add(1);
     }
 
+    /// Where the next probe goes (`None`: broadcast): the owner's published
+    /// MAC, or the one that answered if it published none; broadcast before
+    /// either is known and after [`BROADCAST_AFTER`] misses in a row.
+    #[must_use]
+    pub fn dst(&self) -> Option<MacAddr> {
+        if self.unanswered >= BROADCAST_AFTER {
+            return None;
+        }
+        self.owner.mac.or(self.mac)
+    }
+
     /// Takes the data plane's last reply for the VIP (who, when). Replies
-    /// from before this owner's time belong to someone else.
+    /// from before this owner's time belong to someone else, and so do
+    /// replies from another MAC than the one the owner published.
     pub fn observe(&mut self, seen: Option<(MacAddr, Duration)>) {
         if let Some((mac, at)) = seen
             && at >= self.since
+            && self.owner.mac.is_none_or(|m| m == mac)
             && self.last_reply.is_none_or(|t| at > t)
         {
             self.last_reply = Some(at);
@@ -187,6 +211,14 @@ mod tests {
         }
     }
 
+    fn owner(mac: Option<MacAddr>) -> Owner {
+        Owner {
+            host: "h1".into(),
+            lease: 7,
+            mac,
+        }
+    }
+
     fn hosts(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| (*s).to_owned()).collect()
     }
@@ -238,7 +270,7 @@ mod tests {
     #[test]
     fn a_probe_is_silent_after_a_window_without_replies() {
         let mac = MacAddr([2, 0, 0, 0, 0, 1]);
-        let mut p = Probe::new(("h1".into(), 7), ms(1000));
+        let mut p = Probe::new(owner(None), ms(1000));
         for _ in 0..5 {
             p.sent();
         }
@@ -271,7 +303,7 @@ mod tests {
     #[test]
     fn a_stall_without_probes_is_no_silence() {
         let mac = MacAddr([2, 0, 0, 0, 0, 1]);
-        let mut p = Probe::new(("h1".into(), 7), ms(0));
+        let mut p = Probe::new(owner(None), ms(0));
         p.sent();
         p.observe(Some((mac, ms(1))));
         p.sent();
@@ -284,5 +316,35 @@ mod tests {
             p.sent();
         }
         assert!(p.silent(ms(400), ms(100), 5), "five probes, no answer");
+    }
+
+    #[test]
+    fn only_the_published_mac_answers_for_the_owner_and_probes_go_there() {
+        let published = MacAddr([2, 0, 0, 0, 0, 1]);
+        let forger = MacAddr([2, 0, 0, 0, 0, 0x66]);
+        let mut p = Probe::new(owner(Some(published)), ms(0));
+        assert_eq!(
+            p.dst(),
+            Some(published),
+            "unicast to the published MAC from the start"
+        );
+        p.sent();
+        p.observe(Some((forger, ms(10))));
+        assert_eq!(
+            p.last_reply, None,
+            "a reply from another MAC is not the owner"
+        );
+        assert_eq!(p.dst(), Some(published), "and does not steer the probes");
+        p.sent();
+        assert_eq!(p.dst(), None, "two misses in a row: broadcast");
+        p.observe(Some((published, ms(50))));
+        assert_eq!(p.last_reply, Some(ms(50)));
+        assert_eq!(p.dst(), Some(published), "answered: unicast again");
+        // An owner that published no MAC (an older agent): the MAC that
+        // answers is learned, as before.
+        let mut old = Probe::new(owner(None), ms(0));
+        assert_eq!(old.dst(), None);
+        old.observe(Some((forger, ms(10))));
+        assert_eq!(old.dst(), Some(forger));
     }
 }

@@ -15,12 +15,26 @@ impl Core {
         let lease = self.lease.id;
         let mine = owner
             .as_ref()
-            .is_some_and(|(h, l)| h == self.me() && *l == lease && *l != 0);
+            .is_some_and(|o| o.is(self.me(), lease) && lease != 0);
         let Some(v) = self.vips.get_mut(id) else {
             return;
         };
+        let moved =
+            v.owner.as_ref().map(|o| (&o.host, o.mac)) != owner.as_ref().map(|o| (&o.host, o.mac));
         v.owner = owner;
         let state = v.state;
+        // A standby's watcher records only the new owner's replies.
+        let watch = (moved && self.watcher && state != State::Activated)
+            .then(|| v.v4())
+            .flatten();
+        if let Some(v4) = watch {
+            let owner = self.owner_mac(&self.vips[id]);
+            self.out.push(Effect::SetWatched {
+                ip: v4,
+                ours: None,
+                owner,
+            });
+        }
         let barred = self.barred(&self.vips[id]);
         match (state, mine) {
             // Ours, but this host may not hold it (excluded, or a host's
@@ -56,10 +70,10 @@ impl Core {
                 // If the key is already ours (a restart), this takes it up.
                 let owner = self.vips.get(id).and_then(|v| v.owner.clone());
                 if booting
-                    && let Some((host, _)) = &owner
-                    && host != self.me()
+                    && let Some(o) = &owner
+                    && o.host != self.me()
                 {
-                    self.clear_leftover(id, host);
+                    self.clear_leftover(id, &o.host);
                 }
                 self.set_owner(id, owner);
             }
@@ -135,6 +149,7 @@ impl Core {
             self.out.push(Effect::SetWatched {
                 ip: v4,
                 ours: Some(binding.mac),
+                owner: None,
             });
         }
         v.binding = Some(binding);
@@ -148,7 +163,12 @@ impl Core {
         let watched = self.watcher.then(|| v.v4()).flatten();
         self.out.push(Effect::StopAnnouncing { id: id.to_owned() });
         if let Some(v4) = watched {
-            self.out.push(Effect::SetWatched { ip: v4, ours: None });
+            let owner = self.vips.get(id).and_then(|v| self.owner_mac(v));
+            self.out.push(Effect::SetWatched {
+                ip: v4,
+                ours: None,
+                owner,
+            });
         }
         self.remove_address(id, ifname, None);
     }

@@ -219,10 +219,12 @@ pub enum Effect {
     AttachWatcher {
         ifname: String,
     },
-    /// Tell `vip_watch` about a VIP: held here with this MAC, or not ours.
+    /// Tell `vip_watch` about a VIP: held here with this MAC (`ours`), or
+    /// not ours, held by the owner that published the MAC `owner`.
     SetWatched {
         ip: Ipv4Addr,
         ours: Option<MacAddr>,
+        owner: Option<MacAddr>,
     },
     ForgetWatched {
         ip: Ipv4Addr,
@@ -240,6 +242,8 @@ pub enum Effect {
     Contend {
         id: String,
         lease: i64,
+        /// The VIP's interface here: the owner key publishes its MAC.
+        ifname: Option<String>,
     },
     /// Delete an owner key that does not verify, if it is still the one
     /// seen at `revision`.

@@ -29,7 +29,7 @@ impl Core {
             };
             let owner = v.owner.clone();
             let standby = v.state == State::Standby;
-            let others = owner.as_ref().is_some_and(|(h, _)| h != self.me());
+            let others = owner.as_ref().is_some_and(|o| o.host != self.me());
             // The cheap tests first: an owner, or a standby of an
             // unprotected VIP, reads no map here.
             let probing = standby && others && self.fast_active(&id);
@@ -70,7 +70,7 @@ impl Core {
         }
         let Some(p) = v.probe.as_mut() else { return };
         p.observe(seen);
-        let dst = p.mac;
+        let dst = p.dst();
         // Decided on the probes sent so far: the one below counts from the
         // next interval on (only probes that went out count towards a
         // silence, see `Input::ProbeSent`).
@@ -93,20 +93,20 @@ impl Core {
         // now, and the owner has likely self-fenced (unbound on purpose):
         // its silence is no evidence.
         if silent && !suspected && failures == 0 {
-            if observe.other_peer_heard_after(&owner.0, after) {
-                warn!(vip = %id, owner = %owner.0, window_ms = window.as_millis(), quiet_ms, ?dst, "owner does not answer ARP probes while other peers are heard: suspecting it");
+            if observe.other_peer_heard_after(&owner.host, after) {
+                warn!(vip = %id, owner = %owner.host, window_ms = window.as_millis(), quiet_ms, ?dst, "owner does not answer ARP probes while other peers are heard: suspecting it");
                 if let Some(p) = self.probe_mut(id) {
                     p.suspected = true;
                 }
-                self.suspect(id, owner.1);
+                self.suspect(id, owner.lease);
             } else if let Some(p) = self.probe_mut(id)
                 && !p.isolated_logged
             {
                 p.isolated_logged = true;
-                info!(vip = %id, owner = %owner.0, "owner does not answer ARP probes, but no other peer is heard either: our own link may be down; not suspecting");
+                info!(vip = %id, owner = %owner.host, "owner does not answer ARP probes, but no other peer is heard either: our own link may be down; not suspecting");
             }
         } else if !silent && suspected {
-            info!(vip = %id, owner = %owner.0, "owner answers ARP probes again: suspicion withdrawn");
+            info!(vip = %id, owner = %owner.host, "owner answers ARP probes again: suspicion withdrawn");
             if let Some(p) = self.probe_mut(id) {
                 p.suspected = false;
             }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::core::{Binding, Core, Vip};
+use super::core::{Binding, Core, Owner, Vip};
 use super::fast::{FastFailover, revoke_due};
 use super::state::State;
 use super::{Effect, WriteWhy};
@@ -27,8 +27,22 @@ impl Core {
             self.out.push(Effect::AttachWatcher { ifname });
         }
         if let (Some(v4), false) = (v.v4(), held) {
-            self.out.push(Effect::SetWatched { ip: v4, ours: None });
+            let owner = self.owner_mac(v);
+            self.out.push(Effect::SetWatched {
+                ip: v4,
+                ours: None,
+                owner,
+            });
         }
+    }
+
+    /// The MAC another host published as the VIP's owner (`None`: nobody
+    /// else owns it, or its owner published none).
+    pub(super) fn owner_mac(&self, v: &Vip) -> Option<MacAddr> {
+        v.owner
+            .as_ref()
+            .filter(|o| o.host != self.me())
+            .and_then(|o| o.mac)
     }
 
     /// The eBPF watcher finished loading: watch the VIPs already held.
@@ -45,6 +59,7 @@ impl Core {
             self.out.push(Effect::SetWatched {
                 ip: v4,
                 ours: Some(b.mac),
+                owner: None,
             });
         }
         let known: Vec<Vip> = self.vips.values().cloned().collect();
@@ -115,7 +130,7 @@ impl Core {
         let owner = self
             .vips
             .get(id)
-            .and_then(|v| v.owner.as_ref().map(|(h, _)| h.clone()));
+            .and_then(|v| v.owner.as_ref().map(|o| o.host.clone()));
         self.settings
             .fast
             .active(self.eligible(id, owner.as_deref()).len())
@@ -154,7 +169,10 @@ impl Core {
     /// never touch a new owner's key), and the lease revoked.
     pub(super) fn check_quorum(&mut self, id: &str) {
         let Some(v) = self.vips.get(id) else { return };
-        let Some((owner, lease)) = v.owner.clone() else {
+        let Some(Owner {
+            host: owner, lease, ..
+        }) = v.owner.clone()
+        else {
             return;
         };
         if v.state != State::Standby || owner == self.me() || v.revoked == Some(lease) {

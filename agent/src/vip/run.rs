@@ -397,21 +397,29 @@ async fn forward_conflicts(
     reports: mpsc::Sender<Report>,
     status: StatusMap,
 ) {
+    // The program's counters are read on every event and once a second.
+    let mut counters = tokio::time::interval(Duration::from_secs(1));
     loop {
-        match conflicts.next().await {
-            Ok(c) => {
-                status.ebpf_events.fetch_add(1, Ordering::Relaxed);
-                if let Ok(n) = conflicts.dropped() {
-                    status.ebpf_ring_drops.store(n, Ordering::Relaxed);
+        tokio::select! {
+            next = conflicts.next() => match next {
+                Ok(c) => {
+                    status.ebpf_events.fetch_add(1, Ordering::Relaxed);
+                    if reports.send(Report::Conflict(c)).await.is_err() {
+                        return;
+                    }
                 }
-                if reports.send(Report::Conflict(c)).await.is_err() {
+                Err(e) => {
+                    warn!(error = %e, "reading VIP conflict events failed");
                     return;
                 }
-            }
-            Err(e) => {
-                warn!(error = %e, "reading VIP conflict events failed");
-                return;
-            }
+            },
+            _ = counters.tick() => {}
+        }
+        if let Ok(n) = conflicts.dropped() {
+            status.ebpf_ring_drops.store(n, Ordering::Relaxed);
+        }
+        if let Ok(n) = conflicts.foreign_replies() {
+            status.foreign_replies.store(n, Ordering::Relaxed);
         }
     }
 }

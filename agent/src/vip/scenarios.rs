@@ -142,3 +142,33 @@ fn a_standby_that_hears_nobody_suspects_nobody() {
     assert!(sim.etcd.members.keys().all(|(_, kind)| kind != "suspect"));
     assert_eq!(sim.holders(), vec![0]);
 }
+
+/// Forged ARP replies for the VIP from another MAC, unicast to the
+/// standbys, neither stand in for the owner nor steer the probes: a live
+/// owner that answers from its published MAC keeps the VIP, and the
+/// standbys' probes only ever go to that MAC (or broadcast).
+#[test]
+fn forged_replies_neither_revoke_a_live_owner_nor_steer_the_probes() {
+    let mut sim = Sim::new(LossPolicy::Release);
+    sim.drain();
+    sim.act(Action::Health(0, true));
+    sim.act(Action::Tick(0, 1));
+    for h in 1..HOSTS {
+        sim.act(Action::Health(h, true));
+        sim.act(Action::Watcher(h));
+    }
+    sim.drain();
+    let owner_lease = sim.etcd.leases[0];
+    for _ in 0..20 {
+        for h in 1..HOSTS {
+            // The forger's reply arrives between the owner's answers; the
+            // harness checks every probe's destination.
+            sim.act(Action::Forged(h, 1));
+            sim.act(Action::Probe(h, 1, true, true));
+        }
+        sim.drain();
+    }
+    assert!(sim.etcd.members.keys().all(|(_, kind)| kind != "suspect"));
+    assert_eq!(sim.etcd.leases[0], owner_lease, "the owner's lease lives");
+    assert_eq!(sim.holders(), vec![0]);
+}

@@ -57,6 +57,9 @@ pub struct Shared {
     /// Binds refused because the address was on the host already and
     /// linkmesh had not added it.
     pub foreign_addresses: AtomicU64,
+    /// ARP replies for VIPs held elsewhere from a MAC other than the one
+    /// the owner published: ignored by the eBPF watcher.
+    pub foreign_replies: AtomicU64,
 }
 
 impl Default for Shared {
@@ -75,6 +78,7 @@ impl Default for Shared {
             ebpf_events: AtomicU64::default(),
             ebpf_ring_drops: AtomicU64::default(),
             foreign_addresses: AtomicU64::default(),
+            foreign_replies: AtomicU64::default(),
         }
     }
 }
@@ -99,7 +103,7 @@ impl Shared {
                 let status = VipStatus {
                     id: id.clone(),
                     address: v.spec.cidr.to_string(),
-                    owner: v.owner.as_ref().map(|(h, _)| h.clone()),
+                    owner: v.owner.as_ref().map(|o| o.host.clone()),
                     state: v.state,
                     interface: v
                         .spec

@@ -16,8 +16,14 @@ pub const ARP_PROGRAM: &str = "arp_watch";
 pub const DROP_RING_FULL: u32 = 0;
 /// Slot of [`DROPS_MAP`]: conflict events dropped because their ring was full.
 pub const DROP_CONFLICT_RING_FULL: u32 = 1;
+/// Slot of [`DROPS_MAP`]: ARP replies for a VIP we do not hold from a MAC
+/// other than the one its owner published, not recorded.
+pub const DROP_FOREIGN_REPLY: u32 = 2;
+/// Slot of [`DROPS_MAP`]: heartbeats from a known peer without its token,
+/// dropped.
+pub const DROP_BAD_HEARTBEAT: u32 = 3;
 /// Number of slots in [`DROPS_MAP`].
-pub const DROP_SLOTS: u32 = 2;
+pub const DROP_SLOTS: u32 = 4;
 
 /// ARP operation codes (RFC 826).
 pub const ARP_OP_REQUEST: u16 = 1;
@@ -102,6 +108,12 @@ pub struct VipInfo {
     /// 1 while this host holds the VIP.
     pub owned: u8,
     pub _pad: u8,
+    /// While another host holds it: the MAC that host published, signed,
+    /// in its owner key. Only replies from it are recorded in
+    /// [`VIP_SEEN_MAP`]. All zero: any reply is (nobody owns the VIP, or
+    /// the owner published no MAC).
+    pub owner_mac: [u8; 6],
+    pub _pad2: [u8; 2],
 }
 
 /// The last host seen answering for a VIP we do not own.
@@ -128,7 +140,7 @@ pub struct ConflictEvent {
 }
 
 pub const CONFLICT_EVENT_SIZE: usize = core::mem::size_of::<ConflictEvent>();
-const _: () = assert!(core::mem::size_of::<VipInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<VipInfo>() == 16);
 const _: () = assert!(core::mem::size_of::<VipSeen>() == 16);
 const _: () = assert!(CONFLICT_EVENT_SIZE == 32);
 
@@ -181,6 +193,29 @@ pub const PORT_HEARTBEAT: u8 = 1;
 pub const PORT_VXLAN: u8 = 2;
 /// The first bytes of every heartbeat's UDP payload.
 pub const HEARTBEAT_MAGIC: [u8; 4] = *b"LMHB";
+/// Hash map: peer underlay IPv4 address (wire bytes read as a native
+/// `u32`) -> [`PeerToken`]. A known peer with an entry here is heard only
+/// through heartbeats that carry one of its tokens; the others are dropped
+/// and counted in [`DROP_BAD_HEARTBEAT`]. Kept by the agent.
+pub const PEER_TOKENS_MAP: &str = "PEER_TOKENS";
+/// Where a heartbeat's token starts in its UDP payload: after the magic,
+/// a version byte and three zero bytes.
+pub const HEARTBEAT_TOKEN_OFFSET: usize = 8;
+
+/// The tokens a peer's heartbeats may carry: one per secret this host
+/// verifies with (a secret rotation has two). Zero slots are unused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerToken {
+    /// The tokens' 8 wire bytes, each read as a native `u64`.
+    pub tokens: [u64; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<PeerToken>() == 16);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integers only, no padding (size asserted above).
+unsafe impl aya::Pod for PeerToken {}
 
 /// What the data plane saw from one peer.
 #[repr(C)]

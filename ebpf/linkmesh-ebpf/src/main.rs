@@ -24,9 +24,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use linkmesh_common::{
-    ArpEvent, CONFLICT_INTERVAL_NS, ConflictEvent, DROP_CONFLICT_RING_FULL, DROP_RING_FULL,
-    DROP_SLOTS, HEARTBEAT_MAGIC, MAX_PEERS, MAX_VIPS, PEER_PORT_SLOTS, PORT_HEARTBEAT, PeerStats,
-    VipInfo, VipSeen,
+    ArpEvent, CONFLICT_INTERVAL_NS, ConflictEvent, DROP_BAD_HEARTBEAT, DROP_CONFLICT_RING_FULL,
+    DROP_FOREIGN_REPLY, DROP_RING_FULL, DROP_SLOTS, HEARTBEAT_MAGIC, HEARTBEAT_TOKEN_OFFSET,
+    MAX_PEERS, MAX_VIPS, PEER_PORT_SLOTS, PORT_HEARTBEAT, PeerStats, PeerToken, VipInfo, VipSeen,
 };
 
 /// 256 KiB: about 6,500 events before user space must read.
@@ -58,6 +58,18 @@ static PEER_PORTS: Array<u8> = Array::with_max_entries(PEER_PORT_SLOTS, 0);
 #[map(name = "PEER_STATS")]
 static PEER_STATS: LruPerCpuHashMap<u32, PeerStats> =
     LruPerCpuHashMap::with_max_entries(MAX_PEERS, 0);
+
+#[map(name = "PEER_TOKENS")]
+static PEER_TOKENS: HashMap<u32, PeerToken> = HashMap::with_max_entries(MAX_PEERS, 0);
+
+/// Adds one to this CPU's slot `slot` of `DROPS`.
+#[inline(always)]
+fn count_drop(slot: u32) {
+    if let Some(count) = DROPS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot; no other program touches it on this CPU now.
+        unsafe { *count += 1 };
+    }
+}
 
 const ETH_TYPE_OFFSET: usize = 12;
 const ETH_P_ARP: u16 = 0x0806;
@@ -174,19 +186,15 @@ fn try_arp_watch(ctx: &TcContext) -> Result<(), i64> {
             });
             entry.submit(0);
         }
-        None => {
-            if let Some(slot) = DROPS.get_ptr_mut(DROP_RING_FULL) {
-                // SAFETY: per-CPU slot, only this CPU writes it while we run.
-                unsafe { *slot += 1 };
-            }
-        }
+        None => count_drop(DROP_RING_FULL),
     }
     Ok(())
 }
 
 /// TC ingress on VIP interfaces: sees who answers for each VIP.
 /// - our VIP claimed by a foreign MAC: a conflict event (rate-limited per VIP);
-/// - a reply for a VIP we do not own: the answering MAC and when;
+/// - a reply for a VIP we do not own: the answering MAC and when, if it is
+///   the MAC the owner published (or nobody published one);
 /// - a request for a VIP: counted per CPU.
 #[classifier]
 pub fn vip_watch(ctx: TcContext) -> i32 {
@@ -207,6 +215,10 @@ fn try_vip_watch(ctx: &TcContext) -> Result<(), i64> {
             if arp.sha != info.mac {
                 report_conflict(ctx, sender, &arp, &info, op);
             }
+        } else if op == 2 && info.owner_mac != [0; 6] && arp.sha != info.owner_mac {
+            // Not the MAC the owner published: a forged or stray answer
+            // must not steer the standbys' probes.
+            count_drop(DROP_FOREIGN_REPLY);
         } else if op == 2 {
             let seen = VipSeen {
                 // SAFETY: helper without preconditions.
@@ -257,16 +269,18 @@ fn report_conflict(ctx: &TcContext, ip: u32, arp: &ArpIpv4, info: &VipInfo, op: 
             _pad: [0; 2],
         });
         entry.submit(0);
-    } else if let Some(slot) = DROPS.get_ptr_mut(DROP_CONFLICT_RING_FULL) {
-        // SAFETY: a per-CPU slot; no other program touches it on this CPU now.
-        unsafe { *slot += 1 };
+    } else {
+        count_drop(DROP_CONFLICT_RING_FULL);
     }
 }
 
 /// TC ingress on the underlay: per known peer, when we last heard its
 /// heartbeat and its VXLAN traffic, and how many packets of each. Heartbeats
 /// from known peers are consumed here (`TC_ACT_SHOT`): they exist only for
-/// this program, so no socket wakes up for them. Everything else passes.
+/// this program, so no socket wakes up for them. A known peer's heartbeat
+/// counts only if it carries one of the peer's tokens (derived from the
+/// shared secret, so an off-path spoofer cannot make one); others are
+/// dropped and counted. Everything else passes.
 ///
 /// It runs on every underlay packet, so it reads headers by direct packet
 /// access (no helper call per field), looks the port up in an array and
@@ -280,8 +294,8 @@ pub fn peer_watch(ctx: TcContext) -> i32 {
 }
 
 /// The deepest byte `peer_watch` reads: two VLAN tags, an IPv4 header with
-/// options, the UDP header and the heartbeat magic.
-const PEER_HEADROOM: usize = 14 + 2 * 4 + 60 + 8 + 4;
+/// options, the UDP header, and the heartbeat up to the end of its token.
+const PEER_HEADROOM: usize = 14 + 2 * 4 + 60 + 8 + HEARTBEAT_TOKEN_OFFSET + 8;
 
 /// A `T` read from the packet at `offset`, if the linear data holds it.
 #[inline(always)]
@@ -345,7 +359,19 @@ fn try_peer_watch(ctx: &TcContext) -> Option<bool> {
         return Some(false);
     }
     // Known peers have an entry (the agent keeps one per peer).
-    let stats = PEER_STATS.get_ptr_mut(&u32::from_ne_bytes(ip.saddr))?;
+    let peer = u32::from_ne_bytes(ip.saddr);
+    let stats = PEER_STATS.get_ptr_mut(&peer)?;
+    if heartbeat {
+        // SAFETY: a map lookup; the value is copied out at once.
+        if let Some(want) = unsafe { PEER_TOKENS.get(&peer) }.copied() {
+            let token = read::<u64>(start, end, udp + 8 + HEARTBEAT_TOKEN_OFFSET).unwrap_or(0);
+            let valid = token != 0 && (token == want.tokens[0] || token == want.tokens[1]);
+            if !valid {
+                count_drop(DROP_BAD_HEARTBEAT);
+                return Some(true);
+            }
+        }
+    }
     // SAFETY: helper without preconditions.
     // The coarse clock (CLOCK_MONOTONIC_COARSE, a tick behind at most) is a
     // plain read of the time the kernel kept at the last tick: a third of

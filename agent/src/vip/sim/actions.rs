@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use super::{FAIL_COUNT, HOSTS, ID, Observed, Sim, TTL, name, record};
+use super::{FAIL_COUNT, HOSTS, ID, Observed, Sim, TTL, mac, name, record};
 use crate::addr::MacAddr;
 use crate::registry::VipChange;
 use crate::vip::{Input, Lease, State};
@@ -23,6 +23,10 @@ pub(in crate::vip) enum Action {
     /// Probe rounds (1-10): whether the owner answers, whether other peers
     /// are heard.
     Probe(usize, u8, bool, bool),
+    /// Probe rounds (1-10) in which the owner is silent, but someone else
+    /// answers for the VIP from a MAC of its own (a forged ARP reply),
+    /// while other peers are heard.
+    Forged(usize, u8),
     /// A keepalive went through (the deadline moves on).
     Renewed(usize),
     /// A keepalive failed.
@@ -56,6 +60,7 @@ pub(super) fn action() -> impl Strategy<Value = Action> {
         3 => (h.clone(), prop::bool::weighted(0.8)).prop_map(|(h, ok)| Action::Health(h, ok)),
         4 => (h.clone(), 1u8..10, any::<bool>(), any::<bool>())
             .prop_map(|(h, n, a, o)| Action::Probe(h, n, a, o)),
+        1 => (h.clone(), 1u8..10).prop_map(|(h, n)| Action::Forged(h, n)),
         3 => h.clone().prop_map(Action::Renewed),
         1 => h.clone().prop_map(Action::KeepaliveFailed),
         1 => h.clone().prop_map(Action::NewLease),
@@ -101,6 +106,19 @@ impl Sim {
         self.input(h, Input::Registry(change), None);
     }
 
+    /// `rounds` probe ticks on host `h`, 20 ms apart: a reply from
+    /// `answers` seen in each (`None`: none), other peers heard or not.
+    fn probe_rounds(&mut self, h: usize, rounds: u8, answers: Option<MacAddr>, others: bool) {
+        for _ in 0..rounds {
+            let observe = Observed {
+                answers: answers.map(|m| (m, self.now)),
+                others,
+            };
+            self.now += Duration::from_millis(20);
+            self.input(h, Input::ProbeTick, Some(&observe));
+        }
+    }
+
     pub(in crate::vip) fn act(&mut self, action: Action) {
         match action {
             Action::Deliver(h) => self.deliver(h),
@@ -130,15 +148,15 @@ impl Sim {
                 self.input(h, input, None);
             }
             Action::Probe(h, rounds, answers, others) => {
-                for _ in 0..rounds {
-                    let mac = MacAddr([2, 0, 0, 0, 0, 9]);
-                    let observe = Observed {
-                        answers: answers.then_some((mac, self.now)),
-                        others,
-                    };
-                    self.now += Duration::from_millis(20);
-                    self.input(h, Input::ProbeTick, Some(&observe));
-                }
+                // The owner answers from the MAC it published.
+                let owner = self.etcd.owner.as_ref().map(|(o, _)| o.clone());
+                let from = (0..HOSTS).find(|h| owner.as_ref() == Some(&name(*h)));
+                let answers = answers.then_some(from).flatten().map(mac);
+                self.probe_rounds(h, rounds, answers, others);
+            }
+            Action::Forged(h, rounds) => {
+                let forger = MacAddr([2, 0, 0, 0, 0, 0x99]);
+                self.probe_rounds(h, rounds, Some(forger), true);
             }
             Action::Renewed(h) => {
                 if self.etcd.leases[h] != 0 {

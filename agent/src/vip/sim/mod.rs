@@ -17,7 +17,7 @@ use super::{
     Settings, State, WriteWhy,
 };
 use crate::addr::MacAddr;
-use crate::registry::{MemberKey, ValidVip, VipChange, VipRecord, VipSnapshot};
+use crate::registry::{MemberKey, Owner, ValidVip, VipChange, VipRecord, VipSnapshot};
 
 mod actions;
 
@@ -31,6 +31,11 @@ const FAIL_COUNT: u32 = 2;
 
 fn name(h: usize) -> String {
     format!("h{}", h + 1)
+}
+
+/// Host `h`'s MAC on the VIP's interface (what its owner key publishes).
+pub(super) fn mac(h: usize) -> MacAddr {
+    MacAddr([2, 0, 0, 0, 0, u8::try_from(h + 1).unwrap_or(0)])
 }
 
 fn settings(h: usize, loss_policy: LossPolicy) -> Settings {
@@ -302,9 +307,8 @@ impl Sim {
                     if self.policy != LossPolicy::Claim {
                         let owner = core.vips()[ID].owner.clone();
                         let lease = core.lease().id;
-                        assert_eq!(
-                            owner,
-                            Some((me.clone(), lease)),
+                        assert!(
+                            owner.is_some_and(|o| o.is(&me, lease)),
                             "{me} binds without its key"
                         );
                         assert!(
@@ -326,6 +330,16 @@ impl Sim {
                     suspects,
                     ..
                 } => self.check_revoke(h, owner, *lease, suspects),
+                // Probes go to the MAC the owner published, or broadcast:
+                // never where a forged reply points.
+                Effect::Probe { dst: Some(dst), .. } => {
+                    let published = core.vips()[ID].owner.as_ref().and_then(|o| o.mac);
+                    assert_eq!(
+                        Some(*dst),
+                        published,
+                        "{me} probes a MAC the owner did not publish"
+                    );
+                }
                 _ => {}
             }
         }
@@ -376,7 +390,7 @@ impl Sim {
                 let binding = Binding {
                     ifindex: 2,
                     ifname,
-                    mac: MacAddr([2, 0, 0, 0, 0, u8::try_from(h).unwrap_or(0)]),
+                    mac: mac(h),
                 };
                 Some(Input::Bound {
                     id,
@@ -395,14 +409,19 @@ impl Sim {
                 }
                 None
             }
-            Effect::Contend { id, lease } => {
+            Effect::Contend { id, lease, .. } => {
                 let outcome = match &self.etcd.owner {
                     _ if !self.etcd.leases.contains(&lease) => Outcome::Failed,
                     _ if self.etcd.forged.is_some() => Outcome::Lost,
                     None => {
                         self.etcd.owner = Some((me.clone(), lease));
                         self.etcd.owners_created.insert((me.clone(), lease));
-                        self.broadcast(&VipChange::Owner(ID.into(), Some((me, lease))));
+                        let owner = Owner {
+                            host: me,
+                            lease,
+                            mac: Some(mac(h)),
+                        };
+                        self.broadcast(&VipChange::Owner(ID.into(), Some(owner)));
                         Outcome::Won
                     }
                     Some((o, l)) if *o == me && *l == lease => Outcome::StillOurs,

@@ -44,10 +44,15 @@ const GOAL_ARP_NS: u64 = 150;
 const IPERF_SECONDS: u64 = 5;
 const GOAL_RATIO: f64 = 0.98;
 
-/// Fills the maps the way an agent would: `peer` is a known peer, the
-/// heartbeat port and a VXLAN port are watched, [`VIP`] is a VIP we hold.
+/// The heartbeat token the benchmark's peer publishes.
+const TOKEN: [u8; 8] = *b"lmbench1";
+
+/// Fills the maps the way an agent would: `peer` is a known peer with a
+/// heartbeat token, the heartbeat port and a VXLAN port are watched,
+/// [`VIP`] is a VIP we hold.
 fn configure(ebpf: &mut Ebpf, peer: Ipv4Addr) -> anyhow::Result<()> {
     watch::set_peers(ebpf, &[peer].into())?;
+    watch::set_token(ebpf, peer, Some([u64::from_ne_bytes(TOKEN), 0]))?;
     watch::set_port(ebpf, HEARTBEAT_PORT, Some(PortKind::Heartbeat))?;
     watch::set_port(ebpf, VXLAN_PORT, Some(PortKind::Vxlan))?;
     let mut vips: HashMap<_, u32, VipInfo> =
@@ -56,6 +61,8 @@ fn configure(ebpf: &mut Ebpf, peer: Ipv4Addr) -> anyhow::Result<()> {
         mac: [0x02, 0x18, 0, 0, 0, 2],
         owned: 1,
         _pad: 0,
+        owner_mac: [0; 6],
+        _pad2: [0; 2],
     };
     vips.insert(u32::from_ne_bytes(VIP.octets()), info, 0)?;
     Ok(())
@@ -100,7 +107,14 @@ fn cases() -> Vec<Case> {
         peer,
         us,
         HEARTBEAT_PORT,
-        &peers::heartbeat_payload("h1"),
+        &peers::heartbeat_payload("h1", TOKEN),
+    );
+    let forged = frame::udp(
+        &[],
+        peer,
+        us,
+        HEARTBEAT_PORT,
+        &peers::heartbeat_payload("h1", *b"guessed!"),
     );
     let vxlan = frame::vxlan(peer, us, 100, &tcp);
     let (pass, shot, non_arp) = (TC_ACT_UNSPEC, TC_ACT_SHOT, GOAL_NON_ARP_NS);
@@ -140,6 +154,14 @@ fn cases() -> Vec<Case> {
             PEER_PROGRAM,
             "heartbeat, known peer",
             &heartbeat,
+            REPEAT,
+            shot,
+            non_arp,
+        ),
+        (
+            PEER_PROGRAM,
+            "heartbeat, wrong token",
+            &forged,
             REPEAT,
             shot,
             non_arp,
