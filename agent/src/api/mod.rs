@@ -1,4 +1,5 @@
-//! The HTTP API (LinK's paths): `GET/POST /ips`, `GET/DELETE /ips/{id}`,
+//! The HTTP API (LinK's paths): `GET/POST /ips` (`GET` in pages, see
+//! `pages`), `GET/DELETE /ips/{id}`,
 //! `POST /ips/{id}/failover`, `GET /healthz`; and `GET /status` (this host
 //! on one page), `GET /hosts`, `GET /segments`, `GET /peers` (peer liveness
 //! from the eBPF peer watcher). JSON in and out; optional
@@ -8,6 +9,7 @@
 mod conns;
 mod guard;
 mod https;
+pub mod pages;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use axum::body::Bytes;
-use axum::extract::{Path, State as AxumState};
+use axum::extract::{Path, RawQuery, State as AxumState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -63,11 +65,7 @@ impl App {
 /// `Cidr::id` makes, so a decoded `%2F` or any other key part never
 /// reaches etcd.
 fn refuse_id(id: &str) -> Option<Response> {
-    let valid = id
-        .replace('_', "/")
-        .parse::<crate::registry::Cidr>()
-        .is_ok_and(|c| c.id() == id);
-    (!valid).then(|| {
+    (!pages::valid_id(id)).then(|| {
         error(
             StatusCode::BAD_REQUEST,
             format!("{id:?} is not a floating IP id (the address with `_` for `/`)"),
@@ -140,10 +138,21 @@ impl App {
     }
 }
 
-async fn list(AxumState(app): AxumState<App>) -> Response {
-    match app.vips.list().await {
-        Ok(entries) => {
-            Json(entries.into_iter().map(|e| app.view(e)).collect::<Vec<_>>()).into_response()
+async fn list(AxumState(app): AxumState<App>, RawQuery(query): RawQuery) -> Response {
+    let q = match pages::ListQuery::parse(query.as_deref()) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match app.vips.page(q.after.as_deref(), q.limit).await {
+        Ok(page) => {
+            let body: Vec<_> = page.entries.into_iter().map(|e| app.view(e)).collect();
+            let mut response = Json(body).into_response();
+            if let Some(link) = page.next.and_then(|next| {
+                header::HeaderValue::from_str(&pages::next_link(&next, q.limit)).ok()
+            }) {
+                response.headers_mut().insert(header::LINK, link);
+            }
+            response
         }
         Err(e) => store_error(&e),
     }

@@ -6,17 +6,13 @@
 //! removed with a signed tombstone one generation up
 //! ([`crate::registry::generation`]), each guarded by what was read.
 
-use std::collections::BTreeMap;
-
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
-use serde::Serialize;
 
 use super::{EtcdError, read_prefix, timed};
 use crate::clock::unix_now;
 use crate::registry::{
     Definition, Expect, FailoverRecord, HostRecord, Invalid, Keys, Rejection, Secrets, SegmentSpec,
-    Tombstone, ValidVip, VipKey, VipRecord, next_generation, open, open_definition, open_member,
-    open_owner, open_vip, seal, seal_definition,
+    Tombstone, ValidVip, next_generation, open, open_definition, open_vip, seal, seal_definition,
 };
 
 /// Segment administration (the `linkmesh segment` commands).
@@ -238,18 +234,7 @@ fn stored_spec(value: &[u8]) -> Option<SegmentSpec> {
         .map(|e| e.body)
 }
 
-/// A VIP as listed: its record (or why it was rejected) and its owner.
-#[derive(Clone, Debug, Serialize)]
-pub struct VipEntry {
-    pub id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub record: Option<VipRecord>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub owner: Option<String>,
-    /// Each host's state for this VIP, as the hosts last wrote it.
-    pub states: BTreeMap<String, String>,
-}
+pub use super::vip_list::{MAX_PAGE, Page, VipEntry};
 
 /// Floating-IP administration (the `linkmesh ip` commands and the API).
 pub struct Vips {
@@ -370,74 +355,28 @@ impl Vips {
     }
 
     /// Every VIP, verified as the agents verify it, with its owner and the
-    /// hosts' states.
+    /// hosts' states, read a page at a time.
     pub async fn list(&self) -> Result<Vec<VipEntry>, EtcdError> {
-        let (_, kvs) = read_prefix(&self.client, &self.keys.vips()).await?;
-        let now = unix_now();
-        let mut entries: BTreeMap<String, VipEntry> = BTreeMap::new();
-        let mut states = Vec::new();
-        for kv in &kvs {
-            let Ok(key) = kv.key_str() else { continue };
-            let entry = |entries: &mut BTreeMap<String, VipEntry>, id: &str| {
-                entries.entry(id.to_owned()).or_insert_with(|| VipEntry {
-                    id: id.to_owned(),
-                    record: None,
-                    error: None,
-                    owner: None,
-                    states: BTreeMap::new(),
-                });
-            };
-            match self.keys.vip_key(key) {
-                Some(VipKey::Record(id)) => {
-                    entry(&mut entries, id);
-                    let e = entries.get_mut(id);
-                    match open_vip(&self.secrets, key, kv.value(), kv.lease(), now) {
-                        Ok(Definition::Live(v, _)) => e
-                            .into_iter()
-                            .for_each(|e| e.record = Some(v.record.clone())),
-                        // Removed: listed only if something else is there.
-                        Ok(Definition::Removed(_)) => {}
-                        Err(r) => e.into_iter().for_each(|e| e.error = Some(r.to_string())),
-                    }
-                }
-                Some(VipKey::Owner(id)) => {
-                    entry(&mut entries, id);
-                    // An owner key that does not verify names nobody.
-                    let owner = open_owner(&self.secrets, key, kv.value(), kv.lease(), now);
-                    if let (Some(e), Ok(crate::registry::Owner { host, .. })) =
-                        (entries.get_mut(id), owner)
-                    {
-                        e.owner = Some(host);
-                    }
-                }
-                Some(VipKey::Member {
-                    id,
-                    kind: kind @ "state",
-                    host,
-                }) => {
-                    if let Ok(state) =
-                        open_member(&self.secrets, key, kind, kv.value(), kv.lease(), now)
-                    {
-                        states.push((id, host, state));
-                    }
-                }
-                _ => {}
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.page(after.as_deref(), MAX_PAGE).await?;
+            all.extend(page.entries);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
             }
         }
-        for (id, host, state) in states {
-            if let Some(e) = entries.get_mut(id) {
-                e.states.insert(host.to_owned(), state);
-            }
-        }
-        Ok(entries
-            .into_values()
-            .filter(|e| e.record.is_some() || e.error.is_some())
-            .collect())
     }
 
-    /// One VIP.
+    /// Up to `limit` VIPs after id `after` (see [`super::vip_list::read_page`]).
+    pub async fn page(&self, after: Option<&str>, limit: usize) -> Result<Page, EtcdError> {
+        super::vip_list::read_page(&self.client, &self.keys, &self.secrets, after, limit).await
+    }
+
+    /// One VIP, reading only its own keys.
     pub async fn get(&self, id: &str) -> Result<Option<VipEntry>, EtcdError> {
-        Ok(self.list().await?.into_iter().find(|e| e.id == id))
+        super::vip_list::read_one(&self.client, &self.keys, &self.secrets, id).await
     }
 
     /// Asks the current owner to release `id` (it then sits out the next

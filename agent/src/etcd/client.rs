@@ -148,10 +148,10 @@ pub async fn connect(access: &Access) -> Result<Client, EtcdError> {
 /// largest request (1.5 MiB) fits.
 pub const MAX_REPLY: usize = 256 << 20;
 /// Keys per page when reading a prefix.
-const PAGE: i64 = 128;
+pub(super) const PAGE: i64 = 128;
 
 /// The key right after every key that starts with `prefix`.
-fn prefix_end(prefix: &str) -> Vec<u8> {
+pub(super) fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

@@ -11,6 +11,7 @@ pub mod election;
 pub mod lease;
 pub mod registration;
 pub mod sync;
+pub mod vip_list;
 pub mod writer;
 
 use std::time::Duration;
