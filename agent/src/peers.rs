@@ -296,19 +296,24 @@ impl PeerHealth {
                 failed = Some(e);
             }
         }
-        for (ip, (name, nonce)) in &want {
-            if tokens
-                .get(ip)
-                .is_some_and(|had| had.0 == *name && had.1 == *nonce)
-            {
-                continue;
+        // Only what was written is remembered, so a failed write is tried
+        // again at the next change.
+        let mut written = BTreeMap::new();
+        for (ip, (name, nonce)) in want {
+            let unchanged = tokens
+                .get(&ip)
+                .is_some_and(|had| had.0 == name && had.1 == nonce);
+            if !unchanged {
+                let value =
+                    nonce.map(|n| heartbeat_tokens(secrets, &name, n).map(u64::from_ne_bytes));
+                if let Err(e) = w.set_token(ip, value) {
+                    failed = Some(e);
+                    continue;
+                }
             }
-            let value = nonce.map(|n| heartbeat_tokens(secrets, name, n).map(u64::from_ne_bytes));
-            if let Err(e) = w.set_token(*ip, value) {
-                failed = Some(e);
-            }
+            written.insert(ip, (name, nonce));
         }
-        *tokens = want;
+        *tokens = written;
         if let Some(e) = failed {
             warn!(error = %e, "updating the heartbeat tokens failed");
         }

@@ -245,27 +245,44 @@ impl Shell {
                 };
             }
         };
-        match self
-            .nl
-            .add_address(link.index, &ifname, cidr.addr, cidr.prefix_len)
-            .await
-        {
-            // On the host already, and not put there by this agent (the
-            // host's own address, or an operator's): never taken over.
-            Ok(false) if !self.ledger.added(&ifname, cidr) => {
-                self.status
-                    .foreign_addresses
-                    .fetch_add(1, Ordering::Relaxed);
-                warn!(vip = %id, interface = %ifname, "the VIP's address is already on this host and linkmesh did not add it: refusing to take it over");
-                Input::BindFailed {
-                    id,
-                    cause: "the address is on the host already",
+        // Recorded before it is added, having been seen absent: a crash
+        // right after the add must not leave our address unknown to the
+        // next run (see `ledger`).
+        let ours = self.ledger.added(&ifname, cidr);
+        if !ours {
+            match self.nl.addresses().await {
+                Ok(present)
+                    if present.iter().any(|a| {
+                        a.ifindex == link.index
+                            && a.addr == cidr.addr
+                            && a.prefix_len == cidr.prefix_len
+                    }) =>
+                {
+                    return self.refuse_foreign(id, &ifname);
+                }
+                Ok(_) => self.ledger.add(&ifname, cidr),
+                Err(e) => {
+                    warn!(vip = %id, error = %e, "reading addresses failed");
+                    return Input::BindFailed {
+                        id,
+                        cause: "netlink error",
+                    };
                 }
             }
+        }
+        let result = self
+            .nl
+            .add_address(link.index, &ifname, cidr.addr, cidr.prefix_len)
+            .await;
+        if !ours && !matches!(result, Ok(true)) {
+            self.ledger.remove(&ifname, cidr);
+        }
+        match result {
+            // On the host already, and not put there by this agent (the
+            // host's own address, or an operator's, added since the check
+            // above): never taken over.
+            Ok(false) if !ours => self.refuse_foreign(id, &ifname),
             Ok(added) => {
-                if added {
-                    self.ledger.add(&ifname, cidr);
-                }
                 info!(vip = %id, interface = %ifname, new = added, took_us = t0.elapsed().as_micros(), "vip bound");
                 let binding = Binding {
                     ifindex: link.index,
@@ -281,6 +298,19 @@ impl Shell {
                     cause: "bind failed",
                 }
             }
+        }
+    }
+
+    /// Refuses to bind a VIP whose address is on the host already and was
+    /// not added by this agent.
+    fn refuse_foreign(&self, id: String, ifname: &str) -> Input {
+        self.status
+            .foreign_addresses
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(vip = %id, interface = %ifname, "the VIP's address is already on this host and linkmesh did not add it: refusing to take it over");
+        Input::BindFailed {
+            id,
+            cause: "the address is on the host already",
         }
     }
 

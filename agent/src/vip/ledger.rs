@@ -2,6 +2,11 @@
 //! directory so they outlive a restart. An address that was on the host
 //! already (the host's own, or an operator's) is never adopted as a VIP and
 //! never removed: only what linkmesh added is linkmesh's to take away.
+//!
+//! An address is recorded before it is added (having been seen absent just
+//! before), so a crash right after the add still leaves it known as ours;
+//! a record whose address never made it is dropped at the next start
+//! ([`Ledger::keep_present`]).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -60,6 +65,23 @@ impl Ledger {
         }
     }
 
+    /// Keeps only the records whose address is on its interface now
+    /// (`present`): what a crash between recording and adding left behind
+    /// must not make a later address of someone else's look like ours.
+    pub fn keep_present(&mut self, present: &BTreeSet<(String, Cidr)>) {
+        let before = self.added.len();
+        self.added.retain(|entry| present.contains(entry));
+        if self.added.len() != before {
+            self.save();
+        }
+    }
+
+    /// Every record.
+    #[must_use]
+    pub fn entries(&self) -> Vec<(String, Cidr)> {
+        self.added.iter().cloned().collect()
+    }
+
     /// Records that `cidr` on `ifname` is gone.
     pub fn remove(&mut self, ifname: &str, cidr: Cidr) {
         if self.added.remove(&(ifname.to_owned(), cidr)) {
@@ -110,5 +132,21 @@ mod tests {
         assert!(!Ledger::load(Some(file)).added("eth0", cidr));
         std::fs::write(dir.path().join("junk"), "no-space\neth0 not-a-cidr\n").expect("write");
         assert!(Ledger::load(Some(dir.path().join("junk"))).added.is_empty());
+    }
+
+    #[test]
+    fn records_of_addresses_that_never_made_it_are_dropped_at_start() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let file = dir.path().join("vip-addresses");
+        let bound: Cidr = "198.18.0.100/24".parse().expect("cidr");
+        let never: Cidr = "198.18.0.101/24".parse().expect("cidr");
+        let mut l = Ledger::load(Some(file.clone()));
+        l.add("eth0", bound);
+        l.add("eth0", never);
+        // The next start sees only the first on eth0.
+        let mut again = Ledger::load(Some(file.clone()));
+        again.keep_present(&[("eth0".to_owned(), bound)].into());
+        assert_eq!(again.entries(), vec![("eth0".to_owned(), bound)]);
+        assert!(Ledger::load(Some(file)).added("eth0", bound), "saved");
     }
 }

@@ -119,7 +119,10 @@ pub async fn run(settings: Settings, services: Services, stop: watch::Receiver<b
     let writer_task = tokio::spawn(writer::run(client.clone(), writes_rx));
     let (reports, reports_rx) = mpsc::channel(1024);
     start_watcher(reports.clone(), status.clone());
-    let ledger = Ledger::load(settings.state_dir.as_ref().map(|d| d.join("vip-addresses")));
+    let mut ledger = Ledger::load(settings.state_dir.as_ref().map(|d| d.join("vip-addresses")));
+    if let Some(present) = present_of(&nl, &ledger).await {
+        ledger.keep_present(&present);
+    }
     let mut shell = Shell {
         ledger,
         core: Core::new(settings),
@@ -371,6 +374,33 @@ impl Shell {
             }
         }
     }
+}
+
+/// Which of the ledger's addresses are on their interfaces now (`None`
+/// if netlink could not say: then nothing is dropped).
+async fn present_of(
+    nl: &Netlink,
+    ledger: &Ledger,
+) -> Option<std::collections::BTreeSet<(String, crate::registry::Cidr)>> {
+    let entries = ledger.entries();
+    if entries.is_empty() {
+        return Some(std::collections::BTreeSet::new());
+    }
+    let addresses = nl.addresses().await.ok()?;
+    let mut present = std::collections::BTreeSet::new();
+    for (ifname, cidr) in entries {
+        // A missing interface holds no address.
+        let Some(link) = nl.link_by_name(&ifname).await.ok()? else {
+            continue;
+        };
+        let there = addresses.iter().any(|a| {
+            a.ifindex == link.index && a.addr == cidr.addr && a.prefix_len == cidr.prefix_len
+        });
+        if there {
+            present.insert((ifname, cidr));
+        }
+    }
+    Some(present)
 }
 
 /// Loads the eBPF VIP watcher off the subsystem's path (loading and

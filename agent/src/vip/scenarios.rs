@@ -12,6 +12,22 @@ fn quiet() -> Observed {
     }
 }
 
+/// h1 holds the VIP; the other hosts are healthy standbys with their
+/// watchers loaded.
+fn owner_and_watching_standbys() -> Sim {
+    let mut sim = Sim::new(LossPolicy::Release);
+    sim.drain();
+    sim.act(Action::Health(0, true));
+    sim.act(Action::Tick(0, 1));
+    assert_eq!(sim.holders(), vec![0]);
+    for h in 1..HOSTS {
+        sim.act(Action::Health(h, true));
+        sim.act(Action::Watcher(h));
+    }
+    sim.drain();
+    sim
+}
+
 /// The plain path, step by step: a record, health, a lease, a contention
 /// won, the address bound and announced, the state written.
 #[test]
@@ -90,16 +106,7 @@ fn an_owner_past_its_lease_deadline_fences_itself() {
 /// the VIP.
 #[test]
 fn a_quorum_of_standbys_revokes_a_silent_owner() {
-    let mut sim = Sim::new(LossPolicy::Release);
-    sim.drain();
-    sim.act(Action::Health(0, true));
-    sim.act(Action::Tick(0, 1));
-    assert_eq!(sim.holders(), vec![0]);
-    for h in 1..HOSTS {
-        sim.act(Action::Health(h, true));
-        sim.act(Action::Watcher(h));
-    }
-    sim.drain();
+    let mut sim = owner_and_watching_standbys();
     let owner_lease = sim.etcd.leases[0];
     assert_eq!(sim.etcd.owner, Some(("h1".into(), owner_lease)));
     for _ in 0..8 {
@@ -124,15 +131,7 @@ fn a_quorum_of_standbys_revokes_a_silent_owner() {
 /// An isolated standby (it hears no other peer either) suspects nobody.
 #[test]
 fn a_standby_that_hears_nobody_suspects_nobody() {
-    let mut sim = Sim::new(LossPolicy::Release);
-    sim.drain();
-    sim.act(Action::Health(0, true));
-    sim.act(Action::Tick(0, 1));
-    for h in 1..HOSTS {
-        sim.act(Action::Health(h, true));
-        sim.act(Action::Watcher(h));
-    }
-    sim.drain();
+    let mut sim = owner_and_watching_standbys();
     for _ in 0..20 {
         for h in 1..HOSTS {
             sim.act(Action::Probe(h, 1, false, false));
@@ -149,15 +148,7 @@ fn a_standby_that_hears_nobody_suspects_nobody() {
 /// standbys' probes only ever go to that MAC (or broadcast).
 #[test]
 fn forged_replies_neither_revoke_a_live_owner_nor_steer_the_probes() {
-    let mut sim = Sim::new(LossPolicy::Release);
-    sim.drain();
-    sim.act(Action::Health(0, true));
-    sim.act(Action::Tick(0, 1));
-    for h in 1..HOSTS {
-        sim.act(Action::Health(h, true));
-        sim.act(Action::Watcher(h));
-    }
-    sim.drain();
+    let mut sim = owner_and_watching_standbys();
     let owner_lease = sim.etcd.leases[0];
     for _ in 0..20 {
         for h in 1..HOSTS {
