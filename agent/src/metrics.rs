@@ -30,6 +30,8 @@ pub struct Snapshot {
     /// Rejected registry records by reason.
     pub rejected: BTreeMap<String, u64>,
     pub registry_watch_restarts: u64,
+    /// Full reads of the prefix (at start, then only after a failed watch).
+    pub registry_snapshots: u64,
     pub etcd_revision: i64,
     pub etcd_errors: u64,
     pub lease_failures: u32,
@@ -230,6 +232,11 @@ fn register_etcd(r: &mut Registry, s: &Snapshot, h: &Histograms<'_>) {
         "linkmesh_etcd_watch_restarts",
         "Watches started again",
         restarts,
+    );
+    r.register(
+        "linkmesh_etcd_registry_snapshots",
+        "Full reads of the prefix: one at start, then one after each failed or stale watch (none while the watch is healthy)",
+        counter(s.registry_snapshots),
     );
     r.register(
         "linkmesh_etcd_revision",

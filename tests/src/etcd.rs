@@ -100,6 +100,23 @@ fn free_port(ip: IpAddr) -> u16 {
 }
 
 /// Whether `GET /health` on the member answers `"health":"true"`.
+/// `GET path` from a member's plain HTTP port (empty if it does not answer).
+fn http_get(ip: IpAddr, port: u16, path: &str) -> String {
+    let Ok(mut stream) =
+        TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_millis(200))
+    else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
 fn healthy(ip: IpAddr, port: u16) -> bool {
     let Ok(mut stream) =
         TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_millis(200))
@@ -253,6 +270,19 @@ impl Etcd {
     #[must_use]
     pub fn is_healthy(&self) -> bool {
         healthy(self.spec.ip, self.spec.health_port())
+    }
+
+    /// Range (read) requests this member has served so far, from its
+    /// Prometheus metrics (`grpc_server_handled_total`).
+    #[must_use]
+    pub fn range_requests(&self) -> u64 {
+        http_get(self.spec.ip, self.spec.health_port(), "/metrics")
+            .lines()
+            .filter(|l| {
+                l.starts_with("grpc_server_handled_total{") && l.contains("grpc_method=\"Range\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// The data and log directory (removed on drop).

@@ -376,6 +376,7 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
         netlink_errors: app.counters.netlink.write_errors(),
         rejected,
         registry_watch_restarts: sync.watch_restarts.load(Ordering::Relaxed),
+        registry_snapshots: sync.snapshots.load(Ordering::Relaxed),
         etcd_revision: sync.revision.load(Ordering::Relaxed),
         etcd_errors: app.shared.lease.errors.load(Ordering::Relaxed),
         lease_failures: app.shared.lease_failures.load(Ordering::Relaxed),

@@ -2,8 +2,13 @@
 //! records go through the registry cache (verified, validated, rejections
 //! logged once); the mesh gets the cache's view, the floating-IP subsystem
 //! every change under `vips/`. A snapshot at revision R, then a watch from
-//! R+1; on compaction, a broken stream, or every `resync`, a fresh
-//! snapshot.
+//! R+1, for as long as the watch is healthy: no periodic re-read, so an
+//! agent costs etcd nothing per interval while nothing changes. Every
+//! `resync` the watch is asked for its progress (etcd answers at once when
+//! the watch is caught up); one that has not answered by the next check,
+//! a compaction or a broken stream means a fresh snapshot. The view is
+//! published again at every check, since host records age out by the
+//! clock (`--max-record-age`), not by events.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,28 +51,20 @@ pub struct Outputs {
 pub async fn run(client: Client, keys: Keys, out: Outputs, resync: Duration) {
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u64;
-    // The first snapshot, and one after a broken watch, may follow missed
-    // changes: the floating-IP subsystem takes it whole. A periodic one
-    // follows a healthy watch and only passes on record changes (an owner
-    // key it holds could be older than what that subsystem just learned).
-    let mut fresh = true;
     loop {
-        match once(&client, &keys, &out, resync, fresh).await {
-            Ok(()) => {
-                backoff = Duration::from_millis(100);
-                failures = 0;
-                fresh = false;
-            }
-            Err(e) => {
-                fresh = true;
-                failures += 1;
-                // Identical repeats are summarised by `logs`.
-                warn!(error = %e, failures, "registry sync failed; retrying");
-                out.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
+        let started = tokio::time::Instant::now();
+        let e = once(&client, &keys, &out, resync).await;
+        // A watch that ran a while was healthy: start the backoff over.
+        if started.elapsed() > resync {
+            backoff = Duration::from_millis(100);
+            failures = 0;
         }
+        failures += 1;
+        // Identical repeats are summarised by `logs`.
+        warn!(error = %e, failures, "registry sync failed; retrying");
+        out.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -94,14 +91,8 @@ async fn publish(out: &Outputs) {
 }
 
 /// Reads the prefix at one revision into the cache and publishes it (the
-/// VIP keys whole when `fresh`, else the record changes); returns the
-/// revision.
-async fn snapshot(
-    client: &Client,
-    keys: &Keys,
-    out: &Outputs,
-    fresh: bool,
-) -> Result<i64, EtcdError> {
+/// VIP keys whole: it may follow missed changes); returns the revision.
+async fn snapshot(client: &Client, keys: &Keys, out: &Outputs) -> Result<i64, EtcdError> {
     let prefix = format!("{}/", keys.prefix());
     let (revision, snapshot) = read_prefix(client, &prefix).await?;
     out.stats.revision.store(revision, Ordering::Relaxed);
@@ -127,20 +118,12 @@ async fn snapshot(
                 },
             }
         }
-        let before = (!fresh).then(|| cache.vips().clone());
         cache.snapshot(records, now);
         vips.records = cache.vips().clone();
-        if let Some(before) = before {
-            for change in record_changes(&before, &vips.records) {
-                let _ = out.vips.send(change);
-            }
-        }
         keep_marks(&mut cache, out.marks_file.as_deref());
     }
     publish(out).await;
-    if fresh {
-        let _ = out.vips.send(VipChange::Snapshot(Box::new(vips)));
-    }
+    let _ = out.vips.send(VipChange::Snapshot(Box::new(vips)));
     // Counted once published: the mesh waits for it before its first
     // reconcile (an earlier one would see no segment and no peer).
     out.stats.snapshots.fetch_add(1, Ordering::Relaxed);
@@ -148,16 +131,22 @@ async fn snapshot(
     Ok(revision)
 }
 
-/// A snapshot, then the watch from the revision after it, until `resync`
-/// has passed (`Ok`) or the watch fails.
-async fn once(
+/// A snapshot, then the watch from the revision after it, until the watch
+/// fails or stops answering progress requests: returns why.
+async fn once(client: &Client, keys: &Keys, out: &Outputs, resync: Duration) -> EtcdError {
+    match watch(client, keys, out, resync).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+async fn watch(
     client: &Client,
     keys: &Keys,
     out: &Outputs,
     resync: Duration,
-    fresh: bool,
-) -> Result<(), EtcdError> {
-    let revision = snapshot(client, keys, out, fresh).await?;
+) -> Result<std::convert::Infallible, EtcdError> {
+    let revision = snapshot(client, keys, out).await?;
     let prefix = format!("{}/", keys.prefix());
     let mut watch_client = client.watch_client().max_decoding_message_size(MAX_REPLY);
     let mut stream = timed(
@@ -173,12 +162,30 @@ async fn once(
         ),
     )
     .await?;
-    let deadline = tokio::time::Instant::now() + resync;
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Whether a progress request is out and unanswered.
+    let mut asked = false;
     loop {
         let message = tokio::select! {
             m = stream.message() => m,
-            () = tokio::time::sleep_until(deadline) => return Ok(()),
+            _ = check.tick() => {
+                if asked {
+                    return Err(EtcdError::Stream(format!(
+                        "the registry watch did not answer a progress request within {resync:?}: re-reading"
+                    )));
+                }
+                stream.request_progress().await.map_err(|source| EtcdError::Etcd {
+                    what: "asking the registry watch for its progress".into(),
+                    source,
+                })?;
+                asked = true;
+                publish(out).await;
+                continue;
+            }
         };
+        // Any answer (events or progress) shows the watch is alive.
+        asked = false;
         let response = match message {
             Ok(Some(r)) => r,
             Ok(None) => return Err(EtcdError::Stream("the watch stream ended".into())),
