@@ -352,6 +352,40 @@ pub fn http(
     )
 }
 
+/// Whether the agent API in `ns` (127.0.0.1:1313) accepts connections.
+#[must_use]
+pub fn api_up(ns: &str) -> bool {
+    crate::netns::run_in(ns, || {
+        std::net::TcpStream::connect("127.0.0.1:1313").is_ok()
+    })
+}
+
+/// `GET /metrics` from the agent in `ns`: each integer sample's name
+/// (with its labels) and value; empty while the API does not answer.
+#[must_use]
+pub fn metrics(ns: &str) -> Vec<(String, u64)> {
+    if !api_up(ns) {
+        return Vec::new();
+    }
+    let (_, body) = http(ns, "GET", "/metrics", None, None);
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of integer sample `name` (with its labels, if it has any)
+/// from the agent in `ns`.
+#[must_use]
+pub fn metric(ns: &str, name: &str) -> Option<u64> {
+    metrics(ns)
+        .into_iter()
+        .find_map(|(n, v)| (n == name).then_some(v))
+}
+
 /// Sends `request` as is to the API (127.0.0.1:1313) in `ns`: the status
 /// code and body.
 #[must_use]

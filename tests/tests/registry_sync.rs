@@ -2,24 +2,15 @@
 //! never re-reads the prefix (it asks the watch for its progress instead),
 //! and a stale watch (etcd frozen) is noticed and read again.
 
-use std::net::TcpStream;
 use std::time::Duration;
 
-use linkmesh_tests::agent::{http, wait_until};
+use linkmesh_tests::agent::{self, http, wait_until};
+use linkmesh_tests::require_root;
 use linkmesh_tests::testbed::Testbed;
-use linkmesh_tests::{netns, require_root};
 
 /// A counter from host `host`'s `/metrics` (`None` until the API answers).
 fn metric(v: &Testbed, host: u8, name: &str) -> Option<u64> {
-    let ns = v.lab.host(host).netns.clone();
-    let listening = netns::run_in(&ns, || TcpStream::connect("127.0.0.1:1313").is_ok());
-    if !listening {
-        return None;
-    }
-    let (_, body) = http(&v.lab.host(host).netns, "GET", "/metrics", None, None);
-    body.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+    agent::metric(&v.lab.host(host).netns, name)
 }
 
 /// Segments the agent on `host` knows, from `GET /segments`.

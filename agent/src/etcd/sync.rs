@@ -185,7 +185,7 @@ async fn watch(
             }
         };
         // Any answer (events or progress) shows the watch is alive.
-        asked = false;
+        let answered = std::mem::take(&mut asked);
         let response = match message {
             Ok(Some(r)) => r,
             Ok(None) => return Err(EtcdError::Stream("the watch stream ended".into())),
@@ -204,6 +204,9 @@ async fn watch(
         }
         if let Some(h) = response.header() {
             out.stats.revision.store(h.revision(), Ordering::Relaxed);
+            if answered && response.events().is_empty() {
+                debug!(revision = h.revision(), "the registry watch is current");
+            }
         }
         if !response.events().is_empty() && apply(keys, out, response.events()).await {
             publish(out).await;
