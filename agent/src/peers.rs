@@ -98,15 +98,16 @@ struct Peer {
     history: VecDeque<(Duration, u64)>,
     /// Heard within `dead_after` at the last sample.
     alive: bool,
+    /// Whether the program's map holds this peer's tokens, and for which
+    /// heartbeat nonce (`None`: it publishes none), so tokens are derived
+    /// and written again only when the nonce changes.
+    token_written: bool,
+    token_nonce: Option<u64>,
 }
 
 #[derive(Default)]
 struct Inner {
     watcher: Option<PeerWatcher>,
-    /// Per peer address: the host and heartbeat nonce whose tokens are in
-    /// the program's map (`None`: the peer publishes none), so tokens are
-    /// derived and written again only when they change.
-    tokens: BTreeMap<Ipv4Addr, (String, Option<u64>)>,
     /// Our own heartbeat payload, for the nonce in our own record.
     payload: Option<(Option<u64>, Vec<u8>)>,
     peers: BTreeMap<Ipv4Addr, Peer>,
@@ -240,80 +241,52 @@ impl PeerHealth {
             .filter(|(name, _)| name.as_str() != me)
             .map(|(name, h)| (name.clone(), h.address))
             .collect();
-        let mut peers = std::mem::take(&mut inner.peers);
-        let want: BTreeMap<Ipv4Addr, String> = inner
-            .addresses
-            .iter()
-            .filter_map(|(name, a)| match a {
-                IpAddr::V4(v4) => Some((*v4, name.clone())),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        inner.peers = want
-            .iter()
-            .map(|(ip, name)| {
-                let mut p = peers.remove(ip).unwrap_or_default();
+        let Inner {
+            watcher,
+            peers,
+            addresses,
+            ..
+        } = &mut *inner;
+        let mut gone = std::mem::take(peers);
+        for (name, a) in addresses.iter() {
+            let IpAddr::V4(ip) = a else { continue };
+            let mut p = gone.remove(ip).unwrap_or_default();
+            if p.hostname != *name {
+                // Another host on this address: its own token.
                 p.hostname.clone_from(name);
-                (*ip, p)
-            })
-            .collect();
+                p.token_written = false;
+            }
+            peers.insert(*ip, p);
+        }
         let ports: BTreeSet<u16> = view.segments.values().map(|s| s.port).collect();
-        let addresses: BTreeSet<Ipv4Addr> = want.keys().copied().collect();
-        if let Some(w) = inner.watcher.as_mut()
-            && let Err(e) = w
-                .set_peers(&addresses)
-                .and_then(|()| w.set_ports(self.settings.port, &ports))
+        let addresses: BTreeSet<Ipv4Addr> = peers.keys().copied().collect();
+        let Some(w) = watcher.as_mut() else { return };
+        if let Err(e) = w
+            .set_peers(&addresses)
+            .and_then(|()| w.set_ports(self.settings.port, &ports))
         {
             warn!(error = %e, "updating the peer maps failed");
         }
-        let nonces: BTreeMap<Ipv4Addr, (String, Option<u64>)> = want
-            .into_iter()
-            .map(|(ip, name)| {
-                let nonce = view.hosts.get(&name).and_then(|h| h.heartbeat_nonce);
-                (ip, (name, nonce))
-            })
-            .collect();
-        Self::set_tokens(&mut inner, nonces, secrets);
-    }
-
-    /// Writes the tokens of peers whose host or nonce changed, and forgets
-    /// those of gone peers. An HMAC per changed peer, none per unchanged one.
-    fn set_tokens(
-        inner: &mut Inner,
-        want: BTreeMap<Ipv4Addr, (String, Option<u64>)>,
-        secrets: &Secrets,
-    ) {
-        let Inner {
-            watcher, tokens, ..
-        } = inner;
-        let Some(w) = watcher.as_mut() else {
-            *tokens = want;
-            return;
-        };
+        // Tokens: an HMAC per peer whose nonce changed, none per unchanged
+        // one; a failed write is tried again at the next change.
         let mut failed = None;
-        for ip in tokens.keys().filter(|ip| !want.contains_key(ip)) {
+        for ip in gone.keys() {
             if let Err(e) = w.set_token(*ip, None) {
                 failed = Some(e);
             }
         }
-        // Only what was written is remembered, so a failed write is tried
-        // again at the next change.
-        let mut written = BTreeMap::new();
-        for (ip, (name, nonce)) in want {
-            let unchanged = tokens
-                .get(&ip)
-                .is_some_and(|had| had.0 == name && had.1 == nonce);
-            if !unchanged {
-                let value =
-                    nonce.map(|n| heartbeat_tokens(secrets, &name, n).map(u64::from_ne_bytes));
-                if let Err(e) = w.set_token(ip, value) {
-                    failed = Some(e);
-                    continue;
-                }
+        for (ip, p) in peers.iter_mut() {
+            let nonce = view.hosts.get(&p.hostname).and_then(|h| h.heartbeat_nonce);
+            if p.token_written && p.token_nonce == nonce {
+                continue;
             }
-            written.insert(ip, (name, nonce));
+            let value =
+                nonce.map(|n| heartbeat_tokens(secrets, &p.hostname, n).map(u64::from_ne_bytes));
+            match w.set_token(*ip, value) {
+                Ok(()) => (p.token_written, p.token_nonce) = (true, nonce),
+                Err(e) => failed = Some(e),
+            }
         }
-        *tokens = written;
         if let Some(e) = failed {
             warn!(error = %e, "updating the heartbeat tokens failed");
         }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue};
 use tracing::{info, warn};
 
 use super::{EtcdError, timed};
@@ -148,7 +148,7 @@ pub async fn connect(access: &Access) -> Result<Client, EtcdError> {
 /// largest request (1.5 MiB) fits.
 pub const MAX_REPLY: usize = 256 << 20;
 /// Keys per page when reading a prefix.
-pub(super) const PAGE: i64 = 128;
+const PAGE: i64 = 128;
 
 /// The key right after every key that starts with `prefix`.
 pub(super) fn prefix_end(prefix: &str) -> Vec<u8> {
@@ -162,46 +162,80 @@ pub(super) fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
-/// Reads every key under `prefix` at one revision, [`PAGE`] keys a
-/// request, each bounded by [`REQUEST_TIMEOUT`]. Returns the revision and
-/// the keys.
-pub async fn read_prefix(
-    client: &Client,
-    prefix: &str,
-) -> Result<(i64, Vec<etcd_client::KeyValue>), EtcdError> {
-    let mut kv = client.kv_client().max_decoding_message_size(MAX_REPLY);
-    let end = prefix_end(prefix);
-    let mut from = prefix.as_bytes().to_vec();
-    let mut revision = 0;
-    let mut all = Vec::new();
-    loop {
-        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-        if revision != 0 {
-            options = options.with_revision(revision);
+/// Reads the keys from `from` up to (not including) `end` at one revision
+/// (the first page's), [`PAGE`] keys a request, each bounded by
+/// [`REQUEST_TIMEOUT`]: the caller takes a page at a time, and may stop.
+pub(super) struct Pages {
+    kv: etcd_client::KvClient,
+    what: String,
+    from: Option<Vec<u8>>,
+    end: Vec<u8>,
+    revision: i64,
+}
+
+impl Pages {
+    pub(super) fn new(client: &Client, what: String, from: Vec<u8>, end: Vec<u8>) -> Self {
+        Self {
+            kv: client.kv_client().max_decoding_message_size(MAX_REPLY),
+            what,
+            from: Some(from),
+            end,
+            revision: 0,
         }
-        let page = timed(
-            || format!("reading {prefix} (after {} keys)", all.len()),
-            kv.get(from.clone(), Some(options)),
+    }
+
+    /// The revision read at (0 before the first page).
+    pub(super) fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The next page (`None` after the last).
+    pub(super) async fn next(&mut self) -> Result<Option<Vec<KeyValue>>, EtcdError> {
+        let Some(from) = self.from.take() else {
+            return Ok(None);
+        };
+        let mut options = GetOptions::new()
+            .with_range(self.end.clone())
+            .with_limit(PAGE);
+        if self.revision != 0 {
+            options = options.with_revision(self.revision);
+        }
+        let what = &self.what;
+        let mut page = timed(
+            || format!("reading {what}"),
+            self.kv.get(from, Some(options)),
         )
         .await?;
-        if revision == 0 {
-            revision = page
+        if self.revision == 0 {
+            self.revision = page
                 .header()
                 .map_or(0, etcd_client::ResponseHeader::revision);
         }
         let more = page.more();
-        let mut page = page;
         let kvs = page.take_kvs();
-        if let Some(last) = kvs.last() {
-            from = last.key().to_vec();
-            from.push(0);
+        if let (true, Some(last)) = (more, kvs.last()) {
+            let mut next = last.key().to_vec();
+            next.push(0);
+            self.from = Some(next);
         }
-        let got = kvs.len();
-        all.extend(kvs);
-        if !more || got == 0 {
-            return Ok((revision, all));
-        }
+        Ok(Some(kvs))
     }
+}
+
+/// Reads every key under `prefix` at one revision, a page at a time (see
+/// [`Pages`]). Returns the revision and the keys.
+pub async fn read_prefix(client: &Client, prefix: &str) -> Result<(i64, Vec<KeyValue>), EtcdError> {
+    let mut pages = Pages::new(
+        client,
+        prefix.to_owned(),
+        prefix.as_bytes().to_vec(),
+        prefix_end(prefix),
+    );
+    let mut all = Vec::new();
+    while let Some(page) = pages.next().await? {
+        all.extend(page);
+    }
+    Ok((pages.revision(), all))
 }
 
 /// How often [`keep_endpoints`] asks each member for its status, and how

@@ -5,15 +5,15 @@
 //! `<ID>/state/<HOST>`, ...) sort together, before the next VIP's: an id
 //! is an address and a prefix length (`198.18.0.100_24`, `fd00::1_64`), so
 //! no id extends another by a character that sorts before `/`. A page is
-//! thus a key range, read in etcd pages of [`PAGE`] keys at one revision,
+//! thus a key range, read in etcd pages ([`Pages`]) at one revision,
 //! ended at the first key of the VIP after the last one it lists.
 
 use std::collections::BTreeMap;
 
-use etcd_client::{Client, GetOptions, KeyValue};
+use etcd_client::{Client, KeyValue};
 
-use super::client::{PAGE, prefix_end};
-use super::{EtcdError, MAX_REPLY, read_prefix, timed};
+use super::EtcdError;
+use super::client::{Pages, prefix_end};
 use crate::clock::unix_now;
 use crate::registry::{
     Definition, Keys, Owner, Secrets, VipKey, open_member, open_owner, open_vip,
@@ -123,7 +123,8 @@ impl<'a> Gather<'a> {
     }
 }
 
-/// One VIP: its record and its own keys only.
+/// One VIP: its record and its own keys only, in one range (`<ID>` and
+/// `<ID>/…`; '0' follows '/', and no canonical id extends another there).
 pub async fn read_one(
     client: &Client,
     keys: &Keys,
@@ -131,12 +132,15 @@ pub async fn read_one(
     id: &str,
 ) -> Result<Option<VipEntry>, EtcdError> {
     let key = keys.vip(id);
-    let mut kv = client.kv_client().max_decoding_message_size(MAX_REPLY);
-    let record = timed(|| format!("reading {key}"), kv.get(key.clone(), None)).await?;
-    let (_, members) = read_prefix(client, &format!("{key}/")).await?;
+    let end = format!("{key}0").into_bytes();
+    let mut pages = Pages::new(client, key.clone(), key.into_bytes(), end);
     let mut gather = Gather::new(keys, secrets);
-    for kv in record.kvs().iter().chain(&members) {
-        gather.add(kv);
+    while let Some(page) = pages.next().await? {
+        for kv in &page {
+            if id_of(keys, kv.key()) == Some(id.as_bytes()) {
+                gather.add(kv);
+            }
+        }
     }
     Ok(gather.finish().into_iter().find(|e| e.id == id))
 }
@@ -164,36 +168,21 @@ pub async fn read_page(
 ) -> Result<Page, EtcdError> {
     let limit = limit.clamp(1, MAX_PAGE);
     let prefix = keys.vips();
-    let end = prefix_end(&prefix);
     // Past `<after>` and everything under `<after>/` ('0' follows '/').
-    let mut from = after.map_or_else(
+    let from = after.map_or_else(
         || prefix.clone().into_bytes(),
         |id| format!("{prefix}{id}0").into_bytes(),
     );
-    let mut kv = client.kv_client().max_decoding_message_size(MAX_REPLY);
+    let end = prefix_end(&prefix);
+    let mut pages = Pages::new(client, prefix, from, end);
     let mut gather = Gather::new(keys, secrets);
-    let mut revision = 0;
     // The id being read, the last one read in full, how many of those
     // have a record, and the keys read.
     let mut current: Option<Vec<u8>> = None;
     let mut last_done: Option<String> = None;
     let (mut listed, mut read) = (0, 0);
-    loop {
-        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-        if revision != 0 {
-            options = options.with_revision(revision);
-        }
-        let reply = timed(
-            || format!("listing {prefix}"),
-            kv.get(from.clone(), Some(options)),
-        )
-        .await?;
-        if revision == 0 {
-            revision = reply
-                .header()
-                .map_or(0, etcd_client::ResponseHeader::revision);
-        }
-        for kv in reply.kvs() {
+    while let Some(page) = pages.next().await? {
+        for kv in &page {
             let id = id_of(keys, kv.key()).unwrap_or_default();
             if current.as_deref() != Some(id) {
                 if let Some(finished) = current.take() {
@@ -213,19 +202,11 @@ pub async fn read_page(
             gather.add(kv);
             read += 1;
         }
-        match reply.kvs().last() {
-            Some(last) if reply.more() => {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            _ => {
-                return Ok(Page {
-                    entries: gather.finish(),
-                    next: None,
-                });
-            }
-        }
     }
+    Ok(Page {
+        entries: gather.finish(),
+        next: None,
+    })
 }
 
 #[cfg(test)]
