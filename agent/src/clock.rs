@@ -35,6 +35,15 @@ pub fn unix_now() -> u64 {
     secs
 }
 
+/// Microseconds since the epoch on this host's wall clock, unslewed: a
+/// floor for new definition generations (which only ever go up anyway).
+#[must_use]
+pub fn wall_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// Whether the kernel counts its clock as synchronized (`adjtimex`'s
 /// `STA_UNSYNC` clear: an NTP daemon has set it). Setting the clock by hand
 /// marks it unsynchronized.

@@ -9,7 +9,7 @@
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
 use super::{EtcdError, read_prefix, timed};
-use crate::clock::unix_now;
+use crate::clock::{unix_now, wall_micros};
 use crate::registry::{
     Definition, Expect, FailoverRecord, HostRecord, Invalid, Keys, Rejection, Secrets, SegmentSpec,
     Tombstone, ValidVip, next_generation, open, open_definition, open_vip, seal, seal_definition,
@@ -213,14 +213,6 @@ async fn removal<T>(
     let value = seal_definition(secrets, key, generation, unix_now(), &Tombstone {})?;
     let guard = Compare::mod_revision(key, CompareOp::Equal, current.revision);
     Ok(Some((current, guard, TxnOp::put(key, value, None))))
-}
-
-/// Microseconds since the epoch, this host's wall clock: a floor for new
-/// generations.
-fn wall_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 #[derive(serde::Deserialize)]

@@ -61,24 +61,21 @@ impl RejectionLog {
         true
     }
 
-    /// Records a rejection of a VIP's owner, state, suspect or failover
-    /// key; returns whether it was new.
-    pub fn record_vip_key(&mut self, key: &str, mod_revision: i64, rejection: &Rejection) -> bool {
+    /// Records a rejection of a VIP record, or (`record` false) of a VIP's
+    /// owner, state, suspect or failover key; returns whether it was new.
+    pub fn record_vip(
+        &mut self,
+        key: &str,
+        mod_revision: i64,
+        rejection: &Rejection,
+        record: bool,
+    ) -> bool {
         if !self.first(key, mod_revision) {
             return false;
         }
         self.vips += 1;
-        warn!(key, revision = mod_revision, reason = rejection.reason(), error = %rejection, "vip key rejected");
-        true
-    }
-
-    /// Records a rejection of a VIP record; returns whether it was new.
-    pub fn record_vip(&mut self, key: &str, mod_revision: i64, rejection: &Rejection) -> bool {
-        if !self.first(key, mod_revision) {
-            return false;
-        }
-        self.vips += 1;
-        warn!(key, revision = mod_revision, reason = rejection.reason(), error = %rejection, "vip record rejected");
+        let what = if record { "record" } else { "key" };
+        warn!(key, revision = mod_revision, reason = rejection.reason(), error = %rejection, "vip {what} rejected");
         true
     }
 
@@ -190,7 +187,7 @@ impl RegistryCache {
                 Ok(Definition::Removed(_)) => self.delete_vip(id),
                 Err(r) => {
                     self.rejections
-                        .record_vip(entry.key, entry.mod_revision, &r);
+                        .record_vip(entry.key, entry.mod_revision, &r, true);
                     false
                 }
             };
@@ -281,7 +278,7 @@ impl RegistryCache {
             };
             if rival_created <= created {
                 self.rejections
-                    .record_vip(entry.key, entry.mod_revision, &duplicate(&rival));
+                    .record_vip(entry.key, entry.mod_revision, &duplicate(&rival), true);
                 let was = self.vips.remove(id).is_some();
                 self.vip_created.remove(id);
                 self.shadowed.insert(id.to_owned(), (vip, created));
@@ -291,7 +288,7 @@ impl RegistryCache {
             if let Some(v) = self.vips.remove(&rival) {
                 let rival_key = self.keys.vip(&rival);
                 self.rejections
-                    .record_vip(&rival_key, rival_created, &duplicate(id));
+                    .record_vip(&rival_key, rival_created, &duplicate(id), true);
                 self.shadowed.insert(rival.clone(), (v, rival_created));
             }
             self.vip_created.remove(&rival);
@@ -346,7 +343,8 @@ impl RegistryCache {
             VipKey::Failover(id) => match open_failover(secrets, key, value, lease, now) {
                 Ok(host) => (VipChange::Failover(id.to_owned(), host), None),
                 Err(r) => {
-                    self.rejections.record_vip_key(key, entry.mod_revision, &r);
+                    self.rejections
+                        .record_vip(key, entry.mod_revision, &r, false);
                     return None;
                 }
             },
@@ -369,7 +367,8 @@ impl RegistryCache {
             }
         };
         if let Some(r) = rejected {
-            self.rejections.record_vip_key(key, entry.mod_revision, &r);
+            self.rejections
+                .record_vip(key, entry.mod_revision, &r, false);
         }
         Some(change)
     }
