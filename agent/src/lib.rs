@@ -24,6 +24,7 @@ pub mod logs;
 pub mod mesh;
 pub mod metrics;
 pub mod peers;
+pub mod random;
 pub mod registry;
 pub mod tls;
 pub mod vip;

@@ -340,6 +340,24 @@ impl Etcd {
         });
     }
 
+    /// Compacts the history up to the current revision (physically, so a
+    /// watch from an older revision is refused at once).
+    pub fn compact(&self) {
+        self.with_client(|mut c| async move {
+            let revision = c
+                .get("compact-probe", None)
+                .await
+                .expect("reading the revision")
+                .header()
+                .expect("a header")
+                .revision();
+            let physical = etcd_client::CompactionOptions::new().with_physical();
+            c.compact(revision, Some(physical))
+                .await
+                .expect("compacting");
+        });
+    }
+
     /// A client connected to this member.
     pub async fn client(&self) -> etcd_client::Client {
         etcd_client::Client::connect([self.endpoint()], None)

@@ -74,7 +74,7 @@ impl Registration {
         // token. (Not at every re-sign: a changed record is a registry
         // change on every peer, and re-signs are routine.)
         let record = HostRecord {
-            heartbeat_nonce: Some(random_nonce()),
+            heartbeat_nonce: Some(crate::random::u64()),
             ..self.record.clone()
         };
         let mut written = self.register(&record, lease).await?;
@@ -125,23 +125,4 @@ impl Registration {
             }
         }
     }
-}
-
-/// 64 random bits from the kernel (`getrandom(2)`, which blocks only until
-/// the pool is first seeded at boot).
-fn random_nonce() -> u64 {
-    let mut bytes = [0u8; 8];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        let rest = &mut bytes[filled..];
-        // SAFETY: the pointer and length describe `rest`, which lives for
-        // the call; getrandom writes at most that many bytes.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        // -1 is EINTR: nothing else can happen with these arguments on a
-        // kernel that runs eBPF (getrandom is from 3.17).
-        if let Ok(n) = usize::try_from(n) {
-            filled += n;
-        }
-    }
-    u64::from_ne_bytes(bytes)
 }

@@ -6,9 +6,13 @@
 //! agent costs etcd nothing per interval while nothing changes. Every
 //! `resync` the watch is asked for its progress (etcd answers at once when
 //! the watch is caught up); one that has not answered by the next check,
-//! a compaction or a broken stream means a fresh snapshot. The view is
-//! published again at every check, since host records age out by the
-//! clock (`--max-record-age`), not by events.
+//! or a broken stream, is watched again from the revision it had reached:
+//! etcd replays what was missed, so an outage costs what changed during
+//! it, not a re-read. Only a compacted (or cancelled) watch means a fresh
+//! snapshot, and that waits a random share of a spread that grows with
+//! the fleet ([`read_spread`]), so a fleet cut off together does not
+//! re-read together. The view is published again at every check, since
+//! host records age out by the clock (`--max-record-age`), not by events.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,11 +21,12 @@ use std::time::Duration;
 
 use etcd_client::{Client, EventType, KeyValue, WatchOptions};
 use tokio::sync::{Mutex, mpsc, watch};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::client::{MAX_REPLY, read_prefix};
 use super::{EtcdError, timed};
 use crate::clock::unix_now;
+use crate::random;
 use crate::registry::cache::{Entry, RegistryCache};
 use crate::registry::{Keys, RegistryView, VipChange, VipKey, VipSnapshot};
 
@@ -47,24 +52,69 @@ pub struct Outputs {
     pub marks_file: Option<PathBuf>,
 }
 
+/// The fleet's re-reads together stay under about this many records a
+/// second, on the worst assumption that every agent re-reads at once
+/// (each reads every host's record): 10,000 agents spread their re-reads
+/// over 100 s, 1,000 over 1 s, 100 over 10 ms.
+const FLEET_READ_BUDGET: f64 = 1_000_000.0;
+/// However large the fleet, a re-read waits at most this long.
+const MAX_READ_SPREAD: Duration = Duration::from_mins(5);
+/// Retries start this far apart and double up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The span a re-read of the prefix is spread over, with `hosts` hosts
+/// registered: `hosts^2 / FLEET_READ_BUDGET` seconds, at most
+/// [`MAX_READ_SPREAD`].
+#[must_use]
+pub fn read_spread(hosts: usize) -> Duration {
+    #[expect(clippy::cast_precision_loss, reason = "host counts are far below 2^52")]
+    let n = hosts as f64;
+    Duration::from_secs_f64(n * n / FLEET_READ_BUDGET).min(MAX_READ_SPREAD)
+}
+
+/// The wait before retry number `failures` (1 for the first), drawn from
+/// the upper half of a doubling step (`r`: random), so agents that lost
+/// etcd together do not come back in step.
+#[must_use]
+pub fn retry_wait(failures: u64, r: u64) -> Duration {
+    let shift = u32::try_from(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(16);
+    let step = MIN_BACKOFF.saturating_mul(1 << shift).min(MAX_BACKOFF);
+    step / 2 + random::within(step / 2, r)
+}
+
 /// Runs until cancelled.
 pub async fn run(client: Client, keys: Keys, out: Outputs, resync: Duration) {
-    let mut backoff = Duration::from_millis(100);
     let mut failures = 0u64;
+    // The revision the watch has reached (`None`: read the prefix first).
+    let mut resume: Option<i64> = None;
     loop {
+        if resume.is_none() && out.stats.snapshots.load(Ordering::Relaxed) > 0 {
+            let hosts = out.view.borrow().hosts.len();
+            let wait = random::within(read_spread(hosts), random::u64());
+            info!(
+                hosts,
+                wait_ms = wait.as_millis(),
+                "re-reading the registry after a random share of the fleet's spread"
+            );
+            tokio::time::sleep(wait).await;
+        }
         let started = tokio::time::Instant::now();
-        let e = once(&client, &keys, &out, resync).await;
+        let e = match watch(&client, &keys, &out, resync, &mut resume).await {
+            Ok(never) => match never {},
+            Err(e) => e,
+        };
         // A watch that ran a while was healthy: start the backoff over.
         if started.elapsed() > resync {
-            backoff = Duration::from_millis(100);
             failures = 0;
         }
         failures += 1;
         // Identical repeats are summarised by `logs`.
-        warn!(error = %e, failures, "registry sync failed; retrying");
+        warn!(error = %e, failures, resume_from = resume.map(|r| r + 1), "registry sync failed; retrying");
         out.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        tokio::time::sleep(retry_wait(failures, random::u64())).await;
     }
 }
 
@@ -131,22 +181,31 @@ async fn snapshot(client: &Client, keys: &Keys, out: &Outputs) -> Result<i64, Et
     Ok(revision)
 }
 
-/// A snapshot, then the watch from the revision after it, until the watch
-/// fails or stops answering progress requests: returns why.
-async fn once(client: &Client, keys: &Keys, out: &Outputs, resync: Duration) -> EtcdError {
-    match watch(client, keys, out, resync).await {
-        Ok(never) => match never {},
-        Err(e) => e,
-    }
-}
-
+/// A snapshot (unless `resume` holds the revision reached before), then
+/// the watch from the revision after it, until the watch fails or stops
+/// answering progress requests: returns why. `resume` follows the events
+/// and progress answers, and is cleared when the watch was compacted.
 async fn watch(
     client: &Client,
     keys: &Keys,
     out: &Outputs,
     resync: Duration,
+    resume: &mut Option<i64>,
 ) -> Result<std::convert::Infallible, EtcdError> {
-    let revision = snapshot(client, keys, out).await?;
+    let revision = match *resume {
+        Some(r) => {
+            info!(
+                from = r + 1,
+                "watching the registry again from the revision reached"
+            );
+            r
+        }
+        None => {
+            let r = snapshot(client, keys, out).await?;
+            *resume = Some(r);
+            r
+        }
+    };
     let prefix = format!("{}/", keys.prefix());
     let mut watch_client = client.watch_client().max_decoding_message_size(MAX_REPLY);
     let mut stream = timed(
@@ -197,6 +256,7 @@ async fn watch(
             }
         };
         if response.canceled() || response.compact_revision() > 0 {
+            *resume = None;
             return Err(EtcdError::Stream(format!(
                 "the registry watch was cancelled (compacted at {}): re-reading",
                 response.compact_revision()
@@ -204,12 +264,28 @@ async fn watch(
         }
         if let Some(h) = response.header() {
             out.stats.revision.store(h.revision(), Ordering::Relaxed);
-            if answered && response.events().is_empty() {
-                debug!(revision = h.revision(), "the registry watch is current");
+            // Empty and not the creation: a progress answer, which etcd
+            // sends only to a watch that is caught up to this revision.
+            if response.events().is_empty() && !response.created() {
+                *resume = Some(h.revision());
+                if answered {
+                    debug!(revision = h.revision(), "the registry watch is current");
+                }
             }
         }
-        if !response.events().is_empty() && apply(keys, out, response.events()).await {
-            publish(out).await;
+        let events = response.events();
+        if !events.is_empty() {
+            if apply(keys, out, events).await {
+                publish(out).await;
+            }
+            if let Some(last) = events
+                .iter()
+                .filter_map(|e| e.kv())
+                .map(KeyValue::mod_revision)
+                .max()
+            {
+                *resume = Some(last);
+            }
         }
     }
 }
@@ -283,5 +359,38 @@ fn keep_marks(cache: &mut RegistryCache, file: Option<&Path>) {
         && let Err(e) = marks.save(file)
     {
         warn!(file = %file.display(), error = %e, "cannot keep the definitions' generations");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_spread_grows_with_the_square_of_the_fleet() {
+        assert_eq!(read_spread(0), Duration::ZERO);
+        assert_eq!(read_spread(100), Duration::from_millis(10));
+        assert_eq!(read_spread(1_000), Duration::from_secs(1));
+        assert_eq!(read_spread(10_000), Duration::from_secs(100));
+        assert_eq!(read_spread(1_000_000), MAX_READ_SPREAD);
+    }
+
+    #[test]
+    fn retries_double_within_their_upper_half() {
+        for (failures, step) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (5, 1600),
+            (6, 2000),
+            (60, 2000),
+        ] {
+            let step = Duration::from_millis(step);
+            for r in [0, 1, 12_345_678_901, u64::MAX] {
+                let w = retry_wait(failures, r);
+                assert!(w >= step / 2 && w < step, "{failures}: {w:?} vs {step:?}");
+            }
+        }
+        assert_ne!(retry_wait(4, 1), retry_wait(4, 300_000_000));
     }
 }
