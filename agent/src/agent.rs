@@ -71,6 +71,10 @@ pub fn peer_settings(args: &AgentArgs) -> crate::peers::PeerSettings {
         port: args.heartbeat_port,
         interval: Duration::from_secs_f64(args.heartbeat_interval),
         resync: Duration::from_secs(args.resync_interval),
+        fanout: crate::peers::fanout::Fanout {
+            ring_per_side: args.heartbeat_fanout / 2,
+            ..crate::peers::fanout::Fanout::default()
+        },
     }
 }
 

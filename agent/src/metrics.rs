@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub vip_foreign_replies: u64,
     /// Heartbeats from known peers without a valid token, dropped.
     pub peer_heartbeats_rejected: u64,
+    /// Indirect probe messages dropped: malformed or not signed.
+    pub peer_probes_rejected: u64,
     /// VIP records that did not verify.
     pub vip_records_rejected: u64,
     /// API connections open, closed to make room at the cap, and closed
@@ -295,6 +297,11 @@ fn register_ebpf_and_api(r: &mut Registry, s: &Snapshot) {
         counter(s.peer_heartbeats_rejected),
     );
     r.register(
+        "linkmesh_peer_probes_rejected",
+        "Indirect probe messages on the heartbeat port that were malformed or not signed with the fleet's secret, dropped",
+        counter(s.peer_probes_rejected),
+    );
+    r.register(
         "linkmesh_api_refused",
         "API requests refused before a handler: a foreign Host, a change without credentials, a change that is not JSON",
         counter(s.api_refusals),
@@ -321,12 +328,23 @@ fn register_ebpf_and_api(r: &mut Registry, s: &Snapshot) {
     );
 }
 
+/// Per-peer series for the peers this host heartbeats (a bounded set, so a
+/// scrape stays small in a fleet of thousands), and every peer counted by
+/// verdict.
 fn register_peers(r: &mut Registry, s: &Snapshot) {
     let age = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     let alive = Family::<Labels, Gauge>::default();
     let heartbeats = Family::<Labels, Counter>::default();
     let vxlan = Family::<Labels, Counter>::default();
+    let verdicts = Family::<Labels, Gauge>::default();
     for p in &s.peers {
+        let state = if p.alive { "alive" } else { "dead" };
+        verdicts
+            .get_or_create(&labels(&[("state", state), ("verdict", &p.verdict)]))
+            .inc();
+        if !p.monitored {
+            continue;
+        }
         let l = labels(&[("peer", &p.hostname)]);
         if let Some(ms) = p.last_seen_ms {
             age.get_or_create(&l).set(ms / 1000.0);
@@ -336,23 +354,28 @@ fn register_peers(r: &mut Registry, s: &Snapshot) {
         vxlan.get_or_create(&l).inc_by(p.vxlan_packets);
     }
     r.register(
+        "linkmesh_peers",
+        "Registered peers by state and by what the verdict rests on (heartbeat, vxlan, indirect, lease)",
+        verdicts,
+    );
+    r.register(
         "linkmesh_peer_last_seen_age_seconds",
-        "Seconds since the eBPF watcher last saw a heartbeat or VXLAN packet from the peer",
+        "Seconds since the eBPF watcher last saw a heartbeat or VXLAN packet from the heartbeated peer",
         age,
     );
     r.register(
         "linkmesh_peer_alive",
-        "1 while the peer is heard within five heartbeat intervals",
+        "1 while the heartbeated peer is heard within five heartbeat intervals",
         alive,
     );
     r.register(
         "linkmesh_peer_heartbeats",
-        "Heartbeats the eBPF watcher counted from the peer",
+        "Heartbeats the eBPF watcher counted from the heartbeated peer",
         heartbeats,
     );
     r.register(
         "linkmesh_peer_vxlan_packets",
-        "VXLAN packets the eBPF watcher counted from the peer",
+        "VXLAN packets the eBPF watcher counted from the heartbeated peer",
         vxlan,
     );
 }

@@ -409,6 +409,25 @@ pub fn http_raw(ns: &str, request: String) -> (u16, String) {
     })
 }
 
+/// `linkmesh peers --json` on `host`: the row of every peer, by host name
+/// (empty until the API is up and the peer watcher is loaded).
+#[must_use]
+pub fn peer_rows(lab: &Lab, host: u8) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let Ok(text) = in_host(lab, host, &["peers", "--json"]) else {
+        return std::collections::BTreeMap::new();
+    };
+    let report: serde_json::Value = serde_json::from_str(&text).expect("peers JSON");
+    if report["watching"] != true {
+        return std::collections::BTreeMap::new();
+    }
+    report["peers"]
+        .as_array()
+        .expect("a peer list")
+        .iter()
+        .map(|p| (p["hostname"].as_str().expect("name").to_owned(), p.clone()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,21 +18,7 @@ fn in_host(v: &Testbed, host: u8, args: &[&str]) -> String {
 
 /// `linkmesh peers --json` on `host`: the row of every peer, by host name.
 fn peers(v: &Testbed, host: u8) -> std::collections::BTreeMap<String, Value> {
-    // The API comes up a moment after the agent starts.
-    let Ok(text) = agent::in_host(&v.lab, host, &["peers", "--json"]) else {
-        return std::collections::BTreeMap::new();
-    };
-    let report: Value = serde_json::from_str(&text).expect("peers JSON");
-    if report["watching"] != true {
-        // Loading the program takes a moment after the API is up.
-        return std::collections::BTreeMap::new();
-    }
-    report["peers"]
-        .as_array()
-        .expect("a peer list")
-        .iter()
-        .map(|p| (p["hostname"].as_str().expect("name").to_owned(), p.clone()))
-        .collect()
+    agent::peer_rows(&v.lab, host)
 }
 
 fn age_ms(row: Option<&Value>) -> Option<f64> {

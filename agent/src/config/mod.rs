@@ -208,6 +208,10 @@ pub struct AgentArgs {
     /// Seconds between two heartbeats to each peer.
     #[arg(long, env = "LINKMESH_HEARTBEAT_INTERVAL", default_value_t = 0.02)]
     pub heartbeat_interval: f64,
+    /// Ring neighbours each host heartbeats (an even number, 2 to 64),
+    /// whatever the fleet's size; VIP partners (up to 12) come on top.
+    #[arg(long, env = "LINKMESH_HEARTBEAT_FANOUT", default_value_t = 8)]
+    pub heartbeat_fanout: usize,
     /// Data-plane-confirmed fast failover: `auto` turns it on for every VIP
     /// with at least --suspect-quorum eligible standbys; `off` leaves only
     /// the lease path.
@@ -308,6 +312,12 @@ impl AgentArgs {
                     "{name} must be a number of seconds from 0.001 to 86400, not {v}"
                 )));
             }
+        }
+        if !(2..=64).contains(&self.heartbeat_fanout) || !self.heartbeat_fanout.is_multiple_of(2) {
+            return Err(ConfigError::Invalid(format!(
+                "--heartbeat-fanout must be an even number from 2 to 64, not {}",
+                self.heartbeat_fanout
+            )));
         }
         if self.probe_misses < 2 {
             return Err(ConfigError::Invalid(

@@ -64,31 +64,45 @@ fn peer_stats(
 }
 
 /// Makes `peer_watch`'s peer set exactly `want`: an empty entry for each
-/// new peer, gone ones (and their statistics) removed.
+/// new peer, gone ones (and their statistics) removed. Reads every key:
+/// O(N) syscalls, for a start or a check, not for each change.
 pub fn set_peers(ebpf: &mut Ebpf, want: &BTreeSet<Ipv4Addr>) -> Result<(), WatchError> {
+    let have: BTreeSet<u32> = peer_stats(ebpf)?.keys().filter_map(Result::ok).collect();
+    for k in &have {
+        let ip = Ipv4Addr::from(k.to_ne_bytes());
+        if !want.contains(&ip) {
+            remove_peer(ebpf, ip)?;
+        }
+    }
+    for ip in want {
+        if !have.contains(&key(*ip)) {
+            add_peer(ebpf, *ip)?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives `ip` an empty entry: its packets are counted from now on.
+pub fn add_peer(ebpf: &mut Ebpf, ip: Ipv4Addr) -> Result<(), WatchError> {
     let map_err = |source| WatchError::Map {
         map: PEER_STATS_MAP,
         source,
     };
-    let mut stats = peer_stats(ebpf)?;
-    let have: BTreeSet<u32> = stats.keys().filter_map(Result::ok).collect();
-    for k in &have {
-        if !want.contains(&Ipv4Addr::from(k.to_ne_bytes())) {
-            let _ = stats.remove(k);
-        }
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| map_err(MapError::IoError(e)))?;
+    let empty = aya::maps::PerCpuValues::try_from(vec![PeerStats::default(); cpus])
+        .map_err(|e| map_err(MapError::IoError(e)))?;
+    peer_stats(ebpf)?.insert(key(ip), empty, 0).map_err(map_err)
+}
+
+/// Removes `ip`'s entry and statistics (gone already is fine).
+pub fn remove_peer(ebpf: &mut Ebpf, ip: Ipv4Addr) -> Result<(), WatchError> {
+    match peer_stats(ebpf)?.remove(&key(ip)) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(source) => Err(WatchError::Map {
+            map: PEER_STATS_MAP,
+            source,
+        }),
     }
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| WatchError::Map {
-        map: PEER_STATS_MAP,
-        source: MapError::IoError(e),
-    })?;
-    for ip in want {
-        if !have.contains(&key(*ip)) {
-            let empty = aya::maps::PerCpuValues::try_from(vec![PeerStats::default(); cpus])
-                .map_err(|e| map_err(MapError::IoError(e)))?;
-            stats.insert(key(*ip), empty, 0).map_err(map_err)?;
-        }
-    }
-    Ok(())
 }
 
 /// Sets the tokens a known peer's heartbeats must carry (`None`: any
@@ -209,9 +223,19 @@ impl PeerWatcher {
         reattach_missing(&mut self.ebpf, PEER_PROGRAM, &self.attached)
     }
 
-    /// Makes the peer set exactly `want`.
+    /// Makes the peer set exactly `want` (O(N): see [`set_peers`]).
     pub fn set_peers(&mut self, want: &BTreeSet<Ipv4Addr>) -> Result<(), WatchError> {
         set_peers(&mut self.ebpf, want)
+    }
+
+    /// Counts `ip` from now on.
+    pub fn add_peer(&mut self, ip: Ipv4Addr) -> Result<(), WatchError> {
+        add_peer(&mut self.ebpf, ip)
+    }
+
+    /// Stops counting `ip`.
+    pub fn remove_peer(&mut self, ip: Ipv4Addr) -> Result<(), WatchError> {
+        remove_peer(&mut self.ebpf, ip)
     }
 
     /// Makes the counted ports exactly the heartbeat port and `vxlan`.

@@ -364,9 +364,14 @@ impl Core {
         for (id, revision) in s.bogus_owners {
             self.bogus_owner(&id, revision);
         }
-        self.members.clear();
+        let mut ids: BTreeSet<String> = std::mem::take(&mut self.members).into_keys().collect();
         for m in s.members {
-            self.member(&m.id, &m.kind, &m.host, m.value.as_deref());
+            self.set_member(&m.id, &m.kind, &m.host, m.value.as_deref());
+            ids.insert(m.id);
+        }
+        for id in ids {
+            self.publish_members(&id);
+            self.check_quorum(&id);
         }
     }
 

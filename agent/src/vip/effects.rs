@@ -53,6 +53,10 @@ impl Shell {
                 replace_task(&mut self.announcers, id, None);
                 None
             }
+            Effect::VipMembers { id, hosts } => {
+                self.peers.set_vip_members(&id, hosts);
+                None
+            }
             Effect::AttachWatcher { ifname } => {
                 if let Some(w) = self.watcher.as_mut()
                     && let Err(e) = w.attach(&ifname)

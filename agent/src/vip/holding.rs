@@ -228,8 +228,12 @@ impl Core {
                 self.unbind(&id);
             }
         }
-        if lease.id != old.id && lease.id != 0 {
-            // Keys on a re-attached lease are ours again.
+        // Keys on a re-attached lease are ours again; and once etcd answers
+        // again, the owners it names hold again: a VIP claimed during the
+        // outage (loss policy `claim`) goes back to its owner. (The watch
+        // resumes where it was, so owner keys that did not change during
+        // the outage bring no event that would say so.)
+        if (lease.id != old.id && lease.id != 0) || (lease.failures == 0 && old.failures > 0) {
             let owners: Vec<(String, Option<Owner>)> = self
                 .vips
                 .iter()

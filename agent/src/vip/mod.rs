@@ -22,6 +22,7 @@ mod sim;
 pub mod state;
 pub mod status;
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -185,6 +186,12 @@ pub enum WriteWhy {
 /// Something to do, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
+    /// The hosts taking part in VIP `id` now (empty: none), for the
+    /// heartbeats' choice of partners.
+    VipMembers {
+        id: String,
+        hosts: BTreeSet<String>,
+    },
     /// Add the VIP's address on `ifname` (answered with `Bound` or
     /// `BindFailed`).
     Bind {

@@ -138,14 +138,30 @@ impl Core {
 
     /// A per-host key of a VIP changed (`value` `None`: deleted).
     pub(super) fn member(&mut self, id: &str, kind: &str, host: &str, value: Option<&str>) {
+        if self.set_member(id, kind, host, value) {
+            self.publish_members(id);
+        }
+        self.check_quorum(id);
+    }
+
+    /// Records a per-host key; returns whether the hosts taking part in
+    /// the VIP (those with a state key) changed.
+    pub(super) fn set_member(
+        &mut self,
+        id: &str,
+        kind: &str,
+        host: &str,
+        value: Option<&str>,
+    ) -> bool {
         let m = self.members.entry(id.to_owned()).or_default();
+        let mut joined_or_left = false;
         match kind {
             "state" => match value.and_then(State::parse) {
                 Some(state) => {
-                    m.states.insert(host.to_owned(), state);
+                    joined_or_left = m.states.insert(host.to_owned(), state).is_none();
                 }
                 None => {
-                    m.states.remove(host);
+                    joined_or_left = m.states.remove(host).is_some();
                 }
             },
             "suspect" => match value.and_then(|v| v.parse::<i64>().ok()) {
@@ -156,12 +172,26 @@ impl Core {
                     m.suspects.remove(host);
                 }
             },
-            _ => return,
+            _ => {}
         }
         if m.states.is_empty() && m.suspects.is_empty() {
             self.members.remove(id);
         }
-        self.check_quorum(id);
+        joined_or_left
+    }
+
+    /// Tells the heartbeats who takes part in `id` (they pick partners
+    /// among them).
+    pub(super) fn publish_members(&mut self, id: &str) {
+        let hosts = self
+            .members
+            .get(id)
+            .map(|m| m.states.keys().cloned().collect())
+            .unwrap_or_default();
+        self.out.push(Effect::VipMembers {
+            id: id.to_owned(),
+            hosts,
+        });
     }
 
     /// When a quorum of eligible standbys suspects the owner's lease, the

@@ -183,8 +183,12 @@ pub const PEER_PORTS_MAP: &str = "PEER_PORTS";
 /// ignored. User space sums the counters and takes the latest times over
 /// CPUs.
 pub const PEER_STATS_MAP: &str = "PEER_STATS";
-/// Entries the peer maps hold.
-pub const MAX_PEERS: u32 = 8192;
+/// Entries the peer maps hold: every registered host of a fleet of 10,000
+/// and more. The statistics are per CPU and preallocated: 512 KiB per CPU.
+/// Past this many hosts the LRU map evicts the entries updated least
+/// lately, the quiet peers, whose VXLAN packets then go uncounted (the
+/// heartbeated ones are updated 50 times a second and stay).
+pub const MAX_PEERS: u32 = 16_384;
 /// Entries of [`PEER_PORTS_MAP`]: one per UDP port.
 pub const PEER_PORT_SLOTS: u32 = 65536;
 /// [`PEER_PORTS_MAP`] value: the heartbeat port.
