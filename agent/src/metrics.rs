@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub segments: BTreeMap<String, (bool, usize)>,
     pub peers: Vec<PeerLiveness>,
     pub netlink_writes: u64,
+    /// FDB dumps (at start, resync, and after changes by others).
+    pub fdb_dumps: u64,
     pub netlink_errors: u64,
     /// Rejected registry records by reason.
     pub rejected: BTreeMap<String, u64>,
@@ -194,6 +196,11 @@ fn register_mesh(r: &mut Registry, s: &Snapshot) {
         "linkmesh_netlink_writes",
         "State-changing netlink requests sent",
         counter(s.netlink_writes),
+    );
+    r.register(
+        "linkmesh_netlink_fdb_dumps",
+        "FDB dumps of the segment devices: at start, every resync, and after a change by someone else; never per registry change",
+        counter(s.fdb_dumps),
     );
     r.register(
         "linkmesh_netlink_errors",

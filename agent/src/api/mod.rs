@@ -374,6 +374,7 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
         peers: app.peers.table(),
         netlink_writes: app.counters.netlink.writes(),
         netlink_errors: app.counters.netlink.write_errors(),
+        fdb_dumps: app.counters.netlink.fdb_dumps(),
         rejected,
         registry_watch_restarts: sync.watch_restarts.load(Ordering::Relaxed),
         registry_snapshots: sync.snapshots.load(Ordering::Relaxed),

@@ -9,6 +9,7 @@ use futures::channel::mpsc::UnboundedReceiver;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::neighbour::NeighbourAttribute;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::SocketAddr;
 use rtnetlink::MulticastGroup;
@@ -22,8 +23,14 @@ pub enum KernelEvent {
     LinkChanged { index: u32, name: Option<String> },
     /// A link was deleted.
     LinkRemoved { index: u32, name: Option<String> },
-    /// A bridge/VXLAN forwarding entry of `ifindex` was deleted.
-    FdbRemoved { ifindex: u32 },
+    /// A bridge/VXLAN forwarding entry of `ifindex` was deleted: for a
+    /// VXLAN device, the remote `dst` it sent to (if any) and whether its
+    /// MAC was all zeros (the head-end replication entries the mesh owns).
+    FdbRemoved {
+        ifindex: u32,
+        dst: Option<IpAddr>,
+        zero_mac: bool,
+    },
     /// An address was deleted from link `ifindex`.
     AddressRemoved { ifindex: u32, addr: IpAddr },
 }
@@ -97,8 +104,21 @@ fn classify(m: RouteNetlinkMessage) -> Option<KernelEvent> {
             })
         }
         RouteNetlinkMessage::DelNeighbour(n) if n.header.family == AddressFamily::Bridge => {
+            let mut dst = None;
+            let mut zero_mac = false;
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(d) => dst = super::fdb::dst_of(d),
+                    NeighbourAttribute::LinkLayerAddress(mac) => {
+                        zero_mac = mac.iter().all(|b| *b == 0);
+                    }
+                    _ => {}
+                }
+            }
             Some(KernelEvent::FdbRemoved {
                 ifindex: n.header.ifindex,
+                dst,
+                zero_mac,
             })
         }
         _ => None,

@@ -49,11 +49,13 @@ impl KernelError {
     }
 }
 
-/// Counters of requests that change kernel state.
+/// Counters of requests that change kernel state, and of FDB dumps (each
+/// costs one message per entry).
 #[derive(Debug, Default)]
 pub struct WriteCounters {
     pub writes: AtomicU64,
     pub errors: AtomicU64,
+    pub fdb_dumps: AtomicU64,
 }
 
 /// An rtnetlink connection (in the namespace it was opened in).
@@ -127,6 +129,12 @@ impl Netlink {
     #[must_use]
     pub fn write_errors(&self) -> u64 {
         self.counters.errors.load(Ordering::Relaxed)
+    }
+
+    /// FDB dumps requested so far.
+    #[must_use]
+    pub fn fdb_dumps(&self) -> u64 {
+        self.counters.fdb_dumps.load(Ordering::Relaxed)
     }
 
     fn send(

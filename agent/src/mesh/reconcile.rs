@@ -1,11 +1,20 @@
 //! Applying a plan: dump the kernel, diff, write only the difference.
 //!
+//! A dump costs O(N) (every FDB entry of every device), so it is not done
+//! per registry change: after a pass, what the kernel holds is known (the
+//! dump, plus this agent's own writes that succeeded), and the next pass
+//! for a registry change diffs against that. The kernel is dumped again
+//! at start, at every resync, after any failed or device-level write, and
+//! when a notification says something else changed our objects.
+//!
 //! Segment devices live in the agent's namespace, or (with a segment's
 //! `netns`) in a named namespace: they are created from here, so their
 //! underlay stays here, and managed through a netlink connection opened
 //! inside that namespace.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::PoisonError;
 
 use tokio::sync::Mutex;
 use tracing::{info, warn};
@@ -25,6 +34,17 @@ pub struct Report {
     pub errors: Vec<String>,
     /// Configuration problems (reported when they change).
     pub problems: Vec<String>,
+    /// Namespaces whose kernel state was dumped for this pass.
+    pub dumps: usize,
+}
+
+/// Where a pass takes the kernel's state from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Dump it (start, resync, a change by someone else).
+    Dump,
+    /// What the last pass left, where it is known.
+    Known,
 }
 
 /// Owns the mesh's kernel objects.
@@ -33,6 +53,10 @@ pub struct Reconciler {
     local: LocalConfig,
     /// Connections into named namespaces, opened on first use.
     namespaces: Mutex<BTreeMap<String, Netlink>>,
+    /// What the kernel held after the last pass, per namespace (`None`:
+    /// the agent's own), for as long as only our own successful peer
+    /// writes changed it.
+    known: std::sync::Mutex<BTreeMap<Option<String>, Observed>>,
 }
 
 impl Reconciler {
@@ -42,7 +66,27 @@ impl Reconciler {
             nl,
             local,
             namespaces: Mutex::new(BTreeMap::new()),
+            known: std::sync::Mutex::default(),
         }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, BTreeMap<Option<String>, Observed>> {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether, as far as this agent knows, its device `ifindex` (in its
+    /// own namespace) holds the peer entry for `dst` (`None`: not known).
+    /// A notification that such an entry went is our own write's echo when
+    /// this says no.
+    #[must_use]
+    pub fn holds(&self, ifindex: u32, dst: IpAddr) -> Option<bool> {
+        let known = self.known();
+        let device = known
+            .get(&None)?
+            .devices
+            .values()
+            .find(|d| d.index == ifindex)?;
+        Some(device.peers.contains(&dst))
     }
 
     /// The connection in the agent's own namespace (its write counters
@@ -120,9 +164,10 @@ impl Reconciler {
         Ok(observed)
     }
 
-    /// One pass over every namespace: observe, plan, apply. Failed actions
-    /// are reported and retried on the next pass.
-    pub async fn reconcile(&self, desired: &Desired) -> Result<Report, KernelError> {
+    /// One pass over every namespace: observe (or take what is known, for
+    /// `Pass::Known`), plan, apply. Failed actions are reported and retried
+    /// on the next pass.
+    pub async fn reconcile(&self, desired: &Desired, pass: Pass) -> Result<Report, KernelError> {
         let mut report = Report {
             problems: desired.problems.clone(),
             ..Report::default()
@@ -156,23 +201,44 @@ impl Reconciler {
             } else {
                 None
             };
-            let observed = self.observe(&nl, group, bridge).await?;
+            // Taken out: a pass that fails leaves nothing known behind.
+            let known = match pass {
+                Pass::Known => self.known().remove(netns),
+                Pass::Dump => None,
+            };
+            let mut observed = match known {
+                Some(o) => o,
+                None => {
+                    report.dumps += 1;
+                    self.observe(&nl, group, bridge).await?
+                }
+            };
             let plan = plan(group, &observed, &self.local.underlay, bridge);
             report.problems.extend(plan.problems);
-            self.apply_all(&nl, &plan.actions, &mut report).await?;
+            if self
+                .apply_all(&nl, &plan.actions, &mut report, &mut observed)
+                .await?
+            {
+                self.known().insert(netns.clone(), observed);
+            }
         }
         Ok(report)
     }
 
+    /// Applies `actions`, and keeps `observed` in step with the peer
+    /// writes that succeeded; returns whether it still says what the
+    /// kernel holds (no device changed, no write failed).
     async fn apply_all(
         &self,
         nl: &Netlink,
         actions: &[Action],
         report: &mut Report,
-    ) -> Result<(), KernelError> {
+        observed: &mut Observed,
+    ) -> Result<bool, KernelError> {
         let (peer_actions, device_actions): (Vec<_>, Vec<_>) = actions
             .iter()
             .partition(|a| matches!(a, Action::AddPeer { .. } | Action::RemovePeer { .. }));
+        let mut intact = device_actions.is_empty();
         // Devices first (in order: bridge, create, enslave), then every peer
         // change, batched.
         for action in device_actions {
@@ -187,23 +253,31 @@ impl Reconciler {
             })
             .collect();
         if ops.is_empty() {
-            return Ok(());
+            return Ok(intact);
         }
         for (action, result) in peer_actions.iter().zip(nl.change_peers(ops).await?) {
             if result.is_ok() {
                 match action {
                     Action::AddPeer { name, dst, .. } => {
                         info!(segment = %name, peer = %dst, "peer added");
+                        if let Some(d) = observed.devices.get_mut(name) {
+                            d.peers.insert(*dst);
+                        }
                     }
                     Action::RemovePeer { name, dst, .. } => {
                         info!(segment = %name, peer = %dst, "peer removed");
+                        if let Some(d) = observed.devices.get_mut(name) {
+                            d.peers.remove(dst);
+                        }
                     }
                     _ => {}
                 }
+            } else {
+                intact = false;
             }
             record(report, result);
         }
-        Ok(())
+        Ok(intact)
     }
 
     async fn index_of(nl: &Netlink, name: &str) -> Result<u32, KernelError> {

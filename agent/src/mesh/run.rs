@@ -1,5 +1,7 @@
-//! The mesh's loop: reconcile on every registry change, relevant kernel
-//! event and resync tick.
+//! The mesh's loop: reconcile on every registry change (against what the
+//! last pass left in the kernel: only the difference is written, nothing
+//! is dumped), and on relevant kernel events and resync ticks (after a
+//! fresh dump).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -8,6 +10,7 @@ use anyhow::bail;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::reconcile::Pass;
 use super::{Reconciler, desired};
 use crate::kernel::events::{KernelEvent, KernelEvents};
 use crate::registry::RegistryView;
@@ -15,10 +18,18 @@ use crate::registry::RegistryView;
 /// Kernel events are gathered this long before one reconcile pass.
 const EVENT_DEBOUNCE: Duration = Duration::from_millis(50);
 
-/// Whether a kernel event may concern the mesh's devices.
-fn relevant(event: &KernelEvent, segments: &BTreeSet<String>) -> bool {
+/// Whether a kernel event may concern the mesh's devices. A removed peer
+/// entry matters unless it is the echo of our own removal (the known state
+/// no longer holds it); entries with a MAC (learned, or anyone's) are not
+/// the mesh's.
+fn relevant(event: &KernelEvent, segments: &BTreeSet<String>, reconciler: &Reconciler) -> bool {
     match event {
-        KernelEvent::LinkRemoved { .. } | KernelEvent::FdbRemoved { .. } => true,
+        KernelEvent::LinkRemoved { .. } => true,
+        KernelEvent::FdbRemoved {
+            ifindex,
+            dst,
+            zero_mac,
+        } => *zero_mac && dst.is_none_or(|d| reconciler.holds(*ifindex, d) != Some(false)),
         KernelEvent::LinkChanged { name, .. } => {
             name.as_ref().is_some_and(|n| segments.contains(n))
         }
@@ -40,11 +51,12 @@ pub async fn run(
     let mut passes = 0u64;
     let mut resync_tick = tokio::time::interval(resync);
     resync_tick.tick().await;
+    let mut pass = Pass::Dump;
     loop {
-        let view = rx.borrow_and_update().clone();
-        let want = desired(reconciler.local(), &view);
+        // Computed under the borrow: the view is not copied.
+        let want = desired(reconciler.local(), &rx.borrow_and_update());
         let started = std::time::Instant::now();
-        match reconciler.reconcile(&want).await {
+        match reconciler.reconcile(&want, pass).await {
             Ok(report) => {
                 let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 passes += 1;
@@ -54,6 +66,7 @@ pub async fn run(
                         failed = report.errors.len(),
                         netlink_writes = reconciler.netlink().writes(),
                         elapsed_us,
+                        dumps = report.dumps,
                         segments = want.segments.len(),
                         peers = want.segments.values().map(|s| s.peers.len()).sum::<usize>(),
                         "mesh reconciled"
@@ -74,27 +87,29 @@ pub async fn run(
         // the echo of our own writes) are gathered for EVENT_DEBOUNCE first,
         // without holding up registry changes meanwhile.
         let mut kernel_due: Option<tokio::time::Instant> = None;
-        let stop = loop {
+        let next = loop {
             let due = kernel_due.unwrap_or_else(|| tokio::time::Instant::now() + resync);
             tokio::select! {
                 r = rx.changed() => {
                     if r.is_err() {
                         bail!("the registry sync task stopped");
                     }
-                    break false;
+                    // A kernel event pending still asks for a dump.
+                    break Some(if kernel_due.is_some() { Pass::Dump } else { Pass::Known });
                 }
                 Some(event) = events.next() => {
-                    if kernel_due.is_none() && relevant(&event, segments) {
+                    if kernel_due.is_none() && relevant(&event, segments, reconciler) {
                         kernel_due = Some(tokio::time::Instant::now() + EVENT_DEBOUNCE);
                     }
                 }
-                () = tokio::time::sleep_until(due), if kernel_due.is_some() => break false,
-                _ = resync_tick.tick() => break false,
-                _ = stop.wait_for(|s| *s) => break true,
+                () = tokio::time::sleep_until(due), if kernel_due.is_some() => break Some(Pass::Dump),
+                _ = resync_tick.tick() => break Some(Pass::Dump),
+                _ = stop.wait_for(|s| *s) => break None,
             }
         };
-        if stop {
-            return Ok(());
+        match next {
+            Some(p) => pass = p,
+            None => return Ok(()),
         }
     }
 }
