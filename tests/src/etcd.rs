@@ -139,6 +139,19 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The sum of every sample of metric family `family` (the exact name, with
+/// or without labels) in Prometheus text `text`; 0 when it has none.
+#[must_use]
+pub fn metric_family_sum(text: &str, family: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A running etcd member, killed (SIGKILL) and its data removed on drop.
 pub struct Etcd {
     spec: MemberSpec,
@@ -283,6 +296,15 @@ impl Etcd {
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
+    }
+
+    /// This member's Prometheus metrics, the whole `GET /metrics` text (empty
+    /// while it does not answer; [`metric_family_sum`] reads one family).
+    /// Read over plain HTTP, so reading them is not itself counted in the
+    /// gRPC metrics.
+    #[must_use]
+    pub fn metrics_text(&self) -> String {
+        http_get(self.spec.ip, self.spec.health_port(), "/metrics")
     }
 
     /// The data and log directory (removed on drop).

@@ -296,6 +296,70 @@ impl Lab {
         name
     }
 
+    /// An L3-routed underlay whose far side is a sink: a namespace
+    /// `lmt-S-<suffix>` on the underlay bridge with 198.18.S.`index`/24,
+    /// that drops whatever it receives for `prefix` (a blackhole route, and
+    /// forwarding stays off), and a route for `prefix` via it in each host of
+    /// `hosts`. `prefix` must lie in 198.18.0.0/15. Removed with the lab (its
+    /// veth goes with its namespace). Returns the sink's namespace and
+    /// address.
+    pub fn add_sink(
+        &self,
+        suffix: &str,
+        index: u8,
+        prefix: &str,
+        hosts: &[u8],
+    ) -> (String, Ipv4Addr) {
+        let s = self.slot.number;
+        assert!(
+            usize::from(index) > self.hosts.len() && index < 254,
+            "the sink's address 198.18.{s}.{index} would clash with a host or the gateway"
+        );
+        let inside = prefix
+            .split_once('/')
+            .and_then(|(net, len)| Some((net.parse::<Ipv4Addr>().ok()?, len.parse::<u8>().ok()?)))
+            .is_some_and(|(net, len)| {
+                let [a, b, ..] = net.octets();
+                (15..=32).contains(&len) && a == 198 && b & 0xfe == 18
+            });
+        assert!(
+            inside,
+            "the sink's prefix {prefix} is not inside 198.18.0.0/15"
+        );
+        let addr = Ipv4Addr::new(198, 18, s, index);
+        let ns = self.add_namespace(suffix);
+        let port: String = format!("s-{suffix}").chars().take(15).collect();
+        let ul = self.underlay_ns.as_str();
+        let cidr = format!("{addr}/24");
+        let via = addr.to_string();
+        let mut steps: Vec<Vec<&str>> = vec![
+            vec![
+                "-n", ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ],
+            vec!["-n", ul, "link", "set", &port, "master", "br0", "up"],
+            vec!["-n", &ns, "link", "set", "lo", "up"],
+            vec!["-n", &ns, "link", "set", "eth0", "up"],
+            vec!["-n", &ns, "addr", "add", &cidr, "dev", "eth0"],
+            vec!["-n", &ns, "route", "add", "blackhole", prefix],
+        ];
+        for h in hosts {
+            steps.push(vec![
+                "-n",
+                &self.host(*h).netns,
+                "route",
+                "add",
+                prefix,
+                "via",
+                &via,
+            ]);
+        }
+        for args in steps {
+            ip(&args).unwrap_or_else(|e| panic!("adding the sink {ns}: {e}"));
+        }
+        (ns, addr)
+    }
+
     /// Hosts (by number, from `hosts`) that have `addr` configured right now.
     #[must_use]
     pub fn holders(&self, addr: std::net::IpAddr, hosts: std::ops::RangeInclusive<u8>) -> Vec<u8> {

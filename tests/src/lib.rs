@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod chaos;
 pub mod etcd;
+pub mod fdb_monitor;
 pub mod frame;
 pub mod kernel;
 pub mod lab;
@@ -20,6 +21,7 @@ pub mod process;
 pub mod rng;
 pub mod synthetic;
 pub mod testbed;
+pub mod usage;
 
 /// The shared secret every lab signs its records with.
 pub const SECRET: &str = "linkmesh-lab-secret-0123456789abcdef";

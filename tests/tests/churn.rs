@@ -25,20 +25,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use linkmesh_tests::agent::{self, Agent, admin, peers, wait_until};
 use linkmesh_tests::etcd::Etcd;
+use linkmesh_tests::fdb_monitor::{FdbEvent, Monitor, Seen};
 use linkmesh_tests::lab::Lab;
 use linkmesh_tests::percentile;
 use linkmesh_tests::rng::Rng;
 use linkmesh_tests::synthetic::{SyntheticPeers, peer_name};
-use linkmesh_tests::{kernel, netns, require_root};
-use netlink_packet_core::NetlinkPayload;
-use netlink_packet_route::neighbour::NeighbourAttribute;
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use linkmesh_tests::usage::Usage;
+use linkmesh_tests::{kernel, require_root};
 
 use linkmesh_tests::SECRET;
 /// Synthetic peers, `syn-000` ... `syn-199`.
@@ -82,184 +79,6 @@ struct Change {
     issued: Instant,
     /// When the put or delete returned.
     acked: Instant,
-}
-
-/// One FDB notification for a zero-MAC entry on the watched device.
-#[derive(Clone, Copy, Debug)]
-struct FdbEvent {
-    dst: IpAddr,
-    added: bool,
-    at: Instant,
-}
-
-/// What the monitor thread saw.
-#[derive(Debug, Default)]
-struct Seen {
-    events: Vec<FdbEvent>,
-    /// Times the socket's buffer overflowed (notifications lost).
-    overruns: u64,
-}
-
-/// Neighbour notifications (`RTM_NEWNEIGH`/`RTM_DELNEIGH`) of one device,
-/// timestamped on arrival by a thread inside the device's namespace.
-struct Monitor {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<Seen>>,
-}
-
-impl Monitor {
-    fn start(ns: &str, ifindex: u32) -> Self {
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = netns::spawn_in(ns, move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("building the monitor's runtime");
-            rt.block_on(async move {
-                let (mut connection, _handle, mut messages) =
-                    rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Neigh])
-                        .expect("subscribing to neighbour notifications");
-                // The heartbeats' ARP for 200 absent peers shares the group.
-                rtnetlink::sys::AsyncSocket::socket_mut(connection.socket_mut())
-                    .set_rx_buf_sz(8 << 20)
-                    .expect("enlarging the monitor's receive buffer");
-                tokio::spawn(connection);
-                let _ = ready_tx.send(());
-                let mut seen = Seen::default();
-                loop {
-                    tokio::select! {
-                        _ = &mut stopped => break,
-                        message = messages.next() => {
-                            let Some((message, _)) = message else { break };
-                            let at = Instant::now();
-                            match message.payload {
-                                NetlinkPayload::Overrun(_) => seen.overruns += 1,
-                                NetlinkPayload::InnerMessage(m) => {
-                                    seen.events.extend(fdb_event(m, ifindex, at));
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
-                }
-                seen
-            })
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("the neighbour monitor subscribed");
-        Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> Seen {
-        self.stop_and_join().unwrap_or_default()
-    }
-
-    fn stop_and_join(&mut self) -> Option<Seen> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let thread = self.thread.take()?;
-        match thread.join() {
-            Ok(seen) => Some(seen),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        // The thread holds the namespace; let it go with the test.
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// A zero-MAC FDB notification of device `ifindex`, if `m` is one.
-fn fdb_event(m: RouteNetlinkMessage, ifindex: u32, at: Instant) -> Option<FdbEvent> {
-    let (n, added) = match m {
-        RouteNetlinkMessage::NewNeighbour(n) => (n, true),
-        RouteNetlinkMessage::DelNeighbour(n) => (n, false),
-        _ => return None,
-    };
-    if n.header.family != AddressFamily::Bridge || n.header.ifindex != ifindex {
-        return None;
-    }
-    let mut zero_mac = false;
-    let mut dst = None;
-    for attr in &n.attributes {
-        match attr {
-            NeighbourAttribute::LinkLayerAddress(mac) => zero_mac = mac.iter().all(|b| *b == 0),
-            NeighbourAttribute::Destination(d) => dst = linkmesh::kernel::fdb::dst_of(d),
-            _ => {}
-        }
-    }
-    if !zero_mac {
-        return None;
-    }
-    Some(FdbEvent {
-        dst: dst?,
-        added,
-        at,
-    })
-}
-
-/// A process's CPU time (user + system) and memory (KiB), from `/proc`.
-#[derive(Clone, Copy, Debug)]
-struct Usage {
-    cpu: Duration,
-    /// `VmRSS`: resident now.
-    rss_kib: u64,
-    /// `VmHWM`: the peak resident size so far.
-    peak_kib: u64,
-}
-
-impl Usage {
-    fn of(pid: u32) -> Self {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
-        // The command name may hold spaces; the fields after it do not.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-        let ticks: u64 = fields
-            .get(11..13)
-            .expect("utime and stime in /proc/PID/stat")
-            .iter()
-            .map(|f| f.parse::<u64>().expect("a tick count"))
-            .sum();
-        // SAFETY: sysconf has no preconditions.
-        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
-        let kib = |field: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
-        };
-        Self {
-            cpu: Duration::from_millis(ticks * 1000 / hz),
-            rss_kib: kib("VmRSS:"),
-            peak_kib: kib("VmHWM:"),
-        }
-    }
-
-    /// CPU used since `before`, as a share of one core over `wall`.
-    fn cpu_share_since(&self, before: &Self, wall: Duration) -> f64 {
-        self.cpu.saturating_sub(before.cpu).as_secs_f64() / wall.as_secs_f64()
-    }
 }
 
 /// Nearest-rank percentile of a sorted list.

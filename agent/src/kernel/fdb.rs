@@ -106,9 +106,7 @@ impl Netlink {
     /// The peers of VXLAN device `ifindex`: destinations of its zero-MAC,
     /// `NTF_SELF`, permanent entries.
     pub async fn vxlan_peers(&self, ifindex: u32) -> Result<BTreeSet<IpAddr>, KernelError> {
-        self.counters
-            .fdb_dumps
-            .fetch_add(1, Ordering::Relaxed);
+        self.counters.fdb_dumps.fetch_add(1, Ordering::Relaxed);
         let mut req = NeighbourMessage::default();
         req.header.family = AddressFamily::Bridge;
         req.header.ifindex = ifindex;

@@ -6,24 +6,13 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use linkmesh_tests::agent::{self, Agent, wait_until};
 use linkmesh_tests::etcd::Etcd;
 use linkmesh_tests::lab::Lab;
+use linkmesh_tests::usage::Usage;
 
 use linkmesh_tests::SECRET;
-
-/// CPU time (user + system) and current resident set of a process.
-fn cpu_and_rss(pid: u32) -> anyhow::Result<(Duration, u64)> {
-    let (cpu, _) = super::proc_cpu_and_rss(pid)?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .context("reading VmRSS")?;
-    Ok((cpu, rss_kb))
-}
 
 pub fn main() -> anyhow::Result<()> {
     let seconds: u64 = std::env::var("LINKMESH_BENCH_IDLE_SECONDS")
@@ -60,10 +49,7 @@ pub fn main() -> anyhow::Result<()> {
     ensure!(ready.is_some(), "the agents did not start");
     eprintln!("==> settling 10 s, then measuring {seconds} s");
     std::thread::sleep(Duration::from_secs(10));
-    let before: Vec<_> = agents
-        .iter()
-        .map(|a| cpu_and_rss(a.pid()))
-        .collect::<Result<_, _>>()?;
+    let before: Vec<_> = agents.iter().map(|a| Usage::of(a.pid())).collect();
     std::thread::sleep(Duration::from_secs(seconds));
     println!();
     println!(
@@ -73,10 +59,10 @@ pub fn main() -> anyhow::Result<()> {
         "{:<6} {:>12} {:>12} {:>10} {:>10}",
         "agent", "cpu ms", "% of a core", "RSS MB", "peak MB"
     );
-    for (i, (a, (cpu0, _))) in agents.iter().zip(before).enumerate() {
-        let (cpu1, rss_kb) = cpu_and_rss(a.pid())?;
-        let (_, hwm_kb) = super::proc_cpu_and_rss(a.pid())?;
-        let used = cpu1.saturating_sub(cpu0);
+    for (i, (a, before)) in agents.iter().zip(before).enumerate() {
+        let now = Usage::of(a.pid());
+        let (rss_kb, hwm_kb) = (now.rss_kib, now.peak_kib);
+        let used = now.cpu.saturating_sub(before.cpu);
         #[expect(clippy::cast_precision_loss, reason = "kilobytes to megabytes")]
         let mb = |kb: u64| kb as f64 / 1024.0;
         println!(

@@ -1,150 +1,31 @@
-//! `cargo xtask bench mesh|vip|ebpf`.
+//! `cargo xtask bench mesh|vip|ebpf|idle|scale`.
 //!
 //! mesh: how fast one agent programs N peers, and how fast one change
 //! reaches the kernel, against iproute2's `bridge -batch` programming the
 //! same entries, measured in the same run. vip: see `bench_vip.rs`; ebpf:
-//! see `bench_ebpf.rs`.
+//! see `bench_ebpf.rs`; idle: `bench_idle.rs`; scale: `bench_scale.rs`.
 
 mod bench_ebpf;
 mod bench_idle;
+mod bench_scale;
 mod bench_vip;
+mod fleet_model;
+mod peer_records;
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::process::Command;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use futures::StreamExt;
-use linkmesh::addr::MacAddr;
-use linkmesh::registry::{HostRecord, Keys, Secrets, seal};
 use linkmesh_tests::agent::{self, Agent, peers, wait_until};
 use linkmesh_tests::etcd::Etcd;
 use linkmesh_tests::lab::Lab;
-use linkmesh_tests::netns;
 use linkmesh_tests::percentile;
-use netlink_packet_core::NetlinkPayload;
-use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+use peer_records::{Seeder, measure_changes, peer_addr};
 
 use linkmesh_tests::SECRET;
-
-/// The synthetic peer `i`'s underlay address (198.19.0.0/16, never routed).
-fn peer_addr(i: usize) -> IpAddr {
-    let high = u8::try_from((i / 250) % 256).unwrap_or(0);
-    let low = u8::try_from(i % 250 + 1).unwrap_or(1);
-    IpAddr::V4(Ipv4Addr::new(198, 19, high, low))
-}
-
-fn peer_record(i: usize) -> HostRecord {
-    HostRecord {
-        hostname: format!("peer{i}"),
-        address: peer_addr(i),
-        segments: [("blue".to_owned(), MacAddr([2, 0x19, 0, 0, 0, 1]))].into(),
-        agent_version: "bench".into(),
-        heartbeat_nonce: None,
-    }
-}
-
-struct Seeder {
-    client: etcd_client::Client,
-    secrets: Secrets,
-    keys: Keys,
-    lease: i64,
-}
-
-impl Seeder {
-    async fn put(&self, i: usize) -> anyhow::Result<()> {
-        let key = self.keys.host(&format!("peer{i}"));
-        let value = seal(
-            &self.secrets,
-            &key,
-            self.lease,
-            linkmesh::clock::unix_now(),
-            &peer_record(i),
-        )?;
-        let mut kv = self.client.kv_client();
-        kv.put(
-            key,
-            value,
-            Some(etcd_client::PutOptions::new().with_lease(self.lease)),
-        )
-        .await
-        .context("putting a peer record")?;
-        Ok(())
-    }
-
-    async fn delete(&self, i: usize) -> anyhow::Result<()> {
-        let mut kv = self.client.kv_client();
-        kv.delete(self.keys.host(&format!("peer{i}")), None)
-            .await
-            .context("deleting a peer record")?;
-        Ok(())
-    }
-}
-
-/// FDB changes of one namespace, as (destination, added, when).
-fn fdb_events(ns: &str) -> mpsc::Receiver<(IpAddr, bool, Instant)> {
-    let (tx, rx) = mpsc::channel();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    netns::spawn_in(ns, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let (conn, _handle, mut messages) =
-                rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Neigh])
-                    .expect("subscribing to neighbour events");
-            tokio::spawn(conn);
-            let _ = ready_tx.send(());
-            while let Some((m, _)) = messages.next().await {
-                let now = Instant::now();
-                let NetlinkPayload::InnerMessage(m) = m.payload else {
-                    continue;
-                };
-                let (n, added) = match m {
-                    RouteNetlinkMessage::NewNeighbour(n) => (n, true),
-                    RouteNetlinkMessage::DelNeighbour(n) => (n, false),
-                    _ => continue,
-                };
-                for a in &n.attributes {
-                    if let NeighbourAttribute::Destination(NeighbourAddress::Other(b)) = a
-                        && let Ok(o) = <[u8; 4]>::try_from(b.as_slice())
-                        && tx
-                            .send((IpAddr::V4(Ipv4Addr::from(o)), added, now))
-                            .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        });
-    });
-    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
-    rx
-}
-
-fn proc_cpu_and_rss(pid: u32) -> anyhow::Result<(Duration, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_comm = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("parsing stat")?;
-    let fields: Vec<_> = after_comm.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 (1-based) of the whole line.
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .context("reading VmHWM")?;
-    Ok((Duration::from_millis(ticks * 1000 / hz), hwm_kb))
-}
+use linkmesh_tests::usage::Usage;
 
 fn field(line: &str, name: &str) -> Option<u64> {
     line.split_whitespace()
@@ -174,24 +55,8 @@ fn run(n: usize, changes: usize) -> anyhow::Result<Row> {
         &["segment", "add", "blue", "--vni", "100"],
     );
     let rt = tokio::runtime::Runtime::new()?;
-    let seeder = rt.block_on(async {
-        let mut client = etcd.client().await;
-        let lease = client.lease_grant(900, None).await?.id();
-        anyhow::Ok(Seeder {
-            client,
-            secrets: Secrets::from_text(SECRET)?,
-            keys: Keys::new("/linkmesh"),
-            lease,
-        })
-    })?;
-    rt.block_on(async {
-        let results: Vec<_> = futures::stream::iter(0..n)
-            .map(|i| seeder.put(i))
-            .buffer_unordered(64)
-            .collect()
-            .await;
-        results.into_iter().collect::<anyhow::Result<Vec<()>>>()
-    })?;
+    let seeder = rt.block_on(Seeder::connect(&etcd.endpoint(), 900))?;
+    rt.block_on(seeder.put_all(n))?;
 
     let host = lab.host(1).clone();
     let started = Instant::now();
@@ -219,7 +84,8 @@ fn run(n: usize, changes: usize) -> anyhow::Result<Row> {
             .collect::<Vec<_>>()
     );
     latencies.sort();
-    let (cpu, rss_kb) = proc_cpu_and_rss(process.pid())?;
+    let usage = Usage::of(process.pid());
+    let (cpu, rss_kb) = (usage.cpu, usage.peak_kib);
     process.kill();
 
     let bridge = bridge_baseline(&lab, &host.netns, n)?;
@@ -253,7 +119,10 @@ fn main() -> anyhow::Result<()> {
         "vip" => return vip_main(),
         "ebpf" => return bench_ebpf::main(),
         "idle" => return bench_idle::main(),
-        other => anyhow::bail!("unknown benchmark {other:?} (known: mesh, vip, ebpf, idle)"),
+        "scale" => return bench_scale::main(),
+        other => {
+            anyhow::bail!("unknown benchmark {other:?} (known: mesh, vip, ebpf, idle, scale)")
+        }
     }
     let sizes: Vec<usize> = std::env::var("LINKMESH_BENCH_SIZES")
         .unwrap_or_else(|_| "100,1000,5000".into())
@@ -312,43 +181,6 @@ fn main() -> anyhow::Result<()> {
          bridge: `bridge -batch` appending the same N entries to a fresh device (iproute2, one process)."
     );
     Ok(())
-}
-
-/// One peer at a time: add, wait for the kernel's event, remove, wait.
-fn measure_changes(
-    rt: &tokio::runtime::Runtime,
-    seeder: &Seeder,
-    ns: &str,
-    n: usize,
-    changes: usize,
-) -> anyhow::Result<Vec<Duration>> {
-    let events = fdb_events(ns);
-    let mut latencies = Vec::with_capacity(changes);
-    for k in 0..changes {
-        let i = n + k / 2;
-        let added = k % 2 == 0;
-        let dst = peer_addr(i);
-        let sent = Instant::now();
-        rt.block_on(async {
-            if added {
-                seeder.put(i).await
-            } else {
-                seeder.delete(i).await
-            }
-        })?;
-        let deadline = sent + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (d, a, at) = events
-                .recv_timeout(left)
-                .context("no kernel change for a peer change")?;
-            if d == dst && a == added {
-                latencies.push(at.duration_since(sent));
-                break;
-            }
-        }
-    }
-    Ok(latencies)
 }
 
 /// iproute2 programs the same N entries on a fresh device, in one process.

@@ -1,0 +1,224 @@
+//! Synthetic peer records written straight to etcd (signed, under one lease
+//! the benchmark grants), and the kernel FDB changes they cause on an
+//! agent's host: shared by the mesh and scale benchmarks.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use linkmesh::addr::MacAddr;
+use linkmesh::registry::{HostRecord, Keys, Secrets, seal};
+use linkmesh_tests::SECRET;
+use linkmesh_tests::netns;
+use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+
+/// The synthetic peers' underlay prefix (inside 198.18.0.0/15).
+pub const PEER_PREFIX: &str = "198.19.0.0/16";
+
+/// The synthetic peer `i`'s underlay address, in [`PEER_PREFIX`].
+pub fn peer_addr(i: usize) -> IpAddr {
+    let high = u8::try_from((i / 250) % 256).unwrap_or(0);
+    let low = u8::try_from(i % 250 + 1).unwrap_or(1);
+    IpAddr::V4(Ipv4Addr::new(198, 19, high, low))
+}
+
+fn peer_record(i: usize) -> HostRecord {
+    HostRecord {
+        hostname: format!("peer{i}"),
+        address: peer_addr(i),
+        segments: [("blue".to_owned(), MacAddr([2, 0x19, 0, 0, 0, 1]))].into(),
+        agent_version: "bench".into(),
+        heartbeat_nonce: None,
+    }
+}
+
+/// Writes synthetic peers (joined to segment `blue`) under `/linkmesh`.
+pub struct Seeder {
+    client: etcd_client::Client,
+    secrets: Secrets,
+    keys: Keys,
+    lease: i64,
+}
+
+impl Seeder {
+    /// A client of `endpoint` writing under a new lease of `ttl` seconds.
+    pub async fn connect(endpoint: &str, ttl: i64) -> anyhow::Result<Self> {
+        let mut client = etcd_client::Client::connect([endpoint], None)
+            .await
+            .with_context(|| format!("connecting to etcd at {endpoint}"))?;
+        let lease = client
+            .lease_grant(ttl, None)
+            .await
+            .context("granting the peers' lease")?
+            .id();
+        Self::with_client(client, lease)
+    }
+
+    /// A new client of `endpoint` writing under an existing `lease`.
+    pub async fn reconnect(endpoint: &str, lease: i64) -> anyhow::Result<Self> {
+        let client = etcd_client::Client::connect([endpoint], None)
+            .await
+            .with_context(|| format!("connecting to etcd at {endpoint}"))?;
+        Self::with_client(client, lease)
+    }
+
+    fn with_client(client: etcd_client::Client, lease: i64) -> anyhow::Result<Self> {
+        Ok(Self {
+            client,
+            secrets: Secrets::from_text(SECRET)?,
+            keys: Keys::new("/linkmesh"),
+            lease,
+        })
+    }
+
+    /// The lease the records are written under.
+    pub fn lease(&self) -> i64 {
+        self.lease
+    }
+
+    /// Peer `i`'s record as written at `key` (signed for it).
+    fn value(&self, key: &str, i: usize) -> anyhow::Result<Vec<u8>> {
+        Ok(seal(
+            &self.secrets,
+            key,
+            self.lease,
+            linkmesh::clock::unix_now(),
+            &peer_record(i),
+        )?)
+    }
+
+    /// Bytes peer `i`'s record takes in etcd (key and signed value).
+    pub fn record_bytes(&self, i: usize) -> anyhow::Result<usize> {
+        let key = self.keys.host(&format!("peer{i}"));
+        Ok(key.len() + self.value(&key, i)?.len())
+    }
+
+    /// Registers peer `i`.
+    pub async fn put(&self, i: usize) -> anyhow::Result<()> {
+        self.put_at(&self.keys.host(&format!("peer{i}")), i).await
+    }
+
+    /// Writes peer `i`'s record (signed for `key`) at `key`.
+    pub async fn put_at(&self, key: &str, i: usize) -> anyhow::Result<()> {
+        let value = self.value(key, i)?;
+        let mut kv = self.client.kv_client();
+        kv.put(
+            key,
+            value,
+            Some(etcd_client::PutOptions::new().with_lease(self.lease)),
+        )
+        .await
+        .with_context(|| format!("putting {key}"))?;
+        Ok(())
+    }
+
+    /// Registers peers `0..n`, 64 writes in flight.
+    pub async fn put_all(&self, n: usize) -> anyhow::Result<()> {
+        let results: Vec<_> = futures::stream::iter(0..n)
+            .map(|i| self.put(i))
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+        Ok(())
+    }
+
+    /// Removes peer `i`'s record.
+    pub async fn delete(&self, i: usize) -> anyhow::Result<()> {
+        self.delete_at(&self.keys.host(&format!("peer{i}"))).await
+    }
+
+    /// Removes the key `key`.
+    pub async fn delete_at(&self, key: &str) -> anyhow::Result<()> {
+        let mut kv = self.client.kv_client();
+        kv.delete(key, None)
+            .await
+            .with_context(|| format!("deleting {key}"))?;
+        Ok(())
+    }
+}
+
+/// FDB changes of one namespace, as (destination, added, when).
+pub fn fdb_events(ns: &str) -> mpsc::Receiver<(IpAddr, bool, Instant)> {
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    netns::spawn_in(ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let (conn, _handle, mut messages) =
+                rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Neigh])
+                    .expect("subscribing to neighbour events");
+            tokio::spawn(conn);
+            let _ = ready_tx.send(());
+            while let Some((m, _)) = messages.next().await {
+                let now = Instant::now();
+                let NetlinkPayload::InnerMessage(m) = m.payload else {
+                    continue;
+                };
+                let (n, added) = match m {
+                    RouteNetlinkMessage::NewNeighbour(n) => (n, true),
+                    RouteNetlinkMessage::DelNeighbour(n) => (n, false),
+                    _ => continue,
+                };
+                for a in &n.attributes {
+                    if let NeighbourAttribute::Destination(NeighbourAddress::Other(b)) = a
+                        && let Ok(o) = <[u8; 4]>::try_from(b.as_slice())
+                        && tx
+                            .send((IpAddr::V4(Ipv4Addr::from(o)), added, now))
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+    });
+    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+    rx
+}
+
+/// One peer at a time: add, wait for the kernel's event, remove, wait.
+/// Latencies in order, etcd write to kernel event: even indices are adds
+/// (joins), odd ones removes (leaves). Peers `n..` are used.
+pub fn measure_changes(
+    rt: &tokio::runtime::Runtime,
+    seeder: &Seeder,
+    ns: &str,
+    n: usize,
+    changes: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let events = fdb_events(ns);
+    let mut latencies = Vec::with_capacity(changes);
+    for k in 0..changes {
+        let i = n + k / 2;
+        let added = k % 2 == 0;
+        let dst = peer_addr(i);
+        let sent = Instant::now();
+        rt.block_on(async {
+            if added {
+                seeder.put(i).await
+            } else {
+                seeder.delete(i).await
+            }
+        })?;
+        let deadline = sent + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (d, a, at) = events
+                .recv_timeout(left)
+                .context("no kernel change for a peer change")?;
+            if d == dst && a == added {
+                latencies.push(at.duration_since(sent));
+                break;
+            }
+        }
+    }
+    Ok(latencies)
+}
