@@ -85,6 +85,9 @@ struct Inner {
     vip_members: BTreeMap<String, BTreeSet<String>>,
     /// Whom we heartbeat and expect heartbeats from.
     targets: Targets,
+    /// Their IPv4 addresses: what every beat, sample and probe round walks
+    /// (never all N).
+    monitored: BTreeSet<Ipv4Addr>,
     me: String,
     /// Indirect probes (`None` until the heartbeat task starts).
     indirect: Option<Indirect>,
@@ -132,7 +135,7 @@ impl PeerHealth {
     /// How many hosts get our heartbeats.
     #[must_use]
     pub fn monitored(&self) -> usize {
-        self.lock().peers.values().filter(|p| p.monitored).count()
+        self.lock().monitored.len()
     }
 
     fn sample(inner: &mut Inner, ip: Ipv4Addr) -> Option<PeerSample> {
@@ -176,7 +179,10 @@ impl PeerHealth {
     fn probe_round(&self) -> Vec<(Ipv4Addr, Message)> {
         let mut inner = self.lock();
         let (mut silent, mut helpers) = (Vec::new(), Vec::new());
-        for (ip, p) in inner.peers.iter().filter(|(_, p)| p.monitored) {
+        let Inner {
+            peers, monitored, ..
+        } = &*inner;
+        for (ip, p) in monitored.iter().filter_map(|ip| Some((ip, peers.get(ip)?))) {
             if p.alive {
                 helpers.push(*ip);
             } else {
@@ -210,10 +216,10 @@ impl PeerHealth {
     pub fn any_other_heard_after(&self, except: Option<IpAddr>, after: Duration) -> bool {
         let mut inner = self.lock();
         let ips: Vec<Ipv4Addr> = inner
-            .peers
+            .monitored
             .iter()
-            .filter(|(ip, p)| p.monitored && except != Some(IpAddr::V4(**ip)))
-            .map(|(ip, _)| *ip)
+            .filter(|ip| except != Some(IpAddr::V4(**ip)))
+            .copied()
             .collect();
         ips.into_iter()
             .filter_map(|ip| Self::sample(&mut inner, ip)?.last_heartbeat)
@@ -282,7 +288,8 @@ impl PeerHealth {
     }
 
     /// Chooses whom to heartbeat again, after the hosts or the VIP
-    /// memberships changed. O(k log N) for the ring, plus the VIPs.
+    /// memberships changed: O(k log N), and only the peers that join or
+    /// leave the set are touched.
     fn retarget(&self, inner: &mut Inner) {
         let targets = fanout::targets(
             &inner.ring,
@@ -290,28 +297,36 @@ impl PeerHealth {
             &inner.me,
             self.settings.fanout,
         );
-        if targets == inner.targets {
+        let want: BTreeSet<Ipv4Addr> = targets
+            .ring
+            .iter()
+            .chain(&targets.partners)
+            .filter_map(|name| match inner.addresses.get(name) {
+                Some(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            })
+            .collect();
+        if want == inner.monitored && targets == inner.targets {
             return;
         }
         let Inner {
-            peers, addresses, ..
+            peers, monitored, ..
         } = &mut *inner;
-        for (name, a) in addresses.iter() {
-            let IpAddr::V4(ip) = a else { continue };
+        for ip in monitored.symmetric_difference(&want) {
             if let Some(p) = peers.get_mut(ip) {
-                let monitored = targets.contains(name);
-                if p.monitored != monitored {
-                    p.monitored = monitored;
-                    p.history.clear();
-                }
+                p.monitored = want.contains(ip);
+                p.history.clear();
             }
         }
-        info!(
-            ring = targets.ring.len(),
-            vip_partners = targets.partners.len(),
-            hosts = inner.ring.len(),
-            "heartbeat targets chosen"
-        );
+        if targets != inner.targets {
+            info!(
+                ring = targets.ring.len(),
+                vip_partners = targets.partners.len(),
+                hosts = inner.ring.len(),
+                "heartbeat targets chosen"
+            );
+        }
+        inner.monitored = want;
         inner.targets = targets;
     }
 
@@ -356,9 +371,11 @@ impl PeerHealth {
                 Peer::default()
             });
             if p.hostname != *name {
-                // Another host on this address: its own token.
+                // Another host on this address: its own token, and watched
+                // or not as that host is (chosen below).
                 p.hostname.clone_from(name);
                 p.token_written = false;
+                p.monitored = false;
             }
             peers.insert(*ip, p);
         }
@@ -369,6 +386,12 @@ impl PeerHealth {
                 warn!(error = %e, "updating the peer ports failed");
             }
         }
+        // Addresses that went or now belong to someone else are chosen
+        // afresh.
+        let Inner {
+            peers, monitored, ..
+        } = &mut *inner;
+        monitored.retain(|ip| peers.get(ip).is_some_and(|p| p.monitored));
         self.retarget(&mut inner);
     }
 
@@ -423,12 +446,7 @@ impl PeerHealth {
     fn record(&self) {
         let mut inner = self.lock();
         let now = ktime_now();
-        let ips: Vec<Ipv4Addr> = inner
-            .peers
-            .iter()
-            .filter(|(_, p)| p.monitored)
-            .map(|(ip, _)| *ip)
-            .collect();
+        let ips: Vec<Ipv4Addr> = inner.monitored.iter().copied().collect();
         let dead_after = self.settings.dead_after();
         let samples: Vec<_> = ips
             .into_iter()
@@ -454,14 +472,14 @@ impl PeerHealth {
     /// The addresses heartbeats go to, and whether each peer was alive at
     /// the last sample.
     fn targets(&self) -> Vec<(SocketAddr, bool)> {
-        self.lock()
-            .peers
+        let inner = self.lock();
+        inner
+            .monitored
             .iter()
-            .filter(|(_, p)| p.monitored)
-            .map(|(ip, p)| {
+            .map(|ip| {
                 (
                     SocketAddr::new(IpAddr::V4(*ip), self.settings.port),
-                    p.alive,
+                    inner.peers.get(ip).is_some_and(|p| p.alive),
                 )
             })
             .collect()

@@ -406,6 +406,36 @@ impl RegistryCache {
             .retain(|id, _| present.contains(&keys.vip(id)));
     }
 
+    /// Brings `view` up to date for the host or segment key `key` alone
+    /// (O(log N), against [`RegistryCache::view`]'s O(N)); returns whether
+    /// it changed, or `None` for a key that is neither.
+    pub fn update_view(&self, view: &mut RegistryView, key: &str, now: u64) -> Option<bool> {
+        if let Some(name) = self.keys.host_of(key) {
+            let fresh = self
+                .hosts
+                .get(name)
+                .filter(|h| now.saturating_sub(h.issued_at) <= self.max_age.as_secs())
+                .map(|h| &h.record);
+            return Some(match fresh {
+                Some(r) if view.hosts.get(name) != Some(r) => {
+                    view.hosts.insert(name.to_owned(), r.clone());
+                    true
+                }
+                Some(_) => false,
+                None => view.hosts.remove(name).is_some(),
+            });
+        }
+        let name = self.keys.segment_of(key)?;
+        Some(match self.segments.get(name) {
+            Some(s) if view.segments.get(name) != Some(s) => {
+                view.segments.insert(name.to_owned(), s.clone());
+                true
+            }
+            Some(_) => false,
+            None => view.segments.remove(name).is_some(),
+        })
+    }
+
     /// The view the mesh uses: hosts whose records are within the maximum
     /// age at `now`.
     #[must_use]

@@ -5,6 +5,8 @@
 //! unit-tested without etcd; `crate::etcd` talks to etcd.
 
 pub mod cache;
+#[cfg(test)]
+mod cache_view;
 pub mod generation;
 pub mod host;
 pub mod invalid;

@@ -240,6 +240,12 @@ impl Core {
         &self.settings
     }
 
+    /// Whether any VIP is defined (without one, ticks have nothing to do).
+    #[must_use]
+    pub fn has_vips(&self) -> bool {
+        !self.vips.is_empty()
+    }
+
     /// When a contention is due next (the earliest), if any.
     #[must_use]
     pub fn next_due(&self) -> Option<Duration> {

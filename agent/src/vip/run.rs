@@ -109,12 +109,15 @@ pub async fn run(settings: Settings, services: Services, stop: watch::Receiver<b
     } = services;
     let leases = lease_settings(&settings);
     let (lease_tx, lease_rx) = watch::channel(LeaseInfo::none());
-    let lease_task = tokio::spawn(lease::keep(
-        client.clone(),
-        leases.clone(),
-        lease_tx,
-        status.lease.clone(),
-    ));
+    // Granted and kept alive once a VIP exists: a host of a mesh without
+    // floating IPs asks etcd for nothing on their behalf.
+    let keeper = LeaseKeeper {
+        client: client.clone(),
+        settings: leases.clone(),
+        tx: Some(lease_tx),
+        stats: status.lease.clone(),
+        task: None,
+    };
     let (writes, writes_rx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(writer::run(client.clone(), writes_rx));
     let (reports, reports_rx) = mpsc::channel(1024);
@@ -139,9 +142,12 @@ pub async fn run(settings: Settings, services: Services, stop: watch::Receiver<b
         announcers: BTreeMap::new(),
         announced: BTreeMap::new(),
         probers: BTreeMap::new(),
+        keeper,
     };
     shell.serve(changes, view, reports_rx, lease_rx, stop).await;
-    lease_task.abort();
+    if let Some(task) = shell.keeper.task.take() {
+        task.abort();
+    }
     writer_task.abort();
     shell.stop().await;
     lease::forget(&leases);
@@ -184,6 +190,38 @@ pub(super) struct Shell {
     pub(super) announced: BTreeMap<String, Arc<AtomicU64>>,
     /// Raw senders for probes, per interface, with the interface's MAC.
     pub(super) probers: BTreeMap<String, (RawSender, MacAddr)>,
+    pub(super) keeper: LeaseKeeper,
+}
+
+/// The ownership lease's keeper, started with the first VIP.
+pub(super) struct LeaseKeeper {
+    client: Client,
+    settings: lease::LeaseSettings,
+    tx: Option<watch::Sender<LeaseInfo>>,
+    stats: Arc<lease::LeaseStats>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LeaseKeeper {
+    /// Starts keeping the lease, once, when `change` defines a VIP.
+    fn start_for(&mut self, change: &VipChange) {
+        let defines = match change {
+            VipChange::Snapshot(s) => !s.records.is_empty(),
+            VipChange::Record(_, Some(_)) => true,
+            _ => false,
+        };
+        if !defines {
+            return;
+        }
+        if let Some(tx) = self.tx.take() {
+            self.task = Some(tokio::spawn(lease::keep(
+                self.client.clone(),
+                self.settings.clone(),
+                tx,
+                self.stats.clone(),
+            )));
+        }
+    }
 }
 
 /// [`Observe`] over the eBPF watcher and the peer table.
@@ -234,7 +272,10 @@ impl Shell {
                 .next_due()
                 .map(|t| tokio::time::Instant::now() + t.saturating_sub(mono_now()));
             tokio::select! {
-                Some(change) = changes.recv() => self.input(Input::Registry(change)).await,
+                Some(change) = changes.recv() => {
+                    self.keeper.start_for(&change);
+                    self.input(Input::Registry(change)).await;
+                }
                 Some(report) = reports.recv() => self.report(report).await,
                 Ok(()) = view.changed() => {
                     let now = host_addresses(&view.borrow_and_update());
@@ -251,7 +292,8 @@ impl Shell {
                 () = async { if let Some(t) = due { tokio::time::sleep_until(t).await } else { std::future::pending().await } } => {
                     self.input(Input::Tick).await;
                 }
-                _ = fence_tick.tick() => self.input(Input::Tick).await,
+                // Without a VIP, neither tick has anything to do.
+                _ = fence_tick.tick(), if self.core.has_vips() => self.input(Input::Tick).await,
                 event = async {
                     match addresses.as_mut() {
                         Some(a) => a.next().await,
@@ -275,7 +317,7 @@ impl Shell {
                         w.reattach_missing();
                     }
                 }
-                _ = probe_tick.tick() => self.input(Input::ProbeTick).await,
+                _ = probe_tick.tick(), if self.core.has_vips() => self.input(Input::ProbeTick).await,
                 _ = stop.changed() => return,
             }
         }
