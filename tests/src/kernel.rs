@@ -193,6 +193,30 @@ pub fn fdb(ns: &str) -> Vec<FdbEntry> {
     })
 }
 
+/// Deletes the zero-MAC (peer) entry for `dst` on `device` in `ns` with
+/// iproute2, as an operator would by hand.
+pub fn delete_peer_entry(ns: &str, device: &str, dst: &str) {
+    let out = std::process::Command::new("bridge")
+        .args([
+            "-n",
+            ns,
+            "fdb",
+            "del",
+            "00:00:00:00:00:00",
+            "dev",
+            device,
+            "dst",
+            dst,
+        ])
+        .output()
+        .expect("running bridge");
+    assert!(
+        out.status.success(),
+        "bridge fdb del {dst} on {device} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// IPv4 and IPv6 neighbour entries of namespace `ns`.
 #[must_use]
 pub fn neighbours(ns: &str) -> Vec<Neighbour> {

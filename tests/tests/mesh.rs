@@ -304,19 +304,7 @@ fn hand_removed_device_and_fdb_entry_are_restored() {
     eprintln!("deleted device restored after {restored:?}");
     assert!(restored.is_some(), "device restored within one resync");
 
-    let dst = h3.addr.to_string();
-    run(&[
-        "bridge",
-        "-n",
-        &h1.netns,
-        "fdb",
-        "del",
-        "00:00:00:00:00:00",
-        "dev",
-        "blue",
-        "dst",
-        &dst,
-    ]);
+    linkmesh_tests::kernel::delete_peer_entry(&h1.netns, "blue", &h3.addr.to_string());
     let restored = m.wait_peers(1, "blue", &[ip(h2), ip(h3)], Duration::from_secs(6));
     eprintln!("deleted FDB entry restored after {restored:?}");
     assert!(restored.is_some(), "FDB entry restored within one resync");

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use linkmesh_tests::SECRET;
 use linkmesh_tests::agent::{self, wait_until};
+use linkmesh_tests::kernel;
 use linkmesh_tests::require_root;
 use linkmesh_tests::synthetic::SyntheticPeers;
 use linkmesh_tests::testbed::Testbed;
@@ -79,25 +80,7 @@ fn joins_and_leaves_write_one_entry_each_and_dump_nothing() {
 
     // An entry removed by someone else: noticed, dumped, restored.
     let gone = peers.address(PEERS - 1).to_string();
-    let out = std::process::Command::new("bridge")
-        .args([
-            "-n",
-            &ns,
-            "fdb",
-            "del",
-            "00:00:00:00:00:00",
-            "dev",
-            "blue",
-            "dst",
-            &gone,
-        ])
-        .output()
-        .expect("bridge");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kernel::delete_peer_entry(&ns, "blue", &gone);
     let back = wait_until(Duration::from_secs(5), || {
         fdb().iter().any(|a| a.to_string() == gone)
     });

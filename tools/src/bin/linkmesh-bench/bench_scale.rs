@@ -13,19 +13,16 @@
 //! lab (`LINKMESH_BENCH_AGENTS`, default 30; 0 skips them).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use linkmesh_tests::SECRET;
-use linkmesh_tests::agent::{self, Agent, peers, wait_until};
+use linkmesh_tests::agent::{Agent, peers, wait_until};
 use linkmesh_tests::etcd::{Etcd, metric_family_sum};
-use linkmesh_tests::lab::Lab;
 use linkmesh_tests::usage::Usage;
 use linkmesh_tests::{netns, percentile};
 
 use crate::fleet_model::{self, EtcdCounters, per_change};
-use crate::peer_records::{PEER_PREFIX, Seeder, measure_changes};
+use crate::peer_records::{PEER_PREFIX, Seeder, measure_changes, setup};
 
 /// Registry changes timed per N (half joins, half leaves).
 const CHANGES: usize = 50;
@@ -198,19 +195,6 @@ struct Row {
 fn p50_p99(mut d: Vec<Duration>) -> (Duration, Duration) {
     d.sort();
     (percentile(&d, 0.50), percentile(&d, 0.99))
-}
-
-/// The lab, etcd, segment blue and the routed sink for one agent in host 1.
-fn setup(hosts: u8) -> (Lab, Etcd, std::path::PathBuf) {
-    let lab = Lab::new(hosts);
-    let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
-    let secret = agent::secret_file(&lab, "secret", &[SECRET]);
-    let _ = agent::admin(
-        &etcd.endpoint(),
-        &secret,
-        &["segment", "add", "blue", "--vni", "100"],
-    );
-    (lab, etcd, secret)
 }
 
 fn synthetic(n: usize, window: Duration) -> anyhow::Result<Row> {

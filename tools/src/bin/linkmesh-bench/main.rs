@@ -13,18 +13,15 @@ mod fleet_model;
 mod peer_records;
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use linkmesh_tests::agent::{self, Agent, peers, wait_until};
-use linkmesh_tests::etcd::Etcd;
+use linkmesh_tests::agent::{Agent, peers, wait_until};
 use linkmesh_tests::lab::Lab;
 use linkmesh_tests::percentile;
 use peer_records::{Seeder, measure_changes, peer_addr};
 
-use linkmesh_tests::SECRET;
 use linkmesh_tests::usage::Usage;
 
 fn field(line: &str, name: &str) -> Option<u64> {
@@ -46,14 +43,7 @@ struct Row {
 }
 
 fn run(n: usize, changes: usize) -> anyhow::Result<Row> {
-    let lab = Lab::new(1);
-    let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
-    let secret = agent::secret_file(&lab, "secret", &[SECRET]);
-    let _ = agent::admin(
-        &etcd.endpoint(),
-        &secret,
-        &["segment", "add", "blue", "--vni", "100"],
-    );
+    let (lab, etcd, secret) = peer_records::setup(1);
     let rt = tokio::runtime::Runtime::new()?;
     let seeder = rt.block_on(Seeder::connect(&etcd.endpoint(), 900))?;
     rt.block_on(seeder.put_all(n))?;

@@ -11,6 +11,9 @@ use futures::StreamExt;
 use linkmesh::addr::MacAddr;
 use linkmesh::registry::{HostRecord, Keys, Secrets, seal};
 use linkmesh_tests::SECRET;
+use linkmesh_tests::agent;
+use linkmesh_tests::etcd::Etcd;
+use linkmesh_tests::lab::Lab;
 use linkmesh_tests::netns;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::RouteNetlinkMessage;
@@ -221,4 +224,17 @@ pub fn measure_changes(
         }
     }
     Ok(latencies)
+}
+
+/// A lab of `hosts` hosts, its etcd, the secret, and segment blue defined.
+pub fn setup(hosts: u8) -> (Lab, Etcd, std::path::PathBuf) {
+    let lab = Lab::new(hosts);
+    let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
+    let secret = agent::secret_file(&lab, "secret", &[SECRET]);
+    let _ = agent::admin(
+        &etcd.endpoint(),
+        &secret,
+        &["segment", "add", "blue", "--vni", "100"],
+    );
+    (lab, etcd, secret)
 }
