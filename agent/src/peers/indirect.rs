@@ -124,6 +124,8 @@ impl Message {
 struct Round {
     next: Duration,
     gap: Duration,
+    /// When the last round went out (`None`: none yet).
+    asked: Option<Duration>,
 }
 
 /// The three roles' state: origin (open requests, answers, rounds), helper
@@ -196,20 +198,22 @@ impl Indirect {
             let round = self.rounds.entry(target).or_insert(Round {
                 next: now,
                 gap: FIRST_ROUND_GAP,
+                asked: None,
             });
             if now < round.next {
                 continue;
             }
-            // Answered since the last round: keep the pace; else slow down.
-            let answered = self
-                .answered
-                .get(&target)
-                .is_some_and(|t| now.saturating_sub(*t) <= round.gap);
-            round.gap = if answered {
-                FIRST_ROUND_GAP
-            } else {
-                (round.gap * 2).min(MAX_ROUND_GAP)
-            };
+            // Answered since the last round went out: keep the pace; else
+            // slow down (the first round sets the pace).
+            if let Some(asked) = round.asked {
+                let answered = self.answered.get(&target).is_some_and(|t| *t >= asked);
+                round.gap = if answered {
+                    FIRST_ROUND_GAP
+                } else {
+                    (round.gap * 2).min(MAX_ROUND_GAP)
+                };
+            }
+            round.asked = Some(now);
             round.next = now + round.gap;
             let candidates: Vec<Ipv4Addr> =
                 helpers.iter().copied().filter(|h| *h != target).collect();
@@ -454,6 +458,35 @@ mod tests {
         assert!(helper.receive(ms(1500), ip(1), m).is_some(), "a new second");
     }
 
+    /// An answer that came right after a round keeps the pace, however
+    /// late the next tick comes: the peer stays reached without a gap.
+    #[test]
+    fn answered_rounds_keep_the_pace_and_the_answer_stays_fresh() {
+        let mut origin = Indirect::new(ip(1));
+        let mut nonce = 0;
+        let mut next = || {
+            nonce += 1;
+            nonce
+        };
+        let mut last_round = 0;
+        for t in (0..10_000u64).step_by(130) {
+            for (_, m) in origin.tick(ms(t), &[ip(9)], &[ip(2)], &mut next) {
+                last_round = t;
+                let relay = Message {
+                    kind: Kind::Relay,
+                    ..m
+                };
+                origin.receive(ms(t + 8), ip(2), relay);
+            }
+            if t > 0 {
+                assert!(
+                    origin.fresh(ip(9), ms(t + 10)),
+                    "fresh at {t} (last round {last_round})"
+                );
+            }
+        }
+    }
+
     #[test]
     fn unanswered_rounds_slow_down() {
         let mut origin = Indirect::new(ip(1));
@@ -470,8 +503,8 @@ mod tests {
                 times.push(t);
             }
         }
-        // 0, then 1 s, 2 s, 4 s, 8 s apart (capped).
-        assert_eq!(times, vec![0, 1000, 3000, 7000, 15_000]);
+        // 0, then 0.5 s, 1 s, 2 s, 4 s, 8 s apart (capped).
+        assert_eq!(times, vec![0, 500, 1500, 3500, 7500, 15_500]);
         // Heard again: its round is forgotten, so a new silence starts fast.
         origin.tick(ms(20_000), &[], &[ip(2)], || 0);
         assert_eq!(origin.tick(ms(20_100), &[ip(9)], &[ip(2)], || 77).len(), 1);
