@@ -134,7 +134,8 @@ fn a_peer_heard_only_through_others_is_alive_and_forged_answers_are_refused() {
             "to",
             &format!("{h1}/32"),
         ])
-        .args(["ipproto", "udp", "dport", "4794", "prohibit"])
+        // UDP by number: a name would make ip read /etc/protocols.
+        .args(["ipproto", "17", "dport", "4794", "prohibit"])
         .status()
         .expect("ip rule");
     assert!(rule.success(), "adding the rule");
