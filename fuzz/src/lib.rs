@@ -447,11 +447,16 @@ pub fn segment_vip(data: &[u8]) -> bool {
     if signed_body && lease == 0 {
         let valid = exact_json(body)
             && if mode & VIP == 0 {
-                validate_segment_name(name).is_ok()
+                // `blue` is known at a generation, which a body signed
+                // here (with none) cannot pass: a replay, refused.
+                name != "blue"
+                    && validate_segment_name(name).is_ok()
                     && serde_json::from_slice::<SegmentSpec>(body)
                         .is_ok_and(|s| s.validate().is_ok())
             } else {
-                matches!(keys.vip_key(&key), Some(VipKey::Record(_)))
+                // The same for the known VIP.
+                name != vip::KNOWN_VIP
+                    && matches!(keys.vip_key(&key), Some(VipKey::Record(_)))
                     && VipRecord::parse_request(body).is_ok()
             };
         if valid {

@@ -179,6 +179,12 @@ fn segment_seeds(out: &mut Seeds) {
             &seal(&s, &blue, 0, NOW, &SegmentSpec::new(101)).expect("seal"),
         ),
     );
+    // Found by the fuzzer: a valid body for `blue`, signed without a
+    // generation, is older than the one known.
+    add(
+        "reject-segment-blue-signed-body-without-generation",
+        encode(SIGN_BODY, "blue", b"[5]"),
+    );
     add(
         "accept-segment-blue-tombstone",
         encode(0, "blue", &tombstone(&blue, newer)),
