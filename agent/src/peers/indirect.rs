@@ -34,11 +34,13 @@ pub const LEN: usize = BODY + SIGNATURE;
 pub const HELPERS: usize = 3;
 /// An answer must come back within this long.
 const ANSWER_WITHIN: Duration = Duration::from_secs(1);
-/// An indirect answer stands for this long (two rounds).
-pub const FRESH_FOR: Duration = Duration::from_secs(1);
+/// An indirect answer stands for this long: past two rounds, and short,
+/// since a host that dies while reached only indirectly is seen dead this
+/// long after its last answer.
+pub const FRESH_FOR: Duration = Duration::from_millis(500);
 /// A silent peer is asked about this often, and half as often after each
 /// unanswered round, down to once every [`MAX_ROUND_GAP`].
-const FIRST_ROUND_GAP: Duration = Duration::from_millis(500);
+const FIRST_ROUND_GAP: Duration = Duration::from_millis(200);
 const MAX_ROUND_GAP: Duration = Duration::from_secs(8);
 /// Pings and acknowledgements sent for others, at most, per second.
 pub const FORWARD_BUDGET: u32 = 100;
@@ -503,8 +505,8 @@ mod tests {
                 times.push(t);
             }
         }
-        // 0, then 0.5 s, 1 s, 2 s, 4 s, 8 s apart (capped).
-        assert_eq!(times, vec![0, 500, 1500, 3500, 7500, 15_500]);
+        // 0, then 0.2 s, 0.4 s, 0.8 s, ... apart, at most 8 s.
+        assert_eq!(times, vec![0, 200, 600, 1400, 3000, 6200, 12_600]);
         // Heard again: its round is forgotten, so a new silence starts fast.
         origin.tick(ms(20_000), &[], &[ip(2)], || 0);
         assert_eq!(origin.tick(ms(20_100), &[ip(9)], &[ip(2)], || 77).len(), 1);
