@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use netlink_packet_core::NetlinkPayload;
-use netlink_packet_route::neighbour::NeighbourAttribute;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::netns;
@@ -126,15 +125,7 @@ fn fdb_event(m: RouteNetlinkMessage, ifindex: u32, at: Instant) -> Option<FdbEve
     if n.header.family != AddressFamily::Bridge || n.header.ifindex != ifindex {
         return None;
     }
-    let mut zero_mac = false;
-    let mut dst = None;
-    for attr in &n.attributes {
-        match attr {
-            NeighbourAttribute::LinkLayerAddress(mac) => zero_mac = mac.iter().all(|b| *b == 0),
-            NeighbourAttribute::Destination(d) => dst = linkmesh::kernel::fdb::dst_of(d),
-            _ => {}
-        }
-    }
+    let (zero_mac, dst) = linkmesh::kernel::fdb::zero_mac_and_dst(&n);
     if !zero_mac {
         return None;
     }

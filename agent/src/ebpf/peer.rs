@@ -223,11 +223,6 @@ impl PeerWatcher {
         reattach_missing(&mut self.ebpf, PEER_PROGRAM, &self.attached)
     }
 
-    /// Makes the peer set exactly `want` (O(N): see [`set_peers`]).
-    pub fn set_peers(&mut self, want: &BTreeSet<Ipv4Addr>) -> Result<(), WatchError> {
-        set_peers(&mut self.ebpf, want)
-    }
-
     /// Counts `ip` from now on.
     pub fn add_peer(&mut self, ip: Ipv4Addr) -> Result<(), WatchError> {
         add_peer(&mut self.ebpf, ip)

@@ -9,7 +9,6 @@ use futures::channel::mpsc::UnboundedReceiver;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
-use netlink_packet_route::neighbour::NeighbourAttribute;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::SocketAddr;
 use rtnetlink::MulticastGroup;
@@ -104,17 +103,7 @@ fn classify(m: RouteNetlinkMessage) -> Option<KernelEvent> {
             })
         }
         RouteNetlinkMessage::DelNeighbour(n) if n.header.family == AddressFamily::Bridge => {
-            let mut dst = None;
-            let mut zero_mac = false;
-            for a in &n.attributes {
-                match a {
-                    NeighbourAttribute::Destination(d) => dst = super::fdb::dst_of(d),
-                    NeighbourAttribute::LinkLayerAddress(mac) => {
-                        zero_mac = mac.iter().all(|b| *b == 0);
-                    }
-                    _ => {}
-                }
-            }
+            let (zero_mac, dst) = super::fdb::zero_mac_and_dst(&n);
             Some(KernelEvent::FdbRemoved {
                 ifindex: n.header.ifindex,
                 dst,

@@ -85,11 +85,10 @@ pub fn is_permanent(state: NeighbourState) -> bool {
     u16::from(state) & NUD_PERMANENT != 0
 }
 
-/// Whether a dumped entry is one of ours: zero MAC, `NTF_SELF`, permanent.
-fn owned_peer(m: &NeighbourMessage) -> Option<IpAddr> {
-    if !is_permanent(m.header.state) || !m.header.flags.contains(NeighbourFlags::Own) {
-        return None;
-    }
+/// Whether a forwarding entry's MAC is all zeros (head-end replication,
+/// the shape of the mesh's peer entries), and its `NDA_DST`.
+#[must_use]
+pub fn zero_mac_and_dst(m: &NeighbourMessage) -> (bool, Option<IpAddr>) {
     let mut zero_mac = false;
     let mut dst = None;
     for attr in &m.attributes {
@@ -99,7 +98,18 @@ fn owned_peer(m: &NeighbourMessage) -> Option<IpAddr> {
             _ => {}
         }
     }
-    if zero_mac { dst } else { None }
+    (zero_mac, dst)
+}
+
+/// Whether a dumped entry is one of ours: zero MAC, `NTF_SELF`, permanent.
+fn owned_peer(m: &NeighbourMessage) -> Option<IpAddr> {
+    if !is_permanent(m.header.state) || !m.header.flags.contains(NeighbourFlags::Own) {
+        return None;
+    }
+    match zero_mac_and_dst(m) {
+        (true, dst) => dst,
+        (false, _) => None,
+    }
 }
 
 impl Netlink {

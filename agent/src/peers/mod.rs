@@ -132,12 +132,6 @@ impl PeerHealth {
         self.lock().addresses.get(hostname).copied()
     }
 
-    /// How many hosts get our heartbeats.
-    #[must_use]
-    pub fn monitored(&self) -> usize {
-        self.lock().monitored.len()
-    }
-
     fn sample(inner: &mut Inner, ip: Ipv4Addr) -> Option<PeerSample> {
         inner.watcher.as_mut()?.sample(ip)
     }
