@@ -15,6 +15,13 @@ impl MacAddr {
     pub fn is_zero(self) -> bool {
         self == Self::ZERO
     }
+
+    /// Neither zero nor a group (multicast or broadcast) address: one
+    /// that can name a single device.
+    #[must_use]
+    pub fn is_unicast(self) -> bool {
+        !self.is_zero() && self.0[0] & 0x01 == 0
+    }
 }
 
 impl fmt::Display for MacAddr {

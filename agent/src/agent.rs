@@ -160,17 +160,23 @@ fn system_hostname() -> anyhow::Result<String> {
 }
 
 /// This host's registration: its underlay address and, per joined segment,
-/// its device MAC.
-fn host_record(hostname: &str, underlay: &Underlay, segments: &BTreeSet<String>) -> HostRecord {
+/// its device MAC and its overlay addresses.
+fn host_record(hostname: &str, underlay: &Underlay, local: &LocalConfig) -> HostRecord {
     HostRecord {
         hostname: hostname.to_owned(),
         address: underlay.address,
-        segments: segments
+        segments: local
+            .segments
             .iter()
             .map(|s| (s.clone(), device_mac(hostname, s)))
             .collect(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         heartbeat_nonce: None,
+        overlay: local
+            .overlay
+            .iter()
+            .map(|(segment, cidrs)| (segment.clone(), cidrs.iter().map(|c| c.addr).collect()))
+            .collect(),
     }
 }
 
@@ -324,8 +330,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         underlay: underlay.clone(),
         segments: segments.clone(),
         bridge: args.bridge.clone(),
+        overlay: args.overlay()?,
     };
-    let record = host_record(&hostname, &underlay, &segments);
+    let record = host_record(&hostname, &underlay, &local);
     // Peers would refuse it: say so now rather than register in vain.
     record
         .validate(&hostname)

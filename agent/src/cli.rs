@@ -9,7 +9,7 @@ use crate::config::EtcdArgs;
 use crate::etcd::admin::{Segments, VipEntry, Vips};
 use crate::etcd::{self, Access};
 use crate::registry::segment::DEFAULT_PORT;
-use crate::registry::{SegmentSpec, VipRecord};
+use crate::registry::{Flood, SegmentSpec, VipRecord};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum OnOff {
@@ -35,6 +35,12 @@ pub enum SegmentCommand {
         /// Named network namespace to move the device into.
         #[arg(long)]
         netns: Option<String>,
+        /// `head-end`: broadcasts go to every member; `none`: nothing is
+        /// flooded, peers are unicast entries, learning is off and the
+        /// device answers ARP/ND from the overlay addresses hosts publish
+        /// (for large segments).
+        #[arg(long, value_parser = ["head-end", "none"], default_value = "head-end")]
+        flood: String,
     },
     /// List segments.
     Ls,
@@ -272,6 +278,7 @@ pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand, json: bool) -> an
             learning,
             mtu,
             netns,
+            flood,
         } => {
             let spec = SegmentSpec {
                 vni,
@@ -279,12 +286,18 @@ pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand, json: bool) -> an
                 learning: matches!(learning, OnOff::On),
                 mtu,
                 netns,
+                flood: if flood == "none" {
+                    Flood::None
+                } else {
+                    Flood::HeadEnd
+                },
             };
             segments.add(&name, &spec).await?;
             if json {
                 print_json(&serde_json::json!({
                     "name": name, "added": true, "vni": spec.vni, "port": spec.port,
                     "learning": spec.learning, "mtu": spec.mtu, "netns": spec.netns,
+                    "flood": spec.flood.to_string(),
                 }))?;
             } else {
                 println!("segment {name} added (vni {vni}, port {port})");
@@ -306,7 +319,7 @@ pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand, json: bool) -> an
                 let items: Vec<_> = list
                     .iter()
                     .map(|(name, spec)| match spec {
-                        Ok(s) => serde_json::json!({"name": name, "vni": s.vni, "port": s.port, "learning": s.learning, "mtu": s.mtu, "netns": s.netns}),
+                        Ok(s) => serde_json::json!({"name": name, "vni": s.vni, "port": s.port, "learning": s.learning, "mtu": s.mtu, "netns": s.netns, "flood": s.flood.to_string()}),
                         Err(e) => serde_json::json!({"name": name, "error": e.to_string()}),
                     })
                     .collect();
@@ -317,19 +330,20 @@ pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand, json: bool) -> an
             } else {
                 use std::fmt::Write as _;
                 let mut out = format!(
-                    "{:<16} {:>8} {:>6} {:>8} {:>6}  NETNS\n",
-                    "NAME", "VNI", "PORT", "LEARNING", "MTU"
+                    "{:<16} {:>8} {:>6} {:>8} {:>6} {:>8}  NETNS\n",
+                    "NAME", "VNI", "PORT", "LEARNING", "MTU", "FLOOD"
                 );
                 for (name, spec) in &list {
                     let _ = match spec {
                         Ok(s) => writeln!(
                             out,
-                            "{:<16} {:>8} {:>6} {:>8} {:>6}  {}",
+                            "{:<16} {:>8} {:>6} {:>8} {:>6} {:>8}  {}",
                             name,
                             s.vni,
                             s.port,
-                            if s.learning { "on" } else { "off" },
+                            if s.learns() { "on" } else { "off" },
                             s.mtu.map_or_else(|| "auto".to_owned(), |m| m.to_string()),
+                            s.flood.to_string(),
                             s.netns.as_deref().unwrap_or("-")
                         ),
                         Err(e) => writeln!(out, "{name:<16} rejected: {e}"),

@@ -40,6 +40,7 @@ fn record_seeds(out: &mut Seeds) {
         .into(),
         agent_version: "0.1.0".into(),
         heartbeat_nonce: Some(0x1234_5678_9abc_def0),
+        overlay: std::collections::BTreeMap::new(),
     };
     let sealed = |host: &HostRecord, key: &str, issued: u64| {
         seal(&s, key, LEASE, issued, host).expect("seal")
@@ -105,6 +106,7 @@ fn record_body_seeds(out: &mut Seeds) {
         .into(),
         agent_version: "0.2.0-dev".into(),
         heartbeat_nonce: None,
+        overlay: std::collections::BTreeMap::new(),
     };
     add("accept-h3-body-ipv6", encode(SIGN_BODY, "h3", &body(&h3)));
     add(
@@ -151,6 +153,7 @@ fn segment_seeds(out: &mut Seeds) {
         learning: false,
         mtu: Some(1400),
         netns: Some("web".into()),
+        flood: linkmesh::registry::Flood::None,
     };
     let red_value = seal(&s, &keys.segment("red"), 0, NOW, &red).expect("seal");
     add("accept-segment-red", encode(0, "red", &red_value));

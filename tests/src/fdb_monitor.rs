@@ -125,8 +125,8 @@ fn fdb_event(m: RouteNetlinkMessage, ifindex: u32, at: Instant) -> Option<FdbEve
     if n.header.family != AddressFamily::Bridge || n.header.ifindex != ifindex {
         return None;
     }
-    let (zero_mac, dst) = linkmesh::kernel::fdb::zero_mac_and_dst(&n);
-    if !zero_mac {
+    let (mac, dst) = linkmesh::kernel::fdb::mac_and_dst(&n);
+    if !mac.is_some_and(linkmesh::addr::MacAddr::is_zero) {
         return None;
     }
     Some(FdbEvent {

@@ -80,6 +80,7 @@ impl SyntheticPeers {
             address: self.address(i),
             agent_version: "synthetic".into(),
             heartbeat_nonce: None,
+            overlay: std::collections::BTreeMap::new(),
         };
         let value = seal(
             &self.secrets,

@@ -6,14 +6,16 @@
 
 pub mod file;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
+use crate::registry::host::MAX_OVERLAY_PER_SEGMENT;
 use crate::registry::secret::SecretError;
-use crate::registry::{Keys, Secrets};
+use crate::registry::{Cidr, Invalid, Keys, Secrets};
 
 /// Where etcd is and how records are signed (agent and admin commands).
 #[derive(Args, Clone, Debug)]
@@ -142,6 +144,16 @@ pub struct AgentArgs {
     /// Segment to join; repeatable or comma-separated.
     #[arg(long = "segment", env = "LINKMESH_SEGMENT", value_delimiter = ',')]
     pub segments: Vec<String>,
+    /// This host's address in a joined segment, as SEGMENT=ADDRESS/PREFIX
+    /// (repeatable or comma-separated): put on the segment's device (or
+    /// on --bridge) and published in the host's record, so peers on a
+    /// `flood: none` segment can answer ARP/ND for it.
+    #[arg(
+        long = "overlay-address",
+        env = "LINKMESH_OVERLAY_ADDRESS",
+        value_delimiter = ','
+    )]
+    pub overlay_addresses: Vec<String>,
     /// Enslave every segment device to this Linux bridge (created if missing).
     #[arg(long, env = "LINKMESH_BRIDGE")]
     pub bridge: Option<String>,
@@ -336,7 +348,35 @@ impl AgentArgs {
         if let Some(h) = &self.hostname {
             crate::registry::host::validate_hostname(h)?;
         }
+        self.overlay()?;
         Ok(())
+    }
+
+    /// `--overlay-address`, per segment.
+    pub fn overlay(&self) -> Result<BTreeMap<String, BTreeSet<Cidr>>, ConfigError> {
+        let mut out: BTreeMap<String, BTreeSet<Cidr>> = BTreeMap::new();
+        for item in &self.overlay_addresses {
+            let bad =
+                |why: String| ConfigError::Invalid(format!("--overlay-address {item:?}: {why}"));
+            let (segment, cidr) = item
+                .split_once('=')
+                .ok_or_else(|| bad("expected SEGMENT=ADDRESS/PREFIX".into()))?;
+            if !self.segments.iter().any(|s| s == segment) {
+                return Err(bad(format!("segment {segment} is not a --segment")));
+            }
+            let cidr: Cidr = cidr.parse().map_err(|e: Invalid| bad(e.to_string()))?;
+            if !crate::registry::host::underlay_unicast(cidr.addr) {
+                return Err(bad(Invalid::OverlayNotUnicast(cidr.addr).to_string()));
+            }
+            let set = out.entry(segment.to_owned()).or_default();
+            set.insert(cidr);
+            if set.len() > MAX_OVERLAY_PER_SEGMENT {
+                return Err(bad(format!(
+                    "at most {MAX_OVERLAY_PER_SEGMENT} addresses per segment"
+                )));
+            }
+        }
+        Ok(out)
     }
 
     #[must_use]
@@ -387,6 +427,36 @@ mod tests {
         assert_eq!(a.fast_failover, "auto");
         assert!(parse(&["--probe-misses", "1"]).validate().is_err());
         assert!(parse(&["--probe-interval", "0"]).validate().is_err());
+    }
+
+    #[test]
+    fn overlay_addresses_name_joined_segments() {
+        let a = parse(&[
+            "--segment",
+            "blue,red",
+            "--overlay-address",
+            "blue=198.19.10.1/24,blue=fd00:10::1/64",
+            "--overlay-address",
+            "red=198.19.20.1/24",
+        ]);
+        let o = a.overlay().expect("valid");
+        assert_eq!(o["blue"].len(), 2);
+        assert_eq!(
+            o["red"].iter().next().map(ToString::to_string).as_deref(),
+            Some("198.19.20.1/24")
+        );
+        for bad in [
+            "green=198.19.10.1/24",
+            "blue",
+            "blue=198.19.10.1",
+            "blue=198.19.10.1/33",
+            "blue=127.0.0.1/8",
+            "blue=169.254.0.1/16",
+            "blue=fe80::1/64",
+        ] {
+            let a = parse(&["--segment", "blue", "--overlay-address", bad]);
+            assert!(a.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

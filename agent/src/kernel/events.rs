@@ -14,6 +14,7 @@ use netlink_sys::SocketAddr;
 use rtnetlink::MulticastGroup;
 
 use super::KernelError;
+use crate::addr::MacAddr;
 
 /// A change that may concern the agent's own objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,14 +23,16 @@ pub enum KernelEvent {
     LinkChanged { index: u32, name: Option<String> },
     /// A link was deleted.
     LinkRemoved { index: u32, name: Option<String> },
-    /// A bridge/VXLAN forwarding entry of `ifindex` was deleted: for a
-    /// VXLAN device, the remote `dst` it sent to (if any) and whether its
-    /// MAC was all zeros (the head-end replication entries the mesh owns).
+    /// A bridge/VXLAN forwarding entry of `ifindex` was deleted: its MAC
+    /// (all zeros for the head-end replication entries) and, for a VXLAN
+    /// device, the remote `dst` it sent to (if any).
     FdbRemoved {
         ifindex: u32,
+        mac: Option<MacAddr>,
         dst: Option<IpAddr>,
-        zero_mac: bool,
     },
+    /// A neighbour (ARP/ND) entry of `ifindex` was deleted.
+    NeighbourRemoved { ifindex: u32, ip: IpAddr },
     /// An address was deleted from link `ifindex`.
     AddressRemoved { ifindex: u32, addr: IpAddr },
 }
@@ -103,11 +106,20 @@ fn classify(m: RouteNetlinkMessage) -> Option<KernelEvent> {
             })
         }
         RouteNetlinkMessage::DelNeighbour(n) if n.header.family == AddressFamily::Bridge => {
-            let (zero_mac, dst) = super::fdb::zero_mac_and_dst(&n);
+            let (mac, dst) = super::fdb::mac_and_dst(&n);
             Some(KernelEvent::FdbRemoved {
                 ifindex: n.header.ifindex,
+                mac,
                 dst,
-                zero_mac,
+            })
+        }
+        RouteNetlinkMessage::DelNeighbour(n)
+            if matches!(n.header.family, AddressFamily::Inet | AddressFamily::Inet6) =>
+        {
+            let (_, ip) = super::fdb::mac_and_dst(&n);
+            Some(KernelEvent::NeighbourRemoved {
+                ifindex: n.header.ifindex,
+                ip: ip?,
             })
         }
         _ => None,

@@ -1,61 +1,108 @@
-//! VXLAN head-end replication: one all-zero-MAC FDB entry per peer
-//! (`NTF_SELF`, permanent, `NDA_DST` = the peer's underlay address).
+//! A segment device's entries: its forwarding (FDB) entries, one of two
+//! shapes, and the neighbour entries `flood: none` answers ARP/ND from.
 //!
-//! Entries are added with `NLM_F_APPEND`, the flag that lets one zero MAC
-//! carry many destinations (rtnetlink's builder cannot send it), and only
-//! entries of exactly that shape are ever listed or removed: learned and
-//! foreign entries are not ours.
+//! - Head-end replication: one all-zero-MAC entry per peer (`NTF_SELF`,
+//!   permanent, `NDA_DST` = the peer's underlay address), added with
+//!   `NLM_F_APPEND`, the flag that lets one zero MAC carry many
+//!   destinations (rtnetlink's builder cannot send it).
+//! - Unicast (`flood: none`): one entry per peer, its device MAC to its
+//!   underlay address, written with `NLM_F_REPLACE`.
+//!
+//! Only permanent `NTF_SELF` entries are ever listed or removed: learned
+//! entries are not ours.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use std::sync::atomic::Ordering;
 
-use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE};
+use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::{KernelError, Netlink, batch};
+use crate::addr::MacAddr;
 
-/// One peer change.
+/// One entry change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerOp {
     Add,
     Remove,
 }
 
-fn dst_attr(dst: IpAddr) -> NeighbourAttribute {
+/// One entry of a segment device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// Head-end replication to a peer's underlay address.
+    Peer(IpAddr),
+    /// A peer's device MAC, reached at its underlay address.
+    Unicast(MacAddr, IpAddr),
+    /// A peer's overlay address and its device MAC, in the device's
+    /// ARP/ND table.
+    Neighbour(IpAddr, MacAddr),
+}
+
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Peer(dst) => write!(f, "FDB entry for peer {dst}"),
+            Self::Unicast(mac, dst) => write!(f, "FDB entry {mac} via {dst}"),
+            Self::Neighbour(ip, mac) => write!(f, "neighbour entry {ip} at {mac}"),
+        }
+    }
+}
+
+/// A device's own forwarding entries, as dumped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ForwardingEntries {
+    /// Zero-MAC destinations.
+    pub peers: BTreeSet<IpAddr>,
+    /// Unicast MACs and the destination each is sent to.
+    pub unicast: BTreeMap<MacAddr, IpAddr>,
+}
+
+pub(super) fn dst_attr(dst: IpAddr) -> NeighbourAttribute {
     NeighbourAttribute::Destination(match dst {
         IpAddr::V4(a) => NeighbourAddress::Inet(a),
         IpAddr::V6(a) => NeighbourAddress::Inet6(a),
     })
 }
 
-fn peer_message(ifindex: u32, dst: IpAddr) -> NeighbourMessage {
+fn fdb_message(ifindex: u32, mac: MacAddr, dst: Option<IpAddr>) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.family = AddressFamily::Bridge;
     msg.header.ifindex = ifindex;
     msg.header.state = NeighbourState::Permanent;
     msg.header.flags = NeighbourFlags::Own;
-    msg.attributes = vec![
-        NeighbourAttribute::LinkLayerAddress(vec![0; 6]),
-        dst_attr(dst),
-    ];
+    msg.attributes = vec![NeighbourAttribute::LinkLayerAddress(mac.0.to_vec())];
+    msg.attributes.extend(dst.map(dst_attr));
     msg
 }
 
-/// The request for one peer change, with its flags: `NLM_F_APPEND` lets
-/// one zero MAC carry many destinations.
-fn peer_request(op: PeerOp, ifindex: u32, dst: IpAddr) -> (RouteNetlinkMessage, u16) {
-    let msg = peer_message(ifindex, dst);
-    match op {
-        PeerOp::Add => (
-            RouteNetlinkMessage::NewNeighbour(msg),
+/// The request for one entry change, with its flags.
+fn entry_request(op: PeerOp, ifindex: u32, entry: Entry) -> (RouteNetlinkMessage, u16) {
+    match (op, entry) {
+        // `NLM_F_APPEND` lets one zero MAC carry many destinations.
+        (PeerOp::Add, Entry::Peer(dst)) => (
+            RouteNetlinkMessage::NewNeighbour(fdb_message(ifindex, MacAddr::ZERO, Some(dst))),
             NLM_F_CREATE | NLM_F_APPEND,
         ),
-        PeerOp::Remove => (RouteNetlinkMessage::DelNeighbour(msg), 0),
+        (PeerOp::Remove, Entry::Peer(dst)) => (
+            RouteNetlinkMessage::DelNeighbour(fdb_message(ifindex, MacAddr::ZERO, Some(dst))),
+            0,
+        ),
+        (PeerOp::Add, Entry::Unicast(mac, dst)) => (
+            RouteNetlinkMessage::NewNeighbour(fdb_message(ifindex, mac, Some(dst))),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        ),
+        // Without a destination the whole entry goes.
+        (PeerOp::Remove, Entry::Unicast(mac, _)) => (
+            RouteNetlinkMessage::DelNeighbour(fdb_message(ifindex, mac, None)),
+            0,
+        ),
+        (op, Entry::Neighbour(ip, mac)) => super::neigh::request(op, ifindex, ip, mac),
     }
 }
 
@@ -85,37 +132,28 @@ pub fn is_permanent(state: NeighbourState) -> bool {
     u16::from(state) & NUD_PERMANENT != 0
 }
 
-/// Whether a forwarding entry's MAC is all zeros (head-end replication,
-/// the shape of the mesh's peer entries), and its `NDA_DST`.
+/// A neighbour or forwarding entry's MAC (all zeros for head-end
+/// replication) and its `NDA_DST`.
 #[must_use]
-pub fn zero_mac_and_dst(m: &NeighbourMessage) -> (bool, Option<IpAddr>) {
-    let mut zero_mac = false;
+pub fn mac_and_dst(m: &NeighbourMessage) -> (Option<MacAddr>, Option<IpAddr>) {
+    let mut mac = None;
     let mut dst = None;
     for attr in &m.attributes {
         match attr {
-            NeighbourAttribute::LinkLayerAddress(mac) => zero_mac = mac.iter().all(|b| *b == 0),
+            NeighbourAttribute::LinkLayerAddress(a) => {
+                mac = <[u8; 6]>::try_from(a.as_slice()).ok().map(MacAddr);
+            }
             NeighbourAttribute::Destination(d) => dst = dst_of(d),
             _ => {}
         }
     }
-    (zero_mac, dst)
-}
-
-/// Whether a dumped entry is one of ours: zero MAC, `NTF_SELF`, permanent.
-fn owned_peer(m: &NeighbourMessage) -> Option<IpAddr> {
-    if !is_permanent(m.header.state) || !m.header.flags.contains(NeighbourFlags::Own) {
-        return None;
-    }
-    match zero_mac_and_dst(m) {
-        (true, dst) => dst,
-        (false, _) => None,
-    }
+    (mac, dst)
 }
 
 impl Netlink {
-    /// The peers of VXLAN device `ifindex`: destinations of its zero-MAC,
-    /// `NTF_SELF`, permanent entries.
-    pub async fn vxlan_peers(&self, ifindex: u32) -> Result<BTreeSet<IpAddr>, KernelError> {
+    /// The own entries of VXLAN device `ifindex`: its permanent
+    /// `NTF_SELF` forwarding entries with a destination.
+    pub async fn vxlan_entries(&self, ifindex: u32) -> Result<ForwardingEntries, KernelError> {
         self.counters.fdb_dumps.fetch_add(1, Ordering::Relaxed);
         let mut req = NeighbourMessage::default();
         req.header.family = AddressFamily::Bridge;
@@ -125,30 +163,43 @@ impl Netlink {
                 format!("dumping the FDB of ifindex {ifindex}")
             })
             .await?;
-        Ok(replies
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == ifindex => {
-                    owned_peer(n)
+        let mut out = ForwardingEntries::default();
+        for m in &replies {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
+            if n.header.ifindex != ifindex
+                || !is_permanent(n.header.state)
+                || !n.header.flags.contains(NeighbourFlags::Own)
+            {
+                continue;
+            }
+            match mac_and_dst(n) {
+                (Some(mac), Some(dst)) if mac.is_zero() => {
+                    out.peers.insert(dst);
                 }
-                _ => None,
-            })
-            .collect())
+                (Some(mac), Some(dst)) => {
+                    out.unicast.insert(mac, dst);
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
     }
 
-    /// Applies many peer changes in batches (see [`super::batch`]); each
+    /// Applies many entry changes in batches (see [`super::batch`]); each
     /// counts as one write. Returns one result per change.
-    pub async fn change_peers(
+    pub async fn change_entries(
         &self,
-        ops: Vec<(PeerOp, u32, IpAddr)>,
+        ops: Vec<(PeerOp, u32, Entry)>,
     ) -> Result<Vec<Result<(), KernelError>>, KernelError> {
         let count = ops.len() as u64;
         let requests: Vec<_> = ops
             .iter()
-            .map(|(op, ifindex, dst)| peer_request(*op, *ifindex, *dst))
+            .map(|(op, ifindex, entry)| entry_request(*op, *ifindex, *entry))
             .collect();
         let failed = |source| KernelError::Request {
-            what: "applying FDB changes".into(),
+            what: "applying FDB and neighbour changes".into(),
             source,
         };
         let results = match self.netns() {
@@ -173,17 +224,13 @@ impl Netlink {
         Ok(results
             .into_iter()
             .zip(ops)
-            .map(|(r, (op, ifindex, dst))| {
+            .map(|(r, (op, ifindex, entry))| {
                 r.map_err(|source| {
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
                     KernelError::Request {
                         what: match op {
-                            PeerOp::Add => {
-                                format!("adding FDB entry for peer {dst} on ifindex {ifindex}")
-                            }
-                            PeerOp::Remove => {
-                                format!("removing FDB entry for peer {dst} on ifindex {ifindex}")
-                            }
+                            PeerOp::Add => format!("adding {entry} on ifindex {ifindex}"),
+                            PeerOp::Remove => format!("removing {entry} on ifindex {ifindex}"),
                         },
                         source,
                     }

@@ -18,6 +18,8 @@ pub struct VxlanInfo {
     /// Destination UDP port (the kernel's default, 8472, when absent).
     pub port: Option<u16>,
     pub learning: Option<bool>,
+    /// ARP/ND answered from the device's neighbour table.
+    pub proxy: Option<bool>,
     pub local: Option<IpAddr>,
     /// The underlay device's index.
     pub link: Option<u32>,
@@ -44,6 +46,7 @@ pub struct VxlanSpec {
     pub vni: u32,
     pub port: u16,
     pub learning: bool,
+    pub proxy: bool,
     pub local: IpAddr,
     pub underlay_index: u32,
     pub mtu: u32,
@@ -107,6 +110,7 @@ fn parse_vxlan(data: Vec<InfoVxlan>) -> VxlanInfo {
         vni: None,
         port: None,
         learning: None,
+        proxy: None,
         local: None,
         link: None,
     };
@@ -115,6 +119,7 @@ fn parse_vxlan(data: Vec<InfoVxlan>) -> VxlanInfo {
             InfoVxlan::Id(id) => v.vni = Some(id),
             InfoVxlan::Port(p) => v.port = Some(p),
             InfoVxlan::Learning(l) => v.learning = Some(l),
+            InfoVxlan::Proxy(p) => v.proxy = Some(p),
             InfoVxlan::Local(a) => v.local = Some(IpAddr::V4(a)),
             InfoVxlan::Local6(a) => v.local = Some(IpAddr::V6(a)),
             InfoVxlan::Link(i) => v.link = Some(i),
@@ -176,6 +181,7 @@ impl Netlink {
                     InfoVxlan::Link(spec.underlay_index),
                     InfoVxlan::Port(spec.port),
                     InfoVxlan::Learning(spec.learning),
+                    InfoVxlan::Proxy(spec.proxy),
                 ])),
             ]),
         ];

@@ -13,6 +13,7 @@ pub mod batch;
 pub mod events;
 pub mod fdb;
 pub mod link;
+pub mod neigh;
 pub mod packet;
 
 use std::sync::Arc;

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use sha2::{Digest, Sha256};
 
 use crate::addr::MacAddr;
-use crate::registry::RegistryView;
+use crate::registry::{Cidr, Flood, RegistryView};
 
 /// The underlay this host sends VXLAN from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +36,8 @@ pub struct LocalConfig {
     pub segments: BTreeSet<String>,
     /// Bridge to enslave every segment device to.
     pub bridge: Option<String>,
+    /// This host's addresses in its segments (`--overlay-address`).
+    pub overlay: BTreeMap<String, BTreeSet<Cidr>>,
 }
 
 /// One segment device as it should be.
@@ -47,9 +49,30 @@ pub struct DesiredSegment {
     pub learning: bool,
     pub mtu: u32,
     pub mac: MacAddr,
+    /// Answer ARP and neighbour solicitations from the device's neighbour
+    /// table instead of sending them (`flood: none`).
+    pub proxy: bool,
+    /// Head-end replication: one zero-MAC entry per peer address.
     pub peers: BTreeSet<IpAddr>,
+    /// `flood: none`: one unicast entry per peer, its device MAC to its
+    /// underlay address.
+    pub unicast: BTreeMap<MacAddr, IpAddr>,
+    /// `flood: none`: peers' overlay addresses to their device MACs, for
+    /// the device to answer ARP/ND with.
+    pub neighbours: BTreeMap<IpAddr, MacAddr>,
+    /// This host's own addresses in the segment, put on the device (or the
+    /// bridge) and never taken off.
+    pub addresses: BTreeSet<Cidr>,
     /// The named network namespace the device lives in (`None`: the host's).
     pub netns: Option<String>,
+}
+
+impl DesiredSegment {
+    /// Forwarding entries the segment programs, of either kind.
+    #[must_use]
+    pub fn peer_count(&self) -> usize {
+        self.peers.len() + self.unicast.len()
+    }
 }
 
 /// The whole desired state, and what kept parts of the config from it.
@@ -94,28 +117,73 @@ pub fn desired(local: &LocalConfig, registry: &RegistryView) -> Desired {
             continue;
         }
         vnis.insert((spec.vni, spec.port), name.clone());
-        let peers = registry
+        let addresses = local.overlay.get(name).cloned().unwrap_or_default();
+        let members = registry
             .hosts
             .values()
             .filter(|h| h.hostname != local.hostname)
-            .filter(|h| h.segments.contains_key(name))
-            .map(|h| h.address)
-            .filter(|a| a.is_ipv4() == local.underlay.address.is_ipv4())
-            .filter(|a| *a != local.underlay.address)
-            .collect();
-        out.segments.insert(
-            name.clone(),
-            DesiredSegment {
-                name: name.clone(),
-                vni: spec.vni,
-                port: spec.port,
-                learning: spec.learning,
-                mtu: spec.mtu.unwrap_or_else(|| local.underlay.segment_mtu()),
-                mac: device_mac(&local.hostname, name),
-                peers,
-                netns: spec.netns.clone(),
-            },
-        );
+            .filter(|h| h.address.is_ipv4() == local.underlay.address.is_ipv4())
+            .filter(|h| h.address != local.underlay.address)
+            .filter_map(|h| h.segments.get(name).map(|mac| (h, *mac)));
+        let mut segment = DesiredSegment {
+            name: name.clone(),
+            vni: spec.vni,
+            port: spec.port,
+            learning: spec.learns(),
+            mtu: spec.mtu.unwrap_or_else(|| local.underlay.segment_mtu()),
+            mac: device_mac(&local.hostname, name),
+            proxy: spec.flood == Flood::None,
+            peers: BTreeSet::new(),
+            unicast: BTreeMap::new(),
+            neighbours: BTreeMap::new(),
+            addresses,
+            netns: spec.netns.clone(),
+        };
+        match spec.flood {
+            Flood::HeadEnd => segment.peers = members.map(|(h, _)| h.address).collect(),
+            Flood::None => {
+                let own: BTreeSet<IpAddr> = segment.addresses.iter().map(|c| c.addr).collect();
+                let mut owners: BTreeMap<IpAddr, &str> = BTreeMap::new();
+                for (host, mac) in members {
+                    if !mac.is_unicast() || mac == segment.mac {
+                        out.problems.push(format!(
+                            "segment {name}: host {} publishes device MAC {mac}, which cannot \
+                             be a unicast entry; it is left out",
+                            host.hostname
+                        ));
+                        continue;
+                    }
+                    if segment.unicast.contains_key(&mac) {
+                        out.problems.push(format!(
+                            "segment {name}: host {} publishes device MAC {mac}, which another \
+                             host has; it is left out",
+                            host.hostname
+                        ));
+                        continue;
+                    }
+                    segment.unicast.insert(mac, host.address);
+                    for ip in host.overlay.get(name).into_iter().flatten() {
+                        if own.contains(ip) {
+                            out.problems.push(format!(
+                                "segment {name}: host {} publishes overlay address {ip}, which \
+                                 is this host's; it is left out",
+                                host.hostname
+                            ));
+                        } else if let Some(first) = owners.get(ip) {
+                            out.problems.push(format!(
+                                "segment {name}: hosts {first} and {} both publish overlay \
+                                 address {ip}; {first} keeps it",
+                                host.hostname
+                            ));
+                        } else {
+                            owners.insert(*ip, &host.hostname);
+                            segment.neighbours.insert(*ip, mac);
+                        }
+                    }
+                }
+            }
+        }
+        out.segments.insert(name.clone(), segment);
     }
     out
 }
@@ -140,6 +208,7 @@ mod tests {
             },
             segments: segments.iter().map(|s| (*s).to_owned()).collect(),
             bridge: None,
+            overlay: BTreeMap::new(),
         }
     }
 
@@ -155,6 +224,7 @@ mod tests {
                     .collect(),
                 agent_version: "test".into(),
                 heartbeat_nonce: None,
+                overlay: std::collections::BTreeMap::new(),
             },
         )
     }
@@ -194,6 +264,71 @@ mod tests {
         let red = &d.segments["red"];
         assert_eq!(red.peers, [ip("198.18.0.2")].into(), "h3 is not in red");
         assert_eq!(red.mtu, 1400);
+    }
+
+    #[test]
+    fn flood_none_programs_unicast_entries_and_neighbours_and_settles_conflicts() {
+        let mut reg = registry();
+        reg.segments.insert(
+            "big".into(),
+            SegmentSpec {
+                flood: Flood::None,
+                ..SegmentSpec::new(300)
+            },
+        );
+        let overlay = |list: &[&str]| -> BTreeMap<String, BTreeSet<IpAddr>> {
+            [("big".to_owned(), list.iter().map(|a| ip(a)).collect())].into()
+        };
+        for (name, addr, published) in [
+            ("h2", "198.18.0.2", &["198.19.10.2", "198.19.10.99"][..]),
+            ("h3", "198.18.0.3", &["198.19.10.3", "198.19.10.99"]),
+            ("h4", "198.18.0.4", &["198.19.10.1"]),
+            ("h6", "fd00::6", &["198.19.10.6"]),
+        ] {
+            let (key, mut record) = host(name, addr, &["big"]);
+            record.overlay = overlay(published);
+            reg.hosts.insert(key, record);
+        }
+        // h5 forges h2's device MAC; h7 publishes a group MAC.
+        let (key, mut h5) = host("h5", "198.18.0.5", &["big"]);
+        h5.segments.insert("big".into(), device_mac("h2", "big"));
+        reg.hosts.insert(key, h5);
+        let (key, mut h7) = host("h7", "198.18.0.7", &["big"]);
+        h7.segments
+            .insert("big".into(), MacAddr([0x03, 0, 0, 0, 0, 7]));
+        reg.hosts.insert(key, h7);
+
+        let mut l = local(&["big"]);
+        l.overlay.insert(
+            "big".into(),
+            ["198.19.10.1/24".parse().expect("cidr")].into(),
+        );
+        let d = desired(&l, &reg);
+        let big = &d.segments["big"];
+        assert!(big.proxy && !big.learning);
+        assert!(big.peers.is_empty(), "no head-end replication");
+        assert_eq!(
+            big.unicast,
+            [
+                (device_mac("h2", "big"), ip("198.18.0.2")),
+                (device_mac("h3", "big"), ip("198.18.0.3")),
+                (device_mac("h4", "big"), ip("198.18.0.4")),
+            ]
+            .into()
+        );
+        assert_eq!(
+            big.neighbours,
+            [
+                (ip("198.19.10.2"), device_mac("h2", "big")),
+                (ip("198.19.10.3"), device_mac("h3", "big")),
+                (ip("198.19.10.99"), device_mac("h2", "big")),
+            ]
+            .into(),
+            "h2 keeps the address both claim; h4 cannot take this host's"
+        );
+        assert_eq!(big.addresses.len(), 1);
+        assert_eq!(d.problems.len(), 4, "{:#?}", d.problems);
+        assert_eq!(big.peer_count(), 3);
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::net::IpAddr;
 
 use super::desired::{Desired, DesiredSegment, Underlay};
 use crate::addr::MacAddr;
+use crate::kernel::fdb::Entry;
 use crate::kernel::link::{LinkChange, VxlanInfo};
+use crate::registry::Cidr;
 
 /// `IFLA_IFALIAS` of the devices this agent creates: `linkmesh:<segment>`.
 pub const ALIAS_PREFIX: &str = "linkmesh:";
@@ -15,7 +17,7 @@ pub const ALIAS_PREFIX: &str = "linkmesh:";
 /// The kernel's default VXLAN port when `IFLA_VXLAN_PORT` is absent.
 const KERNEL_DEFAULT_PORT: u16 = 8472;
 
-/// A VXLAN device as dumped, with its own (zero-MAC) peers.
+/// A VXLAN device as dumped, with its own entries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObservedDevice {
     pub index: u32,
@@ -26,7 +28,12 @@ pub struct ObservedDevice {
     pub master: Option<u32>,
     pub alias: Option<String>,
     pub vxlan: VxlanInfo,
+    /// Zero-MAC (head-end replication) destinations.
     pub peers: BTreeSet<IpAddr>,
+    /// Permanent unicast forwarding entries.
+    pub unicast: BTreeMap<MacAddr, IpAddr>,
+    /// Permanent neighbour entries (dumped for `flood: none` devices only).
+    pub neighbours: BTreeMap<IpAddr, MacAddr>,
 }
 
 impl ObservedDevice {
@@ -48,6 +55,8 @@ pub struct Observed {
     pub other_links: BTreeSet<String>,
     /// Index of the configured bridge, if it exists.
     pub bridge: Option<u32>,
+    /// Addresses of the devices overlay addresses go on, by link index.
+    pub addresses: BTreeMap<u32, BTreeSet<Cidr>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,15 +84,23 @@ pub enum Action {
         index: u32,
         name: String,
     },
-    AddPeer {
+    /// Add (or, for unicast and neighbour entries, replace) an entry.
+    AddEntry {
         index: u32,
         name: String,
-        dst: IpAddr,
+        entry: Entry,
     },
-    RemovePeer {
+    RemoveEntry {
         index: u32,
         name: String,
-        dst: IpAddr,
+        entry: Entry,
+    },
+    /// Put this host's overlay address on `ifname` (the segment's device,
+    /// or the bridge); index 0: look it up when applying.
+    AddAddress {
+        index: u32,
+        ifname: String,
+        cidr: Cidr,
     },
     Delete {
         index: u32,
@@ -116,6 +133,10 @@ fn recreate_reason(
     if learning != want.learning {
         return Some(format!("learning {learning} != {}", want.learning));
     }
+    let proxy = v.proxy.unwrap_or(false);
+    if proxy != want.proxy {
+        return Some(format!("proxy {proxy} != {}", want.proxy));
+    }
     if v.link != Some(underlay.ifindex) {
         return Some(format!(
             "underlay device {:?} != {}",
@@ -123,6 +144,78 @@ fn recreate_reason(
         ));
     }
     None
+}
+
+/// The entries of a device that stays: add what is missing or differs,
+/// remove what is not wanted. Unicast and neighbour entries are managed
+/// only on `proxy` (`flood: none`) devices; on the others they are not
+/// the mesh's.
+fn entry_actions(want: &DesiredSegment, have: &ObservedDevice, actions: &mut Vec<Action>) {
+    let add = |entry| Action::AddEntry {
+        index: have.index,
+        name: want.name.clone(),
+        entry,
+    };
+    let remove = |entry| Action::RemoveEntry {
+        index: have.index,
+        name: want.name.clone(),
+        entry,
+    };
+    for dst in want.peers.difference(&have.peers) {
+        actions.push(add(Entry::Peer(*dst)));
+    }
+    for dst in have.peers.difference(&want.peers) {
+        actions.push(remove(Entry::Peer(*dst)));
+    }
+    if !want.proxy {
+        return;
+    }
+    for (mac, dst) in &want.unicast {
+        if have.unicast.get(mac) != Some(dst) {
+            actions.push(add(Entry::Unicast(*mac, *dst)));
+        }
+    }
+    for (mac, dst) in &have.unicast {
+        if !want.unicast.contains_key(mac) {
+            actions.push(remove(Entry::Unicast(*mac, *dst)));
+        }
+    }
+    for (ip, mac) in &want.neighbours {
+        if have.neighbours.get(ip) != Some(mac) {
+            actions.push(add(Entry::Neighbour(*ip, *mac)));
+        }
+    }
+    for (ip, mac) in &have.neighbours {
+        if !want.neighbours.contains_key(ip) {
+            actions.push(remove(Entry::Neighbour(*ip, *mac)));
+        }
+    }
+}
+
+/// This host's overlay addresses that are missing where the segment's L3
+/// lives: the bridge, or the device (`device`: its index, `None` when it
+/// is about to be created).
+fn address_actions(
+    want: &DesiredSegment,
+    device: Option<u32>,
+    observed: &Observed,
+    bridge: Option<&str>,
+    actions: &mut Vec<Action>,
+) {
+    let (index, ifname) = match bridge {
+        Some(b) => (observed.bridge.unwrap_or(0), b.to_owned()),
+        None => (device.unwrap_or(0), want.name.clone()),
+    };
+    let present = observed.addresses.get(&index).filter(|_| index != 0);
+    for cidr in &want.addresses {
+        if !present.is_some_and(|p| p.contains(cidr)) {
+            actions.push(Action::AddAddress {
+                index,
+                ifname: ifname.clone(),
+                cidr: *cidr,
+            });
+        }
+    }
 }
 
 /// Actions that turn `observed` into `desired`.
@@ -158,10 +251,27 @@ pub fn plan(
             ));
             continue;
         }
-        let Some(have) = observed.devices.get(name) else {
-            out.actions.push(Action::Create {
-                segment: want.clone(),
-            });
+        // A device that stays; a new one gets its entries when created.
+        let kept = match observed.devices.get(name) {
+            None => {
+                out.actions.push(Action::Create {
+                    segment: want.clone(),
+                });
+                None
+            }
+            Some(have) => match recreate_reason(want, have, underlay) {
+                Some(reason) => {
+                    out.actions.push(Action::Recreate {
+                        index: have.index,
+                        segment: want.clone(),
+                        reason,
+                    });
+                    None
+                }
+                None => Some(have),
+            },
+        };
+        let Some(have) = kept else {
             if bridge.is_some() {
                 // Its index is known only after creation; the executor
                 // resolves it.
@@ -170,22 +280,9 @@ pub fn plan(
                     name: name.clone(),
                 });
             }
+            address_actions(want, None, observed, bridge, &mut out.actions);
             continue;
         };
-        if let Some(reason) = recreate_reason(want, have, underlay) {
-            out.actions.push(Action::Recreate {
-                index: have.index,
-                segment: want.clone(),
-                reason,
-            });
-            if bridge.is_some() {
-                out.actions.push(Action::Enslave {
-                    index: 0,
-                    name: name.clone(),
-                });
-            }
-            continue;
-        }
         let change = LinkChange {
             mtu: (have.mtu != Some(want.mtu)).then_some(want.mtu),
             mac: (have.mac != Some(want.mac)).then_some(want.mac),
@@ -207,20 +304,8 @@ pub fn plan(
                 name: name.clone(),
             });
         }
-        for dst in want.peers.difference(&have.peers) {
-            out.actions.push(Action::AddPeer {
-                index: have.index,
-                name: name.clone(),
-                dst: *dst,
-            });
-        }
-        for dst in have.peers.difference(&want.peers) {
-            out.actions.push(Action::RemovePeer {
-                index: have.index,
-                name: name.clone(),
-                dst: *dst,
-            });
-        }
+        address_actions(want, Some(have.index), observed, bridge, &mut out.actions);
+        entry_actions(want, have, &mut out.actions);
     }
     for (name, have) in &observed.devices {
         if have.is_ours() && !desired.segments.contains_key(name) {
@@ -234,259 +319,4 @@ pub fn plan(
 }
 
 #[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-    use crate::mesh::desired::device_mac;
-
-    fn underlay() -> Underlay {
-        Underlay {
-            address: "198.18.0.1".parse().expect("ip"),
-            ifindex: 2,
-            ifname: "eth0".into(),
-            mtu: 1500,
-        }
-    }
-
-    fn want(name: &str, peers: &[u8]) -> DesiredSegment {
-        DesiredSegment {
-            name: name.into(),
-            vni: 100,
-            port: 4789,
-            learning: true,
-            mtu: 1450,
-            mac: device_mac("h1", name),
-            peers: peers
-                .iter()
-                .map(|p| IpAddr::from([198, 18, 0, *p]))
-                .collect(),
-            netns: None,
-        }
-    }
-
-    /// The device the kernel would have after applying `want`.
-    fn built(want: &DesiredSegment, index: u32) -> ObservedDevice {
-        ObservedDevice {
-            index,
-            name: want.name.clone(),
-            mac: Some(want.mac),
-            mtu: Some(want.mtu),
-            up: true,
-            master: None,
-            alias: Some(format!("{ALIAS_PREFIX}{}", want.name)),
-            vxlan: VxlanInfo {
-                vni: Some(want.vni),
-                port: Some(want.port),
-                learning: Some(want.learning),
-                local: Some(underlay().address),
-                link: Some(underlay().ifindex),
-            },
-            peers: want.peers.clone(),
-        }
-    }
-
-    fn desired_of(segments: &[DesiredSegment]) -> Desired {
-        Desired {
-            segments: segments
-                .iter()
-                .map(|s| (s.name.clone(), s.clone()))
-                .collect(),
-            problems: vec![],
-        }
-    }
-
-    fn observed_of(devices: &[ObservedDevice]) -> Observed {
-        Observed {
-            devices: devices
-                .iter()
-                .map(|d| (d.name.clone(), d.clone()))
-                .collect(),
-            ..Observed::default()
-        }
-    }
-
-    #[test]
-    fn in_sync_means_no_actions() {
-        let w = want("blue", &[2, 3]);
-        let p = plan(
-            &desired_of(std::slice::from_ref(&w)),
-            &observed_of(&[built(&w, 5)]),
-            &underlay(),
-            None,
-        );
-        assert_eq!(p, Plan::default());
-    }
-
-    #[test]
-    fn missing_device_is_created() {
-        let w = want("blue", &[2]);
-        let p = plan(
-            &desired_of(std::slice::from_ref(&w)),
-            &Observed::default(),
-            &underlay(),
-            None,
-        );
-        assert_eq!(p.actions, vec![Action::Create { segment: w }]);
-    }
-
-    #[test]
-    fn vni_port_learning_changes_recreate_mtu_changes_in_place() {
-        let w = want("blue", &[2]);
-        for (tweak, recreate) in [
-            (
-                Box::new(|d: &mut ObservedDevice| d.vxlan.vni = Some(7))
-                    as Box<dyn Fn(&mut ObservedDevice)>,
-                true,
-            ),
-            (Box::new(|d: &mut ObservedDevice| d.vxlan.port = None), true),
-            (
-                Box::new(|d: &mut ObservedDevice| d.vxlan.learning = Some(false)),
-                true,
-            ),
-            (Box::new(|d: &mut ObservedDevice| d.mtu = Some(1400)), false),
-            (Box::new(|d: &mut ObservedDevice| d.up = false), false),
-            (
-                Box::new(|d: &mut ObservedDevice| {
-                    d.vxlan.local = Some("198.18.0.9".parse().expect("ip"));
-                }),
-                false,
-            ),
-        ] {
-            let mut have = built(&w, 5);
-            tweak(&mut have);
-            let p = plan(
-                &desired_of(std::slice::from_ref(&w)),
-                &observed_of(&[have]),
-                &underlay(),
-                None,
-            );
-            assert_eq!(p.actions.len(), 1, "{p:?}");
-            assert_eq!(
-                matches!(p.actions[0], Action::Recreate { .. }),
-                recreate,
-                "{p:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn foreign_links_are_left_alone_and_only_our_devices_are_deleted() {
-        let w = want("blue", &[]);
-        let mut observed = observed_of(&[]);
-        observed.other_links.insert("blue".into());
-        let p = plan(&desired_of(&[w]), &observed, &underlay(), None);
-        assert!(p.actions.is_empty());
-        assert_eq!(p.problems.len(), 1);
-
-        // A VXLAN device of the segment's name that is not ours: reported,
-        // never changed, recreated or given peers, however it differs.
-        let w = want("blue", &[1, 2]);
-        let mut foreign = built(&want("blue", &[]), 9);
-        foreign.alias = None;
-        foreign.vxlan.vni = Some(999);
-        foreign.mtu = Some(9000);
-        let p = plan(
-            &desired_of(&[w]),
-            &observed_of(&[foreign]),
-            &underlay(),
-            Some("br-lm"),
-        );
-        assert_eq!(
-            p.actions,
-            vec![Action::CreateBridge {
-                name: "br-lm".into()
-            }]
-        );
-        assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
-
-        let ours = built(&want("old", &[]), 7);
-        let mut theirs = built(&want("theirs", &[]), 8);
-        theirs.alias = None;
-        let p = plan(
-            &desired_of(&[]),
-            &observed_of(&[ours, theirs]),
-            &underlay(),
-            None,
-        );
-        assert_eq!(
-            p.actions,
-            vec![Action::Delete {
-                index: 7,
-                name: "old".into()
-            }]
-        );
-    }
-
-    #[test]
-    fn bridge_is_created_and_devices_enslaved() {
-        let w = want("blue", &[]);
-        let p = plan(
-            &desired_of(std::slice::from_ref(&w)),
-            &observed_of(&[built(&w, 5)]),
-            &underlay(),
-            Some("br-lm"),
-        );
-        assert_eq!(
-            p.actions,
-            vec![
-                Action::CreateBridge {
-                    name: "br-lm".into()
-                },
-                Action::Enslave {
-                    index: 5,
-                    name: "blue".into()
-                }
-            ]
-        );
-        let mut observed = observed_of(&[ObservedDevice {
-            master: Some(9),
-            ..built(&w, 5)
-        }]);
-        observed.bridge = Some(9);
-        assert!(
-            plan(&desired_of(&[w]), &observed, &underlay(), Some("br-lm"))
-                .actions
-                .is_empty()
-        );
-    }
-
-    /// Applies peer actions to the observed peers, as the kernel would.
-    fn apply_peers(mut have: ObservedDevice, actions: &[Action]) -> ObservedDevice {
-        for a in actions {
-            match a {
-                Action::AddPeer { dst, .. } => {
-                    have.peers.insert(*dst);
-                }
-                Action::RemovePeer { dst, .. } => {
-                    have.peers.remove(dst);
-                }
-                other => panic!("unexpected action {other:?}"),
-            }
-        }
-        have
-    }
-
-    proptest! {
-        /// For any desired and observed peer sets: applying the plan reaches
-        /// the desired set, every action is needed (no add of a present peer,
-        /// no removal of a wanted one), and a second plan is empty.
-        #[test]
-        fn peer_plan_converges_minimally(
-            want_peers in proptest::collection::btree_set(1u8..40, 0..30),
-            have_peers in proptest::collection::btree_set(1u8..40, 0..30),
-        ) {
-            let want_peers: Vec<u8> = want_peers.into_iter().collect();
-            let have_peers: Vec<u8> = have_peers.into_iter().collect();
-            let w = want("blue", &want_peers);
-            let have = ObservedDevice { peers: want("blue", &have_peers).peers, ..built(&w, 5) };
-            let d = desired_of(std::slice::from_ref(&w));
-            let p = plan(&d, &observed_of(std::slice::from_ref(&have)), &underlay(), None);
-            let sym = w.peers.symmetric_difference(&have.peers).count();
-            prop_assert_eq!(p.actions.len(), sym);
-            let after = apply_peers(have, &p.actions);
-            prop_assert_eq!(&after.peers, &w.peers);
-            prop_assert!(plan(&d, &observed_of(&[after]), &underlay(), None).actions.is_empty());
-        }
-    }
-}
+mod tests;

@@ -13,7 +13,6 @@
 //! inside that namespace.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::PoisonError;
 
 use tokio::sync::Mutex;
@@ -21,9 +20,10 @@ use tracing::{info, warn};
 
 use super::desired::{Desired, DesiredSegment, LocalConfig};
 use super::plan::{ALIAS_PREFIX, Action, Observed, ObservedDevice, plan};
-use crate::kernel::fdb::PeerOp;
+use crate::kernel::fdb::{Entry, PeerOp};
 use crate::kernel::link::{LinkChange, VxlanSpec};
 use crate::kernel::{KernelError, Netlink, netns_path};
+use crate::registry::Cidr;
 
 /// What one reconcile pass did.
 #[derive(Debug, Default)]
@@ -75,18 +75,22 @@ impl Reconciler {
     }
 
     /// Whether, as far as this agent knows, its device `ifindex` (in its
-    /// own namespace) holds the peer entry for `dst` (`None`: not known).
-    /// A notification that such an entry went is our own write's echo when
-    /// this says no.
+    /// own namespace) holds `entry` (`None`: not known). A notification
+    /// that such an entry went is our own write's echo when this says no.
+    /// Unicast and neighbour entries match on their MAC and address alone.
     #[must_use]
-    pub fn holds(&self, ifindex: u32, dst: IpAddr) -> Option<bool> {
+    pub fn holds(&self, ifindex: u32, entry: Entry) -> Option<bool> {
         let known = self.known();
         let device = known
             .get(&None)?
             .devices
             .values()
             .find(|d| d.index == ifindex)?;
-        Some(device.peers.contains(&dst))
+        Some(match entry {
+            Entry::Peer(dst) => device.peers.contains(&dst),
+            Entry::Unicast(mac, _) => device.unicast.contains_key(&mac),
+            Entry::Neighbour(ip, _) => device.neighbours.contains_key(&ip),
+        })
     }
 
     /// The connection in the agent's own namespace (its write counters
@@ -124,22 +128,39 @@ impl Reconciler {
         bridge: Option<&str>,
     ) -> Result<Observed, KernelError> {
         let mut observed = Observed::default();
+        if desired.segments.values().any(|s| !s.addresses.is_empty()) {
+            for a in nl.addresses().await? {
+                observed
+                    .addresses
+                    .entry(a.ifindex)
+                    .or_default()
+                    .insert(Cidr {
+                        addr: a.addr,
+                        prefix_len: a.prefix_len,
+                    });
+            }
+        }
         for link in nl.links().await? {
             if bridge == Some(link.name.as_str()) {
                 observed.bridge = Some(link.index);
                 continue;
             }
-            let wanted = desired.segments.contains_key(&link.name);
+            let wanted = desired.segments.get(&link.name);
             match (link.kind.as_deref(), link.vxlan) {
                 (Some("vxlan"), Some(vxlan)) => {
                     let ours = link
                         .alias
                         .as_deref()
                         .is_some_and(|a| a.starts_with(ALIAS_PREFIX));
-                    if !wanted && !ours {
+                    if wanted.is_none() && !ours {
                         continue;
                     }
-                    let peers = nl.vxlan_peers(link.index).await?;
+                    let entries = nl.vxlan_entries(link.index).await?;
+                    let neighbours = if wanted.is_some_and(|w| w.proxy) {
+                        nl.device_neighbours(link.index).await?
+                    } else {
+                        BTreeMap::new()
+                    };
                     observed.devices.insert(
                         link.name.clone(),
                         ObservedDevice {
@@ -151,11 +172,13 @@ impl Reconciler {
                             master: link.master,
                             alias: link.alias,
                             vxlan,
-                            peers,
+                            peers: entries.peers,
+                            unicast: entries.unicast,
+                            neighbours,
                         },
                     );
                 }
-                _ if wanted => {
+                _ if wanted.is_some() => {
                     observed.other_links.insert(link.name);
                 }
                 _ => {}
@@ -225,9 +248,9 @@ impl Reconciler {
         Ok(report)
     }
 
-    /// Applies `actions`, and keeps `observed` in step with the peer
-    /// writes that succeeded; returns whether it still says what the
-    /// kernel holds (no device changed, no write failed).
+    /// Applies `actions`, and keeps `observed` in step with the entry and
+    /// address writes that succeeded; returns whether it still says what
+    /// the kernel holds (no device changed, no write failed).
     async fn apply_all(
         &self,
         nl: &Netlink,
@@ -235,42 +258,45 @@ impl Reconciler {
         report: &mut Report,
         observed: &mut Observed,
     ) -> Result<bool, KernelError> {
-        let (peer_actions, device_actions): (Vec<_>, Vec<_>) = actions
+        let (entry_actions, device_actions): (Vec<_>, Vec<_>) = actions
             .iter()
-            .partition(|a| matches!(a, Action::AddPeer { .. } | Action::RemovePeer { .. }));
-        let mut intact = device_actions.is_empty();
-        // Devices first (in order: bridge, create, enslave), then every peer
-        // change, batched.
+            .partition(|a| matches!(a, Action::AddEntry { .. } | Action::RemoveEntry { .. }));
+        let mut intact = true;
+        // Devices first (in order: bridge, create, enslave, addresses),
+        // then every entry change, batched.
         for action in device_actions {
-            record(report, self.apply(nl, action).await);
+            let result = self.apply(nl, action).await;
+            match action {
+                Action::AddAddress { index, cidr, .. } if *index != 0 && result.is_ok() => {
+                    observed.addresses.entry(*index).or_default().insert(*cidr);
+                }
+                _ => intact = false,
+            }
+            record(report, result);
         }
-        let ops: Vec<_> = peer_actions
+        let ops: Vec<_> = entry_actions
             .iter()
             .filter_map(|a| match a {
-                Action::AddPeer { index, dst, .. } => Some((PeerOp::Add, *index, *dst)),
-                Action::RemovePeer { index, dst, .. } => Some((PeerOp::Remove, *index, *dst)),
+                Action::AddEntry { index, entry, .. } => Some((PeerOp::Add, *index, *entry)),
+                Action::RemoveEntry { index, entry, .. } => Some((PeerOp::Remove, *index, *entry)),
                 _ => None,
             })
             .collect();
         if ops.is_empty() {
             return Ok(intact);
         }
-        for (action, result) in peer_actions.iter().zip(nl.change_peers(ops).await?) {
+        for ((op, _, entry), (action, result)) in ops.iter().zip(
+            entry_actions
+                .iter()
+                .zip(nl.change_entries(ops.clone()).await?),
+        ) {
+            let (Action::AddEntry { name, .. } | Action::RemoveEntry { name, .. }) = action else {
+                continue;
+            };
             if result.is_ok() {
-                match action {
-                    Action::AddPeer { name, dst, .. } => {
-                        info!(segment = %name, peer = %dst, "peer added");
-                        if let Some(d) = observed.devices.get_mut(name) {
-                            d.peers.insert(*dst);
-                        }
-                    }
-                    Action::RemovePeer { name, dst, .. } => {
-                        info!(segment = %name, peer = %dst, "peer removed");
-                        if let Some(d) = observed.devices.get_mut(name) {
-                            d.peers.remove(dst);
-                        }
-                    }
-                    _ => {}
+                info!(segment = %name, ?op, %entry, "entry changed");
+                if let Some(d) = observed.devices.get_mut(name) {
+                    note(d, *op, *entry);
                 }
             } else {
                 intact = false;
@@ -308,6 +334,7 @@ impl Reconciler {
             vni: segment.vni,
             port: segment.port,
             learning: segment.learning,
+            proxy: segment.proxy,
             local: u.address,
             underlay_index: u.ifindex,
             mtu: segment.mtu,
@@ -321,19 +348,27 @@ impl Reconciler {
             ..LinkChange::default()
         };
         nl.change_link(index, &segment.name, &alias).await?;
-        let ops = segment
+        let entries = segment
             .peers
             .iter()
-            .map(|dst| (PeerOp::Add, index, *dst))
-            .collect();
-        for result in nl.change_peers(ops).await? {
+            .map(|dst| Entry::Peer(*dst))
+            .chain(segment.unicast.iter().map(|(m, d)| Entry::Unicast(*m, *d)))
+            .chain(
+                segment
+                    .neighbours
+                    .iter()
+                    .map(|(ip, m)| Entry::Neighbour(*ip, *m)),
+            );
+        let ops = entries.map(|e| (PeerOp::Add, index, e)).collect();
+        for result in nl.change_entries(ops).await? {
             result?;
         }
         info!(
             segment = %segment.name,
             vni = segment.vni,
             netns = segment.netns.as_deref().unwrap_or("-"),
-            peers = segment.peers.len(),
+            peers = segment.peer_count(),
+            neighbours = segment.neighbours.len(),
             "segment device created"
         );
         Ok(())
@@ -378,15 +413,32 @@ impl Reconciler {
                 nl.change_link(index, name, &change).await?;
                 info!(segment = %name, bridge = %bridge_name, "segment device enslaved");
             }
-            Action::AddPeer { index, dst, .. } | Action::RemovePeer { index, dst, .. } => {
+            Action::AddEntry { index, entry, .. } | Action::RemoveEntry { index, entry, .. } => {
                 // Normally batched by `apply_all`; one change on its own here.
-                let op = if matches!(action, Action::AddPeer { .. }) {
+                let op = if matches!(action, Action::AddEntry { .. }) {
                     PeerOp::Add
                 } else {
                     PeerOp::Remove
                 };
-                for result in nl.change_peers(vec![(op, *index, *dst)]).await? {
+                for result in nl.change_entries(vec![(op, *index, *entry)]).await? {
                     result?;
+                }
+            }
+            Action::AddAddress {
+                index,
+                ifname,
+                cidr,
+            } => {
+                let index = if *index == 0 {
+                    Self::index_of(nl, ifname).await?
+                } else {
+                    *index
+                };
+                if nl
+                    .add_address(index, ifname, cidr.addr, cidr.prefix_len)
+                    .await?
+                {
+                    info!(device = %ifname, address = %cidr, "overlay address added");
                 }
             }
             Action::Delete { index, name } => {
@@ -412,6 +464,30 @@ impl Reconciler {
             }
         }
         Ok(removed)
+    }
+}
+
+/// `device` after `op` on `entry` succeeded.
+fn note(device: &mut ObservedDevice, op: PeerOp, entry: Entry) {
+    match (op, entry) {
+        (PeerOp::Add, Entry::Peer(dst)) => {
+            device.peers.insert(dst);
+        }
+        (PeerOp::Remove, Entry::Peer(dst)) => {
+            device.peers.remove(&dst);
+        }
+        (PeerOp::Add, Entry::Unicast(mac, dst)) => {
+            device.unicast.insert(mac, dst);
+        }
+        (PeerOp::Remove, Entry::Unicast(mac, _)) => {
+            device.unicast.remove(&mac);
+        }
+        (PeerOp::Add, Entry::Neighbour(ip, mac)) => {
+            device.neighbours.insert(ip, mac);
+        }
+        (PeerOp::Remove, Entry::Neighbour(ip, _)) => {
+            device.neighbours.remove(&ip);
+        }
     }
 }
 

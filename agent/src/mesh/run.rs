@@ -10,26 +10,38 @@ use anyhow::bail;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::desired::DesiredSegment;
 use super::reconcile::Pass;
 use super::{Reconciler, desired};
+use crate::addr::MacAddr;
 use crate::kernel::events::{KernelEvent, KernelEvents};
+use crate::kernel::fdb::Entry;
 use crate::registry::RegistryView;
 
 /// Kernel events are gathered this long before one reconcile pass.
 const EVENT_DEBOUNCE: Duration = Duration::from_millis(50);
 
-/// Whether a kernel event may concern the mesh's devices. A removed peer
-/// entry matters unless it is the echo of our own removal (the known state
-/// no longer holds it); entries with a MAC (learned, or anyone's) are not
-/// the mesh's.
+/// Whether a kernel event may concern the mesh's devices. A removed
+/// zero-MAC peer entry matters unless it is the echo of our own removal
+/// (the known state no longer holds it). A removed unicast or neighbour
+/// entry matters only when the known state still holds it: learned and
+/// kernel-resolved entries come and go, and are not the mesh's.
 fn relevant(event: &KernelEvent, segments: &BTreeSet<String>, reconciler: &Reconciler) -> bool {
     match event {
         KernelEvent::LinkRemoved { .. } => true,
-        KernelEvent::FdbRemoved {
-            ifindex,
-            dst,
-            zero_mac,
-        } => *zero_mac && dst.is_none_or(|d| reconciler.holds(*ifindex, d) != Some(false)),
+        KernelEvent::FdbRemoved { ifindex, mac, dst } => match mac {
+            Some(m) if m.is_zero() => {
+                dst.is_none_or(|d| reconciler.holds(*ifindex, Entry::Peer(d)) != Some(false))
+            }
+            Some(m) => {
+                let any = std::net::IpAddr::from([0, 0, 0, 0]);
+                reconciler.holds(*ifindex, Entry::Unicast(*m, any)) == Some(true)
+            }
+            None => false,
+        },
+        KernelEvent::NeighbourRemoved { ifindex, ip } => {
+            reconciler.holds(*ifindex, Entry::Neighbour(*ip, MacAddr::ZERO)) == Some(true)
+        }
         KernelEvent::LinkChanged { name, .. } => {
             name.as_ref().is_some_and(|n| segments.contains(n))
         }
@@ -68,7 +80,11 @@ pub async fn run(
                         elapsed_us,
                         dumps = report.dumps,
                         segments = want.segments.len(),
-                        peers = want.segments.values().map(|s| s.peers.len()).sum::<usize>(),
+                        peers = want
+                            .segments
+                            .values()
+                            .map(DesiredSegment::peer_count)
+                            .sum::<usize>(),
                         "mesh reconciled"
                     );
                 }

@@ -1,6 +1,6 @@
 //! Host registrations: `<prefix>/hosts/<HOSTNAME>`, on the host's lease.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,16 @@ pub struct HostRecord {
     /// without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_nonce: Option<u64>,
+    /// The host's own addresses inside joined segments, per segment: what
+    /// peers on a `flood: none` segment answer ARP and neighbour
+    /// solicitations with (this host's device MAC in that segment).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overlay: BTreeMap<String, BTreeSet<IpAddr>>,
 }
+
+/// Overlay addresses one host may publish in one segment (one or two per
+/// family is the normal case).
+pub const MAX_OVERLAY_PER_SEGMENT: usize = 8;
 
 /// The tokens `hostname`'s heartbeats carry for `nonce`: the first 8 bytes
 /// of an HMAC over both, under each of the first two secrets (the signing
@@ -68,6 +77,21 @@ impl HostRecord {
         }
         for name in self.segments.keys() {
             validate_segment_name(name)?;
+        }
+        for (segment, addresses) in &self.overlay {
+            if !self.segments.contains_key(segment) {
+                return Err(Invalid::OverlayNotJoined(segment.clone()));
+            }
+            if addresses.len() > MAX_OVERLAY_PER_SEGMENT {
+                return Err(Invalid::OverlayTooMany {
+                    segment: segment.clone(),
+                    count: addresses.len(),
+                    max: MAX_OVERLAY_PER_SEGMENT,
+                });
+            }
+            if let Some(bad) = addresses.iter().find(|a| !underlay_unicast(**a)) {
+                return Err(Invalid::OverlayNotUnicast(*bad));
+            }
         }
         Ok(())
     }
@@ -127,7 +151,64 @@ mod tests {
             segments: BTreeMap::from([("blue".into(), MacAddr([2, 0, 0, 0, 0, 1]))]),
             agent_version: "0.1.0".into(),
             heartbeat_nonce: None,
+            overlay: BTreeMap::new(),
         }
+    }
+
+    fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
+        list.iter().map(|a| a.parse().expect("ip")).collect()
+    }
+
+    #[test]
+    fn overlay_addresses_are_for_joined_segments_unicast_and_few() {
+        let mut r = record();
+        r.overlay
+            .insert("blue".into(), ips(&["198.19.10.1", "fd00:10::1"]));
+        assert!(r.validate("h1").is_ok());
+        let json = serde_json::to_string(&r).expect("encode");
+        assert!(
+            json.ends_with(r#""overlay":{"blue":["198.19.10.1","fd00:10::1"]}}"#),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<HostRecord>(&json).expect("decode"),
+            r
+        );
+
+        let mut r = record();
+        r.overlay.insert("red".into(), ips(&["198.19.10.1"]));
+        assert_eq!(
+            r.validate("h1"),
+            Err(Invalid::OverlayNotJoined("red".into()))
+        );
+        for bad in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "169.254.0.1",
+            "255.255.255.255",
+            "224.0.0.5",
+            "::",
+            "fe80::1",
+            "ff02::1",
+        ] {
+            let mut r = record();
+            r.overlay.insert("blue".into(), ips(&["198.19.10.1", bad]));
+            assert_eq!(
+                r.validate("h1"),
+                Err(Invalid::OverlayNotUnicast(bad.parse().expect("ip"))),
+                "{bad}"
+            );
+        }
+        let mut r = record();
+        let many: Vec<String> = (0..=MAX_OVERLAY_PER_SEGMENT)
+            .map(|i| format!("198.19.10.{}", i + 1))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        r.overlay.insert("blue".into(), ips(&many));
+        assert!(matches!(
+            r.validate("h1"),
+            Err(Invalid::OverlayTooMany { .. })
+        ));
     }
 
     #[test]

@@ -15,6 +15,18 @@ pub enum Invalid {
         "underlay address {0} is not a routable unicast address (not loopback, link-local, broadcast or multicast)"
     )]
     NotUnicast(IpAddr),
+    #[error("overlay addresses for segment {0:?}, which the host does not join")]
+    OverlayNotJoined(String),
+    #[error("segment {segment}: {count} overlay addresses, at most {max}")]
+    OverlayTooMany {
+        segment: String,
+        count: usize,
+        max: usize,
+    },
+    #[error(
+        "overlay address {0} is not a unicast address (not unspecified, loopback, link-local, broadcast or multicast)"
+    )]
+    OverlayNotUnicast(IpAddr),
     #[error("segment name {name:?} must be 1 to {max} bytes (it names the device)")]
     SegmentNameLength { name: String, max: usize },
     #[error("segment name {0:?} is not a valid interface name")]

@@ -24,7 +24,7 @@ pub use invalid::Invalid;
 pub use keys::{Keys, VipKey};
 pub use record::{Expect, Rejection, Verified, open, seal, seal_definition};
 pub use secret::Secrets;
-pub use segment::SegmentSpec;
+pub use segment::{Flood, SegmentSpec};
 pub use vip::{Check, Cidr, ValidVip, VipRecord, open_vip};
 pub use vipkeys::{
     FailoverRecord, MemberKey, Owner, OwnerRecord, StateRecord, SuspectRecord, VipChange,

@@ -26,6 +26,42 @@ pub struct SegmentSpec {
     /// A named network namespace (`/run/netns/NAME`) to move the device into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// How the segment reaches hosts it has no entry for.
+    #[serde(default, skip_serializing_if = "Flood::is_head_end")]
+    pub flood: Flood,
+}
+
+/// Where a segment's broadcast and unknown-destination frames go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Flood {
+    /// To every member: one all-zero-MAC forwarding entry per peer, with
+    /// MAC learning as the segment says (the kernel copies each broadcast
+    /// once per peer).
+    #[default]
+    #[serde(rename = "head-end")]
+    HeadEnd,
+    /// Nowhere: each peer is one unicast forwarding entry for the device
+    /// MAC it publishes, learning is off, and the device answers ARP and
+    /// neighbour solicitations itself (`proxy`) from the overlay addresses
+    /// hosts publish. For large segments.
+    #[serde(rename = "none")]
+    None,
+}
+
+impl Flood {
+    #[must_use]
+    pub fn is_head_end(&self) -> bool {
+        *self == Self::HeadEnd
+    }
+}
+
+impl std::fmt::Display for Flood {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::HeadEnd => "head-end",
+            Self::None => "none",
+        })
+    }
 }
 
 fn default_port() -> u16 {
@@ -49,7 +85,15 @@ impl SegmentSpec {
             learning: true,
             mtu: None,
             netns: None,
+            flood: Flood::HeadEnd,
         }
+    }
+
+    /// Whether the device learns MACs: never with `flood: none` (its
+    /// entries all come from the registry).
+    #[must_use]
+    pub fn learns(&self) -> bool {
+        self.learning && self.flood == Flood::HeadEnd
     }
 
     pub fn validate(&self) -> Result<(), Invalid> {
@@ -126,6 +170,32 @@ mod tests {
             serde_json::to_string(&s).expect("encode"),
             r#"{"vni":100,"port":4789,"learning":true}"#
         );
+    }
+
+    #[test]
+    fn flood_none_round_trips_and_turns_learning_off() {
+        let s: SegmentSpec = serde_json::from_str(r#"{"vni":7,"flood":"none"}"#).expect("decode");
+        assert_eq!(s.flood, Flood::None);
+        assert!(s.learning, "the field keeps what was written");
+        assert!(!s.learns(), "but the device never learns");
+        assert!(SegmentSpec::new(7).learns());
+        assert_eq!(
+            serde_json::to_string(&s).expect("encode"),
+            r#"{"vni":7,"port":4789,"learning":true,"flood":"none"}"#
+        );
+        let explicit: SegmentSpec =
+            serde_json::from_str(r#"{"vni":7,"flood":"head-end"}"#).expect("decode");
+        assert_eq!(explicit, SegmentSpec::new(7));
+        for bad in [
+            r#""flood":"None""#,
+            r#""flood":"multicast""#,
+            r#""flood":1"#,
+        ] {
+            assert!(
+                serde_json::from_str::<SegmentSpec>(&format!("{{\"vni\":7,{bad}}}")).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -281,7 +281,7 @@ impl Core {
                     | KernelEvent::LinkChanged { index, name } => {
                         *index == b.ifindex || name.as_deref() == Some(b.ifname.as_str())
                     }
-                    KernelEvent::FdbRemoved { .. } => false,
+                    KernelEvent::FdbRemoved { .. } | KernelEvent::NeighbourRemoved { .. } => false,
                 }
             })
             .map(|(id, _)| id.clone())

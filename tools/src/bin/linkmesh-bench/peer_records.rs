@@ -36,6 +36,7 @@ fn peer_record(i: usize) -> HostRecord {
         segments: [("blue".to_owned(), MacAddr([2, 0x19, 0, 0, 0, 1]))].into(),
         agent_version: "bench".into(),
         heartbeat_nonce: None,
+        overlay: std::collections::BTreeMap::new(),
     }
 }
 
