@@ -1,8 +1,10 @@
 //! `cargo xtask bench mesh|vip|ebpf|idle|scale`.
 //!
 //! mesh: how fast one agent programs N peers, and how fast one change
-//! reaches the kernel, against iproute2's `bridge -batch` programming the
-//! same entries, measured in the same run. vip: see `bench_vip.rs`; ebpf:
+//! reaches the kernel, against iproute2 (`bridge -batch`, and `ip -batch`
+//! for neighbour entries) programming the same entries, measured in the
+//! same run; for head-end replication and for `flood: none`
+//! (`LINKMESH_BENCH_FLOOD`, default both). vip: see `bench_vip.rs`; ebpf:
 //! see `bench_ebpf.rs`; idle: `bench_idle.rs`; scale: `bench_scale.rs`.
 
 mod bench_ebpf;
@@ -18,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use linkmesh_tests::agent::{Agent, peers, wait_until};
+use linkmesh_tests::kernel;
 use linkmesh_tests::lab::Lab;
 use linkmesh_tests::percentile;
-use peer_records::{Seeder, measure_changes, peer_addr};
+use peer_records::{Seeder, measure_changes, peer_addr, peer_mac, peer_overlay};
 
 use linkmesh_tests::usage::Usage;
 
@@ -32,6 +35,7 @@ fn field(line: &str, name: &str) -> Option<u64> {
 
 struct Row {
     n: usize,
+    flood: &'static str,
     full: Duration,
     program: Duration,
     writes: u64,
@@ -42,10 +46,37 @@ struct Row {
     bridge: Duration,
 }
 
-fn run(n: usize, changes: usize) -> anyhow::Result<Row> {
-    let (lab, etcd, secret) = peer_records::setup(1);
+/// The entries `device` in `ns` holds for its peers: zero-MAC entries
+/// (head-end), or unicast entries and neighbour entries (`flood: none`).
+fn programmed(ns: &str, device: &str, flood: &str) -> usize {
+    if flood == "head-end" {
+        return peers(ns, device).map_or(0, |p| p.len());
+    }
+    let Some(index) = kernel::link(ns, device).map(|l| l.index) else {
+        return 0;
+    };
+    let unicast = kernel::fdb(ns)
+        .iter()
+        .filter(|e| e.ifindex == index && e.own && e.permanent && e.mac != [0; 6])
+        .count();
+    let neighbours = kernel::neighbours(ns)
+        .iter()
+        .filter(|e| e.ifindex == index && linkmesh::kernel::fdb::is_permanent(e.state))
+        .count();
+    unicast + neighbours
+}
+
+fn run(n: usize, changes: usize, flood: &'static str) -> anyhow::Result<Row> {
+    let (lab, etcd, secret) = peer_records::setup_flood(1, flood);
     let rt = tokio::runtime::Runtime::new()?;
-    let seeder = rt.block_on(Seeder::connect(&etcd.endpoint(), 900))?;
+    let mut seeder = rt.block_on(Seeder::connect(&etcd.endpoint(), 900))?;
+    // Entries the agent programs per peer.
+    let per_peer = if flood == "none" {
+        seeder = seeder.with_overlay();
+        2
+    } else {
+        1
+    };
     rt.block_on(seeder.put_all(n))?;
 
     let host = lab.host(1).clone();
@@ -53,10 +84,12 @@ fn run(n: usize, changes: usize) -> anyhow::Result<Row> {
     let process = Agent::new(&lab, 1, &etcd.endpoint(), &secret)
         .segments(&["blue"])
         .start();
-    let count = |ns: &str| peers(ns, "blue").map_or(0, |p| p.len());
-    let full = wait_until(Duration::from_mins(2), || count(&host.netns) == n)
-        .with_context(|| format!("the agent never held {n} peers:\n{}", process.log()))?;
-    let _ = started;
+    let wanted = n * per_peer;
+    wait_until(Duration::from_mins(3), || {
+        programmed(&host.netns, "blue", flood) == wanted
+    })
+    .with_context(|| format!("the agent never held {n} peers:\n{}", process.log()))?;
+    let full = started.elapsed();
     let log = process.log();
     let line = log
         .lines()
@@ -78,10 +111,11 @@ fn run(n: usize, changes: usize) -> anyhow::Result<Row> {
     let (cpu, rss_kb) = (usage.cpu, usage.peak_kib);
     process.kill();
 
-    let bridge = bridge_baseline(&lab, &host.netns, n)?;
+    let bridge = iproute2_baseline(&lab, &host.netns, n, flood)?;
 
     Ok(Row {
         n,
+        flood,
         full,
         program,
         writes,
@@ -119,17 +153,31 @@ fn main() -> anyhow::Result<()> {
         .split(',')
         .map(|s| s.trim().parse().context("LINKMESH_BENCH_SIZES"))
         .collect::<anyhow::Result<_>>()?;
+    let floods: Vec<&'static str> = std::env::var("LINKMESH_BENCH_FLOOD")
+        .unwrap_or_else(|_| "head-end,none".into())
+        .split(',')
+        .map(|f| match f.trim() {
+            "head-end" => Ok("head-end"),
+            "none" => Ok("none"),
+            other => Err(anyhow::anyhow!(
+                "LINKMESH_BENCH_FLOOD: {other:?} is not head-end or none"
+            )),
+        })
+        .collect::<anyhow::Result<_>>()?;
     let changes = 50;
     let mut rows = Vec::new();
     for n in sizes {
-        eprintln!("==> mesh bench: {n} peers");
-        rows.push(run(n, changes)?);
+        for flood in &floods {
+            eprintln!("==> mesh bench: {n} peers, flood {flood}");
+            rows.push(run(n, changes, flood)?);
+        }
     }
     println!();
     println!("mesh benchmark: one agent, one segment, N signed peer records already in etcd");
     println!(
-        "{:>6} {:>12} {:>12} {:>11} {:>14} {:>9} {:>9} {:>9} {:>9} {:>12} {:>14}",
+        "{:>6} {:>9} {:>12} {:>12} {:>11} {:>14} {:>9} {:>9} {:>9} {:>9} {:>12} {:>14}",
         "N",
+        "flood",
         "all-in ms",
         "program ms",
         "writes",
@@ -138,8 +186,8 @@ fn main() -> anyhow::Result<()> {
         "rss MiB",
         "p50 ms",
         "p99 ms",
-        "bridge ms",
-        "program/bridge"
+        "iproute2 ms",
+        "program/ipr2"
     );
     for r in &rows {
         #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
@@ -151,8 +199,9 @@ fn main() -> anyhow::Result<()> {
         #[expect(clippy::cast_precision_loss, reason = "a size for display")]
         let rss = r.rss_kb as f64 / 1024.0;
         println!(
-            "{:>6} {:>12} {:>12} {:>11} {:>14.0} {:>9} {:>9.1} {:>9} {:>9} {:>12} {:>14.2}",
+            "{:>6} {:>9} {:>12} {:>12} {:>11} {:>14.0} {:>9} {:>9.1} {:>9} {:>9} {:>12} {:>14.2}",
             r.n,
+            r.flood,
             ms(r.full),
             ms(r.program),
             r.writes,
@@ -166,25 +215,48 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "all-in: agent start until the kernel FDB holds all N (process start, etcd read, verify, program);\n\
+        "all-in (the cold start): agent start until the kernel holds every entry for all N (process start, etcd read,\n\
+         verify, program); entries per peer: head-end 1 (zero MAC), none 2 (unicast FDB entry, neighbour entry);\n\
          program: the agent's first reconcile pass; p50/p99: {changes} single add/remove changes, etcd write to kernel event;\n\
-         bridge: `bridge -batch` appending the same N entries to a fresh device (iproute2, one process)."
+         iproute2: the same entries on a fresh device, one process per tool: head-end `bridge -batch` appends;\n\
+         none `bridge -batch` replaces, then `ip -batch` neighbour replaces (the two times summed)."
     );
     Ok(())
 }
 
-/// iproute2 programs the same N entries on a fresh device, in one process.
-fn bridge_baseline(lab: &Lab, ns: &str, n: usize) -> anyhow::Result<Duration> {
-    let batch = lab.dir().join("fdb.batch");
-    let mut text = String::new();
+/// iproute2 programs the same entries on a fresh device, one process per
+/// tool: zero-MAC appends (head-end), or unicast entries and neighbour
+/// entries (`flood: none`, on a device with learning off and proxy on).
+fn iproute2_baseline(lab: &Lab, ns: &str, n: usize, flood: &str) -> anyhow::Result<Duration> {
+    let none = flood == "none";
+    let mut fdb = String::new();
+    let mut neigh = String::new();
     for i in 0..n {
-        let _ = writeln!(
-            text,
-            "fdb append 00:00:00:00:00:00 dev vxb dst {}",
-            peer_addr(i)
-        );
+        if none {
+            let _ = writeln!(
+                fdb,
+                "fdb replace {} dev vxb dst {} self permanent",
+                peer_mac(i),
+                peer_addr(i)
+            );
+            let _ = writeln!(
+                neigh,
+                "neigh replace {} lladdr {} dev vxb nud permanent",
+                peer_overlay(i),
+                peer_mac(i)
+            );
+        } else {
+            let _ = writeln!(
+                fdb,
+                "fdb append 00:00:00:00:00:00 dev vxb dst {}",
+                peer_addr(i)
+            );
+        }
     }
-    std::fs::write(&batch, text)?;
+    let fdb_file = lab.dir().join("fdb.batch");
+    let neigh_file = lab.dir().join("neigh.batch");
+    std::fs::write(&fdb_file, fdb)?;
+    std::fs::write(&neigh_file, neigh)?;
     let ip = |args: &[&str]| -> anyhow::Result<()> {
         let out = Command::new("ip").args(args).output()?;
         ensure!(
@@ -194,28 +266,41 @@ fn bridge_baseline(lab: &Lab, ns: &str, n: usize) -> anyhow::Result<Duration> {
         );
         Ok(())
     };
-    ip(&[
+    let mut add = vec![
         "-n", ns, "link", "add", "vxb", "type", "vxlan", "id", "999", "dstport", "4790", "dev",
         "eth0",
-    ])?;
+    ];
+    if none {
+        add.extend(["nolearning", "proxy"]);
+    }
+    ip(&add)?;
     ip(&["-n", ns, "link", "set", "vxb", "up"])?;
     let t = Instant::now();
     let out = Command::new("bridge")
         .args(["-n", ns, "-batch"])
-        .arg(&batch)
+        .arg(&fdb_file)
         .output()?;
-    let bridge = t.elapsed();
     if !out.status.success() {
         bail!("bridge -batch: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let programmed = peers(ns, "vxb").map_or(0, |p| p.len());
+    if none {
+        let out = Command::new("ip")
+            .args(["-n", ns, "-batch"])
+            .arg(&neigh_file)
+            .output()?;
+        if !out.status.success() {
+            bail!("ip -batch: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    let took = t.elapsed();
+    let held = programmed(ns, "vxb", flood);
+    let per_peer = if none { 2 } else { 1 };
     ensure!(
-        programmed == n,
-        "bridge -batch programmed {programmed} of {n} entries: {}",
-        String::from_utf8_lossy(&out.stderr)
+        held == n * per_peer,
+        "iproute2 programmed {held} of {} entries",
+        n * per_peer
     );
-
-    Ok(bridge)
+    Ok(took)
 }
 
 fn vip_main() -> anyhow::Result<()> {

@@ -29,14 +29,34 @@ pub fn peer_addr(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(198, 19, high, low))
 }
 
-fn peer_record(i: usize) -> HostRecord {
+/// Peer `i`'s device MAC in `blue`: its own, as a real host's is.
+pub fn peer_mac(i: usize) -> MacAddr {
+    let b = u32::try_from(i).unwrap_or(u32::MAX).to_be_bytes();
+    MacAddr([2, 0x19, b[0], b[1], b[2], b[3]])
+}
+
+/// Peer `i`'s overlay address in `blue`. It takes the same numbers as its
+/// underlay address: the two are different networks, and this one exists
+/// only as a neighbour entry on the agent's segment device (no packet is
+/// ever sent to it), which leaves room for 50,000 peers inside
+/// 198.18.0.0/15.
+pub fn peer_overlay(i: usize) -> IpAddr {
+    peer_addr(i)
+}
+
+/// Peer `i`'s record; with `overlay`, it publishes its overlay address.
+fn peer_record(i: usize, overlay: bool) -> HostRecord {
     HostRecord {
         hostname: format!("peer{i}"),
         address: peer_addr(i),
-        segments: [("blue".to_owned(), MacAddr([2, 0x19, 0, 0, 0, 1]))].into(),
+        segments: [("blue".to_owned(), peer_mac(i))].into(),
         agent_version: "bench".into(),
         heartbeat_nonce: None,
-        overlay: std::collections::BTreeMap::new(),
+        overlay: if overlay {
+            [("blue".to_owned(), [peer_overlay(i)].into())].into()
+        } else {
+            std::collections::BTreeMap::new()
+        },
     }
 }
 
@@ -46,6 +66,8 @@ pub struct Seeder {
     secrets: Secrets,
     keys: Keys,
     lease: i64,
+    /// Records publish an overlay address (for `flood: none`).
+    overlay: bool,
 }
 
 impl Seeder {
@@ -76,7 +98,15 @@ impl Seeder {
             secrets: Secrets::from_text(SECRET)?,
             keys: Keys::new("/linkmesh"),
             lease,
+            overlay: false,
         })
+    }
+
+    /// Records from now on publish each peer's overlay address.
+    #[must_use]
+    pub fn with_overlay(mut self) -> Self {
+        self.overlay = true;
+        self
     }
 
     /// The lease the records are written under.
@@ -91,7 +121,7 @@ impl Seeder {
             key,
             self.lease,
             linkmesh::clock::unix_now(),
-            &peer_record(i),
+            &peer_record(i, self.overlay),
         )?)
     }
 
@@ -227,15 +257,21 @@ pub fn measure_changes(
     Ok(latencies)
 }
 
-/// A lab of `hosts` hosts, its etcd, the secret, and segment blue defined.
+/// A lab of `hosts` hosts, its etcd, the secret, and segment blue defined
+/// (head-end replication).
 pub fn setup(hosts: u8) -> (Lab, Etcd, std::path::PathBuf) {
+    setup_flood(hosts, "head-end")
+}
+
+/// [`setup`], with blue's `--flood` as given.
+pub fn setup_flood(hosts: u8, flood: &str) -> (Lab, Etcd, std::path::PathBuf) {
     let lab = Lab::new(hosts);
     let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
     let secret = agent::secret_file(&lab, "secret", &[SECRET]);
     let _ = agent::admin(
         &etcd.endpoint(),
         &secret,
-        &["segment", "add", "blue", "--vni", "100"],
+        &["segment", "add", "blue", "--vni", "100", "--flood", flood],
     );
     (lab, etcd, secret)
 }
