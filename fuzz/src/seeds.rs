@@ -130,6 +130,37 @@ fn record_body_seeds(out: &mut Seeds) {
         ),
     );
     add(
+        "accept-h3-body-with-overlay",
+        encode(
+            SIGN_BODY,
+            "h3",
+            &body(&HostRecord {
+                overlay: [(
+                    "green".to_owned(),
+                    ["198.19.10.3".parse().expect("ip"), "fd00:10::3".parse().expect("ip")].into(),
+                )]
+                .into(),
+                ..h3.clone()
+            }),
+        ),
+    );
+    add(
+        "reject-body-overlay-for-a-segment-not-joined",
+        encode(
+            SIGN_BODY,
+            "h7",
+            br#"{"hostname":"h7","address":"198.18.0.7","segments":{"blue":"02:00:00:00:00:07"},"agent_version":"x","overlay":{"red":["198.19.10.7"]}}"#,
+        ),
+    );
+    add(
+        "reject-body-overlay-multicast",
+        encode(
+            SIGN_BODY,
+            "h7",
+            br#"{"hostname":"h7","address":"198.18.0.7","segments":{"blue":"02:00:00:00:00:07"},"agent_version":"x","overlay":{"blue":["224.0.0.5"]}}"#,
+        ),
+    );
+    add(
         "reject-body-bad-segment-and-mac",
         encode(
             SIGN_BODY,
@@ -206,6 +237,10 @@ fn segment_seeds(out: &mut Seeds) {
     );
     add("reject-segment-copied", encode(0, "blue", &red_value));
     add("reject-segment-garbage", encode(0, "blue", b"not json"));
+    add(
+        "reject-segment-unknown-flood",
+        encode(SIGN_BODY, "green", br#"{"vni":7,"flood":"multicast"}"#),
+    );
     add(
         "accept-segment-body",
         encode(
