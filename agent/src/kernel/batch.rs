@@ -21,36 +21,35 @@ const CHUNK: usize = 64;
 /// Sends `requests` (each a message and its flags beyond `NLM_F_REQUEST |
 /// NLM_F_ACK`), blocking (call from a blocking thread), in the calling
 /// thread's network namespace. Returns one result per request, in order.
-pub fn send(requests: Vec<(RouteNetlinkMessage, u16)>) -> io::Result<Vec<io::Result<()>>> {
+/// Requests are built and encoded a chunk at a time, so memory stays at one
+/// chunk's worth however many there are.
+pub fn send(
+    requests: impl ExactSizeIterator<Item = (RouteNetlinkMessage, u16)>,
+) -> io::Result<Vec<io::Result<()>>> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     // Smaller ACKs (no copy of the request); failure only costs buffer room.
     let _ = socket.set_cap_ack(true);
     let mut results: Vec<Option<io::Result<()>>> = (0..requests.len()).map(|_| None).collect();
-    let mut messages = Vec::with_capacity(requests.len());
-    for (i, (message, flags)) in requests.into_iter().enumerate() {
-        // Sequence numbers start at 1: 0 is what the kernel uses for
-        // notifications.
-        let seq = u32::try_from(i + 1).map_err(io::Error::other)?;
-        let mut m = NetlinkMessage::from(message);
-        m.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        m.header.sequence_number = seq;
-        m.finalize();
-        messages.push(m);
-    }
+    let mut requests = requests.enumerate().peekable();
     let mut buf = Vec::new();
     let mut rbuf = vec![0u8; 64 * 1024];
-    for (chunk_no, chunk) in messages.chunks(CHUNK).enumerate() {
+    while requests.peek().is_some() {
         buf.clear();
-        let base = chunk_no * CHUNK;
-        let mut pending: HashMap<u32, usize> = HashMap::with_capacity(chunk.len());
-        for (i, m) in chunk.iter().enumerate() {
-            let seq = m.header.sequence_number;
+        let mut pending: HashMap<u32, usize> = HashMap::with_capacity(CHUNK);
+        for (i, (message, flags)) in requests.by_ref().take(CHUNK) {
+            // Sequence numbers start at 1: 0 is what the kernel uses for
+            // notifications.
+            let seq = u32::try_from(i + 1).map_err(io::Error::other)?;
+            let mut m = NetlinkMessage::from(message);
+            m.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+            m.header.sequence_number = seq;
+            m.finalize();
             let start = buf.len();
             buf.resize(start + m.buffer_len(), 0);
             m.serialize(&mut buf[start..]);
-            pending.insert(seq, base + i);
+            pending.insert(seq, i);
         }
         let sent = socket.send(&buf, 0)?;
         if sent != buf.len() {

@@ -194,10 +194,11 @@ impl Netlink {
         ops: Vec<(PeerOp, u32, Entry)>,
     ) -> Result<Vec<Result<(), KernelError>>, KernelError> {
         let count = ops.len() as u64;
-        let requests: Vec<_> = ops
-            .iter()
-            .map(|(op, ifindex, entry)| entry_request(*op, *ifindex, *entry))
-            .collect();
+        // Built a chunk at a time on the sending thread.
+        let requests = ops
+            .clone()
+            .into_iter()
+            .map(|(op, ifindex, entry)| entry_request(op, ifindex, entry));
         let failed = |source| KernelError::Request {
             what: "applying FDB and neighbour changes".into(),
             source,

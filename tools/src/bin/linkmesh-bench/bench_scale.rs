@@ -10,7 +10,9 @@
 //! `LINKMESH_BENCH_SIZES` (default 100,1000,10000); window:
 //! `LINKMESH_BENCH_WINDOW` seconds (default 30). Then a fleet model from
 //! the largest N, and the same steady-state figures for real agents in one
-//! lab (`LINKMESH_BENCH_AGENTS`, default 30; 0 skips them).
+//! lab (`LINKMESH_BENCH_AGENTS`, default 30; 0 skips them). The synthetic
+//! peers' segment floods head-end, or nothing with
+//! `LINKMESH_BENCH_FLOOD=none` (the peers then publish overlay addresses).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -22,7 +24,7 @@ use linkmesh_tests::usage::Usage;
 use linkmesh_tests::{netns, percentile};
 
 use crate::fleet_model::{self, EtcdCounters, per_change};
-use crate::peer_records::{PEER_PREFIX, Seeder, measure_changes, setup};
+use crate::peer_records::{PEER_PREFIX, Seeder, measure_changes, programmed, setup, setup_flood};
 
 /// Registry changes timed per N (half joins, half leaves).
 const CHANGES: usize = 50;
@@ -197,8 +199,36 @@ fn p50_p99(mut d: Vec<Duration>) -> (Duration, Duration) {
     (percentile(&d, 0.50), percentile(&d, 0.99))
 }
 
-fn synthetic(n: usize, window: Duration) -> anyhow::Result<Row> {
-    let (lab, etcd, secret) = setup(1);
+/// Waits until the agent's host holds every entry for `n` peers; the time
+/// since `started`.
+fn cold_start(
+    process: &linkmesh_tests::process::Process,
+    ns: &str,
+    flood: &str,
+    n: usize,
+    started: Instant,
+) -> anyhow::Result<Duration> {
+    // `flood: none`: a unicast entry and a neighbour entry per peer.
+    let wanted = if flood == "none" { 2 * n } else { n };
+    // Polling dumps the whole FDB: less often when it is large.
+    let every = Duration::from_millis(if n > 1000 { 100 } else { 20 });
+    let deadline = started + Duration::from_mins(2) + every * u32::try_from(n / 10)?;
+    loop {
+        if programmed(ns, "blue", flood) == wanted {
+            return Ok(started.elapsed());
+        }
+        ensure!(
+            Instant::now() < deadline && process.is_running(),
+            "the agent never held {n} peers:\n{}",
+            process.log()
+        );
+        std::thread::sleep(every);
+    }
+}
+
+fn synthetic(n: usize, window: Duration, flood: &str) -> anyhow::Result<Row> {
+    let (lab, etcd, secret) = setup_flood(1, flood);
+    let none = flood == "none";
     let endpoint = etcd.endpoint();
     let (sink, _) = lab.add_sink("sink", SINK_INDEX, PEER_PREFIX, &[1]);
     // The seeding client lives and dies with this runtime: from here on only
@@ -206,7 +236,10 @@ fn synthetic(n: usize, window: Duration) -> anyhow::Result<Row> {
     let (lease, record_bytes) = {
         let rt = tokio::runtime::Runtime::new()?;
         rt.block_on(async {
-            let seeder = Seeder::connect(&endpoint, LEASE_TTL).await?;
+            let mut seeder = Seeder::connect(&endpoint, LEASE_TTL).await?;
+            if none {
+                seeder = seeder.with_overlay();
+            }
             seeder.put_all(n).await?;
             anyhow::Ok((seeder.lease(), seeder.record_bytes(0)?))
         })?
@@ -216,20 +249,7 @@ fn synthetic(n: usize, window: Duration) -> anyhow::Result<Row> {
     let process = Agent::new(&lab, 1, &endpoint, &secret)
         .segments(&["blue"])
         .start();
-    // Polling dumps the whole FDB: less often when it is large.
-    let every = Duration::from_millis(if n > 1000 { 100 } else { 20 });
-    let deadline = started + Duration::from_mins(2) + every * u32::try_from(n / 10)?;
-    let cold = loop {
-        if peers(&ns, "blue").map_or(0, |p| p.len()) == n {
-            break started.elapsed();
-        }
-        ensure!(
-            Instant::now() < deadline && process.is_running(),
-            "the agent never held {n} peers:\n{}",
-            process.log()
-        );
-        std::thread::sleep(every);
-    };
+    let cold = cold_start(&process, &ns, flood, n, started)?;
     eprintln!(
         "    all {n} in the FDB after {:.2} s; settling",
         cold.as_secs_f64()
@@ -257,7 +277,10 @@ fn synthetic(n: usize, window: Duration) -> anyhow::Result<Row> {
     );
 
     let rt = tokio::runtime::Runtime::new()?;
-    let seeder = rt.block_on(Seeder::reconnect(&endpoint, lease))?;
+    let mut seeder = rt.block_on(Seeder::reconnect(&endpoint, lease))?;
+    if none {
+        seeder = seeder.with_overlay();
+    }
     let (timed, timed_s, latencies) = {
         let c0 = read_etcd(&etcd)?.0;
         let t = Instant::now();
@@ -381,14 +404,19 @@ pub fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let window = Duration::from_secs(env_number("LINKMESH_BENCH_WINDOW", WINDOW_S)?);
     let agents: u8 = env_number("LINKMESH_BENCH_AGENTS", 30)?;
+    let flood = std::env::var("LINKMESH_BENCH_FLOOD").unwrap_or_else(|_| "head-end".into());
+    ensure!(
+        flood == "head-end" || flood == "none",
+        "LINKMESH_BENCH_FLOOD: head-end or none, not {flood:?}"
+    );
     ensure!(
         agents == 0 || (2..=200).contains(&agents),
         "LINKMESH_BENCH_AGENTS: 0 (skip) or 2..=200"
     );
     let mut rows = Vec::new();
     for &n in &sizes {
-        eprintln!("==> scale bench: one agent, {n} synthetic peers");
-        rows.push(synthetic(n, window)?);
+        eprintln!("==> scale bench: one agent, {n} synthetic peers, flood {flood}");
+        rows.push(synthetic(n, window, &flood)?);
     }
     let real = if agents == 0 {
         None
@@ -398,14 +426,14 @@ pub fn main() -> anyhow::Result<()> {
             Some(i) => i,
             None => {
                 eprintln!("==> scale bench: one agent, {n} synthetic peers (for the comparison)");
-                rows.push(synthetic(n, window)?);
+                rows.push(synthetic(n, window, "head-end")?);
                 rows.len() - 1
             }
         };
         eprintln!("==> scale bench: {agents} real agents");
         Some((synthetic_row, real_agents(agents, window)?))
     };
-    print_rows(&rows[..sizes.len()], window);
+    print_rows(&rows[..sizes.len()], window, &flood);
     if let Some(r) = rows[..sizes.len()].iter().max_by_key(|r| r.n) {
         fleet_model::print(r.n, r.etcd, r.change, r.record_bytes);
     }
@@ -424,10 +452,11 @@ fn ms_pair((p50, p99): (Duration, Duration)) -> String {
     )
 }
 
-fn print_rows(rows: &[Row], window: Duration) {
+fn print_rows(rows: &[Row], window: Duration, flood: &str) {
     println!();
     println!(
-        "scale benchmark: one agent, N synthetic peers on a routed underlay, steady state over {} s",
+        "scale benchmark: one agent, N synthetic peers on a routed underlay (flood {flood}), \
+         steady state over {} s",
         window.as_secs()
     );
     println!(

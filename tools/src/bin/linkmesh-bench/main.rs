@@ -19,11 +19,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use linkmesh_tests::agent::{Agent, peers, wait_until};
-use linkmesh_tests::kernel;
+use linkmesh_tests::agent::{Agent, wait_until};
 use linkmesh_tests::lab::Lab;
 use linkmesh_tests::percentile;
-use peer_records::{Seeder, measure_changes, peer_addr, peer_mac, peer_overlay};
+use peer_records::{Seeder, measure_changes, peer_addr, peer_mac, peer_overlay, programmed};
 
 use linkmesh_tests::usage::Usage;
 
@@ -44,26 +43,6 @@ struct Row {
     p50: Duration,
     p99: Duration,
     bridge: Duration,
-}
-
-/// The entries `device` in `ns` holds for its peers: zero-MAC entries
-/// (head-end), or unicast entries and neighbour entries (`flood: none`).
-fn programmed(ns: &str, device: &str, flood: &str) -> usize {
-    if flood == "head-end" {
-        return peers(ns, device).map_or(0, |p| p.len());
-    }
-    let Some(index) = kernel::link(ns, device).map(|l| l.index) else {
-        return 0;
-    };
-    let unicast = kernel::fdb(ns)
-        .iter()
-        .filter(|e| e.ifindex == index && e.own && e.permanent && e.mac != [0; 6])
-        .count();
-    let neighbours = kernel::neighbours(ns)
-        .iter()
-        .filter(|e| e.ifindex == index && linkmesh::kernel::fdb::is_permanent(e.state))
-        .count();
-    unicast + neighbours
 }
 
 fn run(n: usize, changes: usize, flood: &'static str) -> anyhow::Result<Row> {

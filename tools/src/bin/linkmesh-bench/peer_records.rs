@@ -11,10 +11,10 @@ use futures::StreamExt;
 use linkmesh::addr::MacAddr;
 use linkmesh::registry::{HostRecord, Keys, Secrets, seal};
 use linkmesh_tests::SECRET;
-use linkmesh_tests::agent;
 use linkmesh_tests::etcd::Etcd;
 use linkmesh_tests::lab::Lab;
 use linkmesh_tests::netns;
+use linkmesh_tests::{agent, kernel};
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
@@ -255,6 +255,26 @@ pub fn measure_changes(
         }
     }
     Ok(latencies)
+}
+
+/// The entries `device` in `ns` holds for its peers: zero-MAC entries
+/// (head-end), or unicast entries and neighbour entries (`flood: none`).
+pub fn programmed(ns: &str, device: &str, flood: &str) -> usize {
+    if flood == "head-end" {
+        return agent::peers(ns, device).map_or(0, |p| p.len());
+    }
+    let Some(index) = kernel::link(ns, device).map(|l| l.index) else {
+        return 0;
+    };
+    let unicast = kernel::fdb(ns)
+        .iter()
+        .filter(|e| e.ifindex == index && e.own && e.permanent && e.mac != [0; 6])
+        .count();
+    let neighbours = kernel::neighbours(ns)
+        .iter()
+        .filter(|e| e.ifindex == index && linkmesh::kernel::fdb::is_permanent(e.state))
+        .count();
+    unicast + neighbours
 }
 
 /// A lab of `hosts` hosts, its etcd, the secret, and segment blue defined
