@@ -175,7 +175,7 @@ fn host_record(hostname: &str, underlay: &Underlay, local: &LocalConfig) -> Host
         overlay: local
             .overlay
             .iter()
-            .map(|(segment, cidrs)| (segment.clone(), cidrs.iter().map(|c| c.addr).collect()))
+            .map(|(segment, cidrs)| (segment.clone(), cidrs.iter().map(|c| c.addr)))
             .collect(),
     }
 }

@@ -259,7 +259,7 @@ pub fn known_host(name: &str) -> HostRecord {
         .into(),
         agent_version: "0.1.0".to_owned(),
         heartbeat_nonce: None,
-        overlay: std::collections::BTreeMap::new(),
+        overlay: linkmesh::registry::host::Overlay::default(),
     }
 }
 

@@ -40,7 +40,7 @@ fn record_seeds(out: &mut Seeds) {
         .into(),
         agent_version: "0.1.0".into(),
         heartbeat_nonce: Some(0x1234_5678_9abc_def0),
-        overlay: std::collections::BTreeMap::new(),
+        overlay: linkmesh::registry::host::Overlay::default(),
     };
     let sealed = |host: &HostRecord, key: &str, issued: u64| {
         seal(&s, key, LEASE, issued, host).expect("seal")
@@ -106,7 +106,7 @@ fn record_body_seeds(out: &mut Seeds) {
         .into(),
         agent_version: "0.2.0-dev".into(),
         heartbeat_nonce: None,
-        overlay: std::collections::BTreeMap::new(),
+        overlay: linkmesh::registry::host::Overlay::default(),
     };
     add("accept-h3-body-ipv6", encode(SIGN_BODY, "h3", &body(&h3)));
     add(
@@ -137,9 +137,10 @@ fn record_body_seeds(out: &mut Seeds) {
             &body(&HostRecord {
                 overlay: [(
                     "green".to_owned(),
-                    ["198.19.10.3".parse().expect("ip"), "fd00:10::3".parse().expect("ip")].into(),
+                    ["198.19.10.3".parse().expect("ip"), "fd00:10::3".parse().expect("ip")],
                 )]
-                .into(),
+                .into_iter()
+                .collect(),
                 ..h3.clone()
             }),
         ),

@@ -80,7 +80,7 @@ impl SyntheticPeers {
             address: self.address(i),
             agent_version: "synthetic".into(),
             heartbeat_nonce: None,
-            overlay: std::collections::BTreeMap::new(),
+            overlay: linkmesh::registry::host::Overlay::default(),
         };
         let value = seal(
             &self.secrets,

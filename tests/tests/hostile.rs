@@ -282,7 +282,7 @@ impl Hostile {
             .into(),
             agent_version: "hostile-probe".into(),
             heartbeat_nonce: None,
-            overlay: std::collections::BTreeMap::new(),
+            overlay: linkmesh::registry::host::Overlay::default(),
         };
         let secrets = self.secrets.clone();
         let client = &mut self.client;
@@ -396,7 +396,7 @@ fn junk(rng: &mut Rng, count: usize, vip_id: &str) -> Junk {
                         segments: BTreeMap::new(),
                         agent_version: "junk".into(),
                         heartbeat_nonce: None,
-                        overlay: std::collections::BTreeMap::new(),
+                        overlay: linkmesh::registry::host::Overlay::default(),
                     },
                 ),
                 "segments" => seal(&wrong, &key, 0, now, &SegmentSpec::new(4242)),
@@ -542,7 +542,7 @@ fn replays(h: &mut Hostile) {
             .into(),
             agent_version: "0.1.0".into(),
             heartbeat_nonce: None,
-            overlay: std::collections::BTreeMap::new(),
+            overlay: linkmesh::registry::host::Overlay::default(),
         };
         let kept = seal(&secrets, &ghost_key, dead, now, &ghost).expect("seal");
         client.lease_revoke(dead).await.expect("revoke");

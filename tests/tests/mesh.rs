@@ -210,7 +210,7 @@ fn forged_copied_replayed_and_garbage_records_are_ignored() {
             segments: [("blue".to_owned(), MacAddr([2, 0, 0, 0, 0, 0xee]))].into(),
             agent_version: "x".into(),
             heartbeat_nonce: None,
-            overlay: std::collections::BTreeMap::new(),
+            overlay: linkmesh::registry::host::Overlay::default(),
         };
         let wrong = Secrets::from_text("not-the-lab-secret-at-all").expect("secret");
         let now = linkmesh::clock::unix_now();
@@ -447,7 +447,7 @@ fn a_segment_with_netns_puts_its_device_in_that_namespace() {
                 .into(),
                 agent_version: "t".into(),
                 heartbeat_nonce: None,
-                overlay: std::collections::BTreeMap::new(),
+                overlay: linkmesh::registry::host::Overlay::default(),
             };
             let key = "/linkmesh/hosts/far";
             let value = seal(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use etcd_client::PutOptions;
 use linkmesh::registry::{HostRecord, Keys, Secrets, seal};
-use linkmesh_tests::agent::{add_address, metrics, peers, ping, wait_until};
+use linkmesh_tests::agent::{add_address, http, metrics, peers, ping, wait_until};
 use linkmesh_tests::kernel::{self, FdbEntry};
 use linkmesh_tests::require_root;
 use linkmesh_tests::testbed::Testbed;
@@ -162,6 +162,18 @@ fn a_flood_none_segment_floods_nothing_and_answers_arp_itself() {
         );
         assert_eq!(peers(&ns(h), SEGMENT), Some(vec![]), "no zero-MAC peers");
     }
+    // The API shows the segment's flooding and the hosts' overlay addresses.
+    let (_, segments) = http(&ns(1), "GET", "/segments", None, None);
+    assert!(segments.contains(r#""flood":"none""#), "{segments}");
+    let (_, hosts) = http(&ns(1), "GET", "/hosts", None, None);
+    assert!(
+        hosts.contains(&format!(
+            r#""overlay":{{"{SEGMENT}":["{}"]}}"#,
+            overlay(&m, 2)
+        )),
+        "{hosts}"
+    );
+
     // The overlay addresses are where the segment's L3 is: the bridge on
     // h1 and h2, the device on h3.
     for (h, device) in [(1, "lmbr"), (2, "lmbr"), (3, SEGMENT)] {
@@ -296,7 +308,9 @@ fn overlay_claims_are_checked_before_any_entry() {
         .into(),
         agent_version: "hostile".into(),
         heartbeat_nonce: None,
-        overlay: [(segment.to_owned(), claims.iter().copied().collect())].into(),
+        overlay: [(segment.to_owned(), claims.iter().copied())]
+            .into_iter()
+            .collect(),
     };
     let h1_address = overlay(&m, 1);
     let h2_address = overlay(&m, 2);

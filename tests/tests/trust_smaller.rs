@@ -151,7 +151,7 @@ fn a_host_record_with_a_loopback_underlay_is_refused() {
         .into(),
         agent_version: "t".into(),
         heartbeat_nonce: None,
-        overlay: std::collections::BTreeMap::new(),
+        overlay: linkmesh::registry::host::Overlay::default(),
     };
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
     rt.block_on(async {

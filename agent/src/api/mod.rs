@@ -267,6 +267,9 @@ struct HostView {
     address: std::net::IpAddr,
     segments: Vec<String>,
     agent_version: String,
+    /// Its published overlay addresses, per segment.
+    #[serde(skip_serializing_if = "crate::registry::host::Overlay::is_empty")]
+    overlay: crate::registry::host::Overlay,
 }
 
 /// A segment, as `GET /segments` and `GET /status` list it.
@@ -275,6 +278,8 @@ struct SegmentView {
     name: String,
     vni: u32,
     port: u16,
+    /// `head-end` or `none`.
+    flood: String,
     /// Whether this host joins it.
     joined: bool,
     /// Registered hosts that join it.
@@ -294,6 +299,7 @@ impl App {
                 address: h.address,
                 segments: h.segments.keys().cloned().collect(),
                 agent_version: h.agent_version.clone(),
+                overlay: h.overlay.clone(),
             })
             .collect()
     }
@@ -318,6 +324,7 @@ impl App {
                     name: name.clone(),
                     vni: spec.vni,
                     port: spec.port,
+                    flood: spec.flood.to_string(),
                     joined,
                     members,
                     peers: if joined { peers } else { 0 },

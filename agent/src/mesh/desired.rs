@@ -224,7 +224,7 @@ mod tests {
                     .collect(),
                 agent_version: "test".into(),
                 heartbeat_nonce: None,
-                overlay: std::collections::BTreeMap::new(),
+                overlay: crate::registry::host::Overlay::default(),
             },
         )
     }
@@ -276,8 +276,10 @@ mod tests {
                 ..SegmentSpec::new(300)
             },
         );
-        let overlay = |list: &[&str]| -> BTreeMap<String, BTreeSet<IpAddr>> {
-            [("big".to_owned(), list.iter().map(|a| ip(a)).collect())].into()
+        let overlay = |list: &[&str]| -> crate::registry::host::Overlay {
+            [("big".to_owned(), list.iter().map(|a| ip(a)))]
+                .into_iter()
+                .collect()
         };
         for (name, addr, published) in [
             ("h2", "198.18.0.2", &["198.19.10.2", "198.19.10.99"][..]),

@@ -475,7 +475,7 @@ mod tests {
             segments: [("blue".to_owned(), MacAddr([2, 0, 0, 0, 0, 2]))].into(),
             agent_version: "t".into(),
             heartbeat_nonce: None,
-            overlay: std::collections::BTreeMap::new(),
+            overlay: crate::registry::host::Overlay::default(),
         }
     }
 

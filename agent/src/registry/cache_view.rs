@@ -24,7 +24,7 @@ fn host(i: u8, address: u8) -> HostRecord {
         segments: [("blue".to_owned(), MacAddr([2, 0, 0, 0, 0, i]))].into(),
         agent_version: "t".into(),
         heartbeat_nonce: None,
-        overlay: std::collections::BTreeMap::new(),
+        overlay: crate::registry::host::Overlay::default(),
     }
 }
 

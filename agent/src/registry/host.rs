@@ -30,8 +30,91 @@ pub struct HostRecord {
     /// The host's own addresses inside joined segments, per segment: what
     /// peers on a `flood: none` segment answer ARP and neighbour
     /// solicitations with (this host's device MAC in that segment).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub overlay: BTreeMap<String, BTreeSet<IpAddr>>,
+    #[serde(default, skip_serializing_if = "Overlay::is_empty")]
+    pub overlay: Overlay,
+}
+
+/// A host's overlay addresses per segment. In JSON a map of segment to
+/// addresses; in memory a sorted list, which costs tens of bytes per host
+/// where a map would cost a tree node (hundreds): every agent keeps two
+/// copies of every host's record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overlay(Vec<(String, Vec<IpAddr>)>);
+
+impl Overlay {
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The addresses published in `segment` (sorted, distinct).
+    #[must_use]
+    pub fn get(&self, segment: &str) -> Option<&[IpAddr]> {
+        self.0
+            .binary_search_by(|(s, _)| s.as_str().cmp(segment))
+            .ok()
+            .map(|i| self.0[i].1.as_slice())
+    }
+
+    /// Segments and their addresses, by segment.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[IpAddr])> {
+        self.0.iter().map(|(s, a)| (s.as_str(), a.as_slice()))
+    }
+}
+
+impl<A: IntoIterator<Item = IpAddr>> FromIterator<(String, A)> for Overlay {
+    /// Later addresses of a segment named twice join the earlier ones.
+    fn from_iter<I: IntoIterator<Item = (String, A)>>(iter: I) -> Self {
+        let mut map: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        for (segment, addresses) in iter {
+            map.entry(segment).or_default().extend(addresses);
+        }
+        Self(
+            map.into_iter()
+                .map(|(s, a)| (s, a.into_iter().collect()))
+                .collect(),
+        )
+    }
+}
+
+impl Serialize for Overlay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Overlay {
+    /// A segment named twice is an error; addresses are sorted and made
+    /// distinct.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let entries: Vec<(String, BTreeSet<IpAddr>)> = d.deserialize_map(EntriesVisitor)?;
+        let count = entries.len();
+        let overlay: Self = entries.into_iter().collect();
+        if overlay.0.len() != count {
+            return Err(serde::de::Error::custom(
+                "a segment is named twice in overlay",
+            ));
+        }
+        Ok(overlay)
+    }
+}
+
+struct EntriesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for EntriesVisitor {
+    type Value = Vec<(String, BTreeSet<IpAddr>)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a map of segment names to lists of addresses")
+    }
+
+    fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+        let mut out = Vec::new();
+        while let Some(entry) = map.next_entry()? {
+            out.push(entry);
+        }
+        Ok(out)
+    }
 }
 
 /// Overlay addresses one host may publish in one segment (one or two per
@@ -78,13 +161,13 @@ impl HostRecord {
         for name in self.segments.keys() {
             validate_segment_name(name)?;
         }
-        for (segment, addresses) in &self.overlay {
+        for (segment, addresses) in self.overlay.iter() {
             if !self.segments.contains_key(segment) {
-                return Err(Invalid::OverlayNotJoined(segment.clone()));
+                return Err(Invalid::OverlayNotJoined(segment.to_owned()));
             }
             if addresses.len() > MAX_OVERLAY_PER_SEGMENT {
                 return Err(Invalid::OverlayTooMany {
-                    segment: segment.clone(),
+                    segment: segment.to_owned(),
                     count: addresses.len(),
                     max: MAX_OVERLAY_PER_SEGMENT,
                 });
@@ -151,19 +234,22 @@ mod tests {
             segments: BTreeMap::from([("blue".into(), MacAddr([2, 0, 0, 0, 0, 1]))]),
             agent_version: "0.1.0".into(),
             heartbeat_nonce: None,
-            overlay: BTreeMap::new(),
+            overlay: Overlay::default(),
         }
     }
 
-    fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
         list.iter().map(|a| a.parse().expect("ip")).collect()
+    }
+
+    fn overlay(segment: &str, list: &[&str]) -> Overlay {
+        [(segment.to_owned(), ips(list))].into_iter().collect()
     }
 
     #[test]
     fn overlay_addresses_are_for_joined_segments_unicast_and_few() {
         let mut r = record();
-        r.overlay
-            .insert("blue".into(), ips(&["198.19.10.1", "fd00:10::1"]));
+        r.overlay = overlay("blue", &["fd00:10::1", "198.19.10.1", "fd00:10::1"]);
         assert!(r.validate("h1").is_ok());
         let json = serde_json::to_string(&r).expect("encode");
         assert!(
@@ -176,7 +262,7 @@ mod tests {
         );
 
         let mut r = record();
-        r.overlay.insert("red".into(), ips(&["198.19.10.1"]));
+        r.overlay = overlay("red", &["198.19.10.1"]);
         assert_eq!(
             r.validate("h1"),
             Err(Invalid::OverlayNotJoined("red".into()))
@@ -192,7 +278,7 @@ mod tests {
             "ff02::1",
         ] {
             let mut r = record();
-            r.overlay.insert("blue".into(), ips(&["198.19.10.1", bad]));
+            r.overlay = overlay("blue", &["198.19.10.1", bad]);
             assert_eq!(
                 r.validate("h1"),
                 Err(Invalid::OverlayNotUnicast(bad.parse().expect("ip"))),
@@ -204,7 +290,7 @@ mod tests {
             .map(|i| format!("198.19.10.{}", i + 1))
             .collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
-        r.overlay.insert("blue".into(), ips(&many));
+        r.overlay = overlay("blue", &many);
         assert!(matches!(
             r.validate("h1"),
             Err(Invalid::OverlayTooMany { .. })

@@ -53,9 +53,11 @@ fn peer_record(i: usize, overlay: bool) -> HostRecord {
         agent_version: "bench".into(),
         heartbeat_nonce: None,
         overlay: if overlay {
-            [("blue".to_owned(), [peer_overlay(i)].into())].into()
+            [("blue".to_owned(), [peer_overlay(i)])]
+                .into_iter()
+                .collect()
         } else {
-            std::collections::BTreeMap::new()
+            linkmesh::registry::host::Overlay::default()
         },
     }
 }
