@@ -137,7 +137,10 @@ fn record_body_seeds(out: &mut Seeds) {
             &body(&HostRecord {
                 overlay: [(
                     "green".to_owned(),
-                    ["198.19.10.3".parse().expect("ip"), "fd00:10::3".parse().expect("ip")],
+                    [
+                        "198.19.10.3".parse().expect("ip"),
+                        "fd00:10::3".parse().expect("ip"),
+                    ],
                 )]
                 .into_iter()
                 .collect(),
