@@ -50,6 +50,7 @@ pub fn vip_settings(args: &AgentArgs, hostname: &str) -> Result<crate::vip::Sett
         },
         garp_count: args.arp_gratuitous_count,
         garp_interval: Duration::from_secs_f64(args.arp_gratuitous_interval),
+        garp_refresh: (args.garp_refresh > 0.0).then(|| Duration::from_secs_f64(args.garp_refresh)),
         loss_policy,
         contend_delay: Duration::from_millis(50),
         cooldown: Duration::from_secs(5),

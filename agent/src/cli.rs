@@ -65,6 +65,10 @@ pub enum IpCommand {
         /// The preferred host.
         #[arg(long)]
         priority: Option<String>,
+        /// Seconds the preferred host must stand by, healthy, before the
+        /// owner hands the VIP over to it (preemption; needs --priority).
+        #[arg(long)]
+        preempt_delay: Option<u32>,
         /// Accept a prefix shorter than /16 (IPv4) or /48 (IPv6).
         #[arg(long)]
         force: bool,
@@ -102,6 +106,7 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Resu
             checks,
             excluded,
             priority,
+            preempt_delay,
             force,
         } => {
             let vip = VipRecord {
@@ -110,6 +115,7 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Resu
                 checks,
                 excluded_nodes: excluded,
                 priority,
+                preempt_delay,
                 ports: None,
             }
             .validate()?;
@@ -252,6 +258,11 @@ pub fn render_vip(e: &VipEntry) -> String {
             line("checks", &list(&r.checks));
             line("excluded", &list(&r.excluded_nodes));
             line("priority", r.priority.as_deref().unwrap_or("-"));
+            line(
+                "preempt delay",
+                &r.preempt_delay
+                    .map_or_else(|| "-".to_owned(), |d| format!("{d} s")),
+            );
         }
         None => line("rejected", e.error.as_deref().unwrap_or("")),
     }

@@ -287,6 +287,7 @@ fn vip_seeds(out: &mut Seeds) {
         ],
         excluded_nodes: vec!["h3".into()],
         priority: Some("h1".into()),
+        preempt_delay: Some(30),
         ports: Some(serde_json::json!([{"from": 80, "to": 8080}])),
     };
     let full_value = seal(&s, &keys.vip(id), 0, NOW, &full).expect("seal");
@@ -366,6 +367,18 @@ fn api_body_seeds(out: &mut Seeds) {
     add(
         "accept-float-in-ports",
         br#"{"address":"198.18.0.1/32","ports":{"weight":-5.791054108416719e-286}}"#,
+    );
+    add(
+        "accept-preempt",
+        br#"{"address":"198.18.0.100/24","priority":"web-1","preempt_delay":30}"#,
+    );
+    add(
+        "reject-preempt-without-priority",
+        br#"{"address":"198.18.0.100/24","preempt_delay":30}"#,
+    );
+    add(
+        "reject-preempt-zero",
+        br#"{"address":"198.18.0.100/24","priority":"web-1","preempt_delay":0}"#,
     );
     add("reject-no-prefix", br#"{"address":"198.18.0.100"}"#);
     add("reject-prefix-33", br#"{"address":"198.18.0.1/33"}"#);

@@ -205,6 +205,12 @@ pub struct AgentArgs {
     /// Seconds between those bursts.
     #[arg(long, env = "LINKMESH_ARP_GRATUITOUS_INTERVAL", default_value_t = 1.1)]
     pub arp_gratuitous_interval: f64,
+    /// While owning a VIP, announce it once more every this many seconds
+    /// after the burst, so switches and hosts that missed it, or whose
+    /// entry aged out, learn the owner (keepalived's `garp_master_refresh`);
+    /// 0: off.
+    #[arg(long, env = "LINKMESH_GARP_REFRESH", default_value_t = 0.0)]
+    pub garp_refresh: f64,
     /// What an owner does when it loses etcd.
     #[arg(
         long,
@@ -324,6 +330,14 @@ impl AgentArgs {
                     "{name} must be a number of seconds from 0.001 to 86400, not {v}"
                 )));
             }
+        }
+        if self.garp_refresh != 0.0
+            && !(self.garp_refresh.is_finite() && (0.1..86_400.0).contains(&self.garp_refresh))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--garp-refresh must be 0 (off) or a number of seconds from 0.1 to 86400, not {}",
+                self.garp_refresh
+            )));
         }
         if !(2..=64).contains(&self.heartbeat_fanout) || !self.heartbeat_fanout.is_multiple_of(2) {
             return Err(ConfigError::Invalid(format!(

@@ -19,8 +19,12 @@ use crate::addr::MacAddr;
 /// A change that may concern the agent's own objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
-    /// A link appeared or changed.
-    LinkChanged { index: u32, name: Option<String> },
+    /// A link appeared or changed; `carrier`: up, with its link up.
+    LinkChanged {
+        index: u32,
+        name: Option<String>,
+        carrier: bool,
+    },
     /// A link was deleted.
     LinkRemoved { index: u32, name: Option<String> },
     /// A bridge/VXLAN forwarding entry of `ifindex` was deleted: its MAC
@@ -90,6 +94,7 @@ fn classify(m: RouteNetlinkMessage) -> Option<KernelEvent> {
         RouteNetlinkMessage::NewLink(l) => Some(KernelEvent::LinkChanged {
             index: l.header.index,
             name: link_name(&l.attributes),
+            carrier: super::link::has_carrier(l.header.flags),
         }),
         RouteNetlinkMessage::DelLink(l) => Some(KernelEvent::LinkRemoved {
             index: l.header.index,

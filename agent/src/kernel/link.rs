@@ -34,9 +34,18 @@ pub struct LinkState {
     pub mac: Option<MacAddr>,
     pub mtu: Option<u32>,
     pub up: bool,
+    /// Up, with its link up (`IFF_LOWER_UP`).
+    pub carrier: bool,
     pub master: Option<u32>,
     pub alias: Option<String>,
     pub vxlan: Option<VxlanInfo>,
+}
+
+/// Administratively up, and the link under it up (`IFF_LOWER_UP`): what
+/// can carry a frame.
+#[must_use]
+pub fn has_carrier(flags: LinkFlags) -> bool {
+    flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp)
 }
 
 /// A VXLAN device to create.
@@ -75,6 +84,7 @@ fn parse_link(m: LinkMessage) -> LinkState {
         mac: None,
         mtu: None,
         up: m.header.flags.contains(LinkFlags::Up),
+        carrier: has_carrier(m.header.flags),
         master: None,
         alias: None,
         vxlan: None,

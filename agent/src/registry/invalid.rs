@@ -61,6 +61,10 @@ pub enum Invalid {
     HostAddress { addr: IpAddr, host: String },
     #[error("{addr} is already floating IP {vip}: one floating IP per address")]
     DuplicateAddress { addr: IpAddr, vip: String },
+    #[error("preempt_delay needs a preferred host (priority)")]
+    PreemptWithoutPriority,
+    #[error("preempt_delay {delay} is outside 1..={max} seconds")]
+    PreemptDelay { delay: u32, max: u32 },
     #[error("check {check:?}: {why}")]
     Check { check: String, why: String },
     #[error("interface: {0}")]

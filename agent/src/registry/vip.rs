@@ -15,6 +15,9 @@ use super::invalid::Invalid;
 use super::record::{Record, Rejection};
 use super::segment::validate_segment_name;
 
+/// The longest preemption delay, seconds.
+pub const MAX_PREEMPT_DELAY: u32 = 3600;
+
 /// A VIP as stored (signed like every record).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +38,11 @@ pub struct VipRecord {
     /// A preferred host: it contends at once, others after a short delay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<String>,
+    /// Preemption: once the preferred host has stood by, healthy, for this
+    /// many seconds, another owner hands the VIP over to it. Needs
+    /// `priority`; absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempt_delay: Option<u32>,
     /// Reserved for port mapping: stored, not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<serde_json::Value>,
@@ -50,6 +58,7 @@ impl VipRecord {
             checks: Vec::new(),
             excluded_nodes: Vec::new(),
             priority: None,
+            preempt_delay: None,
             ports: None,
         }
     }
@@ -225,6 +234,17 @@ impl VipRecord {
         for h in self.excluded_nodes.iter().chain(&self.priority) {
             validate_hostname(h)?;
         }
+        if let Some(delay) = self.preempt_delay {
+            if self.priority.is_none() {
+                return Err(Invalid::PreemptWithoutPriority);
+            }
+            if !(1..=MAX_PREEMPT_DELAY).contains(&delay) {
+                return Err(Invalid::PreemptDelay {
+                    delay,
+                    max: MAX_PREEMPT_DELAY,
+                });
+            }
+        }
         Ok(ValidVip {
             record: self,
             cidr,
@@ -277,6 +297,7 @@ mod tests {
             checks: vec![],
             excluded_nodes: vec![],
             priority: None,
+            preempt_delay: None,
             ports: None,
         }
     }
@@ -370,5 +391,29 @@ mod tests {
             serde_json::from_str(r#"{"address":"198.18.0.1/32","ports":[{"from":80,"to":8080}]}"#)
                 .expect("ports are stored");
         assert!(with_ports.ports.is_some());
+    }
+
+    #[test]
+    fn a_preempt_delay_needs_a_preferred_host_and_a_sane_length() {
+        let mut v = vip("198.18.0.100/24");
+        v.preempt_delay = Some(30);
+        assert_eq!(
+            v.clone().validate().map(|_| ()),
+            Err(Invalid::PreemptWithoutPriority)
+        );
+        v.priority = Some("h1".into());
+        assert!(v.clone().validate().is_ok());
+        for bad in [0, MAX_PREEMPT_DELAY + 1] {
+            v.preempt_delay = Some(bad);
+            assert!(
+                matches!(v.clone().validate(), Err(Invalid::PreemptDelay { .. })),
+                "{bad}"
+            );
+        }
+        for bad in ["-1", "1.5", r#""30""#] {
+            let json =
+                format!(r#"{{"address":"198.18.0.1/32","priority":"h1","preempt_delay":{bad}}}"#);
+            assert!(VipRecord::parse_request(json.as_bytes()).is_err(), "{bad}");
+        }
     }
 }

@@ -74,6 +74,8 @@ pub struct Vip {
     pub(super) probe: Option<Probe>,
     /// The owner lease this host last tried to revoke.
     pub(super) revoked: Option<i64>,
+    /// Since when the preferred host has stood by (preemption).
+    pub(super) preferred_since: Option<Duration>,
     pub(super) stray: Stray,
     pub transitions: u64,
     pub health_passed: u64,
@@ -95,6 +97,7 @@ impl Vip {
             conflicts: 0,
             probe: None,
             revoked: None,
+            preferred_since: None,
             stray: Stray::default(),
             transitions: 0,
             health_passed: 0,
@@ -147,6 +150,9 @@ pub struct Core {
     pub(super) watcher: bool,
     /// The registered hosts' underlay addresses.
     host_addresses: BTreeSet<IpAddr>,
+    /// Interfaces without carrier (down, or the link lost): a VIP on one
+    /// is given up at once and not contended for until it is back.
+    pub(super) no_carrier: BTreeSet<String>,
     /// The effects of the step under way.
     pub(super) out: Vec<Effect>,
     /// The time of the step under way.
@@ -168,6 +174,7 @@ impl Core {
             members: BTreeMap::new(),
             watcher: false,
             host_addresses: BTreeSet::new(),
+            no_carrier: BTreeSet::new(),
             out: Vec::new(),
             now: Duration::ZERO,
         }
@@ -199,6 +206,7 @@ impl Core {
             Input::Lease(lease) => self.lease_changed(lease),
             Input::Tick => {
                 self.contend_due();
+                self.preempt_due();
                 self.fence();
             }
             Input::ProbeTick => self.probe_tick(observe),
@@ -219,6 +227,7 @@ impl Core {
             Input::AddressGone { id } => self.address_gone(&id),
             Input::Stop => self.shutdown(),
             Input::Hosts(addresses) => self.hosts_changed(addresses),
+            Input::Carrier { ifname, up } => self.carrier(&ifname, up),
         }
         self.publish();
         std::mem::take(&mut self.out)
@@ -278,7 +287,7 @@ impl Core {
                         *ifindex == b.ifindex && *addr == v.addr()
                     }
                     KernelEvent::LinkRemoved { index, name }
-                    | KernelEvent::LinkChanged { index, name } => {
+                    | KernelEvent::LinkChanged { index, name, .. } => {
                         *index == b.ifindex || name.as_deref() == Some(b.ifname.as_str())
                     }
                     KernelEvent::FdbRemoved { .. } | KernelEvent::NeighbourRemoved { .. } => false,
@@ -434,6 +443,7 @@ impl Core {
                     self.release(id, true);
                     self.transition(id, Event::Demoted, "excluded");
                 }
+                self.track_preferred(id);
                 self.evaluate(id);
                 return;
             }
@@ -447,6 +457,7 @@ impl Core {
             checks: self.checks_of(&vip),
         });
         self.vips.insert(id.to_owned(), vip);
+        self.track_preferred(id);
     }
 
     pub(super) fn remove(&mut self, id: &str) {
@@ -541,6 +552,7 @@ impl Core {
             && v.owner.is_none()
             && lease_ok
             && !self.barred(v)
+            && !self.without_carrier(v)
             && v.cooldown_until.is_none_or(|t| now >= t);
         let at = eligible.then(|| {
             let preferred_elsewhere = v

@@ -43,9 +43,10 @@ impl Shell {
                 ip,
                 count,
                 interval,
+                refresh,
             } => {
                 let sent = self.announced.entry(id.clone()).or_default().clone();
-                let task = spawn_announcer(&id, &ifname, mac, ip, (count, interval), sent);
+                let task = spawn_announcer(&id, &ifname, mac, ip, (count, interval, refresh), sent);
                 replace_task(&mut self.announcers, id, Some(task));
                 None
             }
@@ -456,7 +457,8 @@ fn spawn_checker(
     })
 }
 
-/// Announces `ip` `count` times, `interval` apart. An async task, so
+/// Announces `ip` `count` times, `interval` apart, then every `refresh`
+/// (if set) until aborted. An async task, so
 /// aborting it on unbind stops it between sends: a host must never
 /// announce an address it gave up (a blocking loop could not be
 /// cancelled, and kept pointing clients at the old owner after a graceful
@@ -466,11 +468,10 @@ fn spawn_announcer(
     ifname: &str,
     mac: MacAddr,
     ip: std::net::IpAddr,
-    (count, interval): (u32, Duration),
+    (count, interval, refresh): (u32, Duration, Option<Duration>),
     sent: Arc<AtomicU64>,
 ) -> JoinHandle<()> {
     let (id, ifname) = (id.to_owned(), ifname.to_owned());
-    let count = count.max(1);
     tokio::spawn(async move {
         // Opening an AF_PACKET socket and sending on it do not block for long.
         let mut sender = match RawSender::open(&ifname) {
@@ -480,18 +481,27 @@ fn spawn_announcer(
                 return;
             }
         };
-        for i in 0..count {
-            let frames = super::frames::announcement(mac, ip);
-            match frames.iter().try_for_each(|f| sender.send(f)) {
-                Ok(()) => {
-                    sent.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => warn!(vip = %id, error = %e, "announcing failed"),
+        let frames = super::frames::announcement(mac, ip);
+        let mut announce = || match frames.iter().try_for_each(|f| sender.send(f)) {
+            Ok(()) => {
+                sent.fetch_add(1, Ordering::Relaxed);
             }
+            Err(e) => warn!(vip = %id, error = %e, "announcing failed"),
+        };
+        for i in 0..count {
+            announce();
             if i + 1 < count {
                 tokio::time::sleep(interval).await;
             }
         }
         debug!(vip = %id, count, "announcements sent");
+        let Some(refresh) = refresh else { return };
+        // After the burst's last send, and then every `refresh`.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + refresh, refresh);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            announce();
+        }
     })
 }

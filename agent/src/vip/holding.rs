@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::Effect;
 use super::core::{Binding, Core, Lease, Owner};
@@ -35,10 +35,11 @@ impl Core {
                 owner,
             });
         }
-        let barred = self.barred(&self.vips[id]);
+        let barred = self.barred(&self.vips[id]) || self.without_carrier(&self.vips[id]);
         match (state, mine) {
-            // Ours, but this host may not hold it (excluded, or a host's
-            // own address): give the key up.
+            // Ours, but this host may not hold it (excluded, a host's own
+            // address, or its interface has no carrier; or a late echo of
+            // a key it gave up): give the key up.
             (State::Standby, true) if barred => self.release(id, false),
             (State::Standby, true) if self.transition(id, Event::Elected, "owner key is ours") => {
                 self.bind(id);
@@ -107,6 +108,52 @@ impl Core {
         }
     }
 
+    /// Whether `v`'s interface (or, held, the one it is bound on) has no
+    /// carrier.
+    pub(super) fn without_carrier(&self, v: &super::core::Vip) -> bool {
+        let on = |ifname: &str| self.no_carrier.contains(ifname);
+        self.interface_of(v).is_some_and(|i| on(&i))
+            || v.binding.as_ref().is_some_and(|b| on(&b.ifname))
+    }
+
+    /// Interface `ifname` gained or lost carrier. Lost: every VIP held on
+    /// it is released at once (a guarded delete, so a healthy host takes
+    /// over instead of this one holding a dead address until its lease
+    /// runs out), and none on it is contended for. Back: they are.
+    pub(super) fn carrier(&mut self, ifname: &str, up: bool) {
+        let changed = if up {
+            self.no_carrier.remove(ifname)
+        } else {
+            self.no_carrier.insert(ifname.to_owned())
+        };
+        if !changed {
+            return;
+        }
+        let on_it: Vec<String> = self
+            .vips
+            .iter()
+            .filter(|(_, v)| {
+                self.interface_of(v).as_deref() == Some(ifname)
+                    || v.binding.as_ref().is_some_and(|b| b.ifname == ifname)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in on_it {
+            let held = self
+                .vips
+                .get(&id)
+                .is_some_and(|v| v.state == State::Activated);
+            if up {
+                info!(vip = %id, interface = %ifname, "the VIP's interface has carrier again: contending");
+            } else if held {
+                warn!(vip = %id, interface = %ifname, "the VIP's interface lost carrier: releasing it");
+                self.release(&id, true);
+                self.transition(&id, Event::Demoted, "carrier lost");
+            }
+            self.evaluate(&id);
+        }
+    }
+
     pub(super) fn bind(&mut self, id: &str) {
         let Some(v) = self.vips.get(id) else { return };
         let cidr = v.spec.cidr;
@@ -128,19 +175,23 @@ impl Core {
             return;
         };
         let ip = v.spec.cidr.addr;
-        self.out.push(if added {
-            // Announce first: attaching the watcher can take milliseconds.
-            Effect::Announce {
-                id: id.to_owned(),
-                ifname: binding.ifname.clone(),
-                mac: binding.mac,
-                ip,
-                count: settings.garp_count,
-                interval: settings.garp_interval,
-            }
-        } else {
-            Effect::StopAnnouncing { id: id.to_owned() }
-        });
+        // Announce first: attaching the watcher can take milliseconds. An
+        // address that was already there needs no burst, only the refresh.
+        let count = if added { settings.garp_count } else { 0 };
+        self.out
+            .push(if count > 0 || settings.garp_refresh.is_some() {
+                Effect::Announce {
+                    id: id.to_owned(),
+                    ifname: binding.ifname.clone(),
+                    mac: binding.mac,
+                    ip,
+                    count,
+                    interval: settings.garp_interval,
+                    refresh: settings.garp_refresh,
+                }
+            } else {
+                Effect::StopAnnouncing { id: id.to_owned() }
+            });
         if let (true, IpAddr::V4(v4)) = (self.watcher, ip) {
             // Watch for anyone else claiming it (the data plane is the truth).
             self.out.push(Effect::AttachWatcher {
@@ -297,7 +348,9 @@ impl Core {
         let ids: Vec<String> = self
             .vips
             .iter()
-            .filter(|(_, v)| v.state == State::Standby && !self.barred(v))
+            .filter(|(_, v)| {
+                v.state == State::Standby && !self.barred(v) && !self.without_carrier(v)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {

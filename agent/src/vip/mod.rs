@@ -11,6 +11,7 @@ pub mod frames;
 pub mod health;
 mod holding;
 pub mod ledger;
+mod preempt;
 mod probe;
 mod quorum;
 pub mod run;
@@ -90,6 +91,9 @@ pub struct Settings {
     pub scripts: script::ScriptPolicy,
     pub garp_count: u32,
     pub garp_interval: Duration,
+    /// While owning, one more announcement this often after the burst
+    /// (`--garp-refresh`; keepalived's `garp_master_refresh`).
+    pub garp_refresh: Option<Duration>,
     pub loss_policy: LossPolicy,
     /// How long non-preferred hosts wait before contending.
     pub contend_delay: Duration,
@@ -167,6 +171,11 @@ pub enum Input {
     /// The registered hosts' underlay addresses (a VIP equal to one is
     /// never taken).
     Hosts(std::collections::BTreeSet<IpAddr>),
+    /// Interface `ifname` has carrier (up, with its link) or not.
+    Carrier {
+        ifname: String,
+        up: bool,
+    },
 }
 
 /// What this host's own key under a VIP says.
@@ -209,8 +218,9 @@ pub enum Effect {
         ifname: Option<String>,
         leftover_of: Option<String>,
     },
-    /// Gratuitous ARP / unsolicited NA, `count` times (replacing an
-    /// announcer still running for this VIP).
+    /// Gratuitous ARP / unsolicited NA, `count` times, then every
+    /// `refresh` until stopped (replacing an announcer still running for
+    /// this VIP).
     Announce {
         id: String,
         ifname: String,
@@ -218,6 +228,7 @@ pub enum Effect {
         ip: IpAddr,
         count: u32,
         interval: Duration,
+        refresh: Option<Duration>,
     },
     StopAnnouncing {
         id: String,

@@ -98,6 +98,7 @@ impl Core {
                 count: 2,
                 interval: Duration::from_nanos(linkmesh_common::CONFLICT_INTERVAL_NS)
                     + Duration::from_millis(10),
+                refresh: self.settings.garp_refresh,
             });
         }
     }
@@ -140,6 +141,9 @@ impl Core {
     pub(super) fn member(&mut self, id: &str, kind: &str, host: &str, value: Option<&str>) {
         if self.set_member(id, kind, host, value) {
             self.publish_members(id);
+        }
+        if kind == "state" {
+            self.track_preferred(id);
         }
         self.check_quorum(id);
     }

@@ -266,6 +266,19 @@ impl Shell {
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut hosts = host_addresses(&view.borrow_and_update());
         self.input(Input::Hosts(hosts.clone())).await;
+        // Interfaces already without carrier; later changes come as events.
+        match self.nl.links().await {
+            Ok(links) => {
+                for link in links.into_iter().filter(|l| !l.carrier) {
+                    self.input(Input::Carrier {
+                        ifname: link.name,
+                        up: false,
+                    })
+                    .await;
+                }
+            }
+            Err(e) => warn!(error = %e, "reading the links' carrier failed"),
+        }
         loop {
             let due = self
                 .core
@@ -301,6 +314,9 @@ impl Shell {
                     }
                 } => match event {
                     Some(event) => {
+                        if let Some((ifname, up)) = carrier_of(&event) {
+                            self.input(Input::Carrier { ifname, up }).await;
+                        }
                         let concerned = self.core.concerned(&event);
                         if !concerned.is_empty() {
                             self.verify_bound(Some(&concerned)).await;
@@ -415,6 +431,22 @@ impl Shell {
                 self.input(Input::AddressGone { id }).await;
             }
         }
+    }
+}
+
+/// A link's carrier news: its name, and whether it can carry frames.
+fn carrier_of(event: &crate::kernel::events::KernelEvent) -> Option<(String, bool)> {
+    use crate::kernel::events::KernelEvent;
+    match event {
+        KernelEvent::LinkChanged {
+            name: Some(name),
+            carrier,
+            ..
+        } => Some((name.clone(), *carrier)),
+        KernelEvent::LinkRemoved {
+            name: Some(name), ..
+        } => Some((name.clone(), false)),
+        _ => None,
     }
 }
 

@@ -163,3 +163,147 @@ fn forged_replies_neither_revoke_a_live_owner_nor_steer_the_probes() {
     assert_eq!(sim.etcd.leases[0], owner_lease, "the owner's lease lives");
     assert_eq!(sim.holders(), vec![0]);
 }
+
+/// The owner's VIP interface loses carrier: it unbinds and deletes its
+/// key at once (guarded by its lease), a standby takes over, and the old
+/// owner does not contend until the carrier is back.
+#[test]
+fn an_owner_that_loses_carrier_gives_the_vip_up_at_once() {
+    let mut sim = owner_and_watching_standbys();
+    let lost = Input::Carrier {
+        ifname: "eth0".into(),
+        up: false,
+    };
+    let effects = sim.cores[0].step(lost, sim.now, &quiet());
+    let unbind = effects
+        .iter()
+        .position(|e| matches!(e, Effect::RemoveAddress { .. }));
+    let release = effects
+        .iter()
+        .position(|e| matches!(e, Effect::Release { lease, .. } if *lease == sim.etcd.leases[0]));
+    assert!(
+        unbind.is_some() && release.is_some() && unbind < release,
+        "unbind, then the guarded release: {effects:?}"
+    );
+    assert_eq!(sim.cores[0].vips()[ID].state, State::Standby);
+    // Played through the harness: someone else holds it, never h1.
+    let mut sim = owner_and_watching_standbys();
+    sim.act(Action::Carrier(0, false));
+    sim.drain();
+    for _ in 0..5 {
+        for h in 0..HOSTS {
+            sim.act(Action::Tick(h, 100));
+        }
+        sim.drain();
+    }
+    let holders = sim.holders();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert_ne!(holders, vec![0]);
+    // The carrier comes back: h1 is a standby that may contend again.
+    sim.act(Action::Carrier(0, true));
+    sim.drain();
+    assert_eq!(sim.cores[0].vips()[ID].state, State::Standby);
+    assert_eq!(sim.holders().len(), 1);
+}
+
+/// With `--garp-refresh`, every announcement the owner starts keeps
+/// going after its burst, including for an address that was already
+/// there (no burst then, only the refresh), and after a conflict.
+#[test]
+fn garp_refresh_rides_on_every_announcement() {
+    let mut sim = Sim::new(LossPolicy::Release);
+    let every = std::time::Duration::from_secs(5);
+    sim.cores[0].settings.garp_refresh = Some(every);
+    sim.deliver(0);
+    sim.act(Action::Health(0, true));
+    let _ = sim.cores[0].step(Input::Tick, sim.now, &quiet());
+    let won = Input::Contended {
+        id: ID.into(),
+        lease: sim.etcd.leases[0],
+        outcome: Outcome::Won,
+    };
+    let _ = sim.cores[0].step(won, sim.now, &quiet());
+    let binding = Binding {
+        ifindex: 2,
+        ifname: "eth0".into(),
+        mac: MacAddr([2, 0, 0, 0, 0, 1]),
+    };
+    let bound = |added| Input::Bound {
+        id: ID.into(),
+        binding: binding.clone(),
+        added,
+    };
+    let effects = sim.cores[0].step(bound(true), sim.now, &quiet());
+    assert!(
+        matches!(&effects[0], Effect::Announce { count: 2, refresh: Some(r), .. } if *r == every),
+        "{effects:?}"
+    );
+    let effects = sim.cores[0].step(bound(false), sim.now, &quiet());
+    assert!(
+        matches!(
+            &effects[0],
+            Effect::Announce {
+                count: 0,
+                refresh: Some(_),
+                ..
+            }
+        ),
+        "{effects:?}"
+    );
+    let conflict = Input::Conflict {
+        ip: "198.18.0.100".parse().expect("ip"),
+        foreign_mac: MacAddr([2, 0, 0, 0, 0, 9]),
+        our_mac: binding.mac,
+    };
+    let effects = sim.cores[0].step(conflict, sim.now, &quiet());
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::Announce {
+                refresh: Some(_),
+                ..
+            }
+        )),
+        "{effects:?}"
+    );
+}
+
+/// Preemption: the record prefers h2 with a 1 s delay. h1 holds the VIP;
+/// once h2 has stood by for the delay, h1 hands it over (unbind, then
+/// the guarded release) and h2, contending at once, holds it. h1 keeps
+/// out for its cooldown, and nobody else ever holds it meanwhile.
+#[test]
+fn an_owner_hands_over_to_the_preferred_host_after_the_preempt_delay() {
+    let mut sim = owner_and_watching_standbys();
+    sim.act(Action::Record(vec![], Some(1)));
+    sim.drain();
+    assert_eq!(sim.holders(), vec![0], "not before the delay");
+    sim.act(Action::Renewed(0));
+    sim.act(Action::Tick(0, 500));
+    sim.drain();
+    assert_eq!(sim.holders(), vec![0], "half the delay");
+    let mut handed = false;
+    for _ in 0..20 {
+        for h in 0..HOSTS {
+            sim.act(Action::Renewed(h));
+            sim.act(Action::Tick(h, 100));
+        }
+        sim.drain();
+        let holders = sim.holders();
+        assert!(holders.len() <= 1, "{holders:?}");
+        if holders == vec![1] {
+            handed = true;
+            break;
+        }
+    }
+    assert!(handed, "h2 holds it: {:?}", sim.holders());
+    // h2 is preferred and holds it: nothing moves any more.
+    for _ in 0..30 {
+        for h in 0..HOSTS {
+            sim.act(Action::Renewed(h));
+            sim.act(Action::Tick(h, 100));
+        }
+        sim.drain();
+    }
+    assert_eq!(sim.holders(), vec![1]);
+}

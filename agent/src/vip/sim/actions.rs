@@ -50,6 +50,8 @@ pub(in crate::vip) enum Action {
     HostAddress(bool),
     /// Someone without the secret writes an owner key (when there is none).
     ForgeOwner,
+    /// The host's VIP interface loses (false) or regains (true) carrier.
+    Carrier(usize, bool),
 }
 
 pub(super) fn action() -> impl Strategy<Value = Action> {
@@ -69,9 +71,10 @@ pub(super) fn action() -> impl Strategy<Value = Action> {
         1 => (prop::collection::vec(0..HOSTS, 0..2), prop::option::of(0..HOSTS))
             .prop_map(|(x, p)| Action::Record(x, p)),
         1 => h.clone().prop_map(Action::Watcher),
-        1 => h.prop_map(Action::AddressGone),
+        1 => h.clone().prop_map(Action::AddressGone),
         1 => any::<bool>().prop_map(Action::HostAddress),
         1 => Just(Action::ForgeOwner),
+        1 => (h, any::<bool>()).prop_map(|(h, up)| Action::Carrier(h, up)),
     ]
 }
 
@@ -195,6 +198,7 @@ impl Sim {
                 self.broadcast(&VipChange::Record(ID.into(), Some(Box::new(r))));
             }
             Action::Watcher(h) => self.input(h, Input::WatcherReady, None),
+            Action::Carrier(h, up) => self.carrier(h, up),
             Action::HostAddress(is) => {
                 let addresses: BTreeSet<IpAddr> = if is {
                     ["198.18.0.100".parse().expect("ip")].into()
@@ -224,6 +228,26 @@ impl Sim {
     }
 
     /// Delivers every queued event, host after host, until none is left.
+    /// Host `h`'s VIP interface loses or regains carrier: without it, the
+    /// host holds nothing from that step on.
+    fn carrier(&mut self, h: usize, up: bool) {
+        if up {
+            self.no_carrier.remove(&h);
+        } else {
+            self.no_carrier.insert(h);
+        }
+        let ifname = "eth0".to_owned();
+        self.input(h, Input::Carrier { ifname, up }, None);
+        if !up {
+            assert_ne!(
+                self.cores[h].vips().get(ID).map(|v| v.state),
+                Some(State::Activated),
+                "{} holds the VIP on an interface without carrier",
+                name(h)
+            );
+        }
+    }
+
     pub(in crate::vip) fn drain(&mut self) {
         while let Some(h) = (0..HOSTS).find(|h| !self.queues[*h].is_empty()) {
             self.deliver(h);

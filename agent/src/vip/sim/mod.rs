@@ -50,6 +50,7 @@ fn settings(h: usize, loss_policy: LossPolicy) -> Settings {
         scripts: super::script::ScriptPolicy::default(),
         garp_count: 2,
         garp_interval: Duration::from_millis(100),
+        garp_refresh: None,
         loss_policy,
         contend_delay: Duration::from_millis(50),
         cooldown: Duration::from_secs(5),
@@ -71,6 +72,9 @@ fn record(excluded: &[usize], priority: Option<usize>) -> ValidVip {
         checks: vec![],
         excluded_nodes: excluded.iter().map(|h| name(*h)).collect(),
         priority: priority.map(name),
+        // Preemption whenever there is a preferred host: the properties
+        // must hold across handovers too.
+        preempt_delay: priority.map(|_| 1),
         ports: None,
     }
     .validate()
@@ -134,6 +138,8 @@ pub(super) struct Sim {
     policy: LossPolicy,
     /// Effects seen, by kind (to check the runs reach every path).
     counts: BTreeMap<&'static str, u64>,
+    /// Hosts whose VIP interface has lost carrier, as told.
+    no_carrier: BTreeSet<usize>,
 }
 
 fn kind(e: &Effect) -> &'static str {
@@ -166,6 +172,7 @@ impl Sim {
             now: Duration::from_secs(1000),
             policy,
             counts: BTreeMap::new(),
+            no_carrier: BTreeSet::new(),
         };
         let snapshot = VipSnapshot {
             records: [(ID.to_owned(), record(&[], None))].into(),
@@ -293,6 +300,10 @@ impl Sim {
                     assert!(
                         !seen.host_address,
                         "{me} binds a registered host's own address"
+                    );
+                    assert!(
+                        !self.no_carrier.contains(&h),
+                        "{me} binds on an interface without carrier"
                     );
                     assert!(
                         seen.passed && seen.fail_streak < FAIL_COUNT,
