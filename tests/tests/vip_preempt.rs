@@ -17,7 +17,10 @@ fn the_preferred_host_takes_the_vip_back_after_the_preempt_delay() {
         .vip(&["--priority", "h2", "--preempt-delay", "2"])
         .build();
     let got = v.admin(&["ip", "get", &v.id]);
-    assert!(got.contains("preempt delay") && got.contains("2 s"), "{got}");
+    assert!(
+        got.contains("preempt delay") && got.contains("2 s"),
+        "{got}"
+    );
     // Without the preferred host, someone else takes the VIP.
     let a1 = v.agent(1, "agent", &[]);
     let a3 = v.agent(3, "agent", &[]);
@@ -49,7 +52,11 @@ fn the_preferred_host_takes_the_vip_back_after_the_preempt_delay() {
         "vip_preempt figure: h2 held the VIP {after:?} after its agent started (delay 2 s); \
          the client's longest gap in the handover {gap:?}"
     );
-    assert!(gap.is_some(), "the client reached the VIP:\n{}", probe.log());
+    assert!(
+        gap.is_some(),
+        "the client reached the VIP:\n{}",
+        probe.log()
+    );
     let owner_log = if first == 1 { a1.log() } else { a3.log() };
     assert!(
         owner_log.contains("handing the VIP over"),
