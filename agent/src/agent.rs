@@ -62,6 +62,44 @@ pub fn vip_settings(args: &AgentArgs, hostname: &str) -> Result<crate::vip::Sett
             probe_misses: args.probe_misses,
             quorum: args.suspect_quorum,
         },
+        notify: notify_settings(args, hostname, run_as)?,
+    })
+}
+
+/// The notify hooks' settings (reads the secret file).
+fn notify_settings(
+    args: &AgentArgs,
+    hostname: &str,
+    run_as: (u32, u32),
+) -> Result<crate::vip::notify::NotifySettings, ConfigError> {
+    let secret = match &args.notify_secret_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "reading --notify-secret-file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let key = text.lines().next().unwrap_or_default().trim().to_owned();
+            if key.len() < 16 {
+                return Err(ConfigError::Invalid(format!(
+                    "--notify-secret-file {}: the key (first line) must be at least 16 bytes",
+                    path.display()
+                )));
+            }
+            Some(key.into_bytes())
+        }
+        None => None,
+    };
+    Ok(crate::vip::notify::NotifySettings {
+        hooks: args.notify_hooks()?,
+        secret,
+        timeout: Duration::from_secs_f64(args.notify_timeout),
+        scripts: crate::vip::script::ScriptPolicy {
+            dir: Some(args.check_dir.clone()),
+            run_as: Some(run_as),
+        },
+        hostname: hostname.to_owned(),
     })
 }
 

@@ -50,6 +50,9 @@ pub struct Snapshot {
     /// ARP replies for VIPs held elsewhere from a MAC other than the
     /// owner's published one, ignored.
     pub vip_foreign_replies: u64,
+    /// Notify hook runs: passed, failed, timed out, and transitions
+    /// dropped because a VIP's hooks fell behind.
+    pub vip_notify: [u64; 4],
     /// Heartbeats from known peers without a valid token, dropped.
     pub peer_heartbeats_rejected: u64,
     /// Indirect probe messages dropped: malformed or not signed.
@@ -292,6 +295,20 @@ fn register_ebpf_and_api(r: &mut Registry, s: &Snapshot) {
         "linkmesh_vip_foreign_addresses_refused",
         "Binds refused because the VIP's address was on the host already and linkmesh had not added it",
         counter(s.vip_foreign_addresses),
+    );
+    let notify = Family::<Labels, Counter>::default();
+    for (result, n) in ["ok", "failed", "timeout", "dropped"]
+        .into_iter()
+        .zip(s.vip_notify)
+    {
+        notify
+            .get_or_create(&labels(&[("result", result)]))
+            .inc_by(n);
+    }
+    r.register(
+        "linkmesh_vip_notify_hooks",
+        "Notify hook runs by result; dropped: transitions not told because a VIP's hooks fell behind",
+        notify,
     );
     r.register(
         "linkmesh_vip_foreign_replies_ignored",

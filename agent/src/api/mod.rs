@@ -397,6 +397,7 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
         api_connections_timed_out: app.connections.timed_out.load(Ordering::Relaxed),
         vip_foreign_addresses: app.shared.foreign_addresses.load(Ordering::Relaxed),
         vip_foreign_replies: app.shared.foreign_replies.load(Ordering::Relaxed),
+        vip_notify: app.shared.notify.snapshot(),
         peer_heartbeats_rejected: app.peers.heartbeats_rejected(),
         peer_probes_rejected: app.peers.probes_rejected(),
         vip_records_rejected,

@@ -211,6 +211,21 @@ pub struct AgentArgs {
     /// 0: off.
     #[arg(long, env = "LINKMESH_GARP_REFRESH", default_value_t = 0.0)]
     pub garp_refresh: f64,
+    /// A hook told of every VIP state transition, run in order, each
+    /// within --notify-timeout: `exec:SCRIPT` (a script in --check-dir,
+    /// run like the checks, with the VIP, the old state, the new state and
+    /// the cause as arguments) or `http://HOST[:PORT]/PATH` (a POST whose
+    /// JSON body is signed with --notify-secret-file); repeatable.
+    #[arg(long = "notify", env = "LINKMESH_NOTIFY", value_delimiter = ',')]
+    pub notify: Vec<String>,
+    /// File whose first line signs the HTTP hooks' bodies (HMAC-SHA256,
+    /// header `X-Linkmesh-Signature: sha256=HEX`); not the cluster secret,
+    /// which must never leave the hosts.
+    #[arg(long, env = "LINKMESH_NOTIFY_SECRET_FILE")]
+    pub notify_secret_file: Option<PathBuf>,
+    /// Seconds one notify hook may take.
+    #[arg(long, env = "LINKMESH_NOTIFY_TIMEOUT", default_value_t = 5.0)]
+    pub notify_timeout: f64,
     /// What an owner does when it loses etcd.
     #[arg(
         long,
@@ -323,6 +338,7 @@ impl AgentArgs {
             ("--arp-gratuitous-interval", self.arp_gratuitous_interval),
             ("--heartbeat-interval", self.heartbeat_interval),
             ("--probe-interval", self.probe_interval),
+            ("--notify-timeout", self.notify_timeout),
         ] {
             // Shorter than a millisecond rounds to nothing on some timers.
             if !(v.is_finite() && (0.001..86_400.0).contains(&v)) {
@@ -363,7 +379,28 @@ impl AgentArgs {
             crate::registry::host::validate_hostname(h)?;
         }
         self.overlay()?;
+        let hooks = self.notify_hooks()?;
+        if self.notify_secret_file.is_none()
+            && hooks
+                .iter()
+                .any(|h| matches!(h, crate::vip::notify::Hook::Http(_)))
+        {
+            return Err(ConfigError::Invalid(
+                "an http:// --notify hook needs --notify-secret-file to sign with".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// `--notify`, parsed.
+    pub fn notify_hooks(&self) -> Result<Vec<crate::vip::notify::Hook>, ConfigError> {
+        self.notify
+            .iter()
+            .map(|h| {
+                h.parse()
+                    .map_err(|e| ConfigError::Invalid(format!("--notify {e}")))
+            })
+            .collect()
     }
 
     /// `--overlay-address`, per segment.

@@ -155,6 +155,8 @@ pub struct Core {
     pub(super) no_carrier: BTreeSet<String>,
     /// The effects of the step under way.
     pub(super) out: Vec<Effect>,
+    /// The step's transitions, for the notify hooks (told last).
+    notices: Vec<Effect>,
     /// The time of the step under way.
     pub(super) now: Duration,
 }
@@ -176,6 +178,7 @@ impl Core {
             host_addresses: BTreeSet::new(),
             no_carrier: BTreeSet::new(),
             out: Vec::new(),
+            notices: Vec::new(),
             now: Duration::ZERO,
         }
     }
@@ -230,7 +233,9 @@ impl Core {
             Input::Carrier { ifname, up } => self.carrier(&ifname, up),
         }
         self.publish();
-        std::mem::take(&mut self.out)
+        let mut out = std::mem::take(&mut self.out);
+        out.append(&mut self.notices);
+        out
     }
 
     /// The VIPs, for the status the API shows.
@@ -343,6 +348,12 @@ impl Core {
         match next(v.state, event) {
             Some(to) => {
                 info!(vip = %id, from = %v.state, to = %to, ?event, cause, "vip state");
+                self.notices.push(Effect::Notify {
+                    id: id.to_owned(),
+                    from: v.state,
+                    to,
+                    cause: cause.to_owned(),
+                });
                 v.state = to;
                 v.transitions += 1;
                 true

@@ -22,6 +22,26 @@ use crate::registry::{Check, StateRecord, SuspectRecord, seal};
 
 impl Shell {
     /// Runs one effect; returns the input its result makes, if any.
+    /// Starts an announcer for an `Effect::Announce` (replacing the VIP's
+    /// last one).
+    fn announce(&mut self, effect: Effect) {
+        let Effect::Announce {
+            id,
+            ifname,
+            mac,
+            ip,
+            count,
+            interval,
+            refresh,
+        } = effect
+        else {
+            return;
+        };
+        let sent = self.announced.entry(id.clone()).or_default().clone();
+        let task = spawn_announcer(&id, &ifname, mac, ip, (count, interval, refresh), sent);
+        replace_task(&mut self.announcers, id, Some(task));
+    }
+
     pub(super) async fn effect(&mut self, effect: Effect) -> Option<Input> {
         match effect {
             Effect::Bind { id, cidr, ifname } => Some(self.bind(id, cidr, ifname).await),
@@ -36,22 +56,22 @@ impl Shell {
                     .await;
                 None
             }
-            Effect::Announce {
-                id,
-                ifname,
-                mac,
-                ip,
-                count,
-                interval,
-                refresh,
-            } => {
-                let sent = self.announced.entry(id.clone()).or_default().clone();
-                let task = spawn_announcer(&id, &ifname, mac, ip, (count, interval, refresh), sent);
-                replace_task(&mut self.announcers, id, Some(task));
+            announce @ Effect::Announce { .. } => {
+                self.announce(announce);
                 None
             }
             Effect::StopAnnouncing { id } => {
                 replace_task(&mut self.announcers, id, None);
+                None
+            }
+            Effect::Notify {
+                id,
+                from,
+                to,
+                cause,
+            } => {
+                let now = super::notify::Transition::now(id, (from, to), cause);
+                self.notifier.notify(now);
                 None
             }
             Effect::VipMembers { id, hosts } => {

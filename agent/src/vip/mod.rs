@@ -11,6 +11,7 @@ pub mod frames;
 pub mod health;
 mod holding;
 pub mod ledger;
+pub mod notify;
 mod preempt;
 mod probe;
 mod quorum;
@@ -105,6 +106,8 @@ pub struct Settings {
     /// address notifications (which can be lost when the socket overflows).
     pub resync: Duration,
     pub fast: FastSettings,
+    /// Hooks told of every state transition.
+    pub notify: notify::NotifySettings,
 }
 
 /// How a contention went.
@@ -232,6 +235,14 @@ pub enum Effect {
     },
     StopAnnouncing {
         id: String,
+    },
+    /// Tell the notify hooks of a state transition (the last effects of
+    /// a step).
+    Notify {
+        id: String,
+        from: State,
+        to: State,
+        cause: String,
     },
     /// Attach `vip_watch` to an interface (once).
     AttachWatcher {

@@ -126,7 +126,9 @@ pub async fn run(settings: Settings, services: Services, stop: watch::Receiver<b
     if let Some(present) = present_of(&nl, &ledger).await {
         ledger.keep_present(&present);
     }
+    let notifier = super::notify::Notifier::new(settings.notify.clone(), status.notify.clone());
     let mut shell = Shell {
+        notifier,
         ledger,
         core: Core::new(settings),
         client,
@@ -151,6 +153,7 @@ pub async fn run(settings: Settings, services: Services, stop: watch::Receiver<b
     writer_task.abort();
     shell.stop().await;
     lease::forget(&leases);
+    shell.notifier.finish().await;
 }
 
 /// The registered hosts' underlay addresses.
@@ -191,6 +194,8 @@ pub(super) struct Shell {
     /// Raw senders for probes, per interface, with the interface's MAC.
     pub(super) probers: BTreeMap<String, (RawSender, MacAddr)>,
     pub(super) keeper: LeaseKeeper,
+    /// Tells the operator's hooks of every transition.
+    pub(super) notifier: super::notify::Notifier,
 }
 
 /// The ownership lease's keeper, started with the first VIP.

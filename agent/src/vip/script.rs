@@ -117,13 +117,19 @@ pub fn resolve(policy: &ScriptPolicy, name: &str) -> Result<PathBuf, ScriptError
 /// Runs the script `name` (see [`resolve`]) to the end; `Ok` when it
 /// exits 0. The caller bounds the time; dropping the future kills it.
 pub async fn run(policy: &ScriptPolicy, name: &str) -> Result<(), ScriptError> {
+    run_with(policy, name, &[]).await
+}
+
+/// [`run`], with `args` as the script's arguments (never through a shell).
+pub async fn run_with(policy: &ScriptPolicy, name: &str, args: &[&str]) -> Result<(), ScriptError> {
     let path = resolve(policy, name)?;
     let run_as = policy.run_as.filter(|_| {
         // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() == 0 }
     });
     let mut cmd = tokio::process::Command::new(&path);
-    cmd.env_clear()
+    cmd.args(args)
+        .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .current_dir("/")
         .kill_on_drop(true)

@@ -60,6 +60,8 @@ pub struct Shared {
     /// ARP replies for VIPs held elsewhere from a MAC other than the one
     /// the owner published: ignored by the eBPF watcher.
     pub foreign_replies: AtomicU64,
+    /// Outcomes of the notify hooks.
+    pub notify: Arc<super::notify::NotifyCounters>,
 }
 
 impl Default for Shared {
@@ -79,6 +81,7 @@ impl Default for Shared {
             ebpf_ring_drops: AtomicU64::default(),
             foreign_addresses: AtomicU64::default(),
             foreign_replies: AtomicU64::default(),
+            notify: Arc::default(),
         }
     }
 }

@@ -51,6 +51,7 @@ fn settings(h: usize, loss_policy: LossPolicy) -> Settings {
         garp_count: 2,
         garp_interval: Duration::from_millis(100),
         garp_refresh: None,
+        notify: super::notify::NotifySettings::default(),
         loss_policy,
         contend_delay: Duration::from_millis(50),
         cooldown: Duration::from_secs(5),
