@@ -1,6 +1,6 @@
 //! `cargo xtask bench vip`: client-side outage of a floating IP on graceful
-//! stop and hard crash, linkmesh against keepalived (VRRP, advert_int 1 and
-//! 0.1) on the same lab, in the same run.
+//! stop and hard crash, linkmesh against keepalived (VRRP, advert_int 1,
+//! 0.1 and 0.02) on the same lab, in the same run.
 
 use std::net::IpAddr;
 use std::process::Command;
