@@ -481,6 +481,38 @@ mod tests {
     }
 
     #[test]
+    fn garp_refresh_is_off_or_a_sane_interval_and_hooks_parse() {
+        assert!(parse(&[]).validate().is_ok());
+        assert!(parse(&["--garp-refresh", "0.5"]).validate().is_ok());
+        for bad in [
+            "--garp-refresh=0.01",
+            "--garp-refresh=-1",
+            "--garp-refresh=NaN",
+            "--garp-refresh=100000",
+        ] {
+            assert!(parse(&[bad]).validate().is_err(), "{bad}");
+        }
+        assert!(parse(&["--notify", "exec:notify"]).validate().is_ok());
+        for bad in [
+            vec!["--notify", "exec:a/b"],
+            vec!["--notify", "http://127.0.0.1:9/hook"],
+            vec!["--notify", "exec:n", "--notify-timeout", "0"],
+        ] {
+            assert!(parse(&bad).validate().is_err(), "{bad:?}");
+        }
+        assert!(
+            parse(&[
+                "--notify",
+                "http://127.0.0.1:9/hook",
+                "--notify-secret-file",
+                "/etc/linkmesh/notify-key"
+            ])
+            .validate()
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn overlay_addresses_name_joined_segments() {
         let a = parse(&[
             "--segment",
