@@ -165,3 +165,48 @@ fn an_owner_that_loses_carrier_hands_the_vip_over_at_once() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(holders(), vec![new_owner.expect("checked")]);
 }
+
+/// The owner's only link (the one etcd is reached by too) goes down: the
+/// release cannot reach etcd, but the owner unbinds at once, and the
+/// standbys' data-plane failover moves the VIP; when the link is back the
+/// old owner stands by.
+#[test]
+fn an_owner_whose_only_link_goes_down_unbinds_and_fast_failover_moves_the_vip() {
+    require_root!();
+    let v = Testbed::builder(3).vip(&[]).build();
+    let agents: Vec<_> = (1..=3).map(|h| v.agent(h, "agent", &[])).collect();
+    let owner = v
+        .wait_single_holder(Duration::from_secs(10), None)
+        .expect("one holder");
+    // Fast failover needs the standbys' watchers and a heard peer.
+    std::thread::sleep(Duration::from_secs(2));
+    let owner_ns = v.lab.host(owner).netns.clone();
+    let probe = start_probe(&v.lab, CLIENT, "probe", &v.vip.to_string(), 6);
+    std::thread::sleep(Duration::from_secs(1));
+    let cut = Instant::now();
+    ip(&["-n", &owner_ns, "link", "set", "eth0", "down"]);
+    let unbound = wait_until(Duration::from_secs(1), || {
+        !v.lab.holders(v.vip, owner..=owner).contains(&owner)
+    });
+    let moved = v.wait_single_holder(Duration::from_secs(10), Some(owner));
+    let moved_after = cut.elapsed();
+    assert!(
+        unbound.is_some(),
+        "the owner kept the address on a dead link:\n{}",
+        agents[usize::from(owner - 1)].log()
+    );
+    assert!(moved.is_some(), "holders {:?}", v.holders());
+    let _ = probe.wait_timeout(Duration::from_secs(10));
+    let gap = longest_gap(&probe.log());
+    eprintln!(
+        "vip_announce figure: the owner's only link down: unbound after {unbound:?}, \
+         another host held the VIP after {moved_after:?}; the client's longest gap {gap:?}"
+    );
+    ip(&["-n", &owner_ns, "link", "set", "eth0", "up"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        v.holders(),
+        vec![moved.expect("checked")],
+        "no second holder"
+    );
+}
