@@ -175,9 +175,10 @@ impl Core {
             return;
         };
         let ip = v.spec.cidr.addr;
-        // Announce first: attaching the watcher can take milliseconds. An
-        // address that was already there needs no burst, only the refresh.
-        let count = if added { settings.garp_count } else { 0 };
+        // Announce first: attaching the watcher can take milliseconds. A
+        // new address is announced at least once; one that was already
+        // there needs no burst, only the refresh.
+        let count = if added { settings.garp_count.max(1) } else { 0 };
         self.out
             .push(if count > 0 || settings.garp_refresh.is_some() {
                 Effect::Announce {
