@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::script::ScriptPolicy;
@@ -66,48 +65,34 @@ async fn run_inner(check: &Check, scripts: &ScriptPolicy) -> Result<(), CheckErr
     }
 }
 
-/// A minimal HTTP/1.0 GET: 2xx is healthy. HTTPS is not supported yet.
+/// A GET: 2xx is healthy. HTTPS is not supported yet.
 async fn http_get(url: &str) -> Result<(), CheckError> {
-    let answer = |why: String| CheckError::HttpAnswer {
-        url: url.to_owned(),
-        why,
-    };
-    let io = |source| CheckError::Http {
-        url: url.to_owned(),
-        source,
-    };
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| answer("only http:// checks are supported so far".into()))?;
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
-    let addr = if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    let mut stream = TcpStream::connect(&addr).await.map_err(io)?;
-    let request =
-        format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: linkmesh\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(io)?;
-    let mut head = vec![0u8; 64];
-    let n = stream.read(&mut head).await.map_err(io)?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    let code = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| answer("not an HTTP response".into()))?;
+    let code = super::http1::request("GET", url, "", &[])
+        .await
+        .map_err(|e| match e {
+            super::http1::Http1Error::Io(source) => CheckError::Http {
+                url: url.to_owned(),
+                source,
+            },
+            super::http1::Http1Error::Answer(why) => CheckError::HttpAnswer {
+                url: url.to_owned(),
+                why,
+            },
+        })?;
     if (200..300).contains(&code) {
         Ok(())
     } else {
-        Err(answer(format!("status {code}")))
+        Err(CheckError::HttpAnswer {
+            url: url.to_owned(),
+            why: format!("status {code}"),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
 
     #[tokio::test]

@@ -10,6 +10,7 @@ pub mod fast;
 pub mod frames;
 pub mod health;
 mod holding;
+mod http1;
 pub mod ledger;
 pub mod notify;
 mod preempt;

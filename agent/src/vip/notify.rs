@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -269,40 +268,16 @@ async fn run(settings: &NotifySettings, hook: &Hook, t: &Transition) -> Result<(
     }
 }
 
-/// A minimal HTTP/1.0 POST of `body`, signed; 2xx is success.
+/// A POST of `body`, signed; 2xx is success.
 async fn post(url: &str, body: &[u8], secret: &[u8]) -> Result<(), String> {
-    let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
-    let addr = if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    let mut stream = tokio::net::TcpStream::connect(&addr)
-        .await
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    let head = format!(
-        "POST {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: linkmesh\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\
-         X-Linkmesh-Signature: {}\r\n\r\n",
+    let headers = format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\nX-Linkmesh-Signature: {}\r\n",
         body.len(),
         signature(secret, body)
     );
-    stream
-        .write_all(head.as_bytes())
+    let code = super::http1::request("POST", url, &headers, body)
         .await
         .map_err(|e| e.to_string())?;
-    stream.write_all(body).await.map_err(|e| e.to_string())?;
-    let mut answer = vec![0u8; 64];
-    let n = stream.read(&mut answer).await.map_err(|e| e.to_string())?;
-    let line = String::from_utf8_lossy(&answer[..n]);
-    let code = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or("not an HTTP response")?;
     if (200..300).contains(&code) {
         Ok(())
     } else {
