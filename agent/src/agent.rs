@@ -66,6 +66,21 @@ pub fn vip_settings(args: &AgentArgs, hostname: &str) -> Result<crate::vip::Sett
     })
 }
 
+/// The first line of the file `option` names, trimmed: at least `min`
+/// bytes (a password, a key).
+fn first_line(option: &str, path: &std::path::Path, min: usize) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Invalid(format!("reading {option} {}: {e}", path.display())))?;
+    let line = text.lines().next().unwrap_or_default().trim().to_owned();
+    if line.len() < min {
+        return Err(ConfigError::Invalid(format!(
+            "{option} {}: the first line must hold at least {min} byte(s)",
+            path.display()
+        )));
+    }
+    Ok(line)
+}
+
 /// The notify hooks' settings (reads the secret file).
 fn notify_settings(
     args: &AgentArgs,
@@ -73,22 +88,7 @@ fn notify_settings(
     run_as: (u32, u32),
 ) -> Result<crate::vip::notify::NotifySettings, ConfigError> {
     let secret = match &args.notify_secret_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::Invalid(format!(
-                    "reading --notify-secret-file {}: {e}",
-                    path.display()
-                ))
-            })?;
-            let key = text.lines().next().unwrap_or_default().trim().to_owned();
-            if key.len() < 16 {
-                return Err(ConfigError::Invalid(format!(
-                    "--notify-secret-file {}: the key (first line) must be at least 16 bytes",
-                    path.display()
-                )));
-            }
-            Some(key.into_bytes())
-        }
+        Some(path) => Some(first_line("--notify-secret-file", path, 16)?.into_bytes()),
         None => None,
     };
     Ok(crate::vip::notify::NotifySettings {
@@ -121,20 +121,7 @@ pub fn peer_settings(args: &AgentArgs) -> crate::peers::PeerSettings {
 pub fn api_settings(args: &AgentArgs) -> Result<crate::api::ApiConfig, ConfigError> {
     let credentials = match (&args.api_user, &args.api_password_file) {
         (Some(user), Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::Invalid(format!(
-                    "reading --api-password-file {}: {e}",
-                    path.display()
-                ))
-            })?;
-            let password = text.lines().next().unwrap_or_default().trim().to_owned();
-            if password.is_empty() {
-                return Err(ConfigError::Invalid(format!(
-                    "--api-password-file {} is empty",
-                    path.display()
-                )));
-            }
-            Some((user.clone(), password))
+            Some((user.clone(), first_line("--api-password-file", path, 1)?))
         }
         _ => None,
     };
