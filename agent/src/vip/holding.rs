@@ -108,12 +108,23 @@ impl Core {
         }
     }
 
+    /// Whether `v` is (or, held, is bound) on interface `ifname`.
+    fn on_interface(&self, v: &super::core::Vip, ifname: &str) -> bool {
+        self.interface_of(v).as_deref() == Some(ifname)
+            || v.binding.as_ref().is_some_and(|b| b.ifname == ifname)
+    }
+
     /// Whether `v`'s interface (or, held, the one it is bound on) has no
     /// carrier.
     pub(super) fn without_carrier(&self, v: &super::core::Vip) -> bool {
-        let on = |ifname: &str| self.no_carrier.contains(ifname);
-        self.interface_of(v).is_some_and(|i| on(&i))
-            || v.binding.as_ref().is_some_and(|b| on(&b.ifname))
+        self.no_carrier.iter().any(|i| self.on_interface(v, i))
+    }
+
+    /// Whether `ifname`'s carrier, as the core knows it, differs from `up`
+    /// (so that news of it is worth a step).
+    #[must_use]
+    pub fn carrier_news(&self, ifname: &str, up: bool) -> bool {
+        self.no_carrier.contains(ifname) == up
     }
 
     /// Interface `ifname` gained or lost carrier. Lost: every VIP held on
@@ -132,10 +143,7 @@ impl Core {
         let on_it: Vec<String> = self
             .vips
             .iter()
-            .filter(|(_, v)| {
-                self.interface_of(v).as_deref() == Some(ifname)
-                    || v.binding.as_ref().is_some_and(|b| b.ifname == ifname)
-            })
+            .filter(|(_, v)| self.on_interface(v, ifname))
             .map(|(id, _)| id.clone())
             .collect();
         for id in on_it {

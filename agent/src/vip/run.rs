@@ -319,7 +319,10 @@ impl Shell {
                     }
                 } => match event {
                     Some(event) => {
-                        if let Some((ifname, up)) = carrier_of(&event) {
+                        // Most link events change no carrier: no step for them.
+                        if let Some((ifname, up)) = carrier_of(&event)
+                            && self.core.carrier_news(&ifname, up)
+                        {
                             self.input(Input::Carrier { ifname, up }).await;
                         }
                         let concerned = self.core.concerned(&event);
