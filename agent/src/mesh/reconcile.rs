@@ -74,23 +74,23 @@ impl Reconciler {
         self.known.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether, as far as this agent knows, its device `ifindex` (in its
-    /// own namespace) holds `entry` (`None`: not known). A notification
-    /// that such an entry went is our own write's echo when this says no.
-    /// Unicast and neighbour entries match on their MAC and address alone.
+    /// `check` of this agent's device `ifindex` (in its own namespace) as
+    /// far as it is known to hold (`None`: not known). A notification that
+    /// an entry went is our own write's echo when the device is known not
+    /// to hold it.
     #[must_use]
-    pub fn holds(&self, ifindex: u32, entry: Entry) -> Option<bool> {
+    pub fn known_device(
+        &self,
+        ifindex: u32,
+        check: impl FnOnce(&ObservedDevice) -> bool,
+    ) -> Option<bool> {
         let known = self.known();
         let device = known
             .get(&None)?
             .devices
             .values()
             .find(|d| d.index == ifindex)?;
-        Some(match entry {
-            Entry::Peer(dst) => device.peers.contains(&dst),
-            Entry::Unicast(mac, _) => device.unicast.contains_key(&mac),
-            Entry::Neighbour(ip, _) => device.neighbours.contains_key(&ip),
-        })
+        Some(check(device))
     }
 
     /// The connection in the agent's own namespace (its write counters

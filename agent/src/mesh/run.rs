@@ -13,9 +13,7 @@ use tracing::{info, warn};
 use super::desired::DesiredSegment;
 use super::reconcile::Pass;
 use super::{Reconciler, desired};
-use crate::addr::MacAddr;
 use crate::kernel::events::{KernelEvent, KernelEvents};
-use crate::kernel::fdb::Entry;
 use crate::registry::RegistryView;
 
 /// Kernel events are gathered this long before one reconcile pass.
@@ -30,17 +28,16 @@ fn relevant(event: &KernelEvent, segments: &BTreeSet<String>, reconciler: &Recon
     match event {
         KernelEvent::LinkRemoved { .. } => true,
         KernelEvent::FdbRemoved { ifindex, mac, dst } => match mac {
-            Some(m) if m.is_zero() => {
-                dst.is_none_or(|d| reconciler.holds(*ifindex, Entry::Peer(d)) != Some(false))
-            }
+            Some(m) if m.is_zero() => dst.is_none_or(|d| {
+                reconciler.known_device(*ifindex, |dev| dev.peers.contains(&d)) != Some(false)
+            }),
             Some(m) => {
-                let any = std::net::IpAddr::from([0, 0, 0, 0]);
-                reconciler.holds(*ifindex, Entry::Unicast(*m, any)) == Some(true)
+                reconciler.known_device(*ifindex, |dev| dev.unicast.contains_key(m)) == Some(true)
             }
             None => false,
         },
         KernelEvent::NeighbourRemoved { ifindex, ip } => {
-            reconciler.holds(*ifindex, Entry::Neighbour(*ip, MacAddr::ZERO)) == Some(true)
+            reconciler.known_device(*ifindex, |dev| dev.neighbours.contains_key(ip)) == Some(true)
         }
         KernelEvent::LinkChanged { name, .. } => {
             name.as_ref().is_some_and(|n| segments.contains(n))
