@@ -63,6 +63,7 @@ pub fn vip_settings(args: &AgentArgs, hostname: &str) -> Result<crate::vip::Sett
             quorum: args.suspect_quorum,
         },
         notify: notify_settings(args, hostname, run_as)?,
+        route_table: args.route_table,
     })
 }
 

@@ -69,6 +69,14 @@ pub enum IpCommand {
         /// owner hands the VIP over to it (preemption; needs --priority).
         #[arg(long)]
         preempt_delay: Option<u32>,
+        /// A port map, SRC:DEST/PROTO (`80:8080/tcp`): on the owner, traffic
+        /// to the VIP's port SRC reaches the local port DEST; repeatable.
+        #[arg(long = "port")]
+        ports: Vec<crate::registry::PortMap>,
+        /// How clients reach the owner: `l2` (announced on the link) or
+        /// `route` (a host route in each agent's --route-table).
+        #[arg(long, default_value = "l2")]
+        mode: crate::registry::Mode,
         /// Accept a prefix shorter than /16 (IPv4) or /48 (IPv6).
         #[arg(long)]
         force: bool,
@@ -107,6 +115,8 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Resu
             excluded,
             priority,
             preempt_delay,
+            ports,
+            mode,
             force,
         } => {
             let vip = VipRecord {
@@ -116,7 +126,8 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Resu
                 excluded_nodes: excluded,
                 priority,
                 preempt_delay,
-                ports: None,
+                ports,
+                mode,
             }
             .validate()?;
             let id = vips.add(&vip, force).await?;
@@ -263,6 +274,9 @@ pub fn render_vip(e: &VipEntry) -> String {
                 &r.preempt_delay
                     .map_or_else(|| "-".to_owned(), |d| format!("{d} s")),
             );
+            line("mode", &r.mode.to_string());
+            let ports: Vec<String> = r.ports.iter().map(ToString::to_string).collect();
+            line("ports", &list(&ports));
         }
         None => line("rejected", e.error.as_deref().unwrap_or("")),
     }

@@ -47,6 +47,8 @@ pub struct Snapshot {
     /// Binds refused: the address was on the host and linkmesh had not
     /// added it.
     pub vip_foreign_addresses: u64,
+    pub vip_delivery_failures: u64,
+    pub vip_port_mapped: u64,
     /// ARP replies for VIPs held elsewhere from a MAC other than the
     /// owner's published one, ignored.
     pub vip_foreign_replies: u64,
@@ -295,6 +297,16 @@ fn register_ebpf_and_api(r: &mut Registry, s: &Snapshot) {
         "linkmesh_vip_foreign_addresses_refused",
         "Binds refused because the VIP's address was on the host already and linkmesh had not added it",
         counter(s.vip_foreign_addresses),
+    );
+    r.register(
+        "linkmesh_vip_delivery_failures",
+        "Port maps and routes of held VIPs that could not be programmed",
+        counter(s.vip_delivery_failures),
+    );
+    r.register(
+        "linkmesh_vip_port_mapped",
+        "VIPs whose ports this host maps now (held here, with port maps)",
+        gauge(i64::try_from(s.vip_port_mapped).unwrap_or(i64::MAX)),
     );
     let notify = Family::<Labels, Counter>::default();
     for (result, n) in ["ok", "failed", "timeout", "dropped"]

@@ -168,7 +168,8 @@ pub fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 #[must_use]
 pub fn same_vip(a: &VipRecord, b: &VipRecord) -> bool {
     let strip = |r: &VipRecord| VipRecord {
-        ports: None,
+        ports: Vec::new(),
+        mode: linkmesh::registry::Mode::L2,
         ..r.clone()
     };
     strip(a) == strip(b)

@@ -19,6 +19,7 @@ pub mod netns;
 pub mod pki;
 pub mod process;
 pub mod rng;
+pub mod service;
 pub mod synthetic;
 pub mod testbed;
 pub mod usage;

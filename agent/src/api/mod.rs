@@ -396,6 +396,8 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
         api_connections_evicted: app.connections.evicted.load(Ordering::Relaxed),
         api_connections_timed_out: app.connections.timed_out.load(Ordering::Relaxed),
         vip_foreign_addresses: app.shared.foreign_addresses.load(Ordering::Relaxed),
+        vip_delivery_failures: app.shared.delivery_failures.load(Ordering::Relaxed),
+        vip_port_mapped: app.shared.port_mapped.load(Ordering::Relaxed),
         vip_foreign_replies: app.shared.foreign_replies.load(Ordering::Relaxed),
         vip_notify: app.shared.notify.snapshot(),
         peer_heartbeats_rejected: app.peers.heartbeats_rejected(),

@@ -211,6 +211,12 @@ pub struct AgentArgs {
     /// 0: off.
     #[arg(long, env = "LINKMESH_GARP_REFRESH", default_value_t = 0.0)]
     pub garp_refresh: f64,
+    /// The kernel routing table (1 to 4294967295, not 253, 254 or 255)
+    /// that routed VIPs (`mode: route`) go in as host routes, for the
+    /// host's BGP daemon to export; unset: this host never holds a routed
+    /// VIP.
+    #[arg(long, env = "LINKMESH_ROUTE_TABLE")]
+    pub route_table: Option<u32>,
     /// A hook told of every VIP state transition, run in order, each
     /// within --notify-timeout: `exec:SCRIPT` (a script in --check-dir,
     /// run like the checks, with the VIP, the old state, the new state and
@@ -308,6 +314,13 @@ impl AgentArgs {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.ttl < 2 {
             return Err(ConfigError::TtlTooShort(self.ttl));
+        }
+        if let Some(t) = self.route_table
+            && matches!(t, 0 | 253..=255)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--route-table {t} is the kernel's own (0 unspec, 253 default, 254 main, 255 local): pick a table of its own for routed VIPs"
+            )));
         }
         if self.resync_interval == 0 {
             return Err(ConfigError::Invalid(

@@ -7,6 +7,7 @@
 
 pub mod arp;
 pub mod peer;
+pub mod ports;
 pub mod vip;
 
 pub use arp::{ArpOp, ArpPacket, ArpWatcher, load_arp_classifier};
@@ -14,6 +15,7 @@ pub use peer::{
     PeerSample, PeerWatcher, PortKind, heartbeats_rejected, peer_sample, set_peers, set_port,
     set_token,
 };
+pub use ports::PortMapper;
 pub use vip::{Conflict, ConflictStream, VipWatcher};
 
 use std::collections::BTreeSet;
@@ -124,6 +126,16 @@ pub(crate) fn attach_classifier(
     name: &'static str,
     interface: &str,
 ) -> Result<(), WatchError> {
+    attach_classifier_at(ebpf, name, interface, TcAttachType::Ingress)
+}
+
+/// Attaches classifier `name` to `interface` at `at` (ingress or egress).
+pub(crate) fn attach_classifier_at(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    interface: &str,
+    at: TcAttachType,
+) -> Result<(), WatchError> {
     if interface_index(interface).is_none() {
         return Err(WatchError::NoInterface(interface.to_owned()));
     }
@@ -142,7 +154,7 @@ pub(crate) fn attach_classifier(
         }
     }
     load_classifier(ebpf, name)?
-        .attach(interface, TcAttachType::Ingress)
+        .attach(interface, at)
         .map_err(|source| WatchError::Attach {
             program: name,
             interface: interface.to_owned(),

@@ -15,6 +15,7 @@ pub mod fdb;
 pub mod link;
 pub mod neigh;
 pub mod packet;
+pub mod route;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -61,6 +61,12 @@ pub enum Invalid {
     HostAddress { addr: IpAddr, host: String },
     #[error("{addr} is already floating IP {vip}: one floating IP per address")]
     DuplicateAddress { addr: IpAddr, vip: String },
+    #[error("ports: {0}")]
+    PortMap(String),
+    #[error("unknown mode {0:?} (l2 or route)")]
+    Mode(String),
+    #[error("a routed VIP is a host route: {0} must be a /32 or /128")]
+    RouteNotHost(String),
     #[error("preempt_delay needs a preferred host (priority)")]
     PreemptWithoutPriority,
     #[error("preempt_delay {delay} is outside 1..={max} seconds")]

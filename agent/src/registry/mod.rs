@@ -7,6 +7,7 @@
 pub mod cache;
 #[cfg(test)]
 mod cache_view;
+pub mod delivery;
 pub mod generation;
 pub mod host;
 pub mod invalid;
@@ -18,6 +19,7 @@ pub mod vip;
 pub mod vipkeys;
 
 pub use cache::{RegistryCache, RegistryView};
+pub use delivery::{Mode, PortMap, Proto};
 pub use generation::{Definition, Mark, Marks, Tombstone, next_generation, open_definition};
 pub use host::{HostRecord, heartbeat_tokens};
 pub use invalid::Invalid;

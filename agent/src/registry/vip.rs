@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::delivery::{Mode, PortMap, validate_ports};
 use super::generation::{Definition, open_definition};
 use super::host::validate_hostname;
 use super::invalid::Invalid;
@@ -43,9 +44,13 @@ pub struct VipRecord {
     /// `priority`; absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preempt_delay: Option<u32>,
-    /// Reserved for port mapping: stored, not used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ports: Option<serde_json::Value>,
+    /// Port maps the owner applies: `VIP:src/proto` reaches the local
+    /// service on `dest`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMap>,
+    /// How clients reach the owner (default: announced on the link).
+    #[serde(default, skip_serializing_if = "Mode::is_l2")]
+    pub mode: Mode,
 }
 
 impl VipRecord {
@@ -59,7 +64,8 @@ impl VipRecord {
             excluded_nodes: Vec::new(),
             priority: None,
             preempt_delay: None,
-            ports: None,
+            ports: Vec::new(),
+            mode: Mode::L2,
         }
     }
 }
@@ -245,6 +251,11 @@ impl VipRecord {
                 });
             }
         }
+        validate_ports(&self.ports)?;
+        let host = if cidr.addr.is_ipv4() { 32 } else { 128 };
+        if self.mode == Mode::Route && cidr.prefix_len != host {
+            return Err(Invalid::RouteNotHost(self.address));
+        }
         Ok(ValidVip {
             record: self,
             cidr,
@@ -298,7 +309,8 @@ mod tests {
             excluded_nodes: vec![],
             priority: None,
             preempt_delay: None,
-            ports: None,
+            ports: Vec::new(),
+            mode: Mode::L2,
         }
     }
 
@@ -387,10 +399,22 @@ mod tests {
         assert!(
             serde_json::from_str::<VipRecord>(r#"{"address":"198.18.0.1/32","colour":1}"#).is_err()
         );
-        let with_ports: VipRecord =
-            serde_json::from_str(r#"{"address":"198.18.0.1/32","ports":[{"from":80,"to":8080}]}"#)
-                .expect("ports are stored");
-        assert!(with_ports.ports.is_some());
+        let ports = VipRecord::parse_request(
+            br#"{"address":"198.18.0.1/32","ports":[{"src":80,"proto":"tcp","dest":8080}]}"#,
+        )
+        .expect("ports");
+        assert_eq!(ports.record.ports.len(), 1);
+        for bad in [
+            r#"{"address":"198.18.0.1/32","ports":[{"from":80,"to":8080}]}"#,
+            r#"{"address":"198.18.0.1/32","ports":[{"src":80,"proto":"tcp","dest":1},{"src":80,"proto":"tcp","dest":2}]}"#,
+            r#"{"address":"198.18.0.1/24","mode":"route"}"#,
+            r#"{"address":"198.18.0.1/32","mode":"bgp"}"#,
+        ] {
+            assert!(VipRecord::parse_request(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert!(
+            VipRecord::parse_request(br#"{"address":"2001:db8::1/128","mode":"route"}"#).is_ok()
+        );
     }
 
     #[test]

@@ -439,10 +439,24 @@ impl Core {
             if v.spec.record == spec.record {
                 return;
             }
-            if v.spec.cidr == spec.cidr && v.spec.record.interface == spec.record.interface {
-                // Checks, exclusions or priority changed: keep the binding,
-                // unless this host is now excluded (it must never hold it).
+            if v.spec.cidr == spec.cidr
+                && v.spec.record.interface == spec.record.interface
+                && v.spec.record.mode == spec.record.mode
+            {
+                // Checks, exclusions, priority or ports changed: keep the
+                // binding, unless this host is now excluded (it must never
+                // hold it).
                 let held = v.state == State::Activated;
+                if v.spec.record.ports != spec.record.ports
+                    && let Some(b) = &v.binding
+                {
+                    self.out.push(Effect::MapPorts {
+                        id: id.to_owned(),
+                        ip: spec.cidr.addr,
+                        ifname: Some(b.ifname.clone()),
+                        ports: spec.record.ports.clone(),
+                    });
+                }
                 v.spec = spec;
                 let checks = self.checks_of(&self.vips[id]);
                 self.out.push(Effect::StartChecks {

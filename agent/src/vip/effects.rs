@@ -64,6 +64,11 @@ impl Shell {
                 replace_task(&mut self.announcers, id, None);
                 None
             }
+            e
+            @ (Effect::MapPorts { .. } | Effect::AddRoute { .. } | Effect::RemoveRoute { .. }) => {
+                self.delivery(e).await;
+                None
+            }
             Effect::Notify {
                 id,
                 from,

@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 use super::Effect;
 use super::core::{Binding, Core, Lease, Owner};
 use super::state::{Event, State};
+use crate::registry::Mode;
 
 impl Core {
     pub(super) fn set_owner(&mut self, id: &str, owner: Option<Owner>) {
@@ -170,6 +171,11 @@ impl Core {
             self.fault(id, "no interface");
             return;
         };
+        if v.spec.record.mode == Mode::Route && self.settings.route_table.is_none() {
+            warn!(vip = %id, "a routed VIP, and this host has no --route-table");
+            self.fault(id, "no route table");
+            return;
+        }
         self.out.push(Effect::Bind {
             id: id.to_owned(),
             cidr,
@@ -183,6 +189,25 @@ impl Core {
             return;
         };
         let ip = v.spec.cidr.addr;
+        // The port maps before any client is told where the VIP is.
+        if !v.spec.record.ports.is_empty() {
+            self.out.push(Effect::MapPorts {
+                id: id.to_owned(),
+                ip,
+                ifname: Some(binding.ifname.clone()),
+                ports: v.spec.record.ports.clone(),
+            });
+        }
+        if v.spec.record.mode == Mode::Route {
+            // Routed: the BGP daemon tells the routers; nothing on the link.
+            self.out.push(Effect::AddRoute {
+                id: id.to_owned(),
+                ip,
+                ifname: binding.ifname.clone(),
+            });
+            v.binding = Some(binding);
+            return;
+        }
         // Announce first: attaching the watcher can take milliseconds. A
         // new address is announced at least once; one that was already
         // there needs no burst, only the refresh.
@@ -236,9 +261,26 @@ impl Core {
     /// Removes `id`'s address from where it is bound, or else from
     /// `ifname` (after a restart, whatever is there).
     fn remove_address(&mut self, id: &str, ifname: Option<String>, leftover_of: Option<&str>) {
+        let routes = self.settings.route_table.is_some();
         let Some(v) = self.vips.get_mut(id) else {
             return;
         };
+        let ip = v.spec.cidr.addr;
+        // The route first (traffic stops coming), then the maps.
+        if v.spec.record.mode == Mode::Route && routes {
+            self.out.push(Effect::RemoveRoute {
+                id: id.to_owned(),
+                ip,
+            });
+        }
+        if !v.spec.record.ports.is_empty() {
+            self.out.push(Effect::MapPorts {
+                id: id.to_owned(),
+                ip,
+                ifname: None,
+                ports: Vec::new(),
+            });
+        }
         self.out.push(Effect::RemoveAddress {
             id: id.to_owned(),
             cidr: v.spec.cidr,

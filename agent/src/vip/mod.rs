@@ -5,6 +5,7 @@
 //! the announcements.
 
 pub mod core;
+mod delivery;
 mod effects;
 pub mod fast;
 pub mod frames;
@@ -38,7 +39,7 @@ pub use state::{Event, State};
 pub use status::{Shared, StatusMap, VipStatus};
 
 use crate::addr::MacAddr;
-use crate::registry::{Check, Cidr, VipChange};
+use crate::registry::{Check, Cidr, PortMap, VipChange};
 
 /// What a host does with its VIPs when it loses etcd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -109,6 +110,9 @@ pub struct Settings {
     pub fast: FastSettings,
     /// Hooks told of every state transition.
     pub notify: notify::NotifySettings,
+    /// The kernel routing table routed VIPs go in (`--route-table`; none:
+    /// this host does not hold routed VIPs).
+    pub route_table: Option<u32>,
 }
 
 /// How a contention went.
@@ -236,6 +240,26 @@ pub enum Effect {
     },
     StopAnnouncing {
         id: String,
+    },
+    /// Make the port maps of the VIP at `ip` exactly `ports` (empty: none),
+    /// the programs attached to `ifname`.
+    MapPorts {
+        id: String,
+        ip: IpAddr,
+        ifname: Option<String>,
+        ports: Vec<PortMap>,
+    },
+    /// Install the routed VIP's host route in the route table, through
+    /// `ifname`.
+    AddRoute {
+        id: String,
+        ip: IpAddr,
+        ifname: String,
+    },
+    /// Remove the routed VIP's host route (only one linkmesh added).
+    RemoveRoute {
+        id: String,
+        ip: IpAddr,
     },
     /// Tell the notify hooks of a state transition (the last effects of
     /// a step).

@@ -14,6 +14,7 @@ use super::fast::{FastFailover, revoke_due};
 use super::state::State;
 use super::{Effect, WriteWhy};
 use crate::addr::MacAddr;
+use crate::registry::Mode;
 
 impl Core {
     /// Attaches the watcher to the VIP's interface ahead of any election,
@@ -85,7 +86,7 @@ impl Core {
             conflicts = v.conflicts,
             "vip conflict: another host claims our address; re-announcing"
         );
-        if let Some(b) = &v.binding {
+        if let (Some(b), Mode::L2) = (&v.binding, v.spec.record.mode) {
             // Now, and once more after the program's per-VIP rate limit: a
             // claim that came in right behind this one (a GARP request and
             // its reply) raised no event of its own, and must not have the

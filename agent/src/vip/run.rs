@@ -140,6 +140,7 @@ pub async fn run(settings: Settings, services: Services, stop: watch::Receiver<b
         reports,
         writes,
         watcher: None,
+        mapper: super::delivery::Mapper::default(),
         checkers: BTreeMap::new(),
         announcers: BTreeMap::new(),
         announced: BTreeMap::new(),
@@ -196,6 +197,7 @@ pub(super) struct Shell {
     pub(super) keeper: LeaseKeeper,
     /// Tells the operator's hooks of every transition.
     pub(super) notifier: super::notify::Notifier,
+    pub(super) mapper: super::delivery::Mapper,
 }
 
 /// The ownership lease's keeper, started with the first VIP.
@@ -337,6 +339,10 @@ impl Shell {
                 },
                 _ = resync_tick.tick() => {
                     self.verify_bound(None).await;
+                    self.verify_routes().await;
+                    if let super::delivery::Mapper::Loaded(m) = &mut self.mapper {
+                        m.reattach_missing();
+                    }
                     if let Some(w) = self.watcher.as_mut() {
                         w.reattach_missing();
                     }

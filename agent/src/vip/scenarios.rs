@@ -275,7 +275,7 @@ fn garp_refresh_rides_on_every_announcement() {
 #[test]
 fn an_owner_hands_over_to_the_preferred_host_after_the_preempt_delay() {
     let mut sim = owner_and_watching_standbys();
-    sim.act(Action::Record(vec![], Some(1)));
+    sim.act(Action::Record(vec![], Some(1), 0));
     sim.drain();
     assert_eq!(sim.holders(), vec![0], "not before the delay");
     sim.act(Action::Renewed(0));
@@ -306,4 +306,56 @@ fn an_owner_hands_over_to_the_preferred_host_after_the_preempt_delay() {
         sim.drain();
     }
     assert_eq!(sim.holders(), vec![1]);
+}
+
+/// A routed VIP with a port map: the owner maps the ports, then installs
+/// the route, and announces nothing on the link. Giving it up withdraws
+/// the route first, then the maps, then the address.
+#[test]
+fn a_routed_vip_is_mapped_and_routed_not_announced() {
+    let mut sim = Sim::new(LossPolicy::Release);
+    sim.act(Action::Record(vec![], None, 2));
+    sim.drain();
+    sim.act(Action::Health(0, true));
+    sim.act(Action::Tick(0, 1));
+    sim.drain();
+    assert_eq!(sim.holders(), vec![0]);
+    let bound = Input::Bound {
+        id: ID.into(),
+        binding: Binding {
+            ifindex: 2,
+            ifname: "eth0".into(),
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        },
+        added: true,
+    };
+    let effects = sim.cores[0].step(bound, sim.now, &quiet());
+    assert!(
+        matches!(
+            effects.as_slice(),
+            [Effect::MapPorts { ports, ifname: Some(i), .. }, Effect::AddRoute { .. }]
+                if ports.len() == 1 && i == "eth0"
+        ),
+        "{effects:?}"
+    );
+    let effects = sim.cores[0].step(Input::Stop, sim.now, &quiet());
+    let order: Vec<usize> = effects
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| {
+            matches!(
+                e,
+                Effect::RemoveRoute { .. } | Effect::MapPorts { .. } | Effect::RemoveAddress { .. }
+            )
+        })
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(order.len(), 3, "{effects:?}");
+    assert!(matches!(effects[order[0]], Effect::RemoveRoute { .. }));
+    assert!(matches!(&effects[order[1]], Effect::MapPorts { ports, .. } if ports.is_empty()));
+    assert!(matches!(effects[order[2]], Effect::RemoveAddress { .. }));
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Announce { .. })),
+        "{effects:?}"
+    );
 }

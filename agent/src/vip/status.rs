@@ -57,6 +57,10 @@ pub struct Shared {
     /// Binds refused because the address was on the host already and
     /// linkmesh had not added it.
     pub foreign_addresses: AtomicU64,
+    /// Port maps and routes of held VIPs that could not be programmed.
+    pub delivery_failures: AtomicU64,
+    /// VIPs whose ports this host maps now (only ones it holds).
+    pub port_mapped: AtomicU64,
     /// ARP replies for VIPs held elsewhere from a MAC other than the one
     /// the owner published: ignored by the eBPF watcher.
     pub foreign_replies: AtomicU64,
@@ -80,6 +84,8 @@ impl Default for Shared {
             ebpf_events: AtomicU64::default(),
             ebpf_ring_drops: AtomicU64::default(),
             foreign_addresses: AtomicU64::default(),
+            delivery_failures: AtomicU64::default(),
+            port_mapped: AtomicU64::default(),
             foreign_replies: AtomicU64::default(),
             notify: Arc::default(),
         }

@@ -238,3 +238,39 @@ const _: () = assert!(core::mem::size_of::<PeerStats>() == 32);
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no padding (size asserted above).
 unsafe impl aya::Pod for PeerStats {}
+
+/// Name of the TC classifier (ingress on VIP interfaces) that maps a held
+/// VIP's ports to the local service's.
+pub const PORTS_IN_PROGRAM: &str = "port_map_in";
+/// Name of the TC classifier (egress on VIP interfaces) that maps the
+/// service's replies back to the VIP's ports.
+pub const PORTS_OUT_PROGRAM: &str = "port_map_out";
+/// Name of the hash map of [`PortKey`] to the port to write (network byte
+/// order, as a `u16` read from the wire).
+pub const PORT_MAPS_MAP: &str = "PORT_MAPS";
+/// Entries in [`PORT_MAPS_MAP`]: two per port map.
+pub const MAX_PORT_KEYS: u32 = 8192;
+/// [`PortKey::direction`]: a packet to the VIP, keyed by its destination.
+pub const PORT_DIR_IN: u8 = 0;
+/// [`PortKey::direction`]: a packet from the VIP, keyed by its source.
+pub const PORT_DIR_OUT: u8 = 1;
+
+/// A VIP's port, as a packet to it (`PORT_DIR_IN`: destination address and
+/// port) or from it (`PORT_DIR_OUT`: source address and port) carries it.
+/// Addresses and ports are in network byte order, as on the wire; an IPv4
+/// address fills the first four bytes of `addr`, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortKey {
+    pub addr: [u8; 16],
+    pub port: [u8; 2],
+    /// 6 (TCP) or 17 (UDP).
+    pub proto: u8,
+    pub direction: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<PortKey>() == 20);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), byte arrays and bytes only, no padding (size asserted).
+unsafe impl aya::Pod for PortKey {}

@@ -26,7 +26,8 @@ use aya_ebpf::{
 use linkmesh_common::{
     ArpEvent, CONFLICT_INTERVAL_NS, ConflictEvent, DROP_BAD_HEARTBEAT, DROP_CONFLICT_RING_FULL,
     DROP_FOREIGN_REPLY, DROP_RING_FULL, DROP_SLOTS, HEARTBEAT_MAGIC, HEARTBEAT_TOKEN_OFFSET,
-    MAX_PEERS, MAX_VIPS, PEER_PORT_SLOTS, PORT_HEARTBEAT, PeerStats, PeerToken, VipInfo, VipSeen,
+    MAX_PEERS, MAX_PORT_KEYS, MAX_VIPS, PEER_PORT_SLOTS, PORT_DIR_IN, PORT_DIR_OUT,
+    PORT_HEARTBEAT, PeerStats, PeerToken, PortKey, VipInfo, VipSeen,
 };
 
 /// 256 KiB: about 6,500 events before user space must read.
@@ -61,6 +62,9 @@ static PEER_STATS: LruPerCpuHashMap<u32, PeerStats> =
 
 #[map(name = "PEER_TOKENS")]
 static PEER_TOKENS: HashMap<u32, PeerToken> = HashMap::with_max_entries(MAX_PEERS, 0);
+
+#[map(name = "PORT_MAPS")]
+static PORT_MAPS: HashMap<PortKey, [u8; 2]> = HashMap::with_max_entries(MAX_PORT_KEYS, 0);
 
 /// Adds one to this CPU's slot `slot` of `DROPS`.
 #[inline(always)]
@@ -389,6 +393,96 @@ fn try_peer_watch(ctx: &TcContext) -> Option<bool> {
         }
     }
     Some(heartbeat)
+}
+
+/// TC ingress on VIP interfaces: a packet to a held VIP's mapped port
+/// (TCP or UDP, IPv4 or IPv6 without extension headers) gets the local
+/// service's port instead, with its checksum fixed. Everything passes.
+#[classifier]
+pub fn port_map_in(ctx: TcContext) -> i32 {
+    let _ = map_port(&ctx, PORT_DIR_IN);
+    TC_ACT_UNSPEC
+}
+
+/// TC egress on VIP interfaces: the service's replies from a held VIP get
+/// the VIP's port back.
+#[classifier]
+pub fn port_map_out(ctx: TcContext) -> i32 {
+    let _ = map_port(&ctx, PORT_DIR_OUT);
+    TC_ACT_UNSPEC
+}
+
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_TCP: u8 = 6;
+const ETH_HEADER: usize = 14;
+const IPV6_HEADER: usize = 40;
+/// The deepest byte `map_port` reads: an IPv4 header with options (or an
+/// IPv6 header) and the UDP/TCP header up to its checksum.
+const PORT_HEADROOM: usize = ETH_HEADER + 60 + 18;
+/// `bpf_l4_csum_replace` flags: the field is 2 bytes; a UDP checksum of 0
+/// (none, over IPv4) stays 0, and a result of 0 is written as 0xffff.
+const CSUM_FIELD_2: u64 = 2;
+const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
+
+/// Rewrites the packet's port if `PORT_MAPS` has it; `Some(())` if it did.
+#[inline(always)]
+fn map_port(ctx: &TcContext, direction: u8) -> Option<()> {
+    let (mut start, mut end) = (ctx.data(), ctx.data_end());
+    let proto = be16(read(start, end, ETH_TYPE_OFFSET)?);
+    if proto != ETH_P_IPV4 && proto != ETH_P_IPV6 {
+        return None;
+    }
+    let len = ctx.len() as usize;
+    if end - start < PORT_HEADROOM && len > end - start {
+        let want = if len < PORT_HEADROOM {
+            len
+        } else {
+            PORT_HEADROOM
+        };
+        ctx.pull_data(want as u32).ok()?;
+        start = ctx.data();
+        end = ctx.data_end();
+    }
+    let mut key = PortKey {
+        direction,
+        ..PortKey::default()
+    };
+    let l4 = if proto == ETH_P_IPV4 {
+        let ip: Ipv4Header = read(start, end, ETH_HEADER)?;
+        let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
+        // Later fragments carry no ports; a first one does, and the
+        // checksum's fix holds for the whole datagram.
+        if ihl < 20 || be16(ip.frag_off) & IP_FRAG_OFFSET_MASK != 0 {
+            return None;
+        }
+        key.proto = ip.protocol;
+        let addr = if direction == PORT_DIR_IN {
+            ip.daddr
+        } else {
+            ip.saddr
+        };
+        key.addr[..4].copy_from_slice(&addr);
+        ETH_HEADER + ihl
+    } else {
+        key.proto = read::<u8>(start, end, ETH_HEADER + 6)?;
+        let at = if direction == PORT_DIR_IN { 24 } else { 8 };
+        key.addr = read(start, end, ETH_HEADER + at)?;
+        ETH_HEADER + IPV6_HEADER
+    };
+    let (csum, flags) = match key.proto {
+        IPPROTO_TCP => (16, CSUM_FIELD_2),
+        IPPROTO_UDP => (6, CSUM_FIELD_2 | BPF_F_MARK_MANGLED_0),
+        _ => return None,
+    };
+    let at = l4 + if direction == PORT_DIR_IN { 2 } else { 0 };
+    key.port = read(start, end, at)?;
+    // SAFETY: a map lookup; the value is copied out at once.
+    let new = unsafe { PORT_MAPS.get(&key) }.copied()?;
+    let (from, to) = (u16::from_ne_bytes(key.port), u16::from_ne_bytes(new));
+    ctx.l4_csum_replace(l4 + csum, u64::from(from), u64::from(to), flags)
+        .ok()?;
+    ctx.store(at, &new, 0).ok()?;
+    Some(())
 }
 
 /// The fixed part of an IPv4 header.

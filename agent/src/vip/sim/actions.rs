@@ -39,8 +39,10 @@ pub(in crate::vip) enum Action {
     OwnerSilent(u8),
     /// An admin asks the current owner to release the VIP.
     Failover,
-    /// The record changes: these hosts excluded, this one preferred.
-    Record(Vec<usize>, Option<usize>),
+    /// The record changes: these hosts excluded, this one preferred, and
+    /// delivered plainly (0), with port maps (1), or routed with port maps
+    /// (2).
+    Record(Vec<usize>, Option<usize>, u8),
     /// The eBPF watcher finished loading.
     Watcher(usize),
     /// The VIP's address vanished from the host's kernel.
@@ -68,8 +70,8 @@ pub(super) fn action() -> impl Strategy<Value = Action> {
         1 => h.clone().prop_map(Action::NewLease),
         1 => (1u8..10).prop_map(Action::OwnerSilent),
         1 => Just(Action::Failover),
-        1 => (prop::collection::vec(0..HOSTS, 0..2), prop::option::of(0..HOSTS))
-            .prop_map(|(x, p)| Action::Record(x, p)),
+        1 => (prop::collection::vec(0..HOSTS, 0..2), prop::option::of(0..HOSTS), 0u8..3)
+            .prop_map(|(x, p, d)| Action::Record(x, p, d)),
         1 => h.clone().prop_map(Action::Watcher),
         1 => h.clone().prop_map(Action::AddressGone),
         1 => any::<bool>().prop_map(Action::HostAddress),
@@ -193,8 +195,8 @@ impl Sim {
                     self.broadcast(&VipChange::Failover(ID.into(), owner));
                 }
             }
-            Action::Record(excluded, priority) => {
-                let r = record(&excluded, priority);
+            Action::Record(excluded, priority, delivery) => {
+                let r = record(&excluded, priority, delivery);
                 self.broadcast(&VipChange::Record(ID.into(), Some(Box::new(r))));
             }
             Action::Watcher(h) => self.input(h, Input::WatcherReady, None),

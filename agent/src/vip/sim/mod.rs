@@ -52,6 +52,7 @@ fn settings(h: usize, loss_policy: LossPolicy) -> Settings {
         garp_interval: Duration::from_millis(100),
         garp_refresh: None,
         notify: super::notify::NotifySettings::default(),
+        route_table: Some(100),
         loss_policy,
         contend_delay: Duration::from_millis(50),
         cooldown: Duration::from_secs(5),
@@ -66,9 +67,19 @@ fn settings(h: usize, loss_policy: LossPolicy) -> Settings {
     }
 }
 
-fn record(excluded: &[usize], priority: Option<usize>) -> ValidVip {
+fn record(excluded: &[usize], priority: Option<usize>, delivery: u8) -> ValidVip {
+    let ports = vec![crate::registry::PortMap {
+        src: 80,
+        proto: crate::registry::Proto::Tcp,
+        dest: 8080,
+    }];
     VipRecord {
-        address: "198.18.0.100/24".into(),
+        address: if delivery == 2 {
+            "198.18.0.100/32"
+        } else {
+            "198.18.0.100/24"
+        }
+        .into(),
         interface: None,
         checks: vec![],
         excluded_nodes: excluded.iter().map(|h| name(*h)).collect(),
@@ -76,7 +87,12 @@ fn record(excluded: &[usize], priority: Option<usize>) -> ValidVip {
         // Preemption whenever there is a preferred host: the properties
         // must hold across handovers too.
         preempt_delay: priority.map(|_| 1),
-        ports: None,
+        ports: if delivery > 0 { ports } else { Vec::new() },
+        mode: if delivery == 2 {
+            crate::registry::Mode::Route
+        } else {
+            crate::registry::Mode::L2
+        },
     }
     .validate()
     .expect("a valid record")
@@ -99,6 +115,15 @@ pub(super) struct Etcd {
     pub(super) members: BTreeMap<(String, String), (String, i64)>,
 }
 
+/// What a host did to deliver the VIP: bind its address, install its
+/// route, map its ports.
+#[derive(Default, Clone, Copy)]
+struct Held {
+    bound: bool,
+    routed: bool,
+    mapped: bool,
+}
+
 /// What the harness tracks per host, independently of its core.
 #[derive(Default, Clone)]
 struct Seen {
@@ -111,7 +136,7 @@ struct Seen {
     fail_streak: u32,
     passed: bool,
     /// Binding actions so far (for "a release precedes a rebind").
-    bound: bool,
+    held: Held,
     /// Whether the VIP's address is a host's underlay address, as told.
     host_address: bool,
 }
@@ -176,7 +201,7 @@ impl Sim {
             no_carrier: BTreeSet::new(),
         };
         let snapshot = VipSnapshot {
-            records: [(ID.to_owned(), record(&[], None))].into(),
+            records: [(ID.to_owned(), record(&[], None, 0))].into(),
             ..VipSnapshot::default()
         };
         for h in 0..HOSTS {
@@ -269,7 +294,7 @@ impl Sim {
             let gone = matches!(input, Input::AddressGone { .. });
             let effects = self.cores[h].step(input, self.now, observe.unwrap_or(&quiet));
             if gone {
-                self.seen[h].bound = false;
+                self.seen[h].held.bound = false;
             }
             self.check(h, &effects);
             for e in &effects {
@@ -313,7 +338,10 @@ impl Sim {
                         seen.passed
                     );
                     // A release (unbind) precedes a rebind.
-                    assert!(!seen.bound || unbound, "{me} binds twice without unbinding");
+                    assert!(
+                        !seen.held.bound || unbound,
+                        "{me} binds twice without unbinding"
+                    );
                     // Never two hosts for one lease: only under our own key,
                     // one etcd created.
                     if self.policy != LossPolicy::Claim {
@@ -332,7 +360,7 @@ impl Sim {
                 Effect::Release { .. } => {
                     // The key goes only after the address.
                     assert!(
-                        !self.seen[h].bound || unbound,
+                        !self.seen[h].held.bound || unbound,
                         "{me} releases its key while still bound"
                     );
                 }
@@ -394,11 +422,40 @@ impl Sim {
         );
     }
 
+    /// Unbinding, port maps and routes: a route or a map only while the
+    /// address is bound, and the address last to go.
+    fn deliver_effect(&mut self, h: usize, effect: &Effect) {
+        let me = name(h);
+        let held = &mut self.seen[h].held;
+        match effect {
+            Effect::RemoveAddress { .. } => {
+                assert!(
+                    !held.routed && !held.mapped,
+                    "{me}: the address goes before its route or port maps"
+                );
+                held.bound = false;
+            }
+            Effect::MapPorts { ports, .. } => {
+                assert!(
+                    ports.is_empty() || held.bound,
+                    "{me}: ports mapped for an address it has not bound"
+                );
+                held.mapped = !ports.is_empty();
+            }
+            Effect::AddRoute { .. } => {
+                assert!(held.bound, "{me}: a route for an unbound VIP");
+                held.routed = true;
+            }
+            Effect::RemoveRoute { .. } => held.routed = false,
+            _ => {}
+        }
+    }
+
     fn run(&mut self, h: usize, effect: Effect) -> Option<Input> {
         let me = name(h);
         match effect {
             Effect::Bind { id, ifname, .. } => {
-                self.seen[h].bound = true;
+                self.seen[h].held.bound = true;
                 let binding = Binding {
                     ifindex: 2,
                     ifname,
@@ -410,8 +467,11 @@ impl Sim {
                     added: true,
                 })
             }
-            Effect::RemoveAddress { .. } => {
-                self.seen[h].bound = false;
+            e @ (Effect::RemoveAddress { .. }
+            | Effect::MapPorts { .. }
+            | Effect::AddRoute { .. }
+            | Effect::RemoveRoute { .. }) => {
+                self.deliver_effect(h, &e);
                 None
             }
             Effect::ClearOwner { revision, .. } => {

@@ -1,8 +1,8 @@
 //! `cargo xtask bench ebpf`: what the TC classifiers cost.
 //!
-//! testrun: nanoseconds per packet of `arp_watch`, `vip_watch` and
-//! `peer_watch` through `BPF_PROG_TEST_RUN`, on the frames each sees on an
-//! underlay. iperf3: throughput from lab host h1 to h2 (veth, bridge, veth)
+//! testrun: nanoseconds per packet of `arp_watch`, `vip_watch`,
+//! `peer_watch` and the port maps (`port_map_in`, `port_map_out`) through
+//! `BPF_PROG_TEST_RUN`, on the frames each sees on an underlay. iperf3: throughput from lab host h1 to h2 (veth, bridge, veth)
 //! without programs and with all three on h2's eth0 ingress, in the same
 //! run, alternating.
 
@@ -18,13 +18,22 @@ use aya::maps::{HashMap, RingBuf};
 use aya::programs::{TcAttachType, TestRun, TestRunOptions};
 use linkmesh::ebpf::{self as watch, PortKind};
 use linkmesh::peers;
-use linkmesh_common::{ARP_EVENTS_MAP, ARP_PROGRAM, PEER_PROGRAM, VIP_PROGRAM, VIPS_MAP, VipInfo};
+use linkmesh_common::{
+    ARP_EVENTS_MAP, ARP_PROGRAM, PEER_PROGRAM, PORT_DIR_IN, PORT_DIR_OUT, PORT_MAPS_MAP,
+    PORTS_IN_PROGRAM, PORTS_OUT_PROGRAM, PortKey, VIP_PROGRAM, VIPS_MAP, VipInfo,
+};
 use linkmesh_tests::frame::{self, VXLAN_PORT};
 use linkmesh_tests::lab::{Host, Lab};
 use linkmesh_tests::netns;
 use linkmesh_tests::process::Process;
 
-const PROGRAMS: [&str; 3] = [ARP_PROGRAM, VIP_PROGRAM, PEER_PROGRAM];
+const PROGRAMS: [&str; 5] = [
+    ARP_PROGRAM,
+    VIP_PROGRAM,
+    PEER_PROGRAM,
+    PORTS_IN_PROGRAM,
+    PORTS_OUT_PROGRAM,
+];
 /// What a running agent attaches to an interface that is both its underlay
 /// and a VIP interface (`arp_watch` only serves `linkmesh watch-arp`).
 const AGENT_PROGRAMS: [&str; 2] = [VIP_PROGRAM, PEER_PROGRAM];
@@ -41,6 +50,12 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 const SAMPLES: usize = 5;
 const GOAL_NON_ARP_NS: u64 = 50;
 const GOAL_ARP_NS: u64 = 150;
+/// A TCP or UDP packet the port maps must look up (one hash lookup).
+const GOAL_LOOKUP_NS: u64 = 100;
+/// A rewritten port: two helper calls (checksum, store) on top of a lookup.
+const GOAL_MAPPED_NS: u64 = 150;
+/// The TCP source port of `frame::tcp`'s segments.
+const FRAME_SOURCE_PORT: u16 = 49_152;
 const IPERF_SECONDS: u64 = 5;
 const GOAL_RATIO: f64 = 0.98;
 
@@ -65,6 +80,28 @@ fn configure(ebpf: &mut Ebpf, peer: Ipv4Addr) -> anyhow::Result<()> {
         _pad2: [0; 2],
     };
     vips.insert(u32::from_ne_bytes(VIP.octets()), info, 0)?;
+    // Port maps that swap each port back on the next run (a test run
+    // repeats on one packet): every run of the mapped cases rewrites.
+    let mut ports: HashMap<_, PortKey, [u8; 2]> =
+        HashMap::try_from(ebpf.map_mut(PORT_MAPS_MAP).context("no PORT_MAPS map")?)?;
+    let key = |port: u16, direction| PortKey {
+        addr: {
+            let mut a = [0; 16];
+            a[..4].copy_from_slice(&VIP.octets());
+            a
+        },
+        port: port.to_be_bytes(),
+        proto: 6,
+        direction,
+    };
+    for (from, to, direction) in [
+        (80, 8080, PORT_DIR_IN),
+        (8080, 80, PORT_DIR_IN),
+        (FRAME_SOURCE_PORT, 80, PORT_DIR_OUT),
+        (80, FRAME_SOURCE_PORT, PORT_DIR_OUT),
+    ] {
+        ports.insert(key(from, direction), to.to_be_bytes(), 0)?;
+    }
     Ok(())
 }
 
@@ -182,6 +219,46 @@ fn cases() -> Vec<Case> {
         bytes: bytes.clone(),
         repeat,
         verdict,
+        goal_ns,
+        samples: Vec::new(),
+    })
+    .chain(port_map_cases(peer, &tcp, &arp))
+    .collect()
+}
+
+/// The port maps on what passes them (ARP, TCP to other ports) and on the
+/// packets they rewrite, both ways.
+fn port_map_cases(peer: Ipv4Addr, tcp: &[u8], arp: &[u8]) -> Vec<Case> {
+    let to_vip = frame::tcp(peer, VIP, 80);
+    let from_vip = frame::tcp(VIP, peer, 50_000);
+    [
+        (PORTS_IN_PROGRAM, "ARP who-has", arp, GOAL_NON_ARP_NS),
+        (
+            PORTS_IN_PROGRAM,
+            "IPv4 TCP, not mapped",
+            tcp,
+            GOAL_LOOKUP_NS,
+        ),
+        (
+            PORTS_IN_PROGRAM,
+            "IPv4 TCP to a mapped port",
+            &to_vip,
+            GOAL_MAPPED_NS,
+        ),
+        (
+            PORTS_OUT_PROGRAM,
+            "IPv4 TCP from a mapped port",
+            &from_vip,
+            GOAL_MAPPED_NS,
+        ),
+    ]
+    .into_iter()
+    .map(|(program, frame, bytes, goal_ns)| Case {
+        program,
+        frame,
+        bytes: bytes.to_vec(),
+        repeat: REPEAT,
+        verdict: TC_ACT_UNSPEC,
         goal_ns,
         samples: Vec::new(),
     })
@@ -435,13 +512,13 @@ pub fn main() -> anyhow::Result<()> {
             "ebpf benchmark: ns per packet through BPF_PROG_TEST_RUN (the kernel's mean over `runs`, median of {SAMPLES} samples)"
         );
         println!(
-            "{:<11} {:<23} {:>8} {:>10} {:>10} {:>8}",
+            "{:<12} {:<28} {:>8} {:>10} {:>10} {:>8}",
             "program", "frame", "runs", "ns/packet", "min-max", "goal"
         );
         for c in &cases {
             let median = c.samples[c.samples.len() / 2];
             println!(
-                "{:<11} {:<23} {:>8} {:>10} {:>10} {:>8} {}",
+                "{:<12} {:<28} {:>8} {:>10} {:>10} {:>8} {}",
                 c.program,
                 c.frame,
                 c.repeat,
