@@ -90,10 +90,82 @@ pub async fn contend(
     }
 }
 
-/// Deletes `id`'s owner key and any failover request for it, only if the
-/// key is on `lease` (a new owner's key is never touched). A failure only
+/// An owner key rewritten for the successor a releasing owner names: the
+/// signed value and the successor's lease, which it goes on.
+pub struct Handover {
+    pub host: String,
+    pub value: Vec<u8>,
+    pub lease: i64,
+}
+
+/// Replaces `id`'s owner key with `value` on `new_lease` (and deletes any
+/// failover request), only if the key is on `lease`: whether it was.
+async fn replace(
+    client: &Client,
+    keys: &Keys,
+    id: &str,
+    lease: i64,
+    (value, new_lease): (Vec<u8>, i64),
+    timeout: Duration,
+) -> Result<bool, String> {
+    let key = keys.vip_owner(id);
+    let txn = Txn::new()
+        .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+        .and_then([
+            TxnOp::put(key, value, Some(PutOptions::new().with_lease(new_lease))),
+            TxnOp::delete(keys.vip_failover(id), None),
+        ]);
+    let mut kv = client.kv_client();
+    match tokio::time::timeout(timeout, kv.txn(txn)).await {
+        Ok(Ok(r)) => Ok(r.succeeded()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".to_owned()),
+    }
+}
+
+/// Puts our own key back with `value` (the MAC we answer from), if it is
+/// still on `lease`.
+pub async fn publish(
+    client: &Client,
+    keys: &Keys,
+    id: &str,
+    lease: i64,
+    value: Vec<u8>,
+    timeout: Duration,
+) {
+    match replace(client, keys, id, lease, (value, lease), timeout).await {
+        Ok(true) => debug!(vip = %id, "published our MAC in the owner key"),
+        Ok(false) => debug!(vip = %id, "the owner key moved on before our MAC went in"),
+        Err(e) => warn!(vip = %id, error = %e, "publishing our MAC in the owner key failed"),
+    }
+}
+
+/// Gives `id`'s owner key up, only if it is on `lease` (a new owner's key
+/// is never touched): to `handover`'s successor when there is one and its
+/// lease is alive, else deleted, with any failover request. A failure only
 /// costs time: the key expires with the lease.
-pub async fn release(client: &Client, keys: &Keys, id: &str, lease: i64, timeout: Duration) {
+pub async fn release(
+    client: &Client,
+    keys: &Keys,
+    id: &str,
+    lease: i64,
+    handover: Option<Handover>,
+    timeout: Duration,
+) {
+    if let Some(h) = handover {
+        let started = std::time::Instant::now();
+        match replace(client, keys, id, lease, (h.value, h.lease), timeout).await {
+            Ok(true) => {
+                debug!(vip = %id, successor = %h.host, txn_us = started.elapsed().as_micros(), "owner key handed over");
+                return;
+            }
+            Ok(false) => return,
+            // Most likely the successor's lease ended a moment ago.
+            Err(e) => {
+                warn!(vip = %id, successor = %h.host, error = %e, "handing the owner key over failed: releasing it");
+            }
+        }
+    }
     let key = keys.vip_owner(id);
     let txn = Txn::new()
         .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])

@@ -361,6 +361,7 @@ impl RegistryCache {
                     id: id.to_owned(),
                     kind: kind.to_owned(),
                     host: host.to_owned(),
+                    lease: if value.is_some() { lease } else { 0 },
                     value,
                 };
                 (VipChange::Member(member), rejected)

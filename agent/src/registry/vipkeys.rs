@@ -170,6 +170,8 @@ pub struct MemberKey {
     pub kind: String,
     pub host: String,
     pub value: Option<String>,
+    /// The lease the key is on (0 when deleted).
+    pub lease: i64,
 }
 
 /// Everything under `<prefix>/vips/` at one revision: the verified records

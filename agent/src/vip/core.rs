@@ -134,6 +134,9 @@ impl Vip {
 #[derive(Clone, Debug, Default)]
 pub struct Members {
     pub states: BTreeMap<String, State>,
+    /// Host -> the lease its state key is on (where a handover puts the
+    /// owner key).
+    pub leases: BTreeMap<String, i64>,
     /// Host -> the owner lease it suspects.
     pub suspects: BTreeMap<String, i64>,
 }
@@ -197,7 +200,7 @@ impl Core {
                 self.bogus_owner(&id, revision);
             }
             Input::Registry(VipChange::Member(m)) => {
-                self.member(&m.id, &m.kind, &m.host, m.value.as_deref());
+                self.member(&m);
             }
             Input::Health { id, ok, detail } => self.health(&id, ok, &detail),
             Input::Conflict {
@@ -392,7 +395,7 @@ impl Core {
         }
         let mut ids: BTreeSet<String> = std::mem::take(&mut self.members).into_keys().collect();
         for m in s.members {
-            self.set_member(&m.id, &m.kind, &m.host, m.value.as_deref());
+            self.set_member(&m);
             ids.insert(m.id);
         }
         for id in ids {

@@ -18,7 +18,7 @@ use crate::clock::unix_now;
 use crate::etcd::election::{self, Contention};
 use crate::etcd::writer::Write;
 use crate::kernel::packet::RawSender;
-use crate::registry::{Check, StateRecord, SuspectRecord, seal};
+use crate::registry::{Check, OwnerRecord, StateRecord, SuspectRecord, seal};
 
 impl Shell {
     /// Runs one effect; returns the input its result makes, if any.
@@ -123,6 +123,7 @@ impl Shell {
             e @ (Effect::Contend { .. }
             | Effect::ClearOwner { .. }
             | Effect::Release { .. }
+            | Effect::PublishMac { .. }
             | Effect::Revoke { .. }
             | Effect::Write { .. }
             | Effect::DeleteState { .. }
@@ -145,31 +146,19 @@ impl Shell {
         let ttl = self.core.settings().ttl;
         let write = match effect {
             Effect::Contend { id, lease, ifname } => {
-                // Read at every contention, not cached: the MAC published
-                // must be the one the VIP will answer from.
-                let mac = match ifname {
-                    Some(name) => self
-                        .nl
-                        .link_by_name(&name)
-                        .await
-                        .ok()
-                        .flatten()
-                        .and_then(|l| l.mac),
-                    None => None,
-                };
-                let signer = (&self.keys, &self.secrets);
-                let me = (host.as_str(), mac);
-                let outcome =
-                    match election::contend(&self.client, signer, &id, me, lease, ttl).await {
-                        Contention::Won => Outcome::Won,
-                        Contention::StillOurs => Outcome::StillOurs,
-                        Contention::Lost => Outcome::Lost,
-                        Contention::Failed => Outcome::Failed,
-                    };
+                let outcome = self.contend(&id, lease, ifname, ttl).await;
                 return Some(Input::Contended { id, lease, outcome });
             }
-            Effect::Release { id, lease } => {
-                election::release(&self.client, &self.keys, &id, lease, ttl).await;
+            Effect::Release {
+                id,
+                lease,
+                successor,
+            } => {
+                self.release(&id, lease, successor, ttl).await;
+                return None;
+            }
+            Effect::PublishMac { id, lease, ifname } => {
+                self.publish_mac(&id, lease, &ifname, ttl).await;
                 return None;
             }
             Effect::ClearOwner { id, revision } => {
@@ -241,6 +230,79 @@ impl Shell {
         // One writer, in order: a later write never loses to an earlier one.
         let _ = self.writes.send(write);
         None
+    }
+
+    /// Creates our owner key if nobody has it.
+    async fn contend(
+        &mut self,
+        id: &str,
+        lease: i64,
+        ifname: Option<String>,
+        ttl: Duration,
+    ) -> Outcome {
+        // Read at every contention, not cached: the MAC published must be
+        // the one the VIP will answer from.
+        let mac = match ifname {
+            Some(name) => self
+                .nl
+                .link_by_name(&name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|l| l.mac),
+            None => None,
+        };
+        let host = self.core.settings().hostname.clone();
+        let signer = (&self.keys, &self.secrets);
+        match election::contend(&self.client, signer, id, (host.as_str(), mac), lease, ttl).await {
+            Contention::Won => Outcome::Won,
+            Contention::StillOurs => Outcome::StillOurs,
+            Contention::Lost => Outcome::Lost,
+            Contention::Failed => Outcome::Failed,
+        }
+    }
+
+    /// Gives our owner key up: to `successor` (signed for it, on its
+    /// lease) if there is one, else deleted.
+    async fn release(
+        &mut self,
+        id: &str,
+        lease: i64,
+        successor: Option<super::Successor>,
+        ttl: Duration,
+    ) {
+        let key = self.keys.vip_owner(id);
+        let handover = successor.and_then(|s| {
+            let record = OwnerRecord {
+                host: s.host.clone(),
+                mac: None,
+            };
+            Some(election::Handover {
+                value: self.sign(&key, s.lease, &record)?,
+                host: s.host,
+                lease: s.lease,
+            })
+        });
+        election::release(&self.client, &self.keys, id, lease, handover, ttl).await;
+    }
+
+    /// Puts the MAC of `ifname` into our owner key.
+    async fn publish_mac(&mut self, id: &str, lease: i64, ifname: &str, ttl: Duration) {
+        let mac = self
+            .nl
+            .link_by_name(ifname)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.mac);
+        let key = self.keys.vip_owner(id);
+        let record = OwnerRecord {
+            host: self.core.settings().hostname.clone(),
+            mac,
+        };
+        if let (Some(_), Some(value)) = (mac, self.sign(&key, lease, &record)) {
+            election::publish(&self.client, &self.keys, id, lease, value, ttl).await;
+        }
     }
 
     /// Signs a coordination key's value for `key` on `lease` (`None`, and

@@ -90,9 +90,6 @@ pub struct Probe {
     pub since: Duration,
     /// The last reply seen after `since`.
     pub last_reply: Option<Duration>,
-    /// The MAC that answered, when the owner published none (probes go
-    /// there once known, broadcast before).
-    pub mac: Option<MacAddr>,
     /// Whether our suspect key is written.
     pub suspected: bool,
     /// Whether "silent but isolated" was logged for this silence.
@@ -108,7 +105,6 @@ impl Probe {
             owner,
             since: now,
             last_reply: None,
-            mac: None,
             suspected: false,
             isolated_logged: false,
             unanswered: 0,
@@ -121,14 +117,16 @@ impl Probe {
     }
 
     /// Where the next probe goes (`None`: broadcast): the owner's published
-    /// MAC, or the one that answered if it published none; broadcast before
-    /// either is known and after [`BROADCAST_AFTER`] misses in a row.
+    /// MAC; broadcast while it published none (a key handed over names no
+    /// MAC until its new holder puts it in: a reply from anyone must not
+    /// steer the probes meanwhile) and after [`BROADCAST_AFTER`] misses in
+    /// a row.
     #[must_use]
     pub fn dst(&self) -> Option<MacAddr> {
         if self.unanswered >= BROADCAST_AFTER {
             return None;
         }
-        self.owner.mac.or(self.mac)
+        self.owner.mac
     }
 
     /// Takes the data plane's last reply for the VIP (who, when). Replies
@@ -141,7 +139,6 @@ impl Probe {
             && self.last_reply.is_none_or(|t| at > t)
         {
             self.last_reply = Some(at);
-            self.mac = Some(mac);
             self.isolated_logged = false;
             self.unanswered = 0;
         }
@@ -281,11 +278,16 @@ mod tests {
         assert!(p.silent(ms(1101), ms(100), 5));
         // A reply from before this owner is someone else's.
         p.observe(Some((mac, ms(900))));
-        assert_eq!(p.mac, None);
+        assert_eq!(p.last_reply, None);
         assert_eq!(p.unanswered, 5);
         p.observe(Some((mac, ms(1050))));
-        assert_eq!(p.mac, Some(mac));
+        assert_eq!(p.last_reply, Some(ms(1050)));
         assert_eq!(p.unanswered, 0, "answered");
+        assert_eq!(
+            p.dst(),
+            None,
+            "no MAC published: broadcast, whoever answered"
+        );
         for _ in 0..5 {
             p.sent();
         }
@@ -340,11 +342,13 @@ mod tests {
         p.observe(Some((published, ms(50))));
         assert_eq!(p.last_reply, Some(ms(50)));
         assert_eq!(p.dst(), Some(published), "answered: unicast again");
-        // An owner that published no MAC (an older agent): the MAC that
-        // answers is learned, as before.
-        let mut old = Probe::new(owner(None), ms(0));
-        assert_eq!(old.dst(), None);
-        old.observe(Some((forger, ms(10))));
-        assert_eq!(old.dst(), Some(forger));
+        // An owner that published no MAC (a key just handed over, or an
+        // older agent): any answer counts, but probes stay broadcast, so
+        // a forger cannot steer them.
+        let mut handed = Probe::new(owner(None), ms(0));
+        assert_eq!(handed.dst(), None);
+        handed.observe(Some((forger, ms(10))));
+        assert_eq!(handed.last_reply, Some(ms(10)));
+        assert_eq!(handed.dst(), None);
     }
 }

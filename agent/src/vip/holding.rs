@@ -94,15 +94,22 @@ impl Core {
         }
     }
 
-    /// Unbinds (when `unbind`) and deletes our owner key, guarded by our
-    /// lease so a new owner's key is never touched.
+    /// Unbinds (when `unbind`) and gives our owner key up, guarded by our
+    /// lease so a new owner's key is never touched: to a successor (see
+    /// [`Core::successor`]) if this host held the VIP, else deleted.
     pub(super) fn release(&mut self, id: &str, unbind: bool) {
+        // Only a host that held the VIP names a successor: one that gives
+        // up a key it never bound (barred, failing) deletes it, so two
+        // unfit hosts never hand a key back and forth.
+        let held = self.vips.get(id).is_some_and(|v| v.binding.is_some());
         if unbind {
             self.unbind(id);
         }
+        let successor = held.then(|| self.successor(id)).flatten();
         self.out.push(Effect::Release {
             id: id.to_owned(),
             lease: self.lease.id,
+            successor,
         });
         if let Some(v) = self.vips.get_mut(id) {
             v.owner = None;
@@ -206,6 +213,7 @@ impl Core {
                 ifname: binding.ifname.clone(),
             });
             v.binding = Some(binding);
+            self.publish_mac(id);
             return;
         }
         // Announce first: attaching the watcher can take milliseconds. A
@@ -238,6 +246,23 @@ impl Core {
             });
         }
         v.binding = Some(binding);
+        self.publish_mac(id);
+    }
+
+    /// Once bound under a key handed over to us (which names no MAC), puts
+    /// the MAC we answer from in it, for the standbys' watchers.
+    fn publish_mac(&mut self, id: &str) {
+        let Some(v) = self.vips.get(id) else { return };
+        let (Some(owner), Some(binding)) = (&v.owner, &v.binding) else {
+            return;
+        };
+        if owner.mac.is_none() && owner.is(self.me(), self.lease.id) && self.lease.id != 0 {
+            self.out.push(Effect::PublishMac {
+                id: id.to_owned(),
+                lease: self.lease.id,
+                ifname: binding.ifname.clone(),
+            });
+        }
     }
 
     pub(super) fn unbind(&mut self, id: &str) {

@@ -9,6 +9,7 @@ mod delivery;
 mod effects;
 pub mod fast;
 pub mod frames;
+mod handover;
 pub mod health;
 mod holding;
 mod http1;
@@ -186,6 +187,14 @@ pub enum Input {
     },
 }
 
+/// The standby a releasing owner hands its VIP to, and the lease that
+/// standby's state key is on (where its owner key goes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Successor {
+    pub host: String,
+    pub lease: i64,
+}
+
 /// What this host's own key under a VIP says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteWhy {
@@ -305,10 +314,21 @@ pub enum Effect {
         id: String,
         revision: i64,
     },
-    /// Delete our owner key (and a failover request), guarded by our lease.
+    /// Give our owner key up (and delete a failover request), guarded by
+    /// our lease: to `successor` (the key rewritten for it, on its lease,
+    /// so it binds on the watch event without contending), or else
+    /// deleted.
     Release {
         id: String,
         lease: i64,
+        successor: Option<Successor>,
+    },
+    /// Put the MAC we answer from into our owner key (one handed to us has
+    /// none), guarded by our lease.
+    PublishMac {
+        id: String,
+        lease: i64,
+        ifname: String,
     },
     /// A suspect quorum: delete the owner key guarded by its lease, then
     /// revoke that lease (answered with `Revoked`).

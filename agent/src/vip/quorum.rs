@@ -14,7 +14,7 @@ use super::fast::{FastFailover, revoke_due};
 use super::state::State;
 use super::{Effect, WriteWhy};
 use crate::addr::MacAddr;
-use crate::registry::Mode;
+use crate::registry::{MemberKey, Mode};
 
 impl Core {
     /// Attaches the watcher to the VIP's interface ahead of any election,
@@ -139,8 +139,9 @@ impl Core {
     }
 
     /// A per-host key of a VIP changed (`value` `None`: deleted).
-    pub(super) fn member(&mut self, id: &str, kind: &str, host: &str, value: Option<&str>) {
-        if self.set_member(id, kind, host, value) {
+    pub(super) fn member(&mut self, key: &MemberKey) {
+        let (id, kind) = (key.id.as_str(), key.kind.as_str());
+        if self.set_member(key) {
             self.publish_members(id);
         }
         if kind == "state" {
@@ -151,22 +152,19 @@ impl Core {
 
     /// Records a per-host key; returns whether the hosts taking part in
     /// the VIP (those with a state key) changed.
-    pub(super) fn set_member(
-        &mut self,
-        id: &str,
-        kind: &str,
-        host: &str,
-        value: Option<&str>,
-    ) -> bool {
-        let m = self.members.entry(id.to_owned()).or_default();
+    pub(super) fn set_member(&mut self, key: &MemberKey) -> bool {
+        let (id, host, value) = (&key.id, &key.host, key.value.as_deref());
+        let m = self.members.entry(id.clone()).or_default();
         let mut joined_or_left = false;
-        match kind {
+        match key.kind.as_str() {
             "state" => match value.and_then(State::parse) {
                 Some(state) => {
-                    joined_or_left = m.states.insert(host.to_owned(), state).is_none();
+                    joined_or_left = m.states.insert(host.clone(), state).is_none();
+                    m.leases.insert(host.clone(), key.lease);
                 }
                 None => {
                     joined_or_left = m.states.remove(host).is_some();
+                    m.leases.remove(host);
                 }
             },
             "suspect" => match value.and_then(|v| v.parse::<i64>().ok()) {

@@ -172,7 +172,13 @@ fn kind(e: &Effect) -> &'static str {
     match e {
         Effect::Bind { .. } => "bind",
         Effect::RemoveAddress { .. } => "unbind",
+        Effect::Release {
+            successor: Some(_), ..
+        } => "handover",
         Effect::Release { .. } => "release",
+        Effect::PublishMac { .. } => "publish",
+        Effect::AddRoute { .. } => "route",
+        Effect::MapPorts { ports, .. } if !ports.is_empty() => "map",
         Effect::Revoke { .. } => "revoke",
         Effect::Contend { .. } => "contend",
         Effect::ClearOwner { .. } => "clear",
@@ -258,6 +264,7 @@ impl Sim {
                 kind,
                 host,
                 value: None,
+                lease: 0,
             }));
         }
     }
@@ -274,11 +281,13 @@ impl Sim {
                 self.etcd.members.remove(&key);
             }
         }
+        let lease = if value.is_some() { lease } else { 0 };
         self.broadcast(&VipChange::Member(MemberKey {
             id: ID.into(),
             kind: kind.into(),
             host: host.into(),
             value,
+            lease,
         }));
     }
 
@@ -451,6 +460,39 @@ impl Sim {
         }
     }
 
+    /// The owner key given up (to a successor, or deleted) or given our MAC.
+    fn owner_effect(&mut self, h: usize, effect: Effect) {
+        let me = name(h);
+        match effect {
+            Effect::Release {
+                lease, successor, ..
+            } if self.etcd.owner.as_ref().is_some_and(|(_, l)| *l == lease) => {
+                // etcd refuses a put on a lease it does not have: then the
+                // key is deleted instead.
+                let next = successor.filter(|s| self.etcd.leases.contains(&s.lease));
+                self.etcd.owner = next.as_ref().map(|s| (s.host.clone(), s.lease));
+                let owner = next.map(|s| {
+                    self.etcd.owners_created.insert((s.host.clone(), s.lease));
+                    Owner {
+                        host: s.host,
+                        lease: s.lease,
+                        mac: None,
+                    }
+                });
+                self.broadcast(&VipChange::Owner(ID.into(), owner));
+            }
+            Effect::PublishMac { lease, .. } if self.etcd.owner == Some((me.clone(), lease)) => {
+                let owner = Owner {
+                    host: me,
+                    lease,
+                    mac: Some(mac(h)),
+                };
+                self.broadcast(&VipChange::Owner(ID.into(), Some(owner)));
+            }
+            _ => {}
+        }
+    }
+
     fn run(&mut self, h: usize, effect: Effect) -> Option<Input> {
         let me = name(h);
         match effect {
@@ -501,11 +543,8 @@ impl Sim {
                 };
                 Some(Input::Contended { id, lease, outcome })
             }
-            Effect::Release { lease, .. } => {
-                if self.etcd.owner.as_ref().is_some_and(|(_, l)| *l == lease) {
-                    self.etcd.owner = None;
-                    self.broadcast(&VipChange::Owner(ID.into(), None));
-                }
+            e @ (Effect::Release { .. } | Effect::PublishMac { .. }) => {
+                self.owner_effect(h, e);
                 None
             }
             Effect::Revoke { id, lease, .. } => {
@@ -563,7 +602,8 @@ fn random_runs_reach_every_guarded_effect() {
         }
     }
     for k in [
-        "bind", "unbind", "release", "contend", "suspect", "revoke", "clear",
+        "bind", "unbind", "release", "handover", "publish", "route", "map", "contend", "suspect",
+        "revoke", "clear",
     ] {
         assert!(
             total.get(k).copied().unwrap_or(0) > 0,
