@@ -258,10 +258,11 @@ pub fn longest_gap(output: &str) -> Option<Duration> {
     (stamps.len() >= 2).then(|| Duration::from_secs_f64(gap))
 }
 
-/// ping's arguments for a probe of `target` every 10 ms for `seconds`, with
-/// timestamps (`-D`).
-fn probe_args(target: &str, seconds: u32) -> Vec<String> {
-    ["-n", "-D", "-i", "0.01", "-W", "1", "-w"]
+/// ping's arguments for a probe of `target` every `interval` for
+/// `seconds`, with timestamps (`-D`).
+fn probe_args(target: &str, seconds: u32, interval: Duration) -> Vec<String> {
+    let every = format!("{:.3}", interval.as_secs_f64());
+    ["-n", "-D", "-i", every.as_str(), "-W", "1", "-w"]
         .into_iter()
         .map(str::to_owned)
         .chain([seconds.to_string(), target.to_owned()])
@@ -276,11 +277,22 @@ pub fn probe_every_10ms(
     target: &str,
     seconds: u32,
 ) -> std::thread::JoinHandle<std::io::Result<String>> {
+    probe_every(ns, target, seconds, Duration::from_millis(10))
+}
+
+/// Like [`probe_every_10ms`], every `interval` (below 2 ms only as root).
+#[must_use]
+pub fn probe_every(
+    ns: &str,
+    target: &str,
+    seconds: u32,
+    interval: Duration,
+) -> std::thread::JoinHandle<std::io::Result<String>> {
     let (ns, target) = (ns.to_owned(), target.to_owned());
     std::thread::spawn(move || {
         let out = Command::new("ip")
             .args(["netns", "exec", &ns, "ping"])
-            .args(probe_args(&target, seconds))
+            .args(probe_args(&target, seconds, interval))
             .output()?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     })
@@ -291,7 +303,7 @@ pub fn probe_every_10ms(
 /// output is the process's log (`<host>-<label>.log`).
 pub fn start_probe(lab: &Lab, host: u8, label: &str, target: &str, seconds: u32) -> Process {
     let mut cmd = Command::new("ping");
-    cmd.args(probe_args(target, seconds));
+    cmd.args(probe_args(target, seconds, Duration::from_millis(10)));
     lab.spawn(host, label, cmd)
 }
 

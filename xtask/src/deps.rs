@@ -72,6 +72,10 @@ pub const PACKAGES: &[Package] = &[
         "the C library's headers and start files the linker needs; gcc only recommends it",
     ),
     always("g++", "the C++ compiler cargo fuzz builds libFuzzer with"),
+    always(
+        "bird2",
+        "BIRD 2, the BGP daemons (each host's and the upstream router) of the routed-VIP test",
+    ),
     Package {
         name: "keepalived",
         why: "the VRRP baseline of the vip benchmark",

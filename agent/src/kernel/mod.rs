@@ -16,6 +16,7 @@ pub mod link;
 pub mod neigh;
 pub mod packet;
 pub mod route;
+pub mod tun;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -12,6 +12,8 @@ use super::Effect;
 use super::run::Shell;
 use super::state::State;
 use crate::ebpf::PortMapper;
+use crate::kernel::link::LinkChange;
+use crate::kernel::tun::{ANCHOR, Anchor};
 use crate::registry::{Mode, PortMap};
 
 /// The port mapper: not loaded until a VIP with ports is held, and not
@@ -34,7 +36,7 @@ impl Shell {
                 ifname,
                 ports,
             } => self.map_ports(&id, ip, ifname.as_deref(), &ports),
-            Effect::AddRoute { id, ip, ifname } => self.add_route(&id, ip, &ifname).await,
+            Effect::AddRoute { id, ip } => self.add_route(&id, ip).await,
             Effect::RemoveRoute { id, ip } => self.remove_route(&id, ip).await,
             _ => {}
         }
@@ -80,19 +82,55 @@ impl Shell {
         }
     }
 
-    async fn add_route(&mut self, id: &str, ip: IpAddr, ifname: &str) {
+    /// The anchor device's index, creating it (and bringing it up) first.
+    async fn anchor(&mut self) -> Result<u32, String> {
+        if let Some((_, index)) = &self.anchor {
+            return Ok(*index);
+        }
+        let anchor =
+            Anchor::open(ANCHOR).map_err(|e| format!("creating TUN device {ANCHOR}: {e}"))?;
+        let index = match self.nl.link_by_name(ANCHOR).await {
+            Ok(Some(link)) => link.index,
+            Ok(None) => return Err(format!("TUN device {ANCHOR} vanished")),
+            Err(e) => return Err(e.to_string()),
+        };
+        let up = LinkChange {
+            up: Some(true),
+            ..LinkChange::default()
+        };
+        self.nl
+            .change_link(index, ANCHOR, &up)
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(
+            device = ANCHOR,
+            "routed VIPs' anchor device created: their routes go with this process"
+        );
+        self.anchor = Some((anchor, index));
+        Ok(index)
+    }
+
+    async fn add_route(&mut self, id: &str, ip: IpAddr) {
         let Some(table) = self.core.settings().route_table else {
             return;
         };
-        let ifindex = match self.nl.link_by_name(ifname).await {
-            Ok(Some(link)) => link.index,
-            Ok(None) => 0,
-            Err(e) => {
-                warn!(vip = %id, error = %e, "reading links failed");
-                0
+        // Twice: an anchor deleted by hand is created again.
+        let mut result = Err(String::new());
+        for _ in 0..2 {
+            result = match self.anchor().await {
+                Ok(index) => self
+                    .nl
+                    .add_host_route(table, index, ip)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            if result.is_ok() {
+                break;
             }
-        };
-        match self.nl.add_host_route(table, ifindex, ip).await {
+            self.anchor = None;
+        }
+        match result {
             Ok(()) => info!(vip = %id, table, "vip route installed"),
             Err(e) => {
                 self.status
@@ -137,17 +175,21 @@ impl Shell {
                 return;
             }
         };
-        let held: Vec<(String, IpAddr, String)> = self
+        let held: Vec<(String, IpAddr)> = self
             .core
             .vips()
             .iter()
-            .filter(|(_, v)| v.state == State::Activated && v.spec.record.mode == Mode::Route)
-            .filter_map(|(id, v)| Some((id.clone(), v.addr(), v.binding.as_ref()?.ifname.clone())))
+            .filter(|(_, v)| {
+                v.state == State::Activated
+                    && v.spec.record.mode == Mode::Route
+                    && v.binding.is_some()
+            })
+            .map(|(id, v)| (id.clone(), v.addr()))
             .collect();
-        for (id, ip, ifname) in &held {
+        for (id, ip) in &held {
             if !present.contains(ip) {
                 warn!(vip = %id, table, "the VIP's route was removed (by hand?): installing it again");
-                self.add_route(id, *ip, ifname).await;
+                self.add_route(id, *ip).await;
             }
         }
         for ip in present

@@ -210,7 +210,6 @@ impl Core {
             self.out.push(Effect::AddRoute {
                 id: id.to_owned(),
                 ip,
-                ifname: binding.ifname.clone(),
             });
             v.binding = Some(binding);
             self.publish_mac(id);

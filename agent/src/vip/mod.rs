@@ -258,12 +258,10 @@ pub enum Effect {
         ifname: Option<String>,
         ports: Vec<PortMap>,
     },
-    /// Install the routed VIP's host route in the route table, through
-    /// `ifname`.
+    /// Install the routed VIP's host route in the route table.
     AddRoute {
         id: String,
         ip: IpAddr,
-        ifname: String,
     },
     /// Remove the routed VIP's host route (only one linkmesh added).
     RemoveRoute {

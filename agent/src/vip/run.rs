@@ -141,6 +141,7 @@ pub async fn run(settings: Settings, services: Services, stop: watch::Receiver<b
         writes,
         watcher: None,
         mapper: super::delivery::Mapper::default(),
+        anchor: None,
         checkers: BTreeMap::new(),
         announcers: BTreeMap::new(),
         announced: BTreeMap::new(),
@@ -198,6 +199,8 @@ pub(super) struct Shell {
     /// Tells the operator's hooks of every transition.
     pub(super) notifier: super::notify::Notifier,
     pub(super) mapper: super::delivery::Mapper,
+    /// The routed VIPs' anchor device and its index, once one is held.
+    pub(super) anchor: Option<(crate::kernel::tun::Anchor, u32)>,
 }
 
 /// The ownership lease's keeper, started with the first VIP.

@@ -99,8 +99,8 @@ fn start(
 }
 
 /// One run: a fresh lab, the VIP up, then the owner fails while the client
-/// probes every 10 ms. Returns the client's longest gap.
-pub fn run(system: System, failure: Failure) -> anyhow::Result<Duration> {
+/// probes every `probe`. Returns the client's longest gap.
+pub fn run(system: System, failure: Failure, probe: Duration) -> anyhow::Result<Duration> {
     let lab = Lab::new(4);
     let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
     let secret = agent::secret_file(&lab, "secret", &[SECRET]);
@@ -126,7 +126,7 @@ pub fn run(system: System, failure: Failure) -> anyhow::Result<Duration> {
         (System::Keepalived { advert_ms: 1000 }, Failure::HardCrash) => 7,
         _ => 5,
     };
-    let pinger = agent::probe_every_10ms(&lab.host(CLIENT).netns, &vip.to_string(), window);
+    let pinger = agent::probe_every(&lab.host(CLIENT).netns, &vip.to_string(), window, probe);
     std::thread::sleep(Duration::from_secs(1));
     let victim = &procs[usize::from(owner - 1)];
     match failure {
