@@ -77,6 +77,10 @@ pub enum IpCommand {
         /// `route` (a host route in each agent's --route-table).
         #[arg(long, default_value = "l2")]
         mode: crate::registry::Mode,
+        /// A group: VIPs of one group move together, with one election
+        /// (an IPv4 and IPv6 pair, a control-plane VIP and a service VIP).
+        #[arg(long)]
+        group: Option<String>,
         /// Accept a prefix shorter than /16 (IPv4) or /48 (IPv6).
         #[arg(long)]
         force: bool,
@@ -117,6 +121,7 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Resu
             preempt_delay,
             ports,
             mode,
+            group,
             force,
         } => {
             let vip = VipRecord {
@@ -128,6 +133,7 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Resu
                 preempt_delay,
                 ports,
                 mode,
+                group,
             }
             .validate()?;
             let id = vips.add(&vip, force).await?;
@@ -275,6 +281,7 @@ pub fn render_vip(e: &VipEntry) -> String {
                     .map_or_else(|| "-".to_owned(), |d| format!("{d} s")),
             );
             line("mode", &r.mode.to_string());
+            line("group", r.group.as_deref().unwrap_or("-"));
             let ports: Vec<String> = r.ports.iter().map(ToString::to_string).collect();
             line("ports", &list(&ports));
         }

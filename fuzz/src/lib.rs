@@ -170,6 +170,7 @@ pub fn same_vip(a: &VipRecord, b: &VipRecord) -> bool {
     let strip = |r: &VipRecord| VipRecord {
         ports: Vec::new(),
         mode: linkmesh::registry::Mode::L2,
+        group: None,
         ..r.clone()
     };
     strip(a) == strip(b)

@@ -63,6 +63,8 @@ pub enum Invalid {
     DuplicateAddress { addr: IpAddr, vip: String },
     #[error("ports: {0}")]
     PortMap(String),
+    #[error("group {0:?} must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'")]
+    Group(String),
     #[error("unknown mode {0:?} (l2 or route)")]
     Mode(String),
     #[error("a routed VIP is a host route: {0} must be a /32 or /128")]

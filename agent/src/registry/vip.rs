@@ -51,6 +51,9 @@ pub struct VipRecord {
     /// How clients reach the owner (default: announced on the link).
     #[serde(default, skip_serializing_if = "Mode::is_l2")]
     pub mode: Mode,
+    /// VIPs with the same group move together, with one election.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 impl VipRecord {
@@ -66,6 +69,7 @@ impl VipRecord {
             preempt_delay: None,
             ports: Vec::new(),
             mode: Mode::L2,
+            group: None,
         }
     }
 }
@@ -252,6 +256,11 @@ impl VipRecord {
             }
         }
         validate_ports(&self.ports)?;
+        if let Some(g) = &self.group
+            && !valid_script_name(g)
+        {
+            return Err(Invalid::Group(g.clone()));
+        }
         let host = if cidr.addr.is_ipv4() { 32 } else { 128 };
         if self.mode == Mode::Route && cidr.prefix_len != host {
             return Err(Invalid::RouteNotHost(self.address));
@@ -311,6 +320,7 @@ mod tests {
             preempt_delay: None,
             ports: Vec::new(),
             mode: Mode::L2,
+            group: None,
         }
     }
 

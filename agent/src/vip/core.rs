@@ -235,6 +235,7 @@ impl Core {
             Input::Hosts(addresses) => self.hosts_changed(addresses),
             Input::Carrier { ifname, up } => self.carrier(&ifname, up),
         }
+        self.align_groups();
         self.publish();
         let mut out = std::mem::take(&mut self.out);
         out.append(&mut self.notices);
@@ -429,12 +430,27 @@ impl Core {
             return;
         }
         info!(vip = %id, "failover requested: releasing");
-        self.release(id, true);
+        // A VIP of a group takes its group along, the leader first.
+        let ids = match self.vips[id].spec.record.group.clone() {
+            Some(g) => self.group_members(&g),
+            None => vec![id.to_owned()],
+        };
+        let held: Vec<String> = ids
+            .into_iter()
+            .filter(|m| {
+                self.vips
+                    .get(m)
+                    .is_some_and(|v| v.state == State::Activated)
+            })
+            .collect();
+        self.release_together(&held);
         let until = self.now + self.settings.cooldown;
-        if let Some(v) = self.vips.get_mut(id) {
-            v.cooldown_until = Some(until);
+        for id in held {
+            if let Some(v) = self.vips.get_mut(&id) {
+                v.cooldown_until = Some(until);
+            }
+            self.transition(&id, Event::Demoted, "failover");
         }
-        self.transition(id, Event::Demoted, "failover");
     }
 
     pub(super) fn upsert(&mut self, id: &str, spec: ValidVip) {
@@ -581,7 +597,8 @@ impl Core {
             && lease_ok
             && !self.barred(v)
             && !self.without_carrier(v)
-            && v.cooldown_until.is_none_or(|t| now >= t);
+            && v.cooldown_until.is_none_or(|t| now >= t)
+            && self.group_allows(id);
         let at = eligible.then(|| {
             let preferred_elsewhere = v
                 .spec

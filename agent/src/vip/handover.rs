@@ -18,23 +18,51 @@ impl Core {
     /// The standby VIP `id` goes to when this host gives it up: the
     /// preferred host if it stands by, else one of the eligible standbys
     /// (state STANDBY, not excluded, on a known lease), chosen by the VIP's
-    /// id so a host's VIPs spread over them. `None` when there is none:
-    /// the key is deleted, and the standbys contend as after a crash.
+    /// id (its group's name, for a VIP of a group) so a host's VIPs spread
+    /// over them. For a VIP of a group, only hosts eligible for every VIP
+    /// of it, and the holder of the group's leader before any. `None` when
+    /// there is none: the key is deleted, and the standbys contend as after
+    /// a crash.
     pub(super) fn successor(&self, id: &str) -> Option<Successor> {
         let me = self.me();
-        let leases = &self.members.get(id)?.leases;
-        let candidates: Vec<(String, i64)> = self
-            .eligible(id, Some(me))
-            .into_iter()
-            .filter_map(|h| Some((h.clone(), *leases.get(&h).filter(|l| **l != 0)?)))
-            .collect();
+        let key = self.spread_key(id);
+        // A group goes to one host: the standbys eligible for all of it,
+        // and the leader's holder first when it is another host.
+        let members = if key == id {
+            vec![id.to_owned()]
+        } else {
+            self.group_members(key)
+        };
+        let mut candidates: Option<Vec<(String, i64)>> = None;
+        for m in &members {
+            let leases = &self.members.get(m)?.leases;
+            let eligible: Vec<(String, i64)> = self
+                .eligible(m, Some(me))
+                .into_iter()
+                .filter_map(|h| Some((h.clone(), *leases.get(&h).filter(|l| **l != 0)?)))
+                .collect();
+            candidates = Some(match candidates {
+                None => eligible,
+                Some(c) => c.into_iter().filter(|x| eligible.contains(x)).collect(),
+            });
+        }
+        let candidates = candidates.unwrap_or_default();
+        let leader_host = members
+            .first()
+            .and_then(|l| self.vips.get(l)?.owner.as_ref())
+            .map(|o| o.host.as_str());
         let preferred = self.vips.get(id)?.spec.record.priority.as_deref();
         let pick = candidates
             .iter()
-            .find(|(h, _)| Some(h.as_str()) == preferred)
+            .find(|(h, _)| Some(h.as_str()) == leader_host)
+            .or_else(|| {
+                candidates
+                    .iter()
+                    .find(|(h, _)| Some(h.as_str()) == preferred)
+            })
             .or_else(|| {
                 let n = u64::try_from(candidates.len()).ok().filter(|n| *n > 0)?;
-                let i = usize::try_from(spread(id) % n).ok()?;
+                let i = usize::try_from(spread(key) % n).ok()?;
                 candidates.get(i)
             })?;
         Some(Successor {

@@ -90,7 +90,7 @@ impl Core {
         }
         let was_active = v.state == State::Activated;
         if self.transition(id, Event::HealthCheckFail, detail) && was_active {
-            self.release(id, true);
+            self.give_up_with_group(id, "a VIP of its group failed its check");
         }
     }
 
@@ -98,14 +98,24 @@ impl Core {
     /// lease so a new owner's key is never touched: to a successor (see
     /// [`Core::successor`]) if this host held the VIP, else deleted.
     pub(super) fn release(&mut self, id: &str, unbind: bool) {
-        // Only a host that held the VIP names a successor: one that gives
-        // up a key it never bound (barred, failing) deletes it, so two
-        // unfit hosts never hand a key back and forth.
-        let held = self.vips.get(id).is_some_and(|v| v.binding.is_some());
+        let successor = self.successor_if_held(id);
         if unbind {
             self.unbind(id);
         }
-        let successor = held.then(|| self.successor(id)).flatten();
+        self.give_key_up(id, successor);
+    }
+
+    /// Who gets `id`'s key when this host gives it up. Only a host that
+    /// held the VIP names a successor: one that gives up a key it never
+    /// bound (barred, failing) deletes it, so two unfit hosts never hand a
+    /// key back and forth.
+    pub(super) fn successor_if_held(&self, id: &str) -> Option<super::Successor> {
+        let held = self.vips.get(id).is_some_and(|v| v.binding.is_some());
+        held.then(|| self.successor(id)).flatten()
+    }
+
+    /// Gives our owner key of `id` up (to `successor`, or deleted).
+    pub(super) fn give_key_up(&mut self, id: &str, successor: Option<super::Successor>) {
         self.out.push(Effect::Release {
             id: id.to_owned(),
             lease: self.lease.id,
@@ -455,8 +465,8 @@ impl Core {
 
     /// Stopping: hand over everything held.
     pub(super) fn shutdown(&mut self) {
-        for id in self.ids_in(State::Activated) {
-            self.release(&id, true);
+        for ids in self.by_group(self.ids_in(State::Activated)) {
+            self.release_together(&ids);
         }
         for id in self.all_ids() {
             self.out.push(Effect::StopChecks { id });

@@ -9,6 +9,7 @@ mod delivery;
 mod effects;
 pub mod fast;
 pub mod frames;
+mod group;
 mod handover;
 pub mod health;
 mod holding;

@@ -38,7 +38,7 @@ pub(super) fn mac(h: usize) -> MacAddr {
     MacAddr([2, 0, 0, 0, 0, u8::try_from(h + 1).unwrap_or(0)])
 }
 
-fn settings(h: usize, loss_policy: LossPolicy) -> Settings {
+pub(super) fn settings(h: usize, loss_policy: LossPolicy) -> Settings {
     Settings {
         hostname: name(h),
         default_interface: Some("eth0".into()),
@@ -93,6 +93,7 @@ fn record(excluded: &[usize], priority: Option<usize>, delivery: u8) -> ValidVip
         } else {
             crate::registry::Mode::L2
         },
+        group: None,
     }
     .validate()
     .expect("a valid record")
