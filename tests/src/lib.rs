@@ -13,6 +13,7 @@ pub mod chaos;
 pub mod etcd;
 pub mod fdb_monitor;
 pub mod frame;
+pub mod icmp;
 pub mod kernel;
 pub mod lab;
 pub mod netns;

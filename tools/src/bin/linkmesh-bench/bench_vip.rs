@@ -7,8 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use linkmesh_tests::agent::{self, Agent, longest_gap, wait_until};
+use linkmesh_tests::agent::{self, Agent, wait_until};
 use linkmesh_tests::etcd::Etcd;
+use linkmesh_tests::icmp;
 use linkmesh_tests::lab::Lab;
 use linkmesh_tests::process::Process;
 
@@ -99,7 +100,8 @@ fn start(
 }
 
 /// One run: a fresh lab, the VIP up, then the owner fails while the client
-/// probes every `probe`. Returns the client's longest gap.
+/// probes every `probe` (a fixed rate, whatever comes back). Returns the
+/// client's longest gap.
 pub fn run(system: System, failure: Failure, probe: Duration) -> anyhow::Result<Duration> {
     let lab = Lab::new(4);
     let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
@@ -126,7 +128,17 @@ pub fn run(system: System, failure: Failure, probe: Duration) -> anyhow::Result<
         (System::Keepalived { advert_ms: 1000 }, Failure::HardCrash) => 7,
         _ => 5,
     };
-    let pinger = agent::probe_every(&lab.host(CLIENT).netns, &vip.to_string(), window, probe);
+    let IpAddr::V4(target) = vip else {
+        anyhow::bail!("the benchmark's VIP is IPv4");
+    };
+    // A fixed-rate probe: ping(8) slows to 100 a second while replies are
+    // missing, so it cannot see an outage shorter than 10 ms.
+    let pinger = icmp::probe(
+        &lab.host(CLIENT).netns,
+        target,
+        Duration::from_secs(window),
+        probe,
+    );
     std::thread::sleep(Duration::from_secs(1));
     let victim = &procs[usize::from(owner - 1)];
     match failure {
@@ -147,7 +159,7 @@ pub fn run(system: System, failure: Failure, probe: Duration) -> anyhow::Result<
             eprintln!("---- {}\n{}", p.log_path().display(), p.log());
         }
     }
-    let gap = longest_gap(&output).context("ping got fewer than two replies")?;
+    let gap = icmp::longest_gap(&output).context("the probe got fewer than two replies")?;
     let others: Vec<_> = holders(&lab, vip)
         .into_iter()
         .filter(|h| *h != owner)
