@@ -7,7 +7,7 @@ use anyhow::bail;
 use crate::step::{self, is_root};
 use crate::{deps, ebpf};
 
-const BENCHMARKS: &[&str] = &["mesh", "vip", "ebpf", "idle", "scale"];
+const BENCHMARKS: &[&str] = &["mesh", "vip", "ebpf", "idle", "scale", "stability"];
 
 pub fn run(root_dir: &Path, what: &str) -> anyhow::Result<()> {
     let Some(what) = BENCHMARKS.iter().copied().find(|b| *b == what) else {
@@ -19,7 +19,8 @@ pub fn run(root_dir: &Path, what: &str) -> anyhow::Result<()> {
     if !is_root() {
         bail!("benchmarks run in network namespaces: run `cargo xtask bench {what}` as root");
     }
-    // With this benchmark's own (keepalived for vip, iperf3 for ebpf).
+    // With this benchmark's own (keepalived for vip, iperf3 for ebpf, both
+    // and stress-ng for stability).
     deps::ensure(deps::Need::Bench(what), true)?;
     ebpf::build(root_dir)?;
     step::build_agent_and(root_dir, "linkmesh-bench", true)?;

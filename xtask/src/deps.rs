@@ -21,6 +21,19 @@ pub enum Need {
     Always,
     /// One benchmark, `cargo xtask bench <name>`.
     Bench(&'static str),
+    /// Any of these benchmarks.
+    Benches(&'static [&'static str]),
+}
+
+impl Need {
+    /// Whether a package needed for `self` is needed when running `what`.
+    fn covers(self, what: Self) -> bool {
+        match (self, what) {
+            (Self::Always, _) => true,
+            (Self::Benches(list), Self::Bench(b)) => list.contains(&b),
+            (a, b) => a == b,
+        }
+    }
 }
 
 /// A Debian package linkmesh's development needs.
@@ -78,13 +91,18 @@ pub const PACKAGES: &[Package] = &[
     ),
     Package {
         name: "keepalived",
-        why: "the VRRP baseline of the vip benchmark",
-        need: Need::Bench("vip"),
+        why: "the VRRP baseline of the vip and stability benchmarks",
+        need: Need::Benches(&["vip", "stability"]),
     },
     Package {
         name: "iperf3",
-        why: "the throughput half of the ebpf benchmark",
-        need: Need::Bench("ebpf"),
+        why: "the throughput half of the ebpf benchmark, the underlay load of the stability one",
+        need: Need::Benches(&["ebpf", "stability"]),
+    },
+    Package {
+        name: "stress-ng",
+        why: "the CPU load of the stability benchmark",
+        need: Need::Bench("stability"),
     },
 ];
 
@@ -129,10 +147,7 @@ fn installed(package: &str) -> bool {
 /// recommendations must be listed itself. Without root it names what is
 /// missing instead.
 pub fn ensure(need: Need, root: bool) -> anyhow::Result<()> {
-    let wanted: Vec<&Package> = PACKAGES
-        .iter()
-        .filter(|p| p.need == Need::Always || p.need == need)
-        .collect();
+    let wanted: Vec<&Package> = PACKAGES.iter().filter(|p| p.need.covers(need)).collect();
     let missing: Vec<&Package> = wanted
         .iter()
         .copied()

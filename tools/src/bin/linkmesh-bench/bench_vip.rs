@@ -46,6 +46,15 @@ impl System {
     }
 }
 
+/// More agent options for every linkmesh run, from
+/// `LINKMESH_BENCH_AGENT_ARGS` (space-separated: `--probe-interval 0.005
+/// --probe-misses 3`), to measure other settings.
+pub fn agent_args() -> Vec<String> {
+    std::env::var("LINKMESH_BENCH_AGENT_ARGS")
+        .map(|a| a.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 fn holders(lab: &Lab, vip: IpAddr) -> Vec<u8> {
     lab.holders(vip, 1..=3)
 }
@@ -61,7 +70,7 @@ fn keepalived_conf(lab: &Lab, host: u8, vip: IpAddr, advert_ms: u32) -> String {
     )
 }
 
-fn start(
+pub fn start(
     system: System,
     lab: &Lab,
     etcd: &Etcd,
@@ -79,6 +88,7 @@ fn start(
                     "--fast-failover",
                     if fast { "auto" } else { "off" },
                 ])
+                .args(&agent_args().iter().map(String::as_str).collect::<Vec<_>>())
                 .start(),
             System::Keepalived { advert_ms } => {
                 let dir = lab.dir().join(format!("ka-h{h}"));

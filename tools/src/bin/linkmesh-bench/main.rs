@@ -10,6 +10,7 @@
 mod bench_ebpf;
 mod bench_idle;
 mod bench_scale;
+mod bench_stability;
 mod bench_vip;
 mod fleet_model;
 mod peer_records;
@@ -123,8 +124,11 @@ fn main() -> anyhow::Result<()> {
         "ebpf" => return bench_ebpf::main(),
         "idle" => return bench_idle::main(),
         "scale" => return bench_scale::main(),
+        "stability" => return bench_stability::main(),
         other => {
-            anyhow::bail!("unknown benchmark {other:?} (known: mesh, vip, ebpf, idle, scale)")
+            anyhow::bail!(
+                "unknown benchmark {other:?} (known: mesh, vip, ebpf, idle, scale, stability)"
+            )
         }
     }
     let sizes: Vec<usize> = std::env::var("LINKMESH_BENCH_SIZES")
