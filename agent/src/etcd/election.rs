@@ -207,22 +207,41 @@ pub async fn clear(client: &Client, keys: &Keys, id: &str, revision: i64, timeou
     }
 }
 
-/// Deletes `id`'s owner key if it is still on `lease`, then revokes that
-/// lease. Returns whether the key was deleted.
-pub async fn revoke(client: &Client, keys: &Keys, id: &str, lease: i64, timeout: Duration) -> bool {
+/// Takes `id`'s owner key from `lease` if it is still on it: deleted, or,
+/// with `takeover`, replaced by our own (its signed value, on our lease) in
+/// the same txn. Then revokes that lease, in the background. Returns
+/// whether the key was taken.
+pub async fn revoke(
+    client: &Client,
+    keys: &Keys,
+    id: &str,
+    lease: i64,
+    takeover: Option<(Vec<u8>, i64)>,
+    timeout: Duration,
+) -> bool {
     let key = keys.vip_owner(id);
+    let op = match takeover {
+        Some((value, mine)) => {
+            TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(mine)))
+        }
+        None => TxnOp::delete(key.clone(), None),
+    };
     let txn = Txn::new()
-        .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
-        .and_then([TxnOp::delete(key, None)]);
+        .when([Compare::lease(key, CompareOp::Equal, lease)])
+        .and_then([op]);
     let mut kv = client.kv_client();
     match tokio::time::timeout(timeout, kv.txn(txn)).await {
         Ok(Ok(r)) if r.succeeded() => {
-            let mut leases = client.lease_client();
-            if let Ok(Err(e)) =
-                tokio::time::timeout(Duration::from_secs(1), leases.revoke(lease)).await
-            {
-                debug!(vip = %id, error = %e, "revoking the owner's lease failed");
-            }
+            // Off the path of the VIP: the key is no longer the owner's.
+            let (client, id) = (client.clone(), id.to_owned());
+            tokio::spawn(async move {
+                let mut leases = client.lease_client();
+                if let Ok(Err(e)) =
+                    tokio::time::timeout(Duration::from_secs(1), leases.revoke(lease)).await
+                {
+                    debug!(vip = %id, error = %e, "revoking the owner's lease failed");
+                }
+            });
             true
         }
         Ok(Ok(_)) => {

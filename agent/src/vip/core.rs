@@ -219,7 +219,16 @@ impl Core {
             Input::Bound { id, binding, added } => self.bound(&id, binding, added),
             Input::BindFailed { id, cause } => self.fault(&id, cause),
             Input::Contended { id, lease, outcome } => self.contended(&id, lease, outcome),
-            Input::Revoked { id, deleted } => {
+            Input::Revoked {
+                id,
+                took_over: true,
+                ..
+            } => {
+                let lease = self.lease.id;
+                info!(vip = %id, "took the owner key over from the revoked owner");
+                self.set_owner(&id, Some(Owner::mine(self.me().to_owned(), lease)));
+            }
+            Input::Revoked { id, deleted, .. } => {
                 if deleted {
                     // Contend now rather than after the watch echoes the delete.
                     self.set_owner(&id, None);

@@ -165,24 +165,7 @@ impl Shell {
                 election::clear(&self.client, &self.keys, &id, revision, ttl).await;
                 return None;
             }
-            Effect::Revoke {
-                id,
-                owner,
-                lease,
-                suspects,
-            } => {
-                let deleted = election::revoke(&self.client, &self.keys, &id, lease, ttl).await;
-                if deleted {
-                    warn!(
-                        vip = %id,
-                        owner = %owner,
-                        lease = format!("{lease:x}"),
-                        ?suspects,
-                        "owner unreachable in the data plane (suspect quorum): owner key deleted, revoking its lease"
-                    );
-                }
-                return Some(Input::Revoked { id, deleted });
-            }
+            e @ Effect::Revoke { .. } => return Some(self.revoke(e, ttl).await),
             Effect::Write {
                 id,
                 why: WriteWhy::State(state),
@@ -284,6 +267,68 @@ impl Shell {
             })
         });
         election::release(&self.client, &self.keys, id, lease, handover, ttl).await;
+    }
+
+    /// Takes the key of an owner a quorum suspects (over for us, when the
+    /// core says so).
+    async fn revoke(&mut self, effect: Effect, ttl: Duration) -> Input {
+        let Effect::Revoke {
+            id,
+            owner,
+            lease,
+            suspects,
+            takeover,
+        } = effect
+        else {
+            unreachable!("only revocations come here")
+        };
+        let ours = match takeover {
+            Some((my_lease, ifname)) => self.own_key(&id, my_lease, ifname).await,
+            None => None,
+        };
+        let took_over = ours.is_some();
+        let deleted = election::revoke(&self.client, &self.keys, &id, lease, ours, ttl).await;
+        if deleted {
+            warn!(
+                vip = %id,
+                owner = %owner,
+                lease = format!("{lease:x}"),
+                ?suspects,
+                took_over,
+                "owner unreachable in the data plane (suspect quorum): owner key taken from it, revoking its lease"
+            );
+        }
+        Input::Revoked {
+            id,
+            deleted,
+            took_over: deleted && took_over,
+        }
+    }
+
+    /// Our owner key for `id` on `lease`, signed, with the MAC of
+    /// `ifname`: its value and the lease, for a takeover.
+    async fn own_key(
+        &mut self,
+        id: &str,
+        lease: i64,
+        ifname: Option<String>,
+    ) -> Option<(Vec<u8>, i64)> {
+        let mac = match ifname {
+            Some(name) => self
+                .nl
+                .link_by_name(&name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|l| l.mac),
+            None => None,
+        };
+        let record = OwnerRecord {
+            host: self.core.settings().hostname.clone(),
+            mac,
+        };
+        let key = self.keys.vip_owner(id);
+        Some((self.sign(&key, lease, &record)?, lease))
     }
 
     /// Puts the MAC of `ifname` into our owner key.

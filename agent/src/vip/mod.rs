@@ -168,6 +168,9 @@ pub enum Input {
     Revoked {
         id: String,
         deleted: bool,
+        /// The key was taken over for us in the same txn (see
+        /// `Effect::Revoke::takeover`).
+        took_over: bool,
     },
     ProbeSent {
         id: String,
@@ -336,6 +339,10 @@ pub enum Effect {
         owner: String,
         lease: i64,
         suspects: Vec<String>,
+        /// Take the key over in the same txn, on this lease of ours, with
+        /// the MAC of this interface (when this host may hold the VIP now):
+        /// no contention after the revocation.
+        takeover: Option<(i64, Option<String>)>,
     },
     /// Write this host's own key under a VIP, on `lease`.
     Write {

@@ -222,6 +222,10 @@ impl Core {
             .filter(|(h, l)| **l == lease && eligible.contains(*h))
             .map(|(h, _)| h.clone())
             .collect();
+        let takeover = self.may_take_over(id).then(|| {
+            let ifname = self.vips.get(id).and_then(|v| self.interface_of(v));
+            (self.lease.id, ifname)
+        });
         if let Some(v) = self.vips.get_mut(id) {
             v.revoked = Some(lease);
         }
@@ -230,7 +234,32 @@ impl Core {
             owner,
             lease,
             suspects: agreeing,
+            takeover,
         });
+    }
+
+    /// Whether this host, revoking `id`'s owner, may take the key over at
+    /// once: it could contend now (a healthy standby on a live lease, not
+    /// barred, with carrier, out of any cooldown, as its group allows), and
+    /// no other host is preferred (the preferred host keeps its head start).
+    fn may_take_over(&self, id: &str) -> bool {
+        let Some(v) = self.vips.get(id) else {
+            return false;
+        };
+        let preferred_elsewhere = v
+            .spec
+            .record
+            .priority
+            .as_deref()
+            .is_some_and(|p| p != self.me());
+        v.state == State::Standby
+            && self.lease.id != 0
+            && self.lease.failures == 0
+            && !self.barred(v)
+            && !self.without_carrier(v)
+            && v.cooldown_until.is_none_or(|t| self.now >= t)
+            && !preferred_elsewhere
+            && self.group_allows(id)
     }
 
     /// Writes our suspect key for `id`: the owner lease we suspect.

@@ -180,6 +180,9 @@ fn kind(e: &Effect) -> &'static str {
         Effect::PublishMac { .. } => "publish",
         Effect::AddRoute { .. } => "route",
         Effect::MapPorts { ports, .. } if !ports.is_empty() => "map",
+        Effect::Revoke {
+            takeover: Some(_), ..
+        } => "takeover",
         Effect::Revoke { .. } => "revoke",
         Effect::Contend { .. } => "contend",
         Effect::ClearOwner { .. } => "clear",
@@ -494,6 +497,51 @@ impl Sim {
         }
     }
 
+    /// A suspect quorum's revocation, with or without a takeover.
+    fn revoke(&mut self, h: usize, effect: Effect) -> Input {
+        let me = name(h);
+        let Effect::Revoke {
+            id,
+            lease,
+            takeover,
+            ..
+        } = effect
+        else {
+            unreachable!("only revocations come here")
+        };
+        let deleted = self.etcd.owner.as_ref().is_some_and(|(_, l)| *l == lease);
+        // etcd refuses a put on a lease it does not have: then the
+        // whole txn fails.
+        let mine = takeover
+            .as_ref()
+            .map(|(l, _)| *l)
+            .filter(|l| self.etcd.leases.contains(l));
+        let failed = takeover.is_some() && mine.is_none();
+        let deleted = deleted && !failed;
+        let took_over = deleted && mine.is_some();
+        if deleted {
+            if let Some(my) = mine {
+                self.etcd.owner = Some((me.clone(), my));
+                self.etcd.owners_created.insert((me.clone(), my));
+                let owner = Owner {
+                    host: me,
+                    lease: my,
+                    mac: Some(mac(h)),
+                };
+                self.broadcast(&VipChange::Owner(ID.into(), Some(owner)));
+            }
+            if let Some(holder) = self.etcd.leases.iter().position(|l| *l == lease) {
+                self.etcd.leases[holder] = 0;
+            }
+            self.expire(lease);
+        }
+        Input::Revoked {
+            id,
+            deleted,
+            took_over,
+        }
+    }
+
     fn run(&mut self, h: usize, effect: Effect) -> Option<Input> {
         let me = name(h);
         match effect {
@@ -548,16 +596,7 @@ impl Sim {
                 self.owner_effect(h, e);
                 None
             }
-            Effect::Revoke { id, lease, .. } => {
-                let deleted = self.etcd.owner.as_ref().is_some_and(|(_, l)| *l == lease);
-                if deleted {
-                    if let Some(holder) = self.etcd.leases.iter().position(|l| *l == lease) {
-                        self.etcd.leases[holder] = 0;
-                    }
-                    self.expire(lease);
-                }
-                Some(Input::Revoked { id, deleted })
-            }
+            e @ Effect::Revoke { .. } => Some(self.revoke(h, e)),
             Effect::Write { why, lease, .. } => {
                 let (kind, value) = match why {
                     WriteWhy::State(s) => ("state", s.to_string()),
@@ -604,7 +643,7 @@ fn random_runs_reach_every_guarded_effect() {
     }
     for k in [
         "bind", "unbind", "release", "handover", "publish", "route", "map", "contend", "suspect",
-        "revoke", "clear",
+        "takeover", "clear",
     ] {
         assert!(
             total.get(k).copied().unwrap_or(0) > 0,
