@@ -288,7 +288,13 @@ fn vip_seeds(out: &mut Seeds) {
         excluded_nodes: vec!["h3".into()],
         priority: Some("h1".into()),
         preempt_delay: Some(30),
-        ports: Some(serde_json::json!([{"from": 80, "to": 8080}])),
+        ports: vec![linkmesh::registry::PortMap {
+            src: 80,
+            proto: linkmesh::registry::Proto::Tcp,
+            dest: 8080,
+        }],
+        mode: linkmesh::registry::Mode::L2,
+        group: Some("pair".into()),
     };
     let full_value = seal(&s, &keys.vip(id), 0, NOW, &full).expect("seal");
     add("accept-vip-full", encode(VIP, id, &full_value));
@@ -356,17 +362,31 @@ fn api_body_seeds(out: &mut Seeds) {
     add("accept-minimal", br#"{"address":"198.18.0.100/24"}"#);
     add(
         "accept-full",
-        br#"{"address":"198.18.0.100/24","interface":"eth0","checks":["tcp:127.0.0.1:80","http://127.0.0.1/","exec:check-web"],"excluded_nodes":["backup-3"],"priority":"web-1","ports":[{"from":80,"to":8080}]}"#,
+        br#"{"address":"198.18.0.100/24","interface":"eth0","checks":["tcp:127.0.0.1:80","http://127.0.0.1/","exec:check-web"],"excluded_nodes":["backup-3"],"priority":"web-1","ports":[{"src":80,"proto":"tcp","dest":8080}],"group":"web"}"#,
     );
     add(
         "accept-ipv6",
         br#"{"address":"fd00::100/128","checks":["tcp:[fd00::1]:22"]}"#,
     );
-    // serde_json reads this float back an ulp off once written (see
-    // `same_json`).
     add(
-        "accept-float-in-ports",
+        "reject-ports-not-maps",
         br#"{"address":"198.18.0.1/32","ports":{"weight":-5.791054108416719e-286}}"#,
+    );
+    add(
+        "accept-ports-route-group",
+        br#"{"address":"198.18.0.1/32","ports":[{"src":80,"proto":"tcp","dest":8080},{"src":53,"proto":"udp","dest":5353}],"mode":"route","group":"pair"}"#,
+    );
+    add(
+        "reject-ports-same-src",
+        br#"{"address":"198.18.0.1/32","ports":[{"src":80,"proto":"tcp","dest":1},{"src":80,"proto":"tcp","dest":2}]}"#,
+    );
+    add(
+        "reject-route-not-a-host",
+        br#"{"address":"198.18.0.0/24","mode":"route"}"#,
+    );
+    add(
+        "reject-group-path",
+        br#"{"address":"198.18.0.1/32","group":"../x"}"#,
     );
     add(
         "accept-preempt",
@@ -379,6 +399,10 @@ fn api_body_seeds(out: &mut Seeds) {
     add(
         "reject-preempt-zero",
         br#"{"address":"198.18.0.100/24","priority":"web-1","preempt_delay":0}"#,
+    );
+    add(
+        "reject-lineage-ports",
+        br#"{"address":"198.18.0.100/24","ports":[{"from":80,"to":8080}]}"#,
     );
     add("reject-no-prefix", br#"{"address":"198.18.0.100"}"#);
     add("reject-prefix-33", br#"{"address":"198.18.0.1/33"}"#);
