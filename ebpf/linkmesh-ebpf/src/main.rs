@@ -26,8 +26,8 @@ use aya_ebpf::{
 use linkmesh_common::{
     ArpEvent, CONFLICT_INTERVAL_NS, ConflictEvent, DROP_BAD_HEARTBEAT, DROP_CONFLICT_RING_FULL,
     DROP_FOREIGN_REPLY, DROP_RING_FULL, DROP_SLOTS, HEARTBEAT_MAGIC, HEARTBEAT_TOKEN_OFFSET,
-    MAX_PEERS, MAX_PORT_KEYS, MAX_VIPS, PEER_PORT_SLOTS, PORT_DIR_IN, PORT_DIR_OUT,
-    PORT_HEARTBEAT, PeerStats, PeerToken, PortKey, VipInfo, VipSeen,
+    MAX_PEERS, MAX_PORT_KEYS, MAX_VIPS, PEER_PORT_SLOTS, PORT_DIR_IN, PORT_DIR_OUT, PORT_HEARTBEAT,
+    PeerStats, PeerToken, PortKey, VipInfo, VipSeen,
 };
 
 /// 256 KiB: about 6,500 events before user space must read.
