@@ -479,6 +479,11 @@ pub fn mac_string(mac: [u8; 6]) -> String {
 /// In a process group of its own, so a terminal's Ctrl-C, which reaches the
 /// whole foreground group, cannot kill it halfway through building or
 /// removing a lab.
+/// Runs `ip ARGS` for a test's own plumbing, panicking with `ip`'s error.
+pub fn must_ip(args: &[&str]) {
+    ip(args).unwrap_or_else(|e| panic!("{e}"));
+}
+
 fn ip(args: &[&str]) -> io::Result<()> {
     let out = Command::new("ip").args(args).process_group(0).output()?;
     if out.status.success() {

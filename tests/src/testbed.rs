@@ -318,6 +318,37 @@ impl<E: Endpoints> Testbed<E> {
             .collect()
     }
 
+    /// The VIP keys a request could write: not the agents' own owner,
+    /// state and suspect keys (to check that nothing was written).
+    #[must_use]
+    pub fn vip_records(&self) -> Vec<(String, String)> {
+        self.get("/linkmesh/vips/")
+            .into_iter()
+            .filter(|(k, _)| {
+                !(k.ends_with("/owner") || k.contains("/state/") || k.contains("/suspect/"))
+            })
+            .collect()
+    }
+
+    /// [`Testbed::agent`] on `host` whose API takes changes from user
+    /// `admin` with `password`, once its API listens.
+    #[must_use]
+    pub fn agent_with_api_user(&self, host: u8, password: &str) -> Process {
+        let file = self.lab.dir().join("api-password");
+        std::fs::write(&file, format!("{password}\n")).expect("writing the password");
+        let file = file.to_string_lossy().into_owned();
+        let a = self.agent(
+            host,
+            "agent",
+            &["--api-user", "admin", "--api-password-file", &file],
+        );
+        let up = wait_until(Duration::from_secs(15), || {
+            a.log().contains("API listening")
+        });
+        assert!(up.is_some(), "the API answers:\n{}", a.log());
+        a
+    }
+
     /// Keys and values under `prefix` in etcd.
     #[must_use]
     pub fn get(&self, prefix: &str) -> Vec<(String, String)> {

@@ -15,18 +15,6 @@ use linkmesh_tests::{netns, require_root};
 
 const CREDS: &str = "admin:a-long-enough-password";
 
-/// The VIP keys in etcd, to check that nothing was written.
-fn vip_keys(t: &Testbed) -> Vec<(String, String)> {
-    // What the agents write as they elect and report (owner, states,
-    // suspicions) is not what a request could write.
-    t.get("/linkmesh/vips/")
-        .into_iter()
-        .filter(|(k, _)| {
-            !(k.ends_with("/owner") || k.contains("/state/") || k.contains("/suspect/"))
-        })
-        .collect()
-}
-
 /// A file the attack's command would create; it must never appear.
 fn marker(t: &Testbed) -> PathBuf {
     t.lab.dir().join("pwned")
@@ -41,7 +29,7 @@ fn without_credentials_the_api_changes_nothing_and_runs_no_command() {
         .wait_single_holder(Duration::from_secs(15), None)
         .expect("an owner");
     let ns = t.lab.host(owner).netns.clone();
-    let before = vip_keys(&t);
+    let before = t.vip_records();
     let evil = format!(
         r#"{{"address":"198.18.{}.101/24","checks":["exec:sh -c 'touch {}'"]}}"#,
         t.lab.slot(),
@@ -61,7 +49,7 @@ fn without_credentials_the_api_changes_nothing_and_runs_no_command() {
     // Reads still work without credentials.
     assert_eq!(http(&ns, "GET", "/ips", None, None).0, 200);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(vip_keys(&t), before, "nothing was written");
+    assert_eq!(t.vip_records(), before, "nothing was written");
     assert!(!marker(&t).exists(), "no command ran");
     assert_eq!(t.holders(), vec![owner], "the VIP did not move");
     let (_, metrics) = http(&ns, "GET", "/metrics", None, None);
@@ -78,20 +66,9 @@ fn without_credentials_the_api_changes_nothing_and_runs_no_command() {
 fn a_browser_style_post_or_a_foreign_host_is_refused_even_with_credentials() {
     require_root!();
     let t = Testbed::builder(1).vip(&[]).build();
-    let password = t.lab.dir().join("api-password");
-    std::fs::write(&password, "a-long-enough-password\n").expect("writing the password");
-    let password = password.to_string_lossy().into_owned();
-    let a = t.agent(
-        1,
-        "agent",
-        &["--api-user", "admin", "--api-password-file", &password],
-    );
+    let _a = t.agent_with_api_user(1, "a-long-enough-password");
     let ns = t.lab.host(1).netns.clone();
-    let up = wait_until(Duration::from_secs(15), || {
-        a.log().contains("API listening")
-    });
-    assert!(up.is_some(), "the API answers:\n{}", a.log());
-    let before = vip_keys(&t);
+    let before = t.vip_records();
     let auth = {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(CREDS)
@@ -123,7 +100,7 @@ fn a_browser_style_post_or_a_foreign_host_is_refused_even_with_credentials() {
         Some(CREDS),
     );
     assert_eq!(status, 400, "an id is only an id");
-    assert_eq!(vip_keys(&t), before, "nothing was written");
+    assert_eq!(t.vip_records(), before, "nothing was written");
     // And the proper request works.
     let (status, answer) = http(&ns, "POST", "/ips", Some(&body), Some(CREDS));
     assert_eq!(status, 201, "{answer}");

@@ -3,24 +3,14 @@
 //! client, a real etcd, real ARP.
 
 use std::net::IpAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use linkmesh_tests::agent::{longest_gap, ping, start_probe, wait_until};
-use linkmesh_tests::lab::Lab;
+use linkmesh_tests::lab::{Lab, must_ip as ip};
 use linkmesh_tests::testbed::Testbed;
 use linkmesh_tests::{kernel, netns, require_root};
 
 const CLIENT: u8 = 4;
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The client's neighbour entry for `addr` (its MAC), if it has one.
 fn client_entry(lab: &Lab, addr: IpAddr) -> Option<[u8; 6]> {

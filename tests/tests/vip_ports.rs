@@ -16,17 +16,6 @@ use linkmesh_tests::testbed::Testbed;
 const CLIENT: u8 = 4;
 const MAPPED: &str = "linkmesh_vip_port_mapped";
 
-/// The VIP record keys (what a request could write; not the agents'
-/// owner, state and suspect keys).
-fn records(t: &Testbed) -> Vec<(String, String)> {
-    t.get("/linkmesh/vips/")
-        .into_iter()
-        .filter(|(k, _)| {
-            !(k.ends_with("/owner") || k.contains("/state/") || k.contains("/suspect/"))
-        })
-        .collect()
-}
-
 /// What the client gets from `vip` on TCP 80 and UDP 53 (with the UDP
 /// reply's source).
 fn ask(t: &Testbed, vip: IpAddr) -> (Option<String>, Option<(String, SocketAddr)>) {
@@ -119,21 +108,10 @@ const CREDS: &str = "admin:a-long-enough-password";
 fn malformed_port_maps_and_routes_are_refused_and_nothing_is_written() {
     require_root!();
     let t = Testbed::builder(1).vip(&[]).build();
-    let password = t.lab.dir().join("api-password");
-    std::fs::write(&password, "a-long-enough-password\n").expect("writing the password");
-    let password = password.to_string_lossy().into_owned();
-    let a = t.agent(
-        1,
-        "agent",
-        &["--api-user", "admin", "--api-password-file", &password],
-    );
-    let up = wait_until(Duration::from_secs(15), || {
-        a.log().contains("API listening")
-    });
-    assert!(up.is_some(), "the API answers:\n{}", a.log());
+    let _a = t.agent_with_api_user(1, "a-long-enough-password");
     let ns = t.lab.host(1).netns.clone();
     let s = t.lab.slot();
-    let before = records(&t);
+    let before = t.vip_records();
     let ports = |p: &str| format!(r#"{{"address":"198.18.{s}.120/32","ports":[{p}]}}"#);
     for bad in [
         ports(r#"{"src":0,"proto":"tcp","dest":8080}"#),
@@ -149,7 +127,7 @@ fn malformed_port_maps_and_routes_are_refused_and_nothing_is_written() {
         let (status, body) = http(&ns, "POST", "/ips", Some(&bad), Some(CREDS));
         assert_eq!(status, 400, "{bad}: {body}");
     }
-    assert_eq!(records(&t), before, "nothing was written");
+    assert_eq!(t.vip_records(), before, "nothing was written");
     let good =
         ports(r#"{"src":80,"proto":"tcp","dest":8080},{"src":80,"proto":"udp","dest":8080}"#);
     let (status, body) = http(&ns, "POST", "/ips", Some(&good), Some(CREDS));

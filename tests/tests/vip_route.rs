@@ -14,22 +14,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use linkmesh_tests::agent::{ping, wait_until};
-use linkmesh_tests::lab::Lab;
+use linkmesh_tests::lab::{Lab, must_ip as ip};
 use linkmesh_tests::process::Process;
 use linkmesh_tests::testbed::Testbed;
 use linkmesh_tests::{netns, require_root};
 
 const TABLE: &str = "100";
 const ROUTER: u8 = 253;
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The router's address on the underlay, 198.18.S.253.
 fn router_addr(lab: &Lab) -> Ipv4Addr {
@@ -184,8 +175,23 @@ fn routed_to(lab: &Lab, rtr: &str, vip: Ipv4Addr) -> Option<u8> {
     (1..=3).find(|h| lab.host(*h).addr == hop)
 }
 
+/// Waits until the router routes `vip` to a host other than `not`: which,
+/// and after how long.
+fn routed_elsewhere(
+    lab: &Lab,
+    rtr: &str,
+    vip: Ipv4Addr,
+    not: u8,
+) -> (Option<u8>, Option<Duration>) {
+    let mut to = None;
+    let took = wait_until(Duration::from_secs(10), || {
+        to = routed_to(lab, rtr, vip).filter(|h| *h != not);
+        to.is_some()
+    });
+    (to, took)
+}
+
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn the_route_follows_the_owner_through_bgp() {
     require_root!();
     let t = Testbed::builder(3).build();
@@ -239,11 +245,7 @@ fn the_route_follows_the_owner_through_bgp() {
     agents[usize::from(owner - 1)]
         .signal(libc::SIGTERM)
         .expect("SIGTERM");
-    let mut second = None;
-    let moved = wait_until(Duration::from_secs(10), || {
-        second = routed_to(&t.lab, &rtr, vip).filter(|h| *h != owner);
-        second.is_some()
-    });
+    let (second, moved) = routed_elsewhere(&t.lab, &rtr, vip, owner);
     let second = second.expect("the route moved");
     eprintln!(
         "vip_route figure: graceful stop of h{owner}: the router points at h{second} after {:?}",
@@ -267,11 +269,7 @@ fn the_route_follows_the_owner_through_bgp() {
         withdrawn.is_some_and(|w| w < Duration::from_secs(2)),
         "withdrawn before the 2 s lease could run out: {withdrawn:?}"
     );
-    let mut third = None;
-    let took = wait_until(Duration::from_secs(10), || {
-        third = routed_to(&t.lab, &rtr, vip).filter(|h| *h != second);
-        third.is_some()
-    });
+    let (third, took) = routed_elsewhere(&t.lab, &rtr, vip, second);
     let third = third.expect("another host routes the VIP");
     eprintln!(
         "vip_route figure: after the crash the router points at h{third} after {:?}",
@@ -293,12 +291,8 @@ fn the_route_follows_the_owner_through_bgp() {
     let cut = Instant::now();
     t.lab.host(third).cut();
     agents[usize::from(third - 1)].kill();
-    let mut last = None;
-    let took = wait_until(Duration::from_secs(10), || {
-        last = routed_to(&t.lab, &rtr, vip).filter(|h| *h != third);
-        last.is_some()
-    })
-    .map(|_| cut.elapsed());
+    let (last, took) = routed_elsewhere(&t.lab, &rtr, vip, third);
+    let took = took.map(|_| cut.elapsed());
     eprintln!(
         "vip_route figure: hard failure of h{third}: the router points at h{} after {took:?} from the cut",
         last.unwrap_or_default()

@@ -609,13 +609,7 @@ impl Core {
             && v.cooldown_until.is_none_or(|t| now >= t)
             && self.group_allows(id);
         let at = eligible.then(|| {
-            let preferred_elsewhere = v
-                .spec
-                .record
-                .priority
-                .as_ref()
-                .is_some_and(|p| p != self.me());
-            now + if preferred_elsewhere {
+            now + if self.preferred_elsewhere(v) {
                 self.settings.contend_delay
             } else {
                 Duration::ZERO
@@ -626,6 +620,15 @@ impl Core {
         {
             v.contend_at = at;
         }
+    }
+
+    /// Whether `v`'s record prefers another host than this one.
+    pub(super) fn preferred_elsewhere(&self, v: &Vip) -> bool {
+        v.spec
+            .record
+            .priority
+            .as_deref()
+            .is_some_and(|p| p != self.me())
     }
 
     pub(super) fn contend_due(&mut self) {

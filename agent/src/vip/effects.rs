@@ -215,6 +215,17 @@ impl Shell {
         None
     }
 
+    /// The MAC of interface `ifname`, read now (not cached: the MAC an
+    /// owner key publishes must be the one the VIP will answer from).
+    async fn mac_of(&self, ifname: Option<&str>) -> Option<MacAddr> {
+        self.nl
+            .link_by_name(ifname?)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.mac)
+    }
+
     /// Creates our owner key if nobody has it.
     async fn contend(
         &mut self,
@@ -223,18 +234,7 @@ impl Shell {
         ifname: Option<String>,
         ttl: Duration,
     ) -> Outcome {
-        // Read at every contention, not cached: the MAC published must be
-        // the one the VIP will answer from.
-        let mac = match ifname {
-            Some(name) => self
-                .nl
-                .link_by_name(&name)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|l| l.mac),
-            None => None,
-        };
+        let mac = self.mac_of(ifname.as_deref()).await;
         let host = self.core.settings().hostname.clone();
         let signer = (&self.keys, &self.secrets);
         match election::contend(&self.client, signer, id, (host.as_str(), mac), lease, ttl).await {
@@ -313,16 +313,7 @@ impl Shell {
         lease: i64,
         ifname: Option<String>,
     ) -> Option<(Vec<u8>, i64)> {
-        let mac = match ifname {
-            Some(name) => self
-                .nl
-                .link_by_name(&name)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|l| l.mac),
-            None => None,
-        };
+        let mac = self.mac_of(ifname.as_deref()).await;
         let record = OwnerRecord {
             host: self.core.settings().hostname.clone(),
             mac,
@@ -333,13 +324,7 @@ impl Shell {
 
     /// Puts the MAC of `ifname` into our owner key.
     async fn publish_mac(&mut self, id: &str, lease: i64, ifname: &str, ttl: Duration) {
-        let mac = self
-            .nl
-            .link_by_name(ifname)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|l| l.mac);
+        let mac = self.mac_of(Some(ifname)).await;
         let key = self.keys.vip_owner(id);
         let record = OwnerRecord {
             host: self.core.settings().hostname.clone(),

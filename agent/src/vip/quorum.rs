@@ -246,19 +246,13 @@ impl Core {
         let Some(v) = self.vips.get(id) else {
             return false;
         };
-        let preferred_elsewhere = v
-            .spec
-            .record
-            .priority
-            .as_deref()
-            .is_some_and(|p| p != self.me());
         v.state == State::Standby
             && self.lease.id != 0
             && self.lease.failures == 0
             && !self.barred(v)
             && !self.without_carrier(v)
             && v.cooldown_until.is_none_or(|t| self.now >= t)
-            && !preferred_elsewhere
+            && !self.preferred_elsewhere(v)
             && self.group_allows(id)
     }
 

@@ -12,6 +12,19 @@ fn quiet() -> Observed {
     }
 }
 
+/// h1's VIP newly bound on its eth0.
+fn bound_on_eth0() -> Input {
+    Input::Bound {
+        id: ID.into(),
+        binding: Binding {
+            ifindex: 2,
+            ifname: "eth0".into(),
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        },
+        added: true,
+    }
+}
+
 /// h1 holds the VIP; the other hosts are healthy standbys with their
 /// watchers loaded.
 fn owner_and_watching_standbys() -> Sim {
@@ -60,16 +73,7 @@ fn a_healthy_host_with_a_lease_takes_a_free_vip() {
         )),
         "{effects:?}"
     );
-    let bound = Input::Bound {
-        id: ID.into(),
-        binding: Binding {
-            ifindex: 2,
-            ifname: "eth0".into(),
-            mac: MacAddr([2, 0, 0, 0, 0, 1]),
-        },
-        added: true,
-    };
-    let effects = sim.cores[0].step(bound, sim.now, &quiet());
+    let effects = sim.cores[0].step(bound_on_eth0(), sim.now, &quiet());
     assert!(
         matches!(&effects[0], Effect::Announce { count: 2, .. }),
         "{effects:?}"
@@ -320,16 +324,7 @@ fn a_routed_vip_is_mapped_and_routed_not_announced() {
     sim.act(Action::Tick(0, 1));
     sim.drain();
     assert_eq!(sim.holders(), vec![0]);
-    let bound = Input::Bound {
-        id: ID.into(),
-        binding: Binding {
-            ifindex: 2,
-            ifname: "eth0".into(),
-            mac: MacAddr([2, 0, 0, 0, 0, 1]),
-        },
-        added: true,
-    };
-    let effects = sim.cores[0].step(bound, sim.now, &quiet());
+    let effects = sim.cores[0].step(bound_on_eth0(), sim.now, &quiet());
     assert!(
         matches!(
             effects.as_slice(),

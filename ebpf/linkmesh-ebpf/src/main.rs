@@ -314,22 +314,25 @@ fn read<T: Copy>(start: usize, end: usize, offset: usize) -> Option<T> {
     Some(unsafe { core::ptr::read_unaligned(at as *const T) })
 }
 
+/// The packet's linear data (start, end), made to hold its first
+/// `headroom` bytes (all of a shorter packet) when the headers lie outside
+/// it (rare): pulled in once.
+#[inline(always)]
+fn linear(ctx: &TcContext, headroom: usize) -> Option<(usize, usize)> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let len = ctx.len() as usize;
+    if end - start >= headroom || len <= end - start {
+        return Some((start, end));
+    }
+    let want = if len < headroom { len } else { headroom };
+    ctx.pull_data(want as u32).ok()?;
+    Some((ctx.data(), ctx.data_end()))
+}
+
 /// Whether the packet was a heartbeat from a known peer.
 #[inline(always)]
 fn try_peer_watch(ctx: &TcContext) -> Option<bool> {
-    let (mut start, mut end) = (ctx.data(), ctx.data_end());
-    let len = ctx.len() as usize;
-    if end - start < PEER_HEADROOM && len > end - start {
-        // Headers outside the linear data (rare): make them linear once.
-        let want = if len < PEER_HEADROOM {
-            len
-        } else {
-            PEER_HEADROOM
-        };
-        ctx.pull_data(want as u32).ok()?;
-        start = ctx.data();
-        end = ctx.data_end();
-    }
+    let (start, end) = linear(ctx, PEER_HEADROOM)?;
 
     let mut offset = ETH_TYPE_OFFSET;
     let mut proto = be16(read(start, end, offset)?);
@@ -427,22 +430,11 @@ const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
 /// Rewrites the packet's port if `PORT_MAPS` has it; `Some(())` if it did.
 #[inline(always)]
 fn map_port(ctx: &TcContext, direction: u8) -> Option<()> {
-    let (mut start, mut end) = (ctx.data(), ctx.data_end());
-    let proto = be16(read(start, end, ETH_TYPE_OFFSET)?);
+    let proto = be16(read(ctx.data(), ctx.data_end(), ETH_TYPE_OFFSET)?);
     if proto != ETH_P_IPV4 && proto != ETH_P_IPV6 {
         return None;
     }
-    let len = ctx.len() as usize;
-    if end - start < PORT_HEADROOM && len > end - start {
-        let want = if len < PORT_HEADROOM {
-            len
-        } else {
-            PORT_HEADROOM
-        };
-        ctx.pull_data(want as u32).ok()?;
-        start = ctx.data();
-        end = ctx.data_end();
-    }
+    let (start, end) = linear(ctx, PORT_HEADROOM)?;
     let mut key = PortKey {
         direction,
         ..PortKey::default()

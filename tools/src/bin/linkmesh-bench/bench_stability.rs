@@ -5,15 +5,11 @@
 //! (its options from `LINKMESH_BENCH_AGENT_ARGS`) and keepalived at
 //! `advert_int` 0.02, one after the other, on the same lab shape.
 
-use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
-use linkmesh_tests::SECRET;
-use linkmesh_tests::agent::{self, wait_until};
-use linkmesh_tests::etcd::Etcd;
-use linkmesh_tests::lab::Lab;
+use anyhow::ensure;
+use linkmesh_tests::agent::wait_until;
 use linkmesh_tests::process::Process;
 
 use crate::bench_vip::{self, System};
@@ -44,22 +40,8 @@ fn wait_listening(server: &Process, port: u16) -> anyhow::Result<()> {
 }
 
 fn run(system: System, seconds: u64) -> anyhow::Result<Outcome> {
-    let lab = Lab::new(4);
-    let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
-    let secret = agent::secret_file(&lab, "secret", &[SECRET]);
-    let vip: IpAddr = format!("198.18.{}.100", lab.slot()).parse()?;
-    if matches!(system, System::Linkmesh { .. }) {
-        let _ = agent::admin(
-            &etcd.endpoint(),
-            &secret,
-            &["ip", "add", &format!("{vip}/24")],
-        );
-    }
-    let _procs = bench_vip::start(system, &lab, &etcd, &secret, vip);
-    let held = wait_until(Duration::from_secs(15), || {
-        lab.holders(vip, 1..=3).len() == 1
-    });
-    held.with_context(|| format!("{}: no single holder", system.name()))?;
+    let up = bench_vip::settled(system)?;
+    let (lab, vip) = (&up.lab, up.vip);
     std::thread::sleep(Duration::from_secs(2));
 
     // The load: an iperf3 stream from h1 to h2 across the underlay, and

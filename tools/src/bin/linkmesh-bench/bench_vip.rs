@@ -109,10 +109,20 @@ pub fn start(
         .collect()
 }
 
-/// One run: a fresh lab, the VIP up, then the owner fails while the client
-/// probes every `probe` (a fixed rate, whatever comes back). Returns the
-/// client's longest gap.
-pub fn run(system: System, failure: Failure, probe: Duration) -> anyhow::Result<Duration> {
+/// A fresh lab running `system` with its VIP held by one host. Fields drop
+/// in order: the processes, etcd, then the lab.
+pub struct Settled {
+    pub procs: Vec<Process>,
+    /// Kept running for the life of the run.
+    _etcd: Etcd,
+    pub vip: IpAddr,
+    pub owner: u8,
+    pub lab: Lab,
+}
+
+/// A fresh 3-host lab (and a client) running `system`, once one host
+/// holds the VIP 198.18.S.100.
+pub fn settled(system: System) -> anyhow::Result<Settled> {
     let lab = Lab::new(4);
     let etcd = Etcd::start_on(IpAddr::V4(lab.gateway()));
     let secret = agent::secret_file(&lab, "secret", &[SECRET]);
@@ -132,6 +142,21 @@ pub fn run(system: System, failure: Failure, probe: Duration) -> anyhow::Result<
         h.len() == 1
     })
     .with_context(|| format!("{}: no single holder", system.name()))?;
+    Ok(Settled {
+        procs,
+        _etcd: etcd,
+        vip,
+        owner,
+        lab,
+    })
+}
+
+/// One run: a fresh lab, the VIP up, then the owner fails while the client
+/// probes every `probe` (a fixed rate, whatever comes back). Returns the
+/// client's longest gap.
+pub fn run(system: System, failure: Failure, probe: Duration) -> anyhow::Result<Duration> {
+    let up = settled(system)?;
+    let (lab, vip, procs, owner) = (&up.lab, up.vip, &up.procs, up.owner);
     // Let the VIP settle (keepalived's initial state changes, GARP bursts).
     std::thread::sleep(Duration::from_secs(2));
     let window = match (system, failure) {
@@ -165,12 +190,12 @@ pub fn run(system: System, failure: Failure, probe: Duration) -> anyhow::Result<
         .join()
         .map_err(|_| anyhow::anyhow!("the pinger panicked"))??;
     if std::env::var_os("LINKMESH_BENCH_VERBOSE").is_some() {
-        for p in &procs {
+        for p in procs {
             eprintln!("---- {}\n{}", p.log_path().display(), p.log());
         }
     }
     let gap = icmp::longest_gap(&output).context("the probe got fewer than two replies")?;
-    let others: Vec<_> = holders(&lab, vip)
+    let others: Vec<_> = holders(lab, vip)
         .into_iter()
         .filter(|h| *h != owner)
         .collect();
