@@ -372,6 +372,20 @@ pub fn api_up(ns: &str) -> bool {
     })
 }
 
+/// Waits until every agent of `agents` has its eBPF VIP watcher loaded
+/// (10 s at most), then a second more for their probes and heartbeats to
+/// settle: what a data-plane failover needs from the standbys. Panics if
+/// one never loads it.
+pub fn wait_watchers(agents: &[crate::process::Process]) {
+    let loaded = wait_until(Duration::from_secs(10), || {
+        agents
+            .iter()
+            .all(|a| a.log().contains("VIP watcher loaded"))
+    });
+    assert!(loaded.is_some(), "every agent's VIP watcher loads");
+    std::thread::sleep(Duration::from_secs(1));
+}
+
 /// `GET /metrics` from the agent in `ns`: each integer sample's name
 /// (with its labels) and value; empty while the API does not answer.
 #[must_use]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
-use linkmesh_tests::agent::wait_until;
+use linkmesh_tests::agent::{wait_until, wait_watchers};
 use linkmesh_tests::lab::Lab;
 use linkmesh_tests::require_root;
 use linkmesh_tests::testbed::Testbed;
@@ -103,13 +103,7 @@ fn a_group_moves_whole_and_never_splits() {
     let third = together(&t.lab, vips, Some(second), 0).expect("the group moved");
 
     // 3. A hard failure: both come up together on a survivor.
-    let settled = wait_until(Duration::from_secs(10), || {
-        agents
-            .iter()
-            .all(|a| a.log().contains("VIP watcher loaded"))
-    });
-    assert!(settled.is_some(), "every agent is up");
-    std::thread::sleep(Duration::from_secs(1));
+    wait_watchers(&agents);
     dead.store(third, Ordering::Relaxed);
     t.lab.host(third).cut();
     agents[usize::from(third - 1)].kill();

@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use linkmesh_tests::agent::{ping, wait_until};
+use linkmesh_tests::agent::{ping, wait_until, wait_watchers};
 use linkmesh_tests::lab::{Lab, must_ip as ip};
 use linkmesh_tests::process::Process;
 use linkmesh_tests::testbed::Testbed;
@@ -281,13 +281,7 @@ fn the_route_follows_the_owner_through_bgp() {
     // 3. Hard failure: the owner's host is cut off and its agent killed.
     // BFD takes its session (and route) down, and the standbys' quorum
     // revokes the owner: a survivor's route wins.
-    let settled = wait_until(Duration::from_secs(10), || {
-        agents
-            .iter()
-            .all(|a| a.log().contains("VIP watcher loaded"))
-    });
-    assert!(settled.is_some(), "every agent is up again");
-    std::thread::sleep(Duration::from_secs(1));
+    wait_watchers(&agents);
     let cut = Instant::now();
     t.lab.host(third).cut();
     agents[usize::from(third - 1)].kill();

@@ -77,6 +77,9 @@ pub struct Vip {
     /// Since when the preferred host has stood by (preemption).
     pub(super) preferred_since: Option<Duration>,
     pub(super) stray: Stray,
+    /// Our owner key, as etcd has it, names no MAC (it was handed over to
+    /// us): once bound, we put ours in.
+    pub(super) mac_unpublished: bool,
     pub transitions: u64,
     pub health_passed: u64,
     pub health_failed: u64,
@@ -99,6 +102,7 @@ impl Vip {
             revoked: None,
             preferred_since: None,
             stray: Stray::default(),
+            mac_unpublished: false,
             transitions: 0,
             health_passed: 0,
             health_failed: 0,
@@ -194,7 +198,7 @@ impl Core {
             Input::Registry(VipChange::Snapshot(snapshot)) => self.snapshot(*snapshot),
             Input::Registry(VipChange::Record(id, Some(spec))) => self.upsert(&id, *spec),
             Input::Registry(VipChange::Record(id, None)) => self.remove(&id),
-            Input::Registry(VipChange::Owner(id, owner)) => self.set_owner(&id, owner),
+            Input::Registry(VipChange::Owner(id, owner)) => self.owner_read(&id, owner),
             Input::Registry(VipChange::Failover(id, host)) => self.failover(&id, &host),
             Input::Registry(VipChange::BogusOwner { id, revision }) => {
                 self.bogus_owner(&id, revision);
@@ -398,7 +402,7 @@ impl Core {
             self.upsert(&id, spec);
         }
         for id in self.all_ids() {
-            self.set_owner(&id, s.owners.get(&id).cloned());
+            self.owner_read(&id, s.owners.get(&id).cloned());
         }
         for (id, revision) in s.bogus_owners {
             self.bogus_owner(&id, revision);

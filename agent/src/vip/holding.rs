@@ -261,17 +261,33 @@ impl Core {
     /// Once bound under a key handed over to us (which names no MAC), puts
     /// the MAC we answer from in it, for the standbys' watchers.
     fn publish_mac(&mut self, id: &str) {
-        let Some(v) = self.vips.get(id) else { return };
-        let (Some(owner), Some(binding)) = (&v.owner, &v.binding) else {
+        let lease = self.lease.id;
+        let Some(v) = self.vips.get_mut(id) else {
             return;
         };
-        if owner.mac.is_none() && owner.is(self.me(), self.lease.id) && self.lease.id != 0 {
-            self.out.push(Effect::PublishMac {
-                id: id.to_owned(),
-                lease: self.lease.id,
-                ifname: binding.ifname.clone(),
-            });
+        let (true, Some(binding)) = (v.mac_unpublished, &v.binding) else {
+            return;
+        };
+        v.mac_unpublished = false;
+        self.out.push(Effect::PublishMac {
+            id: id.to_owned(),
+            lease,
+            ifname: binding.ifname.clone(),
+        });
+    }
+
+    /// The owner key as etcd has it (a watch event or a snapshot). Our own
+    /// key naming no MAC was handed over to us; one we wrote ourselves
+    /// (contention, takeover) already names it, so needs no second write.
+    pub(super) fn owner_read(&mut self, id: &str, owner: Option<Owner>) {
+        let lease = self.lease.id;
+        let handed = owner
+            .as_ref()
+            .is_some_and(|o| o.mac.is_none() && lease != 0 && o.is(self.me(), lease));
+        if let Some(v) = self.vips.get_mut(id) {
+            v.mac_unpublished = handed;
         }
+        self.set_owner(id, owner);
     }
 
     pub(super) fn unbind(&mut self, id: &str) {
