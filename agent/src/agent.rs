@@ -21,6 +21,7 @@ use crate::etcd::{self, Access};
 use crate::kernel::Netlink;
 use crate::kernel::events::KernelEvents;
 use crate::mesh::desired::device_mac;
+use crate::mesh::run::run as run_mesh;
 use crate::mesh::{LocalConfig, Reconciler, Underlay};
 use crate::registry::{HostRecord, Marks, RegistryCache, RegistryView};
 use crate::vip::{FastFailover, FastSettings, LossPolicy};
@@ -339,6 +340,22 @@ async fn start_vips_and_api(
     Ok((stop, vips))
 }
 
+/// Waits for the first registry snapshot; `false` if stopped first.
+async fn first_snapshot(
+    stats: &crate::etcd::sync::SyncStats,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    loop {
+        if stats.snapshots.load(Ordering::Relaxed) > 0 {
+            return true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = stop.wait_for(|s| *s) => return false,
+        }
+    }
+}
+
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     args.validate()?;
     let hostname = match &args.hostname {
@@ -407,19 +424,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Reconcile only against a registry that was actually read: an empty
     // view before the first snapshot would remove every peer.
     info!(host = %hostname, segments = ?segments, "waiting for the first registry snapshot");
-    let synced = loop {
-        if etcd.stats.snapshots.load(Ordering::Relaxed) > 0 {
-            break true;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(20)) => {}
-            _ = mesh_stop.wait_for(|s| *s) => break false,
-        }
-    };
-    if synced {
+    if first_snapshot(&etcd.stats, &mut mesh_stop).await {
         let mut view = etcd.view.clone();
         let resync = Duration::from_secs(args.resync_interval);
-        crate::mesh::run::run(&reconciler, &mut view, &mut events, resync, &mut mesh_stop).await?;
+        let views = Some(crate::cni::view::path(&args.state_dir));
+        run_mesh(
+            &reconciler,
+            &mut view,
+            &mut events,
+            resync,
+            &mut mesh_stop,
+            views,
+        )
+        .await?;
     }
 
     info!("stopping");

@@ -41,6 +41,10 @@ pub enum SegmentCommand {
         /// (for large segments).
         #[arg(long, value_parser = ["head-end", "none"], default_value = "head-end")]
         flood: String,
+        /// A Linux bridge of the segment's own on every member, with the
+        /// device enslaved: workloads join it (`linkmesh-cni`).
+        #[arg(long, conflicts_with = "netns")]
+        bridge: Option<String>,
     },
     /// List segments.
     Ls,
@@ -311,6 +315,7 @@ pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand, json: bool) -> an
             mtu,
             netns,
             flood,
+            bridge,
         } => {
             let spec = SegmentSpec {
                 vni,
@@ -323,13 +328,14 @@ pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand, json: bool) -> an
                 } else {
                     Flood::HeadEnd
                 },
+                bridge,
             };
             segments.add(&name, &spec).await?;
             if json {
                 print_json(&serde_json::json!({
                     "name": name, "added": true, "vni": spec.vni, "port": spec.port,
                     "learning": spec.learning, "mtu": spec.mtu, "netns": spec.netns,
-                    "flood": spec.flood.to_string(),
+                    "flood": spec.flood.to_string(), "bridge": spec.bridge,
                 }))?;
             } else {
                 println!("segment {name} added (vni {vni}, port {port})");
@@ -351,7 +357,7 @@ pub async fn segment(etcd: &EtcdArgs, command: SegmentCommand, json: bool) -> an
                 let items: Vec<_> = list
                     .iter()
                     .map(|(name, spec)| match spec {
-                        Ok(s) => serde_json::json!({"name": name, "vni": s.vni, "port": s.port, "learning": s.learning, "mtu": s.mtu, "netns": s.netns, "flood": s.flood.to_string()}),
+                        Ok(s) => serde_json::json!({"name": name, "vni": s.vni, "port": s.port, "learning": s.learning, "mtu": s.mtu, "netns": s.netns, "flood": s.flood.to_string(), "bridge": s.bridge}),
                         Err(e) => serde_json::json!({"name": name, "error": e.to_string()}),
                     })
                     .collect();

@@ -19,6 +19,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     record_seeds(&mut out);
     record_body_seeds(&mut out);
     segment_seeds(&mut out);
+    segment_bridge_seeds(&mut out);
     vip_seeds(&mut out);
     api_body_seeds(&mut out);
     out
@@ -178,6 +179,32 @@ fn record_body_seeds(out: &mut Seeds) {
     );
 }
 
+/// Segments with a bridge of their own: valid, and not with a netns.
+fn segment_bridge_seeds(out: &mut Seeds) {
+    let keys = Keys::new(PREFIX);
+    let s = secrets();
+    let blue = keys.segment("blue");
+    let newer = KNOWN_GENERATION + 1;
+    let blue_at = |body: &SegmentSpec| seal_definition(&s, &blue, newer, NOW, body).expect("seal");
+    let mut add = |name: &str, input: Vec<u8>| out.push(("segment_vip", name.to_owned(), input));
+    let bridged = SegmentSpec {
+        bridge: Some("lm-blue".into()),
+        ..SegmentSpec::new(101)
+    };
+    add(
+        "accept-segment-blue-with-a-bridge",
+        encode(0, "blue", &blue_at(&bridged)),
+    );
+    let bridge_in_netns = SegmentSpec {
+        netns: Some("web".into()),
+        ..bridged.clone()
+    };
+    add(
+        "reject-segment-blue-bridge-in-a-netns",
+        encode(0, "blue", &blue_at(&bridge_in_netns)),
+    );
+}
+
 fn segment_seeds(out: &mut Seeds) {
     let keys = Keys::new(PREFIX);
     let s = secrets();
@@ -189,6 +216,7 @@ fn segment_seeds(out: &mut Seeds) {
         mtu: Some(1400),
         netns: Some("web".into()),
         flood: linkmesh::registry::Flood::None,
+        bridge: None,
     };
     let red_value = seal(&s, &keys.segment("red"), 0, NOW, &red).expect("seal");
     add("accept-segment-red", encode(0, "red", &red_value));

@@ -25,6 +25,22 @@ pub fn binary() -> PathBuf {
     path
 }
 
+/// The CNI plugin binary, beside the agent's (`LINKMESH_CNI_BIN`
+/// overrides the path).
+#[must_use]
+pub fn cni_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("LINKMESH_CNI_BIN") {
+        return PathBuf::from(p);
+    }
+    let path = binary().with_file_name("linkmesh-cni");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p linkmesh` (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
 /// Writes a secret file into the lab's directory.
 #[must_use]
 pub fn secret_file(lab: &Lab, name: &str, lines: &[&str]) -> PathBuf {

@@ -89,6 +89,10 @@ pub const PACKAGES: &[Package] = &[
         "bird2",
         "BIRD 2, the BGP daemons (each host's and the upstream router) of the routed-VIP test",
     ),
+    always(
+        "containernetworking-plugins",
+        "host-local, the IPAM plugin linkmesh-cni delegates to in the CNI test",
+    ),
     Package {
         name: "keepalived",
         why: "the VRRP baseline of the vip and stability benchmarks",

@@ -17,6 +17,7 @@ pub mod neigh;
 pub mod packet;
 pub mod route;
 pub mod tun;
+pub mod veth;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,10 +94,20 @@ impl Netlink {
     /// sharing this connection's write counters. The socket is created on a
     /// short-lived thread that entered the namespace; it stays there.
     pub fn connect_in(&self, netns: &str) -> Result<Self, KernelError> {
+        let mut nl = Self::connect_at(&netns_path(netns))?;
+        nl.counters = self.counters.clone();
+        nl.netns = Some(netns.to_owned());
+        Ok(nl)
+    }
+
+    /// Opens a connection inside the namespace at `path` (a bind mount
+    /// under `/run/netns`, or `/proc/PID/ns/net`). Must run inside a tokio
+    /// runtime.
+    pub fn connect_at(path: &std::path::Path) -> Result<Self, KernelError> {
         let runtime = tokio::runtime::Handle::current();
-        let name = netns.to_owned();
+        let target = path.to_owned();
         let (connection, handle) = std::thread::spawn(move || {
-            enter_netns(&name)?;
+            enter_netns_at(&target)?;
             let _guard = runtime.enter();
             let (connection, handle, _) = rtnetlink::new_connection_with_strict_check()?;
             Ok::<_, std::io::Error>((connection, handle))
@@ -104,15 +115,18 @@ impl Netlink {
         .join()
         .map_err(|_| KernelError::Connect(std::io::Error::other("the netns thread panicked")))?
         .map_err(|source| KernelError::Request {
-            what: format!("opening a netlink socket in netns {netns}"),
+            what: format!(
+                "opening a netlink socket in the namespace at {}",
+                path.display()
+            ),
             source,
         })?;
         tokio::spawn(connection);
         Ok(Self {
             handle,
-            counters: self.counters.clone(),
+            counters: Arc::default(),
             dumps: Arc::default(),
-            netns: Some(netns.to_owned()),
+            netns: Some(path.display().to_string()),
         })
     }
 
@@ -227,8 +241,13 @@ pub fn netns_path(name: &str) -> std::path::PathBuf {
 /// Moves the calling thread into the named namespace (only ever called on
 /// threads made for it, never on a runtime worker).
 pub(crate) fn enter_netns(name: &str) -> std::io::Result<()> {
+    enter_netns_at(&netns_path(name))
+}
+
+/// Moves the calling thread into the namespace at `path`.
+fn enter_netns_at(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(netns_path(name))?;
+    let file = std::fs::File::open(path)?;
     // SAFETY: setns on a valid namespace fd changes only this thread.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(std::io::Error::last_os_error());

@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -43,6 +43,50 @@ pub fn host_route(table: u32, ifindex: u32, addr: IpAddr) -> RouteMessage {
 }
 
 impl Netlink {
+    /// Adds a route to `dst/prefix_len` in the main table, through
+    /// `gateway` (or on the link) out of `ifindex`, as `ip route add` would:
+    /// what a workload's namespace gets from its IPAM result.
+    pub async fn add_route(
+        &self,
+        dst: IpAddr,
+        prefix_len: u8,
+        gateway: Option<IpAddr>,
+        ifindex: u32,
+    ) -> Result<(), KernelError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = match dst {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        msg.header.destination_prefix_length = prefix_len;
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.scope = if gateway.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
+        msg.header.kind = RouteType::Unicast;
+        if prefix_len > 0 {
+            msg.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(dst)));
+        }
+        if let Some(gw) = gateway {
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        }
+        msg.attributes.push(RouteAttribute::Oif(ifindex));
+        self.write(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &|| match gateway {
+                Some(gw) => format!("adding the route to {dst}/{prefix_len} via {gw}"),
+                None => format!("adding the route to {dst}/{prefix_len}"),
+            },
+        )
+        .await
+    }
+
     /// Installs (or replaces) the host route of `addr` in `table` through
     /// interface `ifindex`.
     pub async fn add_host_route(

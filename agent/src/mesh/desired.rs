@@ -65,6 +65,10 @@ pub struct DesiredSegment {
     pub addresses: BTreeSet<Cidr>,
     /// The named network namespace the device lives in (`None`: the host's).
     pub netns: Option<String>,
+    /// The bridge the device is enslaved to (created if missing), where
+    /// the segment's L3 lives: the segment's own, or the host's
+    /// `--bridge`. Never for a device in another namespace.
+    pub bridge: Option<String>,
 }
 
 impl DesiredSegment {
@@ -80,6 +84,17 @@ impl DesiredSegment {
 pub struct Desired {
     pub segments: BTreeMap<String, DesiredSegment>,
     pub problems: Vec<String>,
+}
+
+impl Desired {
+    /// The bridges the segments are enslaved to.
+    #[must_use]
+    pub fn bridges(&self) -> BTreeSet<&str> {
+        self.segments
+            .values()
+            .filter_map(|s| s.bridge.as_deref())
+            .collect()
+    }
 }
 
 /// A stable, locally administered unicast MAC for `hostname`'s device in
@@ -98,11 +113,35 @@ pub fn device_mac(hostname: &str, segment: &str) -> MacAddr {
     MacAddr(mac)
 }
 
+/// Why segment `name` cannot have bridge `bridge` of its own here, if it
+/// cannot: a bridge of a segment's own joins no other segment, so it may
+/// not be the host's `--bridge`, a segment device, or another segment's.
+fn bridge_clash(
+    name: &str,
+    bridge: &str,
+    local: &LocalConfig,
+    taken: &BTreeMap<&str, &str>,
+) -> Option<String> {
+    let why = if local.segments.contains(bridge) {
+        format!("it is the name of segment {bridge}'s device")
+    } else if local.bridge.as_deref() == Some(bridge) {
+        "it is this host's --bridge, which other segments share".to_owned()
+    } else if let Some(other) = taken.get(bridge) {
+        format!("segment {other} has it already")
+    } else {
+        return None;
+    };
+    Some(format!(
+        "segment {name} asks for bridge {bridge} of its own, but {why}; the segment is left out"
+    ))
+}
+
 /// The segments and peers this host should have.
 #[must_use]
 pub fn desired(local: &LocalConfig, registry: &RegistryView) -> Desired {
     let mut out = Desired::default();
     let mut vnis: BTreeMap<(u32, u16), String> = BTreeMap::new();
+    let mut bridges: BTreeMap<&str, &str> = BTreeMap::new();
     for name in &local.segments {
         let Some(spec) = registry.segments.get(name) else {
             out.problems
@@ -116,6 +155,18 @@ pub fn desired(local: &LocalConfig, registry: &RegistryView) -> Desired {
             ));
             continue;
         }
+        let bridge = match (&spec.netns, &spec.bridge) {
+            (Some(_), _) => None,
+            (None, Some(own)) => {
+                if let Some(problem) = bridge_clash(name, own, local, &bridges) {
+                    out.problems.push(problem);
+                    continue;
+                }
+                bridges.insert(own, name);
+                Some(own.clone())
+            }
+            (None, None) => local.bridge.clone(),
+        };
         vnis.insert((spec.vni, spec.port), name.clone());
         let addresses = local.overlay.get(name).cloned().unwrap_or_default();
         let members = registry
@@ -138,6 +189,7 @@ pub fn desired(local: &LocalConfig, registry: &RegistryView) -> Desired {
             neighbours: BTreeMap::new(),
             addresses,
             netns: spec.netns.clone(),
+            bridge,
         };
         match spec.flood {
             Flood::HeadEnd => segment.peers = members.map(|(h, _)| h.address).collect(),
@@ -340,6 +392,44 @@ mod tests {
         let d = desired(&local(&["blue", "green", "nope"]), &reg);
         assert_eq!(d.segments.keys().collect::<Vec<_>>(), ["blue"]);
         assert_eq!(d.problems.len(), 2, "{:?}", d.problems);
+    }
+
+    #[test]
+    fn a_segment_gets_its_own_bridge_and_never_shares_it() {
+        let own = |bridge: &str, vni: u32| SegmentSpec {
+            bridge: Some(bridge.into()),
+            ..SegmentSpec::new(vni)
+        };
+        let mut reg = registry();
+        reg.segments.insert("blue".into(), own("lm-blue", 100));
+        reg.segments.insert("green".into(), own("lm-blue", 300));
+        reg.segments.insert("pink".into(), own("red", 400));
+        reg.segments.insert("teal".into(), own("br-host", 500));
+        reg.segments.insert(
+            "inns".into(),
+            SegmentSpec {
+                netns: Some("web".into()),
+                ..SegmentSpec::new(600)
+            },
+        );
+        let mut l = local(&["blue", "green", "red", "pink", "teal", "inns"]);
+        l.bridge = Some("br-host".into());
+        let d = desired(&l, &reg);
+        assert_eq!(d.segments["blue"].bridge.as_deref(), Some("lm-blue"));
+        assert_eq!(
+            d.segments["red"].bridge.as_deref(),
+            Some("br-host"),
+            "a segment without a bridge of its own joins the host's"
+        );
+        assert_eq!(
+            d.segments["inns"].bridge, None,
+            "not from another namespace"
+        );
+        for left_out in ["green", "pink", "teal"] {
+            assert!(!d.segments.contains_key(left_out), "{left_out}");
+        }
+        assert_eq!(d.problems.len(), 3, "{:#?}", d.problems);
+        assert!(d.problems.iter().any(|p| p.contains("segment blue has it")));
     }
 
     #[test]

@@ -14,6 +14,9 @@ use crate::registry::Cidr;
 /// `IFLA_IFALIAS` of the devices this agent creates: `linkmesh:<segment>`.
 pub const ALIAS_PREFIX: &str = "linkmesh:";
 
+/// `IFLA_IFALIAS` of the bridges this agent creates.
+pub const BRIDGE_ALIAS: &str = "linkmesh-bridge";
+
 /// The kernel's default VXLAN port when `IFLA_VXLAN_PORT` is absent.
 const KERNEL_DEFAULT_PORT: u16 = 8472;
 
@@ -53,15 +56,29 @@ pub struct Observed {
     pub devices: BTreeMap<String, ObservedDevice>,
     /// Names of links that exist but are not VXLAN devices.
     pub other_links: BTreeSet<String>,
-    /// Index of the configured bridge, if it exists.
-    pub bridge: Option<u32>,
+    /// Bridges that are wanted or ours, by name.
+    pub bridges: BTreeMap<String, ObservedBridge>,
     /// Addresses of the devices overlay addresses go on, by link index.
     pub addresses: BTreeMap<u32, BTreeSet<Cidr>>,
 }
 
+/// A bridge as dumped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObservedBridge {
+    pub index: u32,
+    /// Created by a linkmesh agent (`BRIDGE_ALIAS`).
+    pub ours: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Create a bridge (up) and mark it ours.
     CreateBridge {
+        name: String,
+    },
+    /// Delete a bridge of ours that no segment wants.
+    DeleteBridge {
+        index: u32,
         name: String,
     },
     /// Create the device (up), then append all its peers.
@@ -79,10 +96,11 @@ pub enum Action {
         name: String,
         change: LinkChange,
     },
-    /// Enslave to the bridge (after it exists).
+    /// Enslave to `bridge` (after it exists); index 0: look it up.
     Enslave {
         index: u32,
         name: String,
+        bridge: String,
     },
     /// Add (or, for unicast and neighbour entries, replace) an entry.
     AddEntry {
@@ -199,11 +217,10 @@ fn address_actions(
     want: &DesiredSegment,
     device: Option<u32>,
     observed: &Observed,
-    bridge: Option<&str>,
     actions: &mut Vec<Action>,
 ) {
-    let (index, ifname) = match bridge {
-        Some(b) => (observed.bridge.unwrap_or(0), b.to_owned()),
+    let (index, ifname) = match &want.bridge {
+        Some(b) => (observed.bridges.get(b).map_or(0, |o| o.index), b.clone()),
         None => (device.unwrap_or(0), want.name.clone()),
     };
     let present = observed.addresses.get(&index).filter(|_| index != 0);
@@ -218,24 +235,33 @@ fn address_actions(
     }
 }
 
+/// The wanted bridges that are missing; a link in the way is a problem.
+fn bridge_actions(bridges: &BTreeSet<&str>, observed: &Observed, out: &mut Plan) {
+    for name in bridges {
+        if observed.other_links.contains(*name) {
+            out.problems.push(format!(
+                "a link named {name} exists and is not a bridge; its segments are left out"
+            ));
+        } else if !observed.bridges.contains_key(*name) {
+            out.actions.push(Action::CreateBridge {
+                name: (*name).to_owned(),
+            });
+        }
+    }
+}
+
 /// Actions that turn `observed` into `desired`.
 #[must_use]
-pub fn plan(
-    desired: &Desired,
-    observed: &Observed,
-    underlay: &Underlay,
-    bridge: Option<&str>,
-) -> Plan {
+pub fn plan(desired: &Desired, observed: &Observed, underlay: &Underlay) -> Plan {
     let mut out = Plan::default();
-    if let Some(name) = bridge
-        && observed.bridge.is_none()
-        && !desired.segments.is_empty()
-    {
-        out.actions.push(Action::CreateBridge {
-            name: name.to_owned(),
-        });
-    }
+    let bridges = desired.bridges();
+    bridge_actions(&bridges, observed, &mut out);
     for (name, want) in &desired.segments {
+        if let Some(b) = &want.bridge
+            && observed.other_links.contains(b)
+        {
+            continue;
+        }
         if observed.other_links.contains(name) {
             out.problems.push(format!(
                 "a link named {name} exists and is not a VXLAN device; leaving it alone"
@@ -272,15 +298,16 @@ pub fn plan(
             },
         };
         let Some(have) = kept else {
-            if bridge.is_some() {
+            if let Some(bridge) = &want.bridge {
                 // Its index is known only after creation; the executor
                 // resolves it.
                 out.actions.push(Action::Enslave {
                     index: 0,
                     name: name.clone(),
+                    bridge: bridge.clone(),
                 });
             }
-            address_actions(want, None, observed, bridge, &mut out.actions);
+            address_actions(want, None, observed, &mut out.actions);
             continue;
         };
         let change = LinkChange {
@@ -298,18 +325,30 @@ pub fn plan(
                 change,
             });
         }
-        if bridge.is_some() && (observed.bridge.is_none() || have.master != observed.bridge) {
-            out.actions.push(Action::Enslave {
-                index: have.index,
-                name: name.clone(),
-            });
+        if let Some(bridge) = &want.bridge {
+            let index = observed.bridges.get(bridge).map(|b| b.index);
+            if index.is_none() || have.master != index {
+                out.actions.push(Action::Enslave {
+                    index: have.index,
+                    name: name.clone(),
+                    bridge: bridge.clone(),
+                });
+            }
         }
-        address_actions(want, Some(have.index), observed, bridge, &mut out.actions);
+        address_actions(want, Some(have.index), observed, &mut out.actions);
         entry_actions(want, have, &mut out.actions);
     }
     for (name, have) in &observed.devices {
         if have.is_ours() && !desired.segments.contains_key(name) {
             out.actions.push(Action::Delete {
+                index: have.index,
+                name: name.clone(),
+            });
+        }
+    }
+    for (name, have) in &observed.bridges {
+        if have.ours && !bridges.contains(name.as_str()) {
+            out.actions.push(Action::DeleteBridge {
                 index: have.index,
                 name: name.clone(),
             });

@@ -19,7 +19,9 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::desired::{Desired, DesiredSegment, LocalConfig};
-use super::plan::{ALIAS_PREFIX, Action, Observed, ObservedDevice, plan};
+use super::plan::{
+    ALIAS_PREFIX, Action, BRIDGE_ALIAS, Observed, ObservedBridge, ObservedDevice, plan,
+};
 use crate::kernel::fdb::{Entry, PeerOp};
 use crate::kernel::link::{LinkChange, VxlanSpec};
 use crate::kernel::{KernelError, Netlink, netns_path};
@@ -120,14 +122,10 @@ impl Reconciler {
 
     /// Dumps what the plan needs in the namespace of `nl`: VXLAN devices
     /// that are wanted or ours (with their own FDB entries), other links
-    /// with wanted names, the bridge.
-    async fn observe(
-        &self,
-        nl: &Netlink,
-        desired: &Desired,
-        bridge: Option<&str>,
-    ) -> Result<Observed, KernelError> {
+    /// with wanted names, and the bridges that are wanted or ours.
+    async fn observe(&self, nl: &Netlink, desired: &Desired) -> Result<Observed, KernelError> {
         let mut observed = Observed::default();
+        let bridges = desired.bridges();
         if desired.segments.values().any(|s| !s.addresses.is_empty()) {
             for a in nl.addresses().await? {
                 observed
@@ -141,9 +139,19 @@ impl Reconciler {
             }
         }
         for link in nl.links().await? {
-            if bridge == Some(link.name.as_str()) {
-                observed.bridge = Some(link.index);
-                continue;
+            let wanted_bridge = bridges.contains(link.name.as_str());
+            if link.kind.as_deref() == Some("bridge") {
+                let ours = link.alias.as_deref() == Some(BRIDGE_ALIAS);
+                if wanted_bridge || ours {
+                    observed.bridges.insert(
+                        link.name,
+                        ObservedBridge {
+                            index: link.index,
+                            ours,
+                        },
+                    );
+                    continue;
+                }
             }
             let wanted = desired.segments.get(&link.name);
             match (link.kind.as_deref(), link.vxlan) {
@@ -178,7 +186,7 @@ impl Reconciler {
                         },
                     );
                 }
-                _ if wanted.is_some() => {
+                _ if wanted.is_some() || wanted_bridge => {
                     observed.other_links.insert(link.name);
                 }
                 _ => {}
@@ -218,12 +226,6 @@ impl Reconciler {
                 continue;
             }
             let nl = self.connection(netns.as_deref()).await?;
-            // A bridge is the agent's own; devices elsewhere cannot join it.
-            let bridge = if netns.is_none() {
-                self.local.bridge.as_deref()
-            } else {
-                None
-            };
             // Taken out: a pass that fails leaves nothing known behind.
             let known = match pass {
                 Pass::Known => self.known().remove(netns),
@@ -233,10 +235,10 @@ impl Reconciler {
                 Some(o) => o,
                 None => {
                     report.dumps += 1;
-                    self.observe(&nl, group, bridge).await?
+                    self.observe(&nl, group).await?
                 }
             };
-            let plan = plan(group, &observed, &self.local.underlay, bridge);
+            let plan = plan(group, &observed, &self.local.underlay);
             report.problems.extend(plan.problems);
             if self
                 .apply_all(&nl, &plan.actions, &mut report, &mut observed)
@@ -378,7 +380,17 @@ impl Reconciler {
         match action {
             Action::CreateBridge { name } => {
                 nl.create_bridge(name).await?;
+                let index = Self::index_of(nl, name).await?;
+                let alias = LinkChange {
+                    alias: Some(BRIDGE_ALIAS.to_owned()),
+                    ..LinkChange::default()
+                };
+                nl.change_link(index, name, &alias).await?;
                 info!(bridge = %name, "bridge created");
+            }
+            Action::DeleteBridge { index, name } => {
+                nl.delete_link(*index, name).await?;
+                info!(bridge = %name, "bridge no segment wants deleted");
             }
             Action::Create { segment } => self.create(nl, segment).await?,
             Action::Recreate {
@@ -398,8 +410,11 @@ impl Reconciler {
                 nl.change_link(*index, name, change).await?;
                 info!(segment = %name, ?change, "segment device updated");
             }
-            Action::Enslave { index, name } => {
-                let bridge_name = self.local.bridge.as_deref().unwrap_or_default();
+            Action::Enslave {
+                index,
+                name,
+                bridge: bridge_name,
+            } => {
                 let bridge = Self::index_of(nl, bridge_name).await?;
                 let index = if *index == 0 {
                     Self::index_of(nl, name).await?
@@ -449,17 +464,22 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Deletes every device this agent owns, here and in the namespaces it
-    /// manages (`--cleanup-on-exit`).
+    /// Deletes every device and bridge this agent owns, here and in the
+    /// namespaces it manages (`--cleanup-on-exit`).
     pub async fn cleanup(&self) -> Result<usize, KernelError> {
         let mut connections = vec![self.nl.clone()];
         connections.extend(self.namespaces.lock().await.values().cloned());
         let mut removed = 0;
         for nl in connections {
-            let observed = self.observe(&nl, &Desired::default(), None).await?;
+            let observed = self.observe(&nl, &Desired::default()).await?;
             for device in observed.devices.values().filter(|d| d.is_ours()) {
                 nl.delete_link(device.index, &device.name).await?;
                 info!(segment = %device.name, netns = nl.netns().unwrap_or("-"), "segment device removed on exit");
+                removed += 1;
+            }
+            for (name, bridge) in observed.bridges.iter().filter(|(_, b)| b.ours) {
+                nl.delete_link(bridge.index, name).await?;
+                info!(bridge = %name, "bridge removed on exit");
                 removed += 1;
             }
         }

@@ -4,6 +4,7 @@
 //! fresh dump).
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -13,6 +14,7 @@ use tracing::{info, warn};
 use super::desired::DesiredSegment;
 use super::reconcile::Pass;
 use super::{Reconciler, desired};
+use crate::cni::view::SegmentView;
 use crate::kernel::events::{KernelEvent, KernelEvents};
 use crate::registry::RegistryView;
 
@@ -46,15 +48,50 @@ fn relevant(event: &KernelEvent, segments: &BTreeSet<String>, reconciler: &Recon
     }
 }
 
+/// Writes the segment view for `linkmesh-cni` when it changed.
+struct ViewWriter {
+    file: PathBuf,
+    written: Option<SegmentView>,
+    last_error: Option<String>,
+}
+
+impl ViewWriter {
+    fn update(&mut self, view: SegmentView) {
+        if self.written.as_ref() == Some(&view) {
+            return;
+        }
+        match view.write(&self.file) {
+            Ok(()) => {
+                self.written = Some(view);
+                self.last_error = None;
+            }
+            Err(e) => {
+                let error = e.to_string();
+                if self.last_error.as_ref() != Some(&error) {
+                    warn!(file = %self.file.display(), %error, "writing the segment view for linkmesh-cni failed; retrying at the next pass");
+                }
+                self.last_error = Some(error);
+            }
+        }
+    }
+}
+
 /// Reconciles on every registry change, relevant kernel event and resync
-/// tick, until `stop` turns true.
+/// tick, until `stop` turns true; after each pass, keeps the segment view
+/// in `view_file` (if any) in step.
 pub async fn run(
     reconciler: &Reconciler,
     rx: &mut watch::Receiver<RegistryView>,
     events: &mut KernelEvents,
     resync: Duration,
     stop: &mut watch::Receiver<bool>,
+    view_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    let mut views = view_file.map(|file| ViewWriter {
+        file,
+        written: None,
+        last_error: None,
+    });
     let segments = &reconciler.local().segments;
     let mut last_problems: Vec<String> = Vec::new();
     let mut passes = 0u64;
@@ -63,7 +100,14 @@ pub async fn run(
     let mut pass = Pass::Dump;
     loop {
         // Computed under the borrow: the view is not copied.
-        let want = desired(reconciler.local(), &rx.borrow_and_update());
+        let (want, segment_view) = {
+            let registry = rx.borrow_and_update();
+            let want = desired(reconciler.local(), &registry);
+            let view = views
+                .is_some()
+                .then(|| SegmentView::of(&reconciler.local().hostname, &registry, &want));
+            (want, view)
+        };
         let started = std::time::Instant::now();
         match reconciler.reconcile(&want, pass).await {
             Ok(report) => {
@@ -95,6 +139,9 @@ pub async fn run(
             Err(e) => {
                 warn!(error = %e, "reading kernel state failed; retrying at the next change or resync");
             }
+        }
+        if let (Some(writer), Some(view)) = (views.as_mut(), segment_view) {
+            writer.update(view);
         }
         // Registry changes are handled at once; kernel events (including
         // the echo of our own writes) are gathered for EVENT_DEBOUNCE first,

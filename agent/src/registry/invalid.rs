@@ -33,6 +33,12 @@ pub enum Invalid {
     SegmentNameDots(String),
     #[error("segment name {name:?} contains {found:?}")]
     SegmentNameChar { name: String, found: char },
+    #[error("bridge: {0}")]
+    Bridge(Box<Invalid>),
+    #[error(
+        "a segment moved into a netns cannot have a bridge (the bridge lives in the host's namespace)"
+    )]
+    BridgeInNetns,
     #[error("netns {0:?} is not a valid namespace name")]
     Netns(String),
     #[error("vni {vni} is outside 1..={max}")]

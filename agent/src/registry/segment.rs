@@ -29,6 +29,12 @@ pub struct SegmentSpec {
     /// How the segment reaches hosts it has no entry for.
     #[serde(default, skip_serializing_if = "Flood::is_head_end")]
     pub flood: Flood,
+    /// A Linux bridge of the segment's own: every member creates it and
+    /// enslaves the segment's device, and workloads join the segment by
+    /// joining the bridge (`linkmesh-cni`). Overrides the host's
+    /// `--bridge`; not with `netns`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
 }
 
 /// Where a segment's broadcast and unknown-destination frames go.
@@ -86,6 +92,7 @@ impl SegmentSpec {
             mtu: None,
             netns: None,
             flood: Flood::HeadEnd,
+            bridge: None,
         }
     }
 
@@ -113,6 +120,12 @@ impl SegmentSpec {
         }
         if let Some(ns) = &self.netns {
             validate_netns_name(ns)?;
+        }
+        if let Some(bridge) = &self.bridge {
+            validate_segment_name(bridge).map_err(|e| Invalid::Bridge(Box::new(e)))?;
+            if self.netns.is_some() {
+                return Err(Invalid::BridgeInNetns);
+            }
         }
         Ok(())
     }
@@ -237,10 +250,36 @@ mod tests {
                 },
                 "netns ..",
             ),
+            (
+                SegmentSpec {
+                    bridge: Some("sixteen-chars-16".into()),
+                    ..SegmentSpec::new(1)
+                },
+                "bridge name too long",
+            ),
+            (
+                SegmentSpec {
+                    bridge: Some("a/b".into()),
+                    ..SegmentSpec::new(1)
+                },
+                "bridge name with a slash",
+            ),
+            (
+                SegmentSpec {
+                    bridge: Some("lm-blue".into()),
+                    netns: Some("web-1".into()),
+                    ..SegmentSpec::new(1)
+                },
+                "bridge in a namespace",
+            ),
         ] {
             assert!(spec.validate().is_err(), "{why} accepted");
         }
         assert!(SegmentSpec::new(MAX_VNI).validate().is_ok());
+        let bridged: SegmentSpec =
+            serde_json::from_str(r#"{"vni":7,"bridge":"lm-blue"}"#).expect("decode");
+        assert_eq!(bridged.bridge.as_deref(), Some("lm-blue"));
+        assert!(bridged.validate().is_ok());
         assert!(
             SegmentSpec {
                 mtu: Some(1450),

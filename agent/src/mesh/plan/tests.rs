@@ -31,6 +31,7 @@ fn want(name: &str, peers: &[u8]) -> DesiredSegment {
         neighbours: BTreeMap::new(),
         addresses: BTreeSet::new(),
         netns: None,
+        bridge: None,
     }
 }
 
@@ -112,7 +113,6 @@ fn in_sync_means_no_actions() {
         &desired_of(std::slice::from_ref(&w)),
         &observed_of(&[built(&w, 5)]),
         &underlay(),
-        None,
     );
     assert_eq!(p, Plan::default());
 }
@@ -124,7 +124,6 @@ fn missing_device_is_created() {
         &desired_of(std::slice::from_ref(&w)),
         &Observed::default(),
         &underlay(),
-        None,
     );
     assert_eq!(p.actions, vec![Action::Create { segment: w }]);
 }
@@ -158,7 +157,6 @@ fn vni_port_learning_changes_recreate_mtu_changes_in_place() {
             &desired_of(std::slice::from_ref(&w)),
             &observed_of(&[have]),
             &underlay(),
-            None,
         );
         assert_eq!(p.actions.len(), 1, "{p:?}");
         assert_eq!(
@@ -174,23 +172,18 @@ fn foreign_links_are_left_alone_and_only_our_devices_are_deleted() {
     let w = want("blue", &[]);
     let mut observed = observed_of(&[]);
     observed.other_links.insert("blue".into());
-    let p = plan(&desired_of(&[w]), &observed, &underlay(), None);
+    let p = plan(&desired_of(&[w]), &observed, &underlay());
     assert!(p.actions.is_empty());
     assert_eq!(p.problems.len(), 1);
 
     // A VXLAN device of the segment's name that is not ours: reported,
     // never changed, recreated or given peers, however it differs.
-    let w = want("blue", &[1, 2]);
+    let w = bridged(&want("blue", &[1, 2]), "br-lm");
     let mut foreign = built(&want("blue", &[]), 9);
     foreign.alias = None;
     foreign.vxlan.vni = Some(999);
     foreign.mtu = Some(9000);
-    let p = plan(
-        &desired_of(&[w]),
-        &observed_of(&[foreign]),
-        &underlay(),
-        Some("br-lm"),
-    );
+    let p = plan(&desired_of(&[w]), &observed_of(&[foreign]), &underlay());
     assert_eq!(
         p.actions,
         vec![Action::CreateBridge {
@@ -202,12 +195,7 @@ fn foreign_links_are_left_alone_and_only_our_devices_are_deleted() {
     let ours = built(&want("old", &[]), 7);
     let mut theirs = built(&want("theirs", &[]), 8);
     theirs.alias = None;
-    let p = plan(
-        &desired_of(&[]),
-        &observed_of(&[ours, theirs]),
-        &underlay(),
-        None,
-    );
+    let p = plan(&desired_of(&[]), &observed_of(&[ours, theirs]), &underlay());
     assert_eq!(
         p.actions,
         vec![Action::Delete {
@@ -217,37 +205,108 @@ fn foreign_links_are_left_alone_and_only_our_devices_are_deleted() {
     );
 }
 
+fn bridged(w: &DesiredSegment, bridge: &str) -> DesiredSegment {
+    DesiredSegment {
+        bridge: Some(bridge.into()),
+        ..w.clone()
+    }
+}
+
 #[test]
-fn bridge_is_created_and_devices_enslaved() {
-    let w = want("blue", &[]);
+fn bridges_are_created_devices_enslaved_and_ours_deleted_when_unwanted() {
+    let blue = bridged(&want("blue", &[]), "lm-blue");
+    let red = bridged(&want("red", &[]), "lm-red");
     let p = plan(
-        &desired_of(std::slice::from_ref(&w)),
-        &observed_of(&[built(&w, 5)]),
+        &desired_of(&[blue.clone(), red.clone()]),
+        &observed_of(&[built(&blue, 5), built(&red, 6)]),
         &underlay(),
-        Some("br-lm"),
     );
     assert_eq!(
         p.actions,
         vec![
             Action::CreateBridge {
-                name: "br-lm".into()
+                name: "lm-blue".into()
+            },
+            Action::CreateBridge {
+                name: "lm-red".into()
             },
             Action::Enslave {
                 index: 5,
-                name: "blue".into()
-            }
+                name: "blue".into(),
+                bridge: "lm-blue".into(),
+            },
+            Action::Enslave {
+                index: 6,
+                name: "red".into(),
+                bridge: "lm-red".into(),
+            },
         ]
     );
-    let mut observed = observed_of(&[ObservedDevice {
-        master: Some(9),
-        ..built(&w, 5)
-    }]);
-    observed.bridge = Some(9);
+    let bridge = |index, ours| ObservedBridge { index, ours };
+    let mut observed = observed_of(&[
+        ObservedDevice {
+            master: Some(9),
+            ..built(&blue, 5)
+        },
+        ObservedDevice {
+            master: Some(10),
+            ..built(&red, 6)
+        },
+    ]);
+    observed.bridges.insert("lm-blue".into(), bridge(9, true));
+    observed.bridges.insert("lm-red".into(), bridge(10, true));
     assert!(
-        plan(&desired_of(&[w]), &observed, &underlay(), Some("br-lm"))
-            .actions
-            .is_empty()
+        plan(
+            &desired_of(&[blue.clone(), red.clone()]),
+            &observed,
+            &underlay()
+        )
+        .actions
+        .is_empty()
     );
+    // Red enslaved elsewhere goes back to its own bridge.
+    observed.devices.get_mut("red").expect("red").master = Some(9);
+    assert_eq!(
+        plan(
+            &desired_of(&[blue.clone(), red.clone()]),
+            &observed,
+            &underlay()
+        )
+        .actions,
+        [Action::Enslave {
+            index: 6,
+            name: "red".into(),
+            bridge: "lm-red".into(),
+        }]
+    );
+    // Red leaves: its device and its bridge go; a bridge that is not ours
+    // stays.
+    observed.bridges.insert("br-ops".into(), bridge(11, false));
+    assert_eq!(
+        plan(
+            &desired_of(std::slice::from_ref(&blue)),
+            &observed,
+            &underlay()
+        )
+        .actions,
+        [
+            Action::Delete {
+                index: 6,
+                name: "red".into()
+            },
+            Action::DeleteBridge {
+                index: 10,
+                name: "lm-red".into()
+            },
+        ]
+    );
+    // A link with the bridge's name that is not a bridge: a problem, and
+    // the segment is left alone.
+    let mut observed = observed_of(&[built(&blue, 5)]);
+    observed.other_links.insert("lm-blue".into());
+    let p = plan(&desired_of(&[blue]), &observed, &underlay());
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(p.problems.len(), 1);
 }
 
 /// Applies entry actions to the observed device, as the kernel would.
@@ -291,7 +350,6 @@ fn proxy_differences_recreate_and_flood_none_manages_unicast_and_neighbours() {
         &desired_of(std::slice::from_ref(&w)),
         &observed_of(&[have]),
         &underlay(),
-        None,
     );
     assert!(
         matches!(&p.actions[..], [Action::Recreate { reason, .. }] if reason.contains("proxy")),
@@ -309,17 +367,12 @@ fn proxy_differences_recreate_and_flood_none_manages_unicast_and_neighbours() {
     have.neighbours.insert(overlay_ip(3), peer_mac(4));
     have.neighbours.insert(overlay_ip(4), peer_mac(4));
     let d = desired_of(std::slice::from_ref(&w));
-    let p = plan(
-        &d,
-        &observed_of(std::slice::from_ref(&have)),
-        &underlay(),
-        None,
-    );
+    let p = plan(&d, &observed_of(std::slice::from_ref(&have)), &underlay());
     assert_eq!(p.actions.len(), 5, "{p:?}");
     let after = apply_peers(have, &p.actions);
     assert_eq!(after, built(&w, 5));
     assert!(
-        plan(&d, &observed_of(&[after]), &underlay(), None)
+        plan(&d, &observed_of(&[after]), &underlay())
             .actions
             .is_empty()
     );
@@ -331,7 +384,7 @@ fn proxy_differences_recreate_and_flood_none_manages_unicast_and_neighbours() {
         .insert(peer_mac(7), IpAddr::from([198, 18, 0, 7]));
     have.neighbours.insert(overlay_ip(7), peer_mac(7));
     assert!(
-        plan(&desired_of(&[w]), &observed_of(&[have]), &underlay(), None)
+        plan(&desired_of(&[w]), &observed_of(&[have]), &underlay())
             .actions
             .is_empty()
     );
@@ -347,7 +400,6 @@ fn overlay_addresses_are_added_where_missing_and_never_removed() {
         &desired_of(std::slice::from_ref(&w)),
         &Observed::default(),
         &underlay(),
-        None,
     );
     assert_eq!(
         p.actions[1..],
@@ -362,12 +414,18 @@ fn overlay_addresses_are_added_where_missing_and_never_removed() {
         master: Some(9),
         ..built(&w, 5)
     }]);
-    observed.bridge = Some(9);
+    observed.bridges.insert(
+        "br-lm".into(),
+        ObservedBridge {
+            index: 9,
+            ours: true,
+        },
+    );
+    let w = bridged(&w, "br-lm");
     let p = plan(
         &desired_of(std::slice::from_ref(&w)),
         &observed,
         &underlay(),
-        Some("br-lm"),
     );
     assert_eq!(
         p.actions,
@@ -385,9 +443,9 @@ fn overlay_addresses_are_added_where_missing_and_never_removed() {
         .get_mut(&9)
         .expect("bridge")
         .insert("198.19.99.1/24".parse().expect("cidr"));
-    for w in [w.clone(), want_unicast("big", &[2])] {
+    for w in [w.clone(), bridged(&want_unicast("big", &[2]), "br-lm")] {
         assert!(
-            plan(&desired_of(&[w]), &observed, &underlay(), Some("br-lm"))
+            plan(&desired_of(&[w]), &observed, &underlay())
                 .actions
                 .is_empty()
         );
@@ -408,12 +466,12 @@ proptest! {
         let w = want("blue", &want_peers);
         let have = ObservedDevice { peers: want("blue", &have_peers).peers, ..built(&w, 5) };
         let d = desired_of(std::slice::from_ref(&w));
-        let p = plan(&d, &observed_of(std::slice::from_ref(&have)), &underlay(), None);
+        let p = plan(&d, &observed_of(std::slice::from_ref(&have)), &underlay());
         let sym = w.peers.symmetric_difference(&have.peers).count();
         prop_assert_eq!(p.actions.len(), sym);
         let after = apply_peers(have, &p.actions);
         prop_assert_eq!(&after.peers, &w.peers);
-        prop_assert!(plan(&d, &observed_of(&[after]), &underlay(), None).actions.is_empty());
+        prop_assert!(plan(&d, &observed_of(&[after]), &underlay()).actions.is_empty());
     }
 
     /// The same for `flood: none`: unicast entries (some pointing at the
@@ -439,7 +497,7 @@ proptest! {
             ..built(&w, 5)
         };
         let d = desired_of(std::slice::from_ref(&w));
-        let p = plan(&d, &observed_of(std::slice::from_ref(&have)), &underlay(), None);
+        let p = plan(&d, &observed_of(std::slice::from_ref(&have)), &underlay());
         let differing_unicast = w.unicast.keys().chain(have.unicast.keys())
             .collect::<BTreeSet<_>>()
             .into_iter()
@@ -453,6 +511,6 @@ proptest! {
         prop_assert_eq!(p.actions.len(), differing_unicast + differing_neighbours);
         let after = apply_peers(have, &p.actions);
         prop_assert_eq!(&after, &built(&w, 5));
-        prop_assert!(plan(&d, &observed_of(&[after]), &underlay(), None).actions.is_empty());
+        prop_assert!(plan(&d, &observed_of(&[after]), &underlay()).actions.is_empty());
     }
 }
