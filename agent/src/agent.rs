@@ -216,6 +216,9 @@ struct Etcd {
     stats: Arc<SyncStats>,
     view: watch::Receiver<RegistryView>,
     vip_changes: mpsc::UnboundedReceiver<crate::registry::VipChange>,
+    vip_records: watch::Receiver<std::collections::BTreeMap<String, crate::registry::ValidVip>>,
+    /// The hosts file's counters (`--hosts-dir`).
+    dns: Arc<crate::dns::DnsStats>,
     registration: watch::Receiver<LeaseInfo>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -242,10 +245,12 @@ async fn start_etcd(args: &AgentArgs, record: HostRecord) -> anyhow::Result<Etcd
     let stats = Arc::new(SyncStats::default());
     let (view_tx, view) = watch::channel(RegistryView::default());
     let (vips_tx, vip_changes) = mpsc::unbounded_channel();
+    let (records_tx, vip_records) = watch::channel(std::collections::BTreeMap::new());
     let outputs = sync::Outputs {
         cache: cache.clone(),
         view: view_tx,
         vips: vips_tx,
+        vip_records: records_tx,
         stats: stats.clone(),
         marks_file: Some(marks_file),
     };
@@ -279,9 +284,31 @@ async fn start_etcd(args: &AgentArgs, record: HostRecord) -> anyhow::Result<Etcd
         stats,
         view,
         vip_changes,
+        vip_records,
+        dns: Arc::default(),
         registration,
         tasks,
     })
+}
+
+/// With `--hosts-dir`, starts keeping the hosts file (stopped with the
+/// etcd tasks; the file stays).
+fn start_hosts_file(args: &AgentArgs, etcd: &mut Etcd) {
+    let Some(dir) = &args.hosts_dir else { return };
+    let settings = crate::dns::Settings {
+        dir: dir.clone(),
+        domain: args.dns_domain.clone(),
+    };
+    let inputs = crate::dns::Inputs {
+        view: etcd.view.clone(),
+        vips: etcd.vip_records.clone(),
+        sync: etcd.stats.clone(),
+    };
+    etcd.tasks.push(tokio::spawn(crate::dns::run(
+        settings,
+        inputs,
+        etcd.dns.clone(),
+    )));
 }
 
 /// Starts the floating-IP subsystem and the API; send `true` on the
@@ -312,6 +339,7 @@ async fn start_vips_and_api(
             sync: etcd.stats.clone(),
             netlink: nl.clone(),
             cache: etcd.cache.clone(),
+            dns: etcd.dns.clone(),
         },
     };
     let api_stop = stop_rx.clone();
@@ -365,6 +393,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .validate(&hostname)
         .context("this host's registration (--address, --device, --hostname)")?;
     let mut etcd = start_etcd(&args, record).await?;
+    start_hosts_file(&args, &mut etcd);
 
     // Peer health.
     let peers = crate::peers::PeerHealth::new(peer_settings(&args));

@@ -17,6 +17,7 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dns;
 pub mod ebpf;
 pub mod etcd;
 pub mod kernel;

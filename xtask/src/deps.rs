@@ -89,6 +89,11 @@ pub const PACKAGES: &[Package] = &[
         "bird2",
         "BIRD 2, the BGP daemons (each host's and the upstream router) of the routed-VIP test",
     ),
+    always(
+        "dnsmasq-base",
+        "dnsmasq (the binary alone, no system service), serving the agents' --hosts-dir file in the DNS test",
+    ),
+    always("bind9-dnsutils", "dig, the DNS test's queries to dnsmasq"),
     Package {
         name: "keepalived",
         why: "the VRRP baseline of the vip and stability benchmarks",
