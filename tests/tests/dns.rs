@@ -113,10 +113,20 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// Waits until `name` resolves to exactly `want` (empty: not at all);
-/// returns how long it took.
+/// Waits until `name`'s A records are exactly `want` (empty: none), one
+/// query a poll; returns how long it took.
 fn wait_lookup(dns: &Dnsmasq, name: &str, want: &[String]) -> Duration {
-    let took = wait_until(DEADLINE, || dns.lookup(name) == want);
+    let a = |name: &str| {
+        let mut got: Vec<String> = dns
+            .dig(&["+short", name, "A"])
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        got.sort();
+        got
+    };
+    let took = wait_until(DEADLINE, || a(name) == want);
     took.unwrap_or_else(|| {
         panic!(
             "{name} resolves to {:?}, not {want:?}; dnsmasq:\n{}",
@@ -213,6 +223,15 @@ fn dnsmasq_serves_hosts_as_they_come_and_go_and_named_vips() {
         .map(|e| e.expect("entry").file_name())
         .collect();
     assert_eq!(entries, ["linkmesh.hosts"], "no temporary file left behind");
+    // All of it from the one dnsmasq, re-reading the file as it changed.
+    assert!(dns.process.is_running(), "{}", dns.process.log());
+    let reads = dns.process.log().matches("linkmesh.hosts - ").count();
+    println!("dnsmasq read the hosts file {reads} times");
+    assert!(
+        reads >= 4,
+        "dnsmasq re-read the file: {}",
+        dns.process.log()
+    );
 }
 
 #[test]
