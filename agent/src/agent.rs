@@ -217,6 +217,9 @@ struct Etcd {
     stats: Arc<SyncStats>,
     view: watch::Receiver<RegistryView>,
     vip_changes: mpsc::UnboundedReceiver<crate::registry::VipChange>,
+    vip_records: watch::Receiver<std::collections::BTreeMap<String, crate::registry::ValidVip>>,
+    /// The hosts file's counters (`--hosts-dir`).
+    dns: Arc<crate::dns::DnsStats>,
     registration: watch::Receiver<LeaseInfo>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -243,10 +246,12 @@ async fn start_etcd(args: &AgentArgs, record: HostRecord) -> anyhow::Result<Etcd
     let stats = Arc::new(SyncStats::default());
     let (view_tx, view) = watch::channel(RegistryView::default());
     let (vips_tx, vip_changes) = mpsc::unbounded_channel();
+    let (records_tx, vip_records) = watch::channel(std::collections::BTreeMap::new());
     let outputs = sync::Outputs {
         cache: cache.clone(),
         view: view_tx,
         vips: vips_tx,
+        vip_records: records_tx,
         stats: stats.clone(),
         marks_file: Some(marks_file),
     };
@@ -280,9 +285,31 @@ async fn start_etcd(args: &AgentArgs, record: HostRecord) -> anyhow::Result<Etcd
         stats,
         view,
         vip_changes,
+        vip_records,
+        dns: Arc::default(),
         registration,
         tasks,
     })
+}
+
+/// With `--hosts-dir`, starts keeping the hosts file (stopped with the
+/// etcd tasks; the file stays).
+fn start_hosts_file(args: &AgentArgs, etcd: &mut Etcd) {
+    let Some(dir) = &args.hosts_dir else { return };
+    let settings = crate::dns::Settings {
+        dir: dir.clone(),
+        domain: args.dns_domain.clone(),
+    };
+    let inputs = crate::dns::Inputs {
+        view: etcd.view.clone(),
+        vips: etcd.vip_records.clone(),
+        sync: etcd.stats.clone(),
+    };
+    etcd.tasks.push(tokio::spawn(crate::dns::run(
+        settings,
+        inputs,
+        etcd.dns.clone(),
+    )));
 }
 
 /// Starts the floating-IP subsystem and the API; send `true` on the
@@ -313,6 +340,7 @@ async fn start_vips_and_api(
             sync: etcd.stats.clone(),
             netlink: nl.clone(),
             cache: etcd.cache.clone(),
+            dns: etcd.dns.clone(),
         },
     };
     let api_stop = stop_rx.clone();
@@ -382,6 +410,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .validate(&hostname)
         .context("this host's registration (--address, --device, --hostname)")?;
     let mut etcd = start_etcd(&args, record).await?;
+    start_hosts_file(&args, &mut etcd);
 
     // Peer health.
     let peers = crate::peers::PeerHealth::new(peer_settings(&args));
@@ -427,7 +456,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     if first_snapshot(&etcd.stats, &mut mesh_stop).await {
         let mut view = etcd.view.clone();
         let resync = Duration::from_secs(args.resync_interval);
-        let views = Some(crate::cni::view::path(&args.state_dir));
+        let views = Some(args.state_dir.clone());
         run_mesh(
             &reconciler,
             &mut view,

@@ -85,6 +85,10 @@ pub enum IpCommand {
         /// (an IPv4 and IPv6 pair, a control-plane VIP and a service VIP).
         #[arg(long)]
         group: Option<String>,
+        /// A DNS name for it (lower case): agents with --hosts-dir write
+        /// it into their hosts file, resolving to the address.
+        #[arg(long)]
+        name: Option<String>,
         /// Accept a prefix shorter than /16 (IPv4) or /48 (IPv6).
         #[arg(long)]
         force: bool,
@@ -126,6 +130,7 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Resu
             ports,
             mode,
             group,
+            name,
             force,
         } => {
             let vip = VipRecord {
@@ -138,6 +143,7 @@ pub async fn ip(etcd: &EtcdArgs, command: IpCommand, json: bool) -> anyhow::Resu
                 ports,
                 mode,
                 group,
+                name,
             }
             .validate()?;
             let id = vips.add(&vip, force).await?;
@@ -286,6 +292,7 @@ pub fn render_vip(e: &VipEntry) -> String {
             );
             line("mode", &r.mode.to_string());
             line("group", r.group.as_deref().unwrap_or("-"));
+            line("name", r.name.as_deref().unwrap_or("-"));
             let ports: Vec<String> = r.ports.iter().map(ToString::to_string).collect();
             line("ports", &list(&ports));
         }

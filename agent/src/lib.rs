@@ -18,6 +18,7 @@ pub mod cli;
 pub mod clock;
 pub mod cni;
 pub mod config;
+pub mod dns;
 pub mod ebpf;
 pub mod etcd;
 pub mod files;

@@ -66,6 +66,12 @@ pub struct Snapshot {
     pub api_connections: u64,
     pub api_connections_evicted: u64,
     pub api_connections_timed_out: u64,
+    /// The hosts file (`--hosts-dir`): names written, names left out now,
+    /// writes and failed writes.
+    pub dns_names: u64,
+    pub dns_left_out: u64,
+    pub dns_writes: u64,
+    pub dns_write_failures: u64,
 }
 
 /// Histograms that live across scrapes.
@@ -364,6 +370,30 @@ fn register_ebpf_and_api(r: &mut Registry, s: &Snapshot) {
     );
 }
 
+fn register_dns(r: &mut Registry, s: &Snapshot) {
+    let g = |n: u64| gauge(i64::try_from(n).unwrap_or(i64::MAX));
+    r.register(
+        "linkmesh_dns_names",
+        "Names in the --hosts-dir file now (hosts and named floating IPs)",
+        g(s.dns_names),
+    );
+    r.register(
+        "linkmesh_dns_names_left_out",
+        "Hosts and floating IPs left out of the --hosts-dir file now: a host name that is not one DNS label, one that differs from another only in case, or a floating IP's name that is a host's",
+        g(s.dns_left_out),
+    );
+    r.register(
+        "linkmesh_dns_writes",
+        "Times the --hosts-dir file was replaced (only when its text changed)",
+        counter(s.dns_writes),
+    );
+    r.register(
+        "linkmesh_dns_write_failures",
+        "Writes of the --hosts-dir file that failed (each is tried again)",
+        counter(s.dns_write_failures),
+    );
+}
+
 /// Per-peer series for the peers this host heartbeats (a bounded set, so a
 /// scrape stays small in a fleet of thousands), and every peer counted by
 /// verdict.
@@ -425,6 +455,7 @@ pub fn render(s: &Snapshot, h: &Histograms<'_>) -> String {
     register_etcd(&mut r, s, h);
     register_peers(&mut r, s);
     register_ebpf_and_api(&mut r, s);
+    register_dns(&mut r, s);
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &r);

@@ -323,9 +323,23 @@ fn vip_seeds(out: &mut Seeds) {
         }],
         mode: linkmesh::registry::Mode::L2,
         group: Some("pair".into()),
+        name: Some("web.prod".into()),
     };
     let full_value = seal(&s, &keys.vip(id), 0, NOW, &full).expect("seal");
     add("accept-vip-full", encode(VIP, id, &full_value));
+    let misnamed = VipRecord {
+        name: Some("web_1.prod".into()),
+        ..VipRecord::new("198.18.0.102/32")
+    };
+    let misnamed_id = "198.18.0.102_32";
+    add(
+        "reject-vip-name-not-dns",
+        encode(
+            VIP,
+            misnamed_id,
+            &seal(&s, &keys.vip(misnamed_id), 0, NOW, &misnamed).expect("seal"),
+        ),
+    );
     let known = keys.vip(KNOWN_VIP);
     let known_at = |generation| {
         seal_definition(
@@ -431,6 +445,18 @@ fn api_body_seeds(out: &mut Seeds) {
     add(
         "reject-lineage-ports",
         br#"{"address":"198.18.0.100/24","ports":[{"from":80,"to":8080}]}"#,
+    );
+    add(
+        "accept-named",
+        br#"{"address":"198.18.0.100/32","name":"web.prod.example"}"#,
+    );
+    add(
+        "reject-name-not-dns",
+        br#"{"address":"198.18.0.100/32","name":"-web..prod"}"#,
+    );
+    add(
+        "reject-name-upper-case",
+        br#"{"address":"198.18.0.100/32","name":"Web"}"#,
     );
     add("reject-no-prefix", br#"{"address":"198.18.0.100"}"#);
     add("reject-prefix-33", br#"{"address":"198.18.0.1/33"}"#);

@@ -24,20 +24,41 @@ fn every_admin_command_speaks_json_with_json() {
     let listed = json(&run(&["segment", "ls", "--json"]));
     assert_eq!(listed[0]["vni"], 42, "{listed}");
 
-    let added = json(&run(&["ip", "add", "198.18.9.100/24", "--json"]));
+    let added = json(&run(&[
+        "ip",
+        "add",
+        "198.18.9.100/24",
+        "--name",
+        "web.lab",
+        "--json",
+    ]));
     let id = added["id"].as_str().expect("an id").to_owned();
     assert_eq!(id, "198.18.9.100_24");
     assert_eq!(added["record"]["address"], "198.18.9.100/24");
+    assert_eq!(added["record"]["name"], "web.lab");
     let shown = run(&["ip", "get", &id]);
     assert!(
-        shown.contains("address    198.18.9.100/24") && shown.contains("owner      -"),
+        shown.contains("address    198.18.9.100/24")
+            && shown.contains("name       web.lab")
+            && shown.contains("owner      -"),
         "a readable table: {shown}"
     );
     let got = json(&run(&["ip", "get", &id, "--json"]));
     assert_eq!(got["id"], id.as_str());
     assert!(got["owner"].is_null(), "{got}");
+    assert_eq!(got["record"]["name"], "web.lab", "{got}");
     let listed = json(&run(&["ip", "ls", "--json"]));
     assert_eq!(listed[0]["id"], id.as_str(), "{listed}");
+    let (ok, _, err) = linkmesh_tests::agent::outcome(
+        std::process::Command::new(linkmesh_tests::agent::binary())
+            .args(["ip", "add", "198.18.9.101/32", "--name", "web_1.lab"])
+            .args(["--etcd-server", &etcd.endpoint(), "--secret-file"])
+            .arg(&secret),
+    );
+    assert!(
+        !ok && err.contains("web_1.lab"),
+        "a bad name is refused: {err}"
+    );
     let removed = json(&run(&["ip", "rm", &id, "--json"]));
     assert_eq!(removed["removed"], true);
     let removed = json(&run(&["segment", "rm", "blue", "--json"]));

@@ -93,6 +93,11 @@ pub const PACKAGES: &[Package] = &[
         "containernetworking-plugins",
         "host-local, the IPAM plugin linkmesh-cni delegates to in the CNI test",
     ),
+    always(
+        "dnsmasq-base",
+        "dnsmasq (the binary alone, no system service), serving the agents' --hosts-dir file in the DNS test",
+    ),
+    always("bind9-dnsutils", "dig, the DNS test's queries to dnsmasq"),
     Package {
         name: "keepalived",
         why: "the VRRP baseline of the vip and stability benchmarks",

@@ -371,6 +371,7 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
         (by_reason, cache.rejections.vips())
     };
     let sync = &app.counters.sync;
+    let dns = &app.counters.dns;
     let snapshot = crate::metrics::Snapshot {
         vips: app.shared.vips().into_values().collect(),
         segments: app
@@ -403,6 +404,10 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
         peer_heartbeats_rejected: app.peers.heartbeats_rejected(),
         peer_probes_rejected: app.peers.probes_rejected(),
         vip_records_rejected,
+        dns_names: dns.names.load(Ordering::Relaxed),
+        dns_left_out: dns.left_out.load(Ordering::Relaxed),
+        dns_writes: dns.writes.load(Ordering::Relaxed),
+        dns_write_failures: dns.write_failures.load(Ordering::Relaxed),
     };
     let body = crate::metrics::render(
         &snapshot,
@@ -490,6 +495,8 @@ pub struct Counters {
     pub sync: Arc<crate::etcd::sync::SyncStats>,
     pub netlink: crate::kernel::Netlink,
     pub cache: Arc<tokio::sync::Mutex<crate::registry::RegistryCache>>,
+    /// The hosts file's (zeros without `--hosts-dir`).
+    pub dns: Arc<crate::dns::DnsStats>,
 }
 
 /// Serves on `listener` until `stop` turns true, within the connection

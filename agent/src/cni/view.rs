@@ -77,13 +77,11 @@ impl SegmentView {
         serde_json::from_slice(&text).map_err(std::io::Error::other)
     }
 
-    /// Writes the view for the plugin (root reads it; nobody else needs to).
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        crate::files::write_atomically(path, &text, 0o644)
+    /// Writes the view into `state_dir` for the plugin.
+    pub fn write(&self, state_dir: &Path) -> Result<(), crate::files::WriteError> {
+        // Strings, numbers and maps with string keys: encoding cannot fail.
+        let text = serde_json::to_vec_pretty(self).unwrap_or_default();
+        crate::files::replace(state_dir, FILE_NAME, text)
     }
 }
 
@@ -134,7 +132,7 @@ mod tests {
 
         let dir = tempfile::tempdir().expect("a temp dir");
         let file = path(dir.path());
-        view.write(&file).expect("write");
+        view.write(dir.path()).expect("write");
         assert_eq!(SegmentView::read(&file).expect("read"), view);
         std::fs::write(&file, b"{not json").expect("garble");
         assert!(SegmentView::read(&file).is_err());

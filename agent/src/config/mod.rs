@@ -300,6 +300,15 @@ pub struct AgentArgs {
     /// Where the ownership lease id is kept across restarts.
     #[arg(long, env = "LINKMESH_STATE_DIR", default_value = "/var/lib/linkmesh")]
     pub state_dir: PathBuf,
+    /// Keep a hosts file, `<dns-domain>.hosts`, in this directory (created
+    /// if missing) for dnsmasq's --hostsdir: `<host>.<dns-domain>` for
+    /// every verified host, each named floating IP's name.
+    #[arg(long, env = "LINKMESH_HOSTS_DIR")]
+    pub hosts_dir: Option<PathBuf>,
+    /// The domain of the hosts' names in the --hosts-dir file (a lower-case
+    /// DNS name).
+    #[arg(long, env = "LINKMESH_DNS_DOMAIN", default_value = "linkmesh")]
+    pub dns_domain: String,
     /// A TOML file with any of these options (keys: the long option names);
     /// flags and set variables override it.
     #[arg(long, env = "LINKMESH_CONFIG")]
@@ -391,6 +400,8 @@ impl AgentArgs {
         if let Some(h) = &self.hostname {
             crate::registry::host::validate_hostname(h)?;
         }
+        crate::registry::dnsname::validate_dns_name(&self.dns_domain)
+            .map_err(|e| ConfigError::Invalid(format!("--dns-domain: {e}")))?;
         self.overlay()?;
         let hooks = self.notify_hooks()?;
         if self.notify_secret_file.is_none()
@@ -491,6 +502,23 @@ mod tests {
         assert_eq!(a.fast_failover, "auto");
         assert!(parse(&["--probe-misses", "1"]).validate().is_err());
         assert!(parse(&["--probe-interval", "0"]).validate().is_err());
+    }
+
+    #[test]
+    fn the_dns_domain_is_a_lower_case_dns_name() {
+        let a = parse(&["--hosts-dir", "/run/hosts.d"]);
+        assert_eq!(a.dns_domain, "linkmesh");
+        assert!(a.validate().is_ok());
+        assert!(
+            parse(&["--dns-domain", "mesh.example.org"])
+                .validate()
+                .is_ok()
+        );
+        for bad in ["Mesh", "a_b", "-a", "a..b", ""] {
+            let arg = format!("--dns-domain={bad}");
+            let e = parse(&[arg.as_str()]).validate().expect_err(bad);
+            assert!(e.to_string().contains("--dns-domain"), "{e}");
+        }
     }
 
     #[test]

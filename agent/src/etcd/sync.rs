@@ -14,6 +14,7 @@
 //! re-read together. The view is published again at every check, since
 //! host records age out by the clock (`--max-record-age`), not by events.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -28,7 +29,7 @@ use super::{EtcdError, timed};
 use crate::clock::unix_now;
 use crate::random;
 use crate::registry::cache::{Entry, RegistryCache};
-use crate::registry::{Keys, RegistryView, VipChange, VipKey, VipSnapshot};
+use crate::registry::{Keys, RegistryView, ValidVip, VipChange, VipKey, VipSnapshot};
 
 /// Counters of the loop.
 #[derive(Debug, Default)]
@@ -47,6 +48,9 @@ pub struct Outputs {
     pub view: watch::Sender<RegistryView>,
     /// Every change under `vips/`, for the floating-IP subsystem.
     pub vips: mpsc::UnboundedSender<VipChange>,
+    /// The verified VIP records, by id, whenever they change (the hosts
+    /// file names them).
+    pub vip_records: watch::Sender<BTreeMap<String, ValidVip>>,
     pub stats: Arc<SyncStats>,
     /// Where the definitions' generations are kept (`None`: in memory).
     pub marks_file: Option<PathBuf>,
@@ -163,6 +167,18 @@ async fn publish(out: &Outputs) {
     });
 }
 
+/// Publishes the VIP records, if they changed.
+fn publish_records(out: &Outputs, records: &BTreeMap<String, ValidVip>) {
+    out.vip_records.send_if_modified(|current| {
+        if current == records {
+            false
+        } else {
+            current.clone_from(records);
+            true
+        }
+    });
+}
+
 /// Reads the prefix at one revision into the cache and publishes it (the
 /// VIP keys whole: it may follow missed changes); returns the revision.
 async fn snapshot(client: &Client, keys: &Keys, out: &Outputs) -> Result<i64, EtcdError> {
@@ -193,6 +209,7 @@ async fn snapshot(client: &Client, keys: &Keys, out: &Outputs) -> Result<i64, Et
         }
         cache.snapshot(records, now);
         vips.records = cache.vips().clone();
+        publish_records(out, &vips.records);
         keep_marks(&mut cache, out.marks_file.as_deref());
     }
     publish(out).await;
@@ -351,7 +368,11 @@ async fn apply(keys: &Keys, out: &Outputs, events: &[etcd_client::Event]) -> Vec
                     } else {
                         cache.put(e, now);
                     }
-                    for change in record_changes(&before, cache.vips()) {
+                    let records = record_changes(&before, cache.vips());
+                    if !records.is_empty() {
+                        publish_records(out, cache.vips());
+                    }
+                    for change in records {
                         let _ = out.vips.send(change);
                     }
                     None

@@ -50,7 +50,7 @@ fn relevant(event: &KernelEvent, segments: &BTreeSet<String>, reconciler: &Recon
 
 /// Writes the segment view for `linkmesh-cni` when it changed.
 struct ViewWriter {
-    file: PathBuf,
+    state_dir: PathBuf,
     written: Option<SegmentView>,
     last_error: Option<String>,
 }
@@ -60,7 +60,7 @@ impl ViewWriter {
         if self.written.as_ref() == Some(&view) {
             return;
         }
-        match view.write(&self.file) {
+        match view.write(&self.state_dir) {
             Ok(()) => {
                 self.written = Some(view);
                 self.last_error = None;
@@ -68,7 +68,7 @@ impl ViewWriter {
             Err(e) => {
                 let error = e.to_string();
                 if self.last_error.as_ref() != Some(&error) {
-                    warn!(file = %self.file.display(), %error, "writing the segment view for linkmesh-cni failed; retrying at the next pass");
+                    warn!(%error, "writing the segment view for linkmesh-cni failed; retrying at the next pass");
                 }
                 self.last_error = Some(error);
             }
@@ -78,17 +78,17 @@ impl ViewWriter {
 
 /// Reconciles on every registry change, relevant kernel event and resync
 /// tick, until `stop` turns true; after each pass, keeps the segment view
-/// in `view_file` (if any) in step.
+/// in `state_dir` (if any) in step.
 pub async fn run(
     reconciler: &Reconciler,
     rx: &mut watch::Receiver<RegistryView>,
     events: &mut KernelEvents,
     resync: Duration,
     stop: &mut watch::Receiver<bool>,
-    view_file: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let mut views = view_file.map(|file| ViewWriter {
-        file,
+    let mut views = state_dir.map(|state_dir| ViewWriter {
+        state_dir,
         written: None,
         last_error: None,
     });

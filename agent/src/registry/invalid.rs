@@ -71,6 +71,8 @@ pub enum Invalid {
     PortMap(String),
     #[error("group {0:?} must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'")]
     Group(String),
+    #[error("name {name:?} {why}")]
+    DnsName { name: String, why: &'static str },
     #[error("unknown mode {0:?} (l2 or route)")]
     Mode(String),
     #[error("a routed VIP is a host route: {0} must be a /32 or /128")]

@@ -8,6 +8,7 @@ pub mod cache;
 #[cfg(test)]
 mod cache_view;
 pub mod delivery;
+pub mod dnsname;
 pub mod generation;
 pub mod host;
 pub mod invalid;

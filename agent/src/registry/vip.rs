@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::delivery::{Mode, PortMap, validate_ports};
+use super::dnsname::validate_dns_name;
 use super::generation::{Definition, open_definition};
 use super::host::validate_hostname;
 use super::invalid::Invalid;
@@ -54,6 +55,10 @@ pub struct VipRecord {
     /// VIPs with the same group move together, with one election.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// A DNS name for the VIP (lower case), written into the agents'
+    /// `--hosts-dir` file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl VipRecord {
@@ -70,6 +75,7 @@ impl VipRecord {
             ports: Vec::new(),
             mode: Mode::L2,
             group: None,
+            name: None,
         }
     }
 }
@@ -261,6 +267,9 @@ impl VipRecord {
         {
             return Err(Invalid::Group(g.clone()));
         }
+        if let Some(name) = &self.name {
+            validate_dns_name(name)?;
+        }
         let host = if cidr.addr.is_ipv4() { 32 } else { 128 };
         if self.mode == Mode::Route && cidr.prefix_len != host {
             return Err(Invalid::RouteNotHost(self.address));
@@ -321,6 +330,7 @@ mod tests {
             ports: Vec::new(),
             mode: Mode::L2,
             group: None,
+            name: None,
         }
     }
 
@@ -425,6 +435,30 @@ mod tests {
         assert!(
             VipRecord::parse_request(br#"{"address":"2001:db8::1/128","mode":"route"}"#).is_ok()
         );
+    }
+
+    #[test]
+    fn a_name_is_a_lower_case_dns_name() {
+        let named = VipRecord::parse_request(br#"{"address":"198.18.0.1/32","name":"web.prod"}"#)
+            .expect("named");
+        assert_eq!(named.record.name.as_deref(), Some("web.prod"));
+        let json = serde_json::to_string(&named.record).expect("json");
+        assert!(json.contains(r#""name":"web.prod""#), "{json}");
+        assert!(
+            !serde_json::to_string(&vip("198.18.0.1/32"))
+                .expect("json")
+                .contains("name")
+        );
+        for bad in ["Web", "a_b", "-a", "a..b", "", "a.", "x y"] {
+            let json = format!(r#"{{"address":"198.18.0.1/32","name":{bad:?}}}"#);
+            assert!(
+                matches!(
+                    VipRecord::parse_request(json.as_bytes()),
+                    Err(Invalid::DnsName { .. })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

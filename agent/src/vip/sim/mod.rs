@@ -94,6 +94,7 @@ fn record(excluded: &[usize], priority: Option<usize>, delivery: u8) -> ValidVip
             crate::registry::Mode::L2
         },
         group: None,
+        name: None,
     }
     .validate()
     .expect("a valid record")
