@@ -123,6 +123,11 @@ impl Pod<'_> {
     }
 }
 
+/// The name of `pod`'s host end, as the plugin derives it.
+fn host_end_of(pod: &Pod) -> String {
+    linkmesh::cni::attach::host_end_name(&pod.id, "vxeth0")
+}
+
 /// `host`'s links, one per line.
 fn links(lab: &Lab, host: u8) -> String {
     let out = Command::new("ip")
@@ -182,6 +187,22 @@ fn pods_on_a_segment_bridge_reach_each_other_and_no_other_segment() {
     let p1 = pod(1, "p1", "blue-net", "blue", 10);
     let p2 = pod(2, "p2", "blue-net", "blue", 20);
     let p3 = pod(2, "p3", "red-net", "red", 30);
+
+    // Hostile: the pod already has an interface by that name, not ours.
+    // ADD fails, gives its address back, and leaves that interface alone.
+    must_ip(&[
+        "-n", &p1.netns, "link", "add", "vxeth0", "type", "veth", "peer", "name", "theirs0",
+    ]);
+    let (ok, out) = p1.run("ADD", &p1.conf);
+    assert!(!ok, "ADD over an existing vxeth0: {out}");
+    assert_eq!(error_code(&out), 5, "{out}");
+    assert!(p1.interface().is_some(), "their vxeth0 was removed");
+    assert!(
+        !links(lab, 1).contains(&host_end_of(&p1)),
+        "a host end was left: {}",
+        links(lab, 1)
+    );
+    must_ip(&["-n", &p1.netns, "link", "del", "vxeth0"]);
 
     // ADD: the pod's end is vxeth0 in its namespace, the host's end is on
     // the segment's bridge, and host-local's address is on vxeth0.

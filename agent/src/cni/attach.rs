@@ -147,8 +147,7 @@ pub async fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, C
     match attach(env, &nl, &bridge, &netns, &netns_file, ipam, conf).await {
         Ok(result) => Ok(result),
         Err(e) => {
-            // Leave nothing half made: the pair and the addresses go.
-            let _ = detach(env, &nl).await;
+            // Leave nothing half made: the addresses go too.
             if let Some(kind) = conf.ipam_type() {
                 let _ = ipam::delegate(env, kind, Command::Del, stdin);
             }
@@ -177,6 +176,25 @@ async fn attach(
     nl.create_veth(&spec, netns_file)
         .await
         .map_err(|e| kernel(&e))?;
+    // From here on a failure removes the pair this call made (and only
+    // that: an interface of the same name made by anyone else stays).
+    let result = configure(env, nl, bridge, netns, ipam, conf, spec).await;
+    if result.is_err() {
+        let _ = detach(env, nl).await;
+    }
+    result
+}
+
+async fn configure(
+    env: &Env,
+    nl: &Netlink,
+    bridge: &Bridge,
+    netns: &Path,
+    ipam: CniResult,
+    conf: &NetConf,
+    spec: VethSpec,
+) -> Result<CniResult, CniError> {
+    let host_end = spec.name.clone();
     let host = nl
         .link_by_name(&host_end)
         .await
@@ -260,21 +278,11 @@ fn gateway_for(ipam: &CniResult, dst: IpAddr) -> Option<IpAddr> {
         .find(|gw| gw.is_ipv4() == dst.is_ipv4())
 }
 
-/// Removes the pair: from inside the namespace if it is still there, and
-/// the host end by its name (only if this plugin made it). Nothing there
-/// is not an error.
+/// Removes the pair through its host end, found by its name and only if
+/// this plugin made it (its alias): the workload's end goes with it, and
+/// nothing else in the workload's namespace is touched. Nothing there is
+/// not an error.
 async fn detach(env: &Env, nl: &Netlink) -> Result<(), CniError> {
-    if let Some(path) = env.netns.as_deref().filter(|p| p.exists()) {
-        let inside = Netlink::connect_at(path).map_err(|e| kernel(&e))?;
-        if let Some(pod) = inside
-            .link_by_name(&env.ifname)
-            .await
-            .map_err(|e| kernel(&e))?
-            .filter(|l| l.kind.as_deref() == Some("veth"))
-        {
-            ignore_gone(inside.delete_link(pod.index, &env.ifname).await)?;
-        }
-    }
     let host_end = host_end_name(&env.container_id, &env.ifname);
     if let Some(link) = nl
         .link_by_name(&host_end)
