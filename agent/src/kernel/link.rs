@@ -139,6 +139,21 @@ fn parse_vxlan(data: Vec<InfoVxlan>) -> VxlanInfo {
     v
 }
 
+/// A request for a new link named `name`, up, of `kind` with `data`;
+/// callers add their own attributes.
+pub(super) fn new_link_up(name: &str, kind: InfoKind, data: Option<InfoData>) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    let mut info = vec![LinkInfo::Kind(kind)];
+    info.extend(data.map(LinkInfo::Data));
+    msg.attributes = vec![
+        LinkAttribute::IfName(name.to_owned()),
+        LinkAttribute::LinkInfo(info),
+    ];
+    msg
+}
+
 fn local_attr(local: IpAddr) -> InfoVxlan {
     match local {
         IpAddr::V4(a) => InfoVxlan::Local(a),
@@ -176,25 +191,19 @@ impl Netlink {
         spec: &VxlanSpec,
         target: Option<&std::fs::File>,
     ) -> Result<(), KernelError> {
-        let mut msg = LinkMessage::default();
-        msg.header.flags = LinkFlags::Up;
-        msg.header.change_mask = LinkFlags::Up;
-        msg.attributes = vec![
-            LinkAttribute::IfName(spec.name.clone()),
+        let data = InfoData::Vxlan(vec![
+            InfoVxlan::Id(spec.vni),
+            local_attr(spec.local),
+            InfoVxlan::Link(spec.underlay_index),
+            InfoVxlan::Port(spec.port),
+            InfoVxlan::Learning(spec.learning),
+            InfoVxlan::Proxy(spec.proxy),
+        ]);
+        let mut msg = new_link_up(&spec.name, InfoKind::Vxlan, Some(data));
+        msg.attributes.extend([
             LinkAttribute::Mtu(spec.mtu),
             LinkAttribute::Address(spec.mac.0.to_vec()),
-            LinkAttribute::LinkInfo(vec![
-                LinkInfo::Kind(InfoKind::Vxlan),
-                LinkInfo::Data(InfoData::Vxlan(vec![
-                    InfoVxlan::Id(spec.vni),
-                    local_attr(spec.local),
-                    InfoVxlan::Link(spec.underlay_index),
-                    InfoVxlan::Port(spec.port),
-                    InfoVxlan::Learning(spec.learning),
-                    InfoVxlan::Proxy(spec.proxy),
-                ])),
-            ]),
-        ];
+        ]);
         if let Some(file) = target {
             use std::os::fd::AsRawFd;
             msg.attributes
@@ -210,13 +219,7 @@ impl Netlink {
 
     /// Creates a Linux bridge, up.
     pub async fn create_bridge(&self, name: &str) -> Result<(), KernelError> {
-        let mut msg = LinkMessage::default();
-        msg.header.flags = LinkFlags::Up;
-        msg.header.change_mask = LinkFlags::Up;
-        msg.attributes = vec![
-            LinkAttribute::IfName(name.to_owned()),
-            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
-        ];
+        let msg = new_link_up(name, InfoKind::Bridge, None);
         self.write(
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_CREATE | NLM_F_EXCL,

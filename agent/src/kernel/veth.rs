@@ -4,10 +4,9 @@ use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 
+use super::link::new_link_up;
 use super::{KernelError, Netlink};
 
 /// A veth pair to create: one end here, enslaved and up; the other in
@@ -37,18 +36,12 @@ impl Netlink {
             LinkAttribute::Mtu(spec.mtu),
             LinkAttribute::NetNsFd(peer_netns.as_raw_fd()),
         ];
-        let mut msg = LinkMessage::default();
-        msg.header.flags = LinkFlags::Up;
-        msg.header.change_mask = LinkFlags::Up;
-        msg.attributes = vec![
-            LinkAttribute::IfName(spec.name.clone()),
+        let data = InfoData::Veth(InfoVeth::Peer(peer));
+        let mut msg = new_link_up(&spec.name, InfoKind::Veth, Some(data));
+        msg.attributes.extend([
             LinkAttribute::Mtu(spec.mtu),
             LinkAttribute::Controller(spec.master),
-            LinkAttribute::LinkInfo(vec![
-                LinkInfo::Kind(InfoKind::Veth),
-                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
-            ]),
-        ];
+        ]);
         self.write(
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_CREATE | NLM_F_EXCL,
