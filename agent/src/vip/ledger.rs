@@ -96,14 +96,12 @@ impl Ledger {
             let _ = writeln!(text, "{i} {c}");
             text
         });
-        // Written aside and renamed: a crash leaves the old ledger or the
+        // Written whole or not at all: a crash leaves the old ledger or the
         // new one, never half of one.
-        let tmp = file.with_extension("tmp");
-        let result = file
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&tmp, text))
-            .and_then(|()| std::fs::rename(&tmp, file));
+        let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+            return;
+        };
+        let result = crate::files::replace(dir, &name.to_string_lossy(), text);
         if let Err(e) = result {
             warn!(file = %file.display(), error = %e, "saving the ledger of added addresses failed");
         }
