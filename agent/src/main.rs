@@ -78,6 +78,13 @@ enum Command {
         #[arg(short = 'n', long)]
         count: Option<u64>,
     },
+    /// Print a shell completion script for this command on standard output
+    /// (the Debian package installs the bash, zsh and fish ones).
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -181,7 +188,18 @@ async fn main() -> anyhow::Result<()> {
         Command::Peers(args) => linkmesh::cli::peers(&args).await,
         Command::Status(args) => linkmesh::cli::status(&args).await,
         Command::WatchArp { interfaces, count } => watch_arp(&interfaces, count).await,
+        Command::Completions { shell } => {
+            std::io::Write::write_all(&mut std::io::stdout(), &completions(shell))
+                .context("writing the completion script")
+        }
     }
+}
+
+/// The completion script clap_complete generates for `shell`.
+fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "linkmesh", &mut script);
+    script
 }
 
 async fn watch_arp(interfaces: &[String], count: Option<u64>) -> anyhow::Result<()> {
@@ -208,4 +226,37 @@ async fn watch_arp(interfaces: &[String], count: Option<u64>) -> anyhow::Result<
     let dropped = watcher.dropped().context("reading the drop counter")?;
     tracing::info!(packets = seen, dropped, "ARP watcher stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_scripts_name_the_subcommands() {
+        use clap_complete::Shell;
+        for (shell, marker) in [
+            (Shell::Bash, "complete -F _linkmesh"),
+            (Shell::Zsh, "#compdef linkmesh"),
+            (Shell::Fish, "complete -c linkmesh"),
+        ] {
+            let script = String::from_utf8(completions(shell)).expect("UTF-8 script");
+            assert!(script.contains(marker), "{shell}: no `{marker}`");
+            for word in [
+                "agent",
+                "segment",
+                "peers",
+                "status",
+                "watch-arp",
+                "completions",
+                // nested: `linkmesh ip failover`, `segment add --vni`, and
+                // an agent option
+                "failover",
+                "vni",
+                "etcd-server",
+            ] {
+                assert!(script.contains(word), "{shell}: `{word}` missing");
+            }
+        }
+    }
 }

@@ -98,6 +98,18 @@ pub const PACKAGES: &[Package] = &[
         "dnsmasq (the binary alone, no system service), serving the agents' --hosts-dir file in the DNS test",
     ),
     always("bind9-dnsutils", "dig, the DNS test's queries to dnsmasq"),
+    always(
+        "dpkg-dev",
+        "dpkg-shlibdeps, the Debian package's shared-library Depends (and binutils' strip)",
+    ),
+    always(
+        "lintian",
+        "the Debian package's check: `cargo xtask test` fails on a lintian error",
+    ),
+    always(
+        "adduser",
+        "the Debian package's postinst makes its user with it; dpkg -i in the test needs it",
+    ),
     Package {
         name: "keepalived",
         why: "the VRRP baseline of the vip and stability benchmarks",
@@ -134,6 +146,14 @@ pub const READ_IF_PRESENT: &[(&str, &str)] = &[
     (
         "libc6-dbg",
         "a Rust backtrace looks for the C library's split debug info",
+    ),
+    (
+        "libfakeroot",
+        "dpkg-shlibdeps reads every /etc/ld.so.conf.d file, fakeroot's among them",
+    ),
+    (
+        "liblocale-gettext-perl",
+        "dpkg's Perl tools (dpkg-shlibdeps) load Locale::gettext when it is installed",
     ),
     (
         "llvm-14",

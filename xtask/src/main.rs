@@ -2,6 +2,7 @@
 
 mod audit;
 mod bench;
+mod deb;
 mod demo;
 mod deps;
 mod ebpf;
@@ -40,6 +41,10 @@ enum Command {
     /// records, API bodies) for --seconds each (default 60), installing
     /// cargo-fuzz on the nightly; fails if any target crashes.
     Fuzz(fuzz::FuzzArgs),
+    /// Build the Debian package (release binaries, the unit, the settings,
+    /// completions, maintainer scripts) into target/deb/ and print its path;
+    /// `--check` runs lintian and, as root, installs, removes and purges it.
+    Deb(deb::DebArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,5 +56,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { what } => bench::run(&root, &what),
         Command::Demo(args) => demo::run(&root, &args),
         Command::Fuzz(args) => fuzz::run(&root, &args),
+        Command::Deb(args) => deb::run(&root, &args),
     }
 }

@@ -109,6 +109,11 @@ pub fn run(root_dir: &Path, args: &TestArgs) -> anyhow::Result<()> {
     } else {
         eprintln!("==> skipped: integration tests (they need root)");
     }
+    // The package: built and linted always; installed, removed and purged
+    // on this machine as root.
+    if args.libtest_args.is_empty() {
+        crate::deb::test(root_dir, root, &mut tally)?;
+    }
     // Last, and bounded: longer runs are `cargo xtask fuzz --seconds 600`.
     if args.libtest_args.is_empty() && args.fuzz_seconds > 0 {
         crate::fuzz::fuzz(
