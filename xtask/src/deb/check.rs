@@ -174,8 +174,17 @@ fn install_cycle(deb: &Path, version: &Version) -> anyhow::Result<()> {
     purge_if_present()?;
     let wants = Path::new(ENABLE_LINK).parent().context("a directory")?;
     let made_wants = !wants.exists();
+    let made_user = account("passwd").is_none();
     let result = cycle(deb, version);
     let cleanup = purge_if_present();
+    // The package keeps its (expired) account on purge, as Debian does; the
+    // test removes what it made, so a machine keeps no trace of the run.
+    if made_user {
+        let _ = run(Command::new("deluser").args(["--system", NAME]));
+        if account("group").is_some() {
+            let _ = run(Command::new("delgroup").args(["--system", NAME]));
+        }
+    }
     if fs::read_link(ENABLE_LINK).is_ok_and(|t| t == Path::new(UNIT)) {
         fs::remove_file(ENABLE_LINK).with_context(|| format!("removing {ENABLE_LINK}"))?;
     }
