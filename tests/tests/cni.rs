@@ -401,3 +401,61 @@ fn the_kubernetes_examples_match_the_plugin_the_agent_and_the_unit() {
         );
     }
 }
+
+/// Hostile: a signed segment record that names a host interface (the
+/// underlay, the loopback) as its bridge. The agent leaves the segment
+/// out and says why; it never enslaves, moves or deletes that interface,
+/// and the host's other segments work on.
+#[test]
+fn a_segment_bridge_never_takes_an_interface_that_is_not_a_bridge() {
+    require_root!();
+    let m = Testbed::builder(2).build();
+    let lab = &m.lab;
+    m.admin(&[
+        "segment", "add", "blue", "--vni", "100", "--bridge", "lm-blue",
+    ]);
+    m.admin(&["segment", "add", "evil", "--vni", "666", "--bridge", "eth0"]);
+    m.admin(&["segment", "add", "loop", "--vni", "667", "--bridge", "lo"]);
+    let before = links(lab, 1);
+    let a1 = m.bare_agent(1).segments(&["blue", "evil", "loop"]).start();
+    let _a2 = m.bare_agent(2).segments(&["blue"]).start();
+    let refused = wait_until(Duration::from_secs(10), || {
+        let log = a1.log();
+        log.contains("a link named eth0 exists and is not a bridge")
+            && log.contains("a link named lo exists and is not a bridge")
+    });
+    assert!(refused.is_some(), "no problem logged:\n{}", a1.log());
+    let blue = wait_until(Duration::from_secs(10), || {
+        links(lab, 1)
+            .lines()
+            .any(|l| l.contains(" blue: ") && l.contains("master lm-blue"))
+    });
+    assert!(blue.is_some(), "blue stopped working: {}", links(lab, 1));
+    let after = links(lab, 1);
+    for l in after
+        .lines()
+        .filter(|l| l.contains(" eth0@") || l.contains(" lo: "))
+    {
+        assert!(!l.contains("master"), "{l}");
+        assert!(
+            before.contains(l.split(" link/").next().unwrap_or(l)),
+            "changed: {l}"
+        );
+    }
+    assert!(
+        !after.contains(" evil: ") && !after.contains(" loop: "),
+        "a device was made for a refused segment: {after}"
+    );
+    // The plugin refuses to attach to it as well.
+    let p = Pod {
+        host: 1,
+        id: "evil-pod".into(),
+        netns: lab.add_namespace("pe"),
+        conf: conf(lab, 1, "evil-net", "evil", 10, 19),
+        lab,
+    };
+    let (ok, out) = p.run("ADD", &p.conf);
+    assert!(!ok, "ADD onto eth0: {out}");
+    assert_eq!(error_code(&out), 11, "{out}");
+    assert!(p.interface().is_none());
+}
