@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod chaos;
+pub mod cni;
 pub mod etcd;
 pub mod fdb_monitor;
 pub mod frame;

@@ -2,18 +2,15 @@
 //! environment and JSON, Debian's `host-local` for addresses, pods in
 //! their own namespaces on two lab hosts.
 
-use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use linkmesh_tests::agent::{self, wait_until};
+use linkmesh_tests::cni::{self, CNI_PATH};
 use linkmesh_tests::lab::{Lab, must_ip};
 use linkmesh_tests::require_root;
 use linkmesh_tests::testbed::Testbed;
 use serde_json::Value;
-
-/// Where Debian's containernetworking-plugins puts `host-local`.
-const CNI_PATH: &str = "/usr/lib/cni";
 
 /// A pod: its namespace, and the network it asks for.
 struct Pod<'a> {
@@ -46,27 +43,8 @@ fn conf(lab: &Lab, host: u8, net: &str, segment: &str, first: u8, last: u8) -> S
 /// Runs the plugin in `host`'s namespace (the runtime's, as kubelet's
 /// would be): exit status, stdout.
 fn call(lab: &Lab, host: u8, vars: &[(&str, &str)], stdin: &str) -> (bool, String) {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &lab.host(host).netns])
-        .arg(agent::cni_binary())
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .envs(vars.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut child = cmd.spawn().expect("running linkmesh-cni");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("writing the configuration");
-    let out = child.wait_with_output().expect("waiting for linkmesh-cni");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let (ok, out, _) = cni::call(&agent::cni_binary(), &lab.host(host).netns, vars, stdin);
+    (ok, out)
 }
 
 impl Pod<'_> {

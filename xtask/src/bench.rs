@@ -7,7 +7,7 @@ use anyhow::bail;
 use crate::step::{self, is_root};
 use crate::{deps, ebpf};
 
-const BENCHMARKS: &[&str] = &["mesh", "vip", "ebpf", "idle", "scale", "stability"];
+const BENCHMARKS: &[&str] = &["mesh", "vip", "ebpf", "idle", "scale", "stability", "cni"];
 
 pub fn run(root_dir: &Path, what: &str) -> anyhow::Result<()> {
     let Some(what) = BENCHMARKS.iter().copied().find(|b| *b == what) else {

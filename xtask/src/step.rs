@@ -152,6 +152,8 @@ pub fn build_agent_and(
         "linkmesh",
         "--bin",
         "linkmesh",
+        "--bin",
+        "linkmesh-cni",
         "--package",
         "linkmesh-tools",
         "--bin",

@@ -179,9 +179,22 @@ impl Netlink {
             .collect())
     }
 
-    /// The link named `name`, if it exists.
+    /// The link named `name`, if it exists: one request for that link, not
+    /// a dump of them all.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkState>, KernelError> {
-        Ok(self.links().await?.into_iter().find(|l| l.name == name))
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        let answer = self
+            .get(RouteNetlinkMessage::GetLink(msg), &|| {
+                format!("looking up link {name}")
+            })
+            .await;
+        match answer {
+            Ok(Some(RouteNetlinkMessage::NewLink(l))) => Ok(Some(parse_link(l))),
+            Ok(_) => Ok(None),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Creates a VXLAN device, up, with the given MAC and MTU; with

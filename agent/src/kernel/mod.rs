@@ -203,6 +203,29 @@ impl Netlink {
         Ok(())
     }
 
+    /// Sends a request for one object and returns the kernel's answer.
+    async fn get(
+        &self,
+        message: RouteNetlinkMessage,
+        what: &(dyn Fn() -> String + Sync),
+    ) -> Result<Option<RouteNetlinkMessage>, KernelError> {
+        let mut replies = self.send(message, NLM_F_REQUEST, what)?;
+        let mut answer = None;
+        while let Some(reply) = replies.next().await {
+            match reply.payload {
+                NetlinkPayload::InnerMessage(m) => answer = Some(m),
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(KernelError::Request {
+                        what: what(),
+                        source: e.to_io(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(answer)
+    }
+
     /// Sends a dump request and collects the inner messages.
     async fn dump(
         &self,

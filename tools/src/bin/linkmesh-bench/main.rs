@@ -1,12 +1,14 @@
-//! `cargo xtask bench mesh|vip|ebpf|idle|scale`.
+//! `cargo xtask bench mesh|vip|ebpf|idle|scale|stability|cni`.
 //!
 //! mesh: how fast one agent programs N peers, and how fast one change
 //! reaches the kernel, against iproute2 (`bridge -batch`, and `ip -batch`
 //! for neighbour entries) programming the same entries, measured in the
 //! same run; for head-end replication and for `flood: none`
 //! (`LINKMESH_BENCH_FLOOD`, default both). vip: see `bench_vip.rs`; ebpf:
-//! see `bench_ebpf.rs`; idle: `bench_idle.rs`; scale: `bench_scale.rs`.
+//! see `bench_ebpf.rs`; idle: `bench_idle.rs`; scale: `bench_scale.rs`;
+//! stability: `bench_stability.rs`; cni: `bench_cni.rs`.
 
+mod bench_cni;
 mod bench_ebpf;
 mod bench_idle;
 mod bench_scale;
@@ -125,9 +127,10 @@ fn main() -> anyhow::Result<()> {
         "idle" => return bench_idle::main(),
         "scale" => return bench_scale::main(),
         "stability" => return bench_stability::main(),
+        "cni" => return bench_cni::main(),
         other => {
             anyhow::bail!(
-                "unknown benchmark {other:?} (known: mesh, vip, ebpf, idle, scale, stability)"
+                "unknown benchmark {other:?} (known: mesh, vip, ebpf, idle, scale, stability, cni)"
             )
         }
     }
