@@ -100,6 +100,21 @@ pub const CONTENTS: &[Entry] = &[
         Source::File("dist/bird-linkmesh.conf"),
     ),
     entry(
+        "usr/share/doc/linkmesh/examples/dnsmasq-linkmesh.conf",
+        0o644,
+        Source::File("dist/dnsmasq-linkmesh.conf"),
+    ),
+    entry(
+        "usr/share/doc/linkmesh/examples/kubernetes/daemonset.yaml",
+        0o644,
+        Source::File("dist/kubernetes/daemonset.yaml"),
+    ),
+    entry(
+        "usr/share/doc/linkmesh/examples/kubernetes/network-attachment.yaml",
+        0o644,
+        Source::File("dist/kubernetes/network-attachment.yaml"),
+    ),
+    entry(
         "usr/share/doc/linkmesh/copyright",
         0o644,
         Source::File("dist/deb/copyright"),
