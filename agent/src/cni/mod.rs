@@ -40,9 +40,8 @@ pub fn main() -> ExitCode {
 /// `cniVersion` once it is read.
 fn run(version: &mut String) -> Result<Option<String>, CniError> {
     let env = Env::from_vars(|k| std::env::var(k).ok())?;
-    if env.command == Command::Version {
-        return Ok(Some(spec::version_info().to_string()));
-    }
+    // Read whole for every command, VERSION too (the runtime writes its
+    // `cniVersion` there), so a runtime's write never meets a closed pipe.
     let mut stdin = Vec::new();
     std::io::stdin().read_to_end(&mut stdin).map_err(|e| {
         CniError::new(
@@ -51,6 +50,9 @@ fn run(version: &mut String) -> Result<Option<String>, CniError> {
         )
         .details(e.to_string())
     })?;
+    if env.command == Command::Version {
+        return Ok(Some(spec::version_info().to_string()));
+    }
     let conf = NetConf::parse(&stdin)?;
     version.clone_from(&conf.cni_version);
     let runtime = tokio::runtime::Builder::new_current_thread()
