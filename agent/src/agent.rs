@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -373,14 +372,9 @@ async fn first_snapshot(
     stats: &crate::etcd::sync::SyncStats,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
-    loop {
-        if stats.snapshots.load(Ordering::Relaxed) > 0 {
-            return true;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(20)) => {}
-            _ = stop.wait_for(|s| *s) => return false,
-        }
+    tokio::select! {
+        () = stats.first_snapshot() => true,
+        _ = stop.wait_for(|s| *s) => false,
     }
 }
 

@@ -50,3 +50,25 @@ pub fn call(
         )
     })
 }
+
+/// [`call`] for the pod `container_id` whose namespace is
+/// `/run/netns/<pod_netns>`, interface `vxeth0`, plugins on [`CNI_PATH`].
+#[must_use]
+pub fn call_for_pod(
+    plugin: &Path,
+    runtime_netns: &str,
+    command: &str,
+    container_id: &str,
+    pod_netns: &str,
+    stdin: &str,
+) -> (bool, String, Duration) {
+    let netns = format!("/run/netns/{pod_netns}");
+    let vars = [
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", container_id),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "vxeth0"),
+        ("CNI_PATH", CNI_PATH),
+    ];
+    call(plugin, runtime_netns, &vars, stdin)
+}

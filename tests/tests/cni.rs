@@ -49,19 +49,19 @@ fn call(lab: &Lab, host: u8, vars: &[(&str, &str)], stdin: &str) -> (bool, Strin
 
 impl Pod<'_> {
     fn run(&self, command: &str, stdin: &str) -> (bool, String) {
-        let netns = format!("/run/netns/{}", self.netns);
-        let vars = [
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", self.id.as_str()),
-            ("CNI_NETNS", netns.as_str()),
-            ("CNI_IFNAME", "vxeth0"),
-            ("CNI_PATH", CNI_PATH),
-        ];
-        let (ok, out) = call(self.lab, self.host, &vars, stdin);
+        let (ok, out, _) = cni::call_for_pod(
+            &agent::cni_binary(),
+            &self.lab.host(self.host).netns,
+            command,
+            &self.id,
+            &self.netns,
+            stdin,
+        );
         eprintln!(
-            "$ CNI_COMMAND={command} CNI_CONTAINERID={} CNI_NETNS={netns} CNI_IFNAME=vxeth0 \
+            "$ CNI_COMMAND={command} CNI_CONTAINERID={} CNI_NETNS=/run/netns/{} CNI_IFNAME=vxeth0 \
              CNI_PATH={CNI_PATH} linkmesh-cni <<< '{stdin}'\n{out}(exit {})",
             self.id,
+            self.netns,
             i32::from(!ok)
         );
         (ok, out)

@@ -44,7 +44,7 @@ enum Source {
     /// A file in the repository.
     File(&'static str),
     /// What the fresh release build of `linkmesh` prints given these
-    /// arguments (completion scripts, the manual page).
+    /// arguments (the completion scripts).
     Output(&'static [&'static str]),
     /// The Debian changelog, written for this version and gzipped.
     Changelog,
@@ -58,6 +58,11 @@ pub struct Entry {
     /// A conffile: dpkg keeps it on `dpkg -r` and removes it on purge.
     pub conffile: bool,
     source: Source,
+}
+
+/// A file of the repository, installed with mode 0644.
+const fn file(path: &'static str, source: &'static str) -> Entry {
+    entry(path, 0o644, Source::File(source))
 }
 
 const fn entry(path: &'static str, mode: u32, source: Source) -> Entry {
@@ -78,10 +83,9 @@ pub const CONTENTS: &[Entry] = &[
         0o755,
         Source::Binary("linkmesh-cni"),
     ),
-    entry(
+    file(
         "usr/lib/systemd/system/linkmesh.service",
-        0o644,
-        Source::File("dist/linkmesh.service"),
+        "dist/linkmesh.service",
     ),
     Entry {
         path: "etc/linkmesh/linkmesh.env",
@@ -89,36 +93,27 @@ pub const CONTENTS: &[Entry] = &[
         conffile: true,
         source: Source::File("dist/linkmesh.env.example"),
     },
-    entry(
+    file(
         "usr/share/doc/linkmesh/examples/config.toml",
-        0o644,
-        Source::File("dist/config.example.toml"),
+        "dist/config.example.toml",
     ),
-    entry(
+    file(
         "usr/share/doc/linkmesh/examples/bird-linkmesh.conf",
-        0o644,
-        Source::File("dist/bird-linkmesh.conf"),
+        "dist/bird-linkmesh.conf",
     ),
-    entry(
+    file(
         "usr/share/doc/linkmesh/examples/dnsmasq-linkmesh.conf",
-        0o644,
-        Source::File("dist/dnsmasq-linkmesh.conf"),
+        "dist/dnsmasq-linkmesh.conf",
     ),
-    entry(
+    file(
         "usr/share/doc/linkmesh/examples/kubernetes/daemonset.yaml",
-        0o644,
-        Source::File("dist/kubernetes/daemonset.yaml"),
+        "dist/kubernetes/daemonset.yaml",
     ),
-    entry(
+    file(
         "usr/share/doc/linkmesh/examples/kubernetes/network-attachment.yaml",
-        0o644,
-        Source::File("dist/kubernetes/network-attachment.yaml"),
+        "dist/kubernetes/network-attachment.yaml",
     ),
-    entry(
-        "usr/share/doc/linkmesh/copyright",
-        0o644,
-        Source::File("dist/deb/copyright"),
-    ),
+    file("usr/share/doc/linkmesh/copyright", "dist/deb/copyright"),
     entry(
         "usr/share/doc/linkmesh/changelog.Debian.gz",
         0o644,

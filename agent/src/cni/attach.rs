@@ -36,10 +36,6 @@ pub fn host_end_name(container_id: &str, ifname: &str) -> String {
     format!("lm{}", &hex[..11])
 }
 
-fn kernel(e: &KernelError) -> CniError {
-    CniError::new(code::IO_FAILURE, e.to_string())
-}
-
 /// The segment's bridge here, as the agent's view and the kernel agree:
 /// the bridge exists and the segment's device is enslaved to it.
 struct Bridge {
@@ -101,14 +97,12 @@ async fn segment_bridge(nl: &Netlink, conf: &NetConf) -> Result<Bridge, CniError
     };
     let bridge = nl
         .link_by_name(&name)
-        .await
-        .map_err(|e| kernel(&e))?
+        .await?
         .filter(|l| l.kind.as_deref() == Some("bridge"))
         .ok_or_else(|| not_up("no such bridge".into()))?;
     let device = nl
         .link_by_name(segment)
-        .await
-        .map_err(|e| kernel(&e))?
+        .await?
         .ok_or_else(|| not_up(format!("no device {segment}")))?;
     if device.master != Some(bridge.index) {
         return Err(not_up(format!("device {segment} is not enslaved to it")));
@@ -137,7 +131,7 @@ fn netns_of(env: &Env) -> Result<(PathBuf, std::fs::File), CniError> {
 
 /// ADD: attach, address, and answer with the result.
 pub async fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniError> {
-    let nl = Netlink::connect().map_err(|e| kernel(&e))?;
+    let nl = Netlink::connect()?;
     let bridge = segment_bridge(&nl, conf).await?;
     let (netns, netns_file) = netns_of(env)?;
     let ipam = match conf.ipam_type() {
@@ -173,9 +167,7 @@ async fn attach(
         master: bridge.index,
         peer_name: env.ifname.clone(),
     };
-    nl.create_veth(&spec, netns_file)
-        .await
-        .map_err(|e| kernel(&e))?;
+    nl.create_veth(&spec, netns_file).await?;
     // From here on a failure removes the pair this call made (and only
     // that: an interface of the same name made by anyone else stays).
     let result = configure(env, nl, bridge, netns, ipam, conf, spec).await;
@@ -197,8 +189,7 @@ async fn configure(
     let host_end = spec.name.clone();
     let host = nl
         .link_by_name(&host_end)
-        .await
-        .map_err(|e| kernel(&e))?
+        .await?
         .ok_or_else(|| CniError::new(code::IO_FAILURE, format!("{host_end} vanished")))?;
     nl.change_link(
         host.index,
@@ -208,25 +199,19 @@ async fn configure(
             ..Default::default()
         },
     )
-    .await
-    .map_err(|e| kernel(&e))?;
-    let inside = Netlink::connect_at(netns).map_err(|e| kernel(&e))?;
-    let pod = inside
-        .link_by_name(&env.ifname)
-        .await
-        .map_err(|e| kernel(&e))?
-        .ok_or_else(|| {
-            CniError::new(
-                code::IO_FAILURE,
-                format!("{} did not arrive in {}", env.ifname, netns.display()),
-            )
-        })?;
+    .await?;
+    let inside = Netlink::connect_at(netns)?;
+    let pod = inside.link_by_name(&env.ifname).await?.ok_or_else(|| {
+        CniError::new(
+            code::IO_FAILURE,
+            format!("{} did not arrive in {}", env.ifname, netns.display()),
+        )
+    })?;
     for ip in &ipam.ips {
         let (addr, len) = parse_prefix(&ip.address)?;
         inside
             .add_address(pod.index, &env.ifname, addr, len)
-            .await
-            .map_err(|e| kernel(&e))?;
+            .await?;
     }
     inside
         .change_link(
@@ -237,15 +222,11 @@ async fn configure(
                 ..Default::default()
             },
         )
-        .await
-        .map_err(|e| kernel(&e))?;
+        .await?;
     for route in &ipam.routes {
         let (dst, len) = parse_prefix(&route.dst)?;
         let gw = route.gw.or_else(|| gateway_for(&ipam, dst));
-        inside
-            .add_route(dst, len, gw, pod.index)
-            .await
-            .map_err(|e| kernel(&e))?;
+        inside.add_route(dst, len, gw, pod.index).await?;
     }
     let mac = |l: &LinkState| l.mac.map(|m| m.to_string()).unwrap_or_default();
     let mut result = ipam;
@@ -284,16 +265,11 @@ fn gateway_for(ipam: &CniResult, dst: IpAddr) -> Option<IpAddr> {
 /// not an error.
 async fn detach(env: &Env, nl: &Netlink) -> Result<(), CniError> {
     let host_end = host_end_name(&env.container_id, &env.ifname);
-    if let Some(link) = nl
-        .link_by_name(&host_end)
-        .await
-        .map_err(|e| kernel(&e))?
-        .filter(|l| {
-            l.alias
-                .as_deref()
-                .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
-        })
-    {
+    if let Some(link) = nl.link_by_name(&host_end).await?.filter(|l| {
+        l.alias
+            .as_deref()
+            .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
+    }) {
         ignore_gone(nl.delete_link(link.index, &host_end).await)?;
     }
     Ok(())
@@ -301,7 +277,7 @@ async fn detach(env: &Env, nl: &Netlink) -> Result<(), CniError> {
 
 fn ignore_gone(result: Result<(), KernelError>) -> Result<(), CniError> {
     match result {
-        Err(e) if e.errno() != Some(libc::ENODEV) => Err(kernel(&e)),
+        Err(e) if e.errno() != Some(libc::ENODEV) => Err(e.into()),
         _ => Ok(()),
     }
 }
@@ -312,7 +288,7 @@ pub async fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError
     if let Some(kind) = conf.ipam_type() {
         ipam::delegate(env, kind, Command::Del, stdin)?;
     }
-    let nl = Netlink::connect().map_err(|e| kernel(&e))?;
+    let nl = Netlink::connect()?;
     detach(env, &nl).await?;
     tracing::info!(segment = %conf.segment, container = %env.container_id, "detached");
     Ok(())
@@ -333,15 +309,14 @@ pub async fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErr
         .prev_result
         .as_ref()
         .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs prevResult"))?;
-    let nl = Netlink::connect().map_err(|e| kernel(&e))?;
+    let nl = Netlink::connect()?;
     let bridge = segment_bridge(&nl, conf).await?;
     let (netns, _) = netns_of(env)?;
     let failed = |what: String| CniError::new(code::CHECK_FAILED, what);
     let host_end = host_end_name(&env.container_id, &env.ifname);
     let host = nl
         .link_by_name(&host_end)
-        .await
-        .map_err(|e| kernel(&e))?
+        .await?
         .filter(|l| l.kind.as_deref() == Some("veth"))
         .ok_or_else(|| {
             failed(format!(
@@ -355,11 +330,10 @@ pub async fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErr
             conf.segment, bridge.name
         )));
     }
-    let inside = Netlink::connect_at(&netns).map_err(|e| kernel(&e))?;
+    let inside = Netlink::connect_at(&netns)?;
     let pod = inside
         .link_by_name(&env.ifname)
-        .await
-        .map_err(|e| kernel(&e))?
+        .await?
         .filter(|l| l.kind.as_deref() == Some("veth") && l.up)
         .ok_or_else(|| {
             failed(format!(
@@ -370,8 +344,7 @@ pub async fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErr
         })?;
     let present: Vec<(IpAddr, u8)> = inside
         .addresses()
-        .await
-        .map_err(|e| kernel(&e))?
+        .await?
         .into_iter()
         .filter(|a| a.ifindex == pod.index)
         .map(|a| (a.addr, a.prefix_len))

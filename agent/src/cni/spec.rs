@@ -61,6 +61,14 @@ impl CniError {
     }
 }
 
+/// A kernel refusal or a lost netlink connection: the spec's I/O failure,
+/// saying what was being done.
+impl From<crate::kernel::KernelError> for CniError {
+    fn from(e: crate::kernel::KernelError) -> Self {
+        Self::new(code::IO_FAILURE, e.to_string())
+    }
+}
+
 impl std::fmt::Display for CniError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} (code {})", self.msg, self.code)?;

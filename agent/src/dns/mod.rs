@@ -153,9 +153,7 @@ impl State {
 
 /// Keeps the file until the task is aborted.
 pub async fn run(settings: Settings, mut inputs: Inputs, counters: Arc<DnsStats>) {
-    while inputs.sync.snapshots.load(Ordering::Relaxed) == 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    inputs.sync.first_snapshot().await;
     let (file, _) = crate::files::paths(&settings.dir, &settings.file_name());
     info!(file = %file.display(), domain = %settings.domain, "keeping the hosts file");
     let written = std::fs::read_to_string(&file).ok();

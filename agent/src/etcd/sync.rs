@@ -41,6 +41,17 @@ pub struct SyncStats {
     pub revision: AtomicI64,
 }
 
+impl SyncStats {
+    /// Returns once the first snapshot is published (the registry was
+    /// actually read: an empty view before it would remove every peer or
+    /// blank every name).
+    pub async fn first_snapshot(&self) {
+        while self.snapshots.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Where the loop's results go.
 pub struct Outputs {
     pub cache: Arc<Mutex<RegistryCache>>,

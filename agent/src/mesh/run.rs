@@ -52,7 +52,6 @@ fn relevant(event: &KernelEvent, segments: &BTreeSet<String>, reconciler: &Recon
 struct ViewWriter {
     state_dir: PathBuf,
     written: Option<SegmentView>,
-    last_error: Option<String>,
 }
 
 impl ViewWriter {
@@ -61,16 +60,10 @@ impl ViewWriter {
             return;
         }
         match view.write(&self.state_dir) {
-            Ok(()) => {
-                self.written = Some(view);
-                self.last_error = None;
-            }
+            Ok(()) => self.written = Some(view),
+            // Repeats are held back by the log layer's rate limit.
             Err(e) => {
-                let error = e.to_string();
-                if self.last_error.as_ref() != Some(&error) {
-                    warn!(%error, "writing the segment view for linkmesh-cni failed; retrying at the next pass");
-                }
-                self.last_error = Some(error);
+                warn!(error = %e, "writing the segment view for linkmesh-cni failed; retrying at the next pass");
             }
         }
     }
@@ -90,7 +83,6 @@ pub async fn run(
     let mut views = state_dir.map(|state_dir| ViewWriter {
         state_dir,
         written: None,
-        last_error: None,
     });
     let segments = &reconciler.local().segments;
     let mut last_problems: Vec<String> = Vec::new();

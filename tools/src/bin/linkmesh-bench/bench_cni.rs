@@ -40,15 +40,8 @@ fn round(
     for (command, out) in [("ADD", &mut times.0), ("DEL", &mut times.1)] {
         for (i, pod) in pods.iter().enumerate() {
             let id = format!("bench-{i}");
-            let netns = format!("/run/netns/{pod}");
-            let vars = [
-                ("CNI_COMMAND", command),
-                ("CNI_CONTAINERID", id.as_str()),
-                ("CNI_NETNS", netns.as_str()),
-                ("CNI_IFNAME", "vxeth0"),
-                ("CNI_PATH", CNI_PATH),
-            ];
-            let (ok, stdout, took) = cni::call(&plugin.binary, host_netns, &vars, &plugin.conf);
+            let (ok, stdout, took) =
+                cni::call_for_pod(&plugin.binary, host_netns, command, &id, pod, &plugin.conf);
             ensure!(ok, "{} {command} for {pod}: {stdout}", plugin.name);
             out.push(took);
         }
